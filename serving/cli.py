@@ -1,0 +1,245 @@
+"""The ``repurchase`` command: thin Typer entry points over the packages' functions.
+
+Exit codes: 0 ok, 2 bad input or usage (one line on stderr, no traceback, no partial
+output), 1 a bug (one line; set ``REPURCHASE_DEBUG=1`` to see the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+from features.errors import InputError
+
+app = typer.Typer(
+    name="repurchase",
+    help=(
+        "Predict which customers will order again, when, and for how much; "
+        "turn the scores into audiences with actions and reasons.\n\n"
+        "Order logs (--orders) are a CSV or Parquet file, a DuckDB table as FILE.duckdb:TABLE, "
+        "or a built-in log: cdnow, cdnow-sample. Start with: repurchase quickstart"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+OrdersOption = typer.Option(
+    ..., "--orders", help="Order log: CSV/Parquet path, FILE.duckdb:TABLE, or a built-in name (cdnow, cdnow-sample)."
+)
+MapOption = typer.Option(
+    None,
+    "--map",
+    help="Map your column names onto the contract, e.g. customer_id=cust,order_ts=date,amount=value.",
+)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """Turn input errors into one line and exit code 2; bugs into one line and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing was written")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: say so in one line unless asked for the traceback
+            if os.environ.get("REPURCHASE_DEBUG"):
+                raise
+            err.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                "(this is a bug; rerun with REPURCHASE_DEBUG=1 for the traceback)",
+                markup=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def _not_yet(command: str, issue: int) -> None:
+    raise InputError(f"`repurchase {command}` is not available in this version yet (planned in issue #{issue})")
+
+
+@app.command()
+@handles_errors
+def synth(
+    customers: int = typer.Option(..., "--customers", min=1, help="How many customers to simulate."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same log."),
+    out_path: Path = typer.Option(..., "--out", help="Parquet file to write (order lines)."),
+    start: str = typer.Option("2023-01-01", "--start", help="First day of the log."),
+    end: str = typer.Option("2025-12-31", "--end", help="Last day of the log."),
+) -> None:
+    """Write a realistic synthetic order log for tests and benchmarks.
+
+    Heterogeneous purchase rates with dropout, replenishment customers on regular
+    cycles, 6.18 and 11.11 peaks, a quiet Spring Festival, community vs storefront
+    channels, categories and products, order values with customer-level means.
+    """
+    import time
+
+    from features.io import write_parquet
+    from features.orders import parse_date
+    from features.synth import generate_order_log
+
+    if parse_date(end, "--end") <= parse_date(start, "--start"):
+        raise InputError(f"--end {end} must be after --start {start}")
+    began = time.perf_counter()
+    with err.status(f"simulating {customers:,} customers ..."):
+        lines = generate_order_log(customers, seed=seed, start=start, end=end)
+    with err.status(f"writing {out_path} ..."):
+        write_parquet(lines, out_path)
+    n_orders = lines["order_id"].nunique()
+    out.print(
+        f"wrote {out_path}: {customers:,} customers, {n_orders:,} orders, {len(lines):,} lines "
+        f"in {time.perf_counter() - began:.1f} s"
+    )
+
+
+@app.command()
+@handles_errors
+def features(
+    orders: str = OrdersOption,
+    cutoff: str = typer.Option(..., "--cutoff", help="As-of date YYYY-MM-DD: only orders on or before it are used."),
+    out_path: Path = typer.Option(..., "--out", help="Parquet file to write: one row per customer, customer_id first."),
+    engine: str = typer.Option("duckdb", "--engine", help="duckdb (embedded, default) or spark (PySpark local or cluster)."),
+    column_map: Optional[str] = MapOption,
+) -> None:
+    """Compute point-in-time features per customer as of a cutoff."""
+    from features.io import write_parquet
+    from features.orders import check_cutoff, load_order_log, parse_date
+
+    if engine not in ("duckdb", "spark"):
+        raise InputError(f"--engine: '{engine}' is not an engine; use duckdb or spark")
+    if engine == "spark":
+        _not_yet("features --engine spark", 9)
+    cut = parse_date(cutoff, "--cutoff")
+    with err.status("loading orders ..."):
+        log = load_order_log(orders, column_map)
+    check_cutoff(log, cut)
+    from features.pipeline import build_features
+
+    with err.status(f"computing features as of {cut.date()} ..."):
+        frame = build_features(log.orders, cut)
+    write_parquet(frame, out_path)
+    out.print(f"wrote {out_path}: {len(frame):,} customers x {frame.shape[1] - 1} features as of {cut.date()}")
+
+
+@app.command()
+@handles_errors
+def train(
+    orders: str = OrdersOption,
+    cutoff: str = typer.Option(..., "--cutoff", help="Training cutoff YYYY-MM-DD: the model sees only orders up to it."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=1, help="Prediction horizon in days."),
+    register: bool = typer.Option(False, "--register", help="Register the model as a new version of 'repurchase'."),
+    column_map: Optional[str] = MapOption,
+) -> None:
+    """Train the composite model (BTYD + LightGBM) and log it to MLflow.
+
+    With --register it becomes 'champion' when there is none, else 'challenger' unless it
+    beats the champion on the same backtest.
+    """
+    _not_yet("train", 6)
+
+
+@app.command()
+@handles_errors
+def backtest(
+    orders: str = OrdersOption,
+    cutoff: str = typer.Option(..., "--cutoff", help="Backtest cutoff YYYY-MM-DD; truth is the orders in (cutoff, cutoff + horizon]."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=1, help="Horizon in days."),
+    json_path: Path = typer.Option(..., "--json", help="Where to write the metrics JSON (plots go beside it)."),
+    column_map: Optional[str] = MapOption,
+) -> None:
+    """Temporal backtest: fit on data up to the cutoff, compare with what happened next.
+
+    Reports the model against BG/NBD alone and a recency-only baseline on the same split.
+    """
+    _not_yet("backtest", 12)
+
+
+@app.command()
+@handles_errors
+def score(
+    orders: str = OrdersOption,
+    as_of: str = typer.Option(..., "--as-of", help="Score as of this date YYYY-MM-DD; later orders are ignored (and counted)."),
+    out_path: Path = typer.Option(..., "--out", help="Parquet file of scores, one row per customer."),
+    model: str = typer.Option("models:/repurchase@champion", "--model", help="MLflow model URI."),
+    column_map: Optional[str] = MapOption,
+) -> None:
+    """Score every customer with the registered model (batch)."""
+    _not_yet("score", 7)
+
+
+@app.command()
+@handles_errors
+def target(
+    scores: Path = typer.Option(..., "--scores", help="Scores Parquet written by `repurchase score`."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for one CSV per action and a summary."),
+    rules: Optional[Path] = typer.Option(None, "--rules", help="Rules YAML; the shipped default rules when omitted."),
+) -> None:
+    """Apply targeting rules to scores: audiences with actions and reasons."""
+    _not_yet("target", 7)
+
+
+@app.command()
+@handles_errors
+def replenish(
+    orders: str = OrdersOption,
+    as_of: str = typer.Option(..., "--as-of", help="As-of date YYYY-MM-DD."),
+    out_path: Path = typer.Option(..., "--out", help="Parquet file: one row per (customer, category)."),
+    lead_days: int = typer.Option(7, "--lead-days", min=0, help="Send the reminder this many days before the expected reorder."),
+    column_map: Optional[str] = MapOption,
+) -> None:
+    """Predict when each customer is due to rebuy each category they buy."""
+    _not_yet("replenish", 13)
+
+
+@app.command()
+@handles_errors
+def serve(
+    model: str = typer.Option("models:/repurchase@champion", "--model", help="MLflow model URI."),
+    port: int = typer.Option(3000, "--port", min=1, max=65535, help="HTTP port."),
+) -> None:
+    """Serve online scoring over HTTP with BentoML (POST /score, POST /target)."""
+    _not_yet("serve", 8)
+
+
+@app.command()
+@handles_errors
+def quickstart(
+    out_dir: Path = typer.Option(Path("out/quickstart"), "--out", help="Folder for the results."),
+) -> None:
+    """Run the whole job on the built-in CDNOW log and write the results to --out."""
+    from serving.quickstart import run_quickstart
+
+    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri())
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="repurchase")
+
+
+if __name__ == "__main__":
+    main()

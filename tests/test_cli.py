@@ -1,0 +1,76 @@
+"""The `repurchase` command: help texts, exit codes, and no traceback or partial output on bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from serving.cli import app
+
+COMMANDS = ["quickstart", "features", "train", "backtest", "score", "target", "replenish", "serve", "synth"]
+runner = CliRunner()
+
+
+def repurchase_executable() -> str:
+    return str(Path(sys.executable).with_name("repurchase"))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage: repurchase" in result.output or "Usage: " in result.output
+    assert len(result.output.splitlines()) > 5
+
+
+def test_top_level_help_lists_all_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+def test_usage_errors_exit_2():
+    result = runner.invoke(app, ["features", "--orders", "cdnow"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["no-such-command"])
+    assert result.exit_code == 2
+
+
+def test_bad_input_is_one_line_exit_2_no_traceback_no_output(tmp_path):
+    bad = tmp_path / "orders.csv"
+    bad.write_text("customer_id,order_ts,amount\nA,not-a-date,1\n")
+    out = tmp_path / "features.parquet"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run(
+        [repurchase_executable(), "features", "--orders", str(bad), "--cutoff", "2024-01-01", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "orders.csv: column 'order_ts' line 2: 'not-a-date' is not a date" in lines[0]
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_bad_cutoff_is_exit_2(tmp_path):
+    result = runner.invoke(app, ["features", "--orders", "cdnow-sample", "--cutoff", "2030-01-01", "--out", str(tmp_path / "f.parquet")])
+    assert result.exit_code == 2
+    assert "is after the last order in cdnow-sample (1998-06-30)" in result.output
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_quickstart_writes_summary(tmp_path):
+    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs")], env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    assert result.exit_code == 0, result.output
+    assert "23,570" in result.output
+    assert (tmp_path / "qs" / "orders_summary.json").exists()
