@@ -59,13 +59,23 @@ def test_decile_mape_by_hand():
     assert m["total_actual"] == 18.0 and m["total_predicted"] == 17.0
 
 
-def test_timing_metrics_ignore_censored_customers():
-    days = np.array([10.0, 40.0, 90.0])
-    censored = np.array([False, False, True])
-    m = timing_metrics(days, censored, p10=[5, 45, 1], p50=[12, 60, 2], p90=[20, 80, 3])
-    assert m["n_reordered"] == 2
+def test_timing_metrics_are_censoring_aware():
+    days = np.array([10.0, 40.0, 90.0, 90.0, 20.0])
+    censored = np.array([False, False, True, True, False])
+    nan = np.nan
+    m = timing_metrics(
+        days,
+        censored,
+        p10=[5, 45, 30, nan, nan],
+        p50=[12, 60, 70, nan, nan],
+        p90=[20, nan, 80, nan, nan],
+    )
+    assert m["n_reordered"] == 3 and m["n_with_p50"] == 2
     assert m["p50_mae_days"] == pytest.approx((2 + 20) / 2)
-    assert m["coverage_p10_p90"] == pytest.approx(0.5)
+    # row 0 inside; row 1 below p10; row 2 censored but band ends at 80; row 3 censored, band beyond H;
+    # row 4 reordered although the band lies beyond the horizon
+    assert m["coverage_p10_p90"] == pytest.approx(2 / 5)
+    assert m["coverage_p10_p90_reordered"] == pytest.approx(1 / 3)
 
 
 def test_shape_mismatch_and_nan_scores_are_refused():

@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic logs (built once per session) and a private MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from features.orders import merge_order_lines
+
+
+@pytest.fixture(scope="session")
+def synth_orders():
+    """Orders (lines merged) of 3,000 synthetic customers over 2023-2025."""
+    from features.synth import generate_order_log
+
+    return merge_order_lines(generate_order_log(3000, seed=7))
+
+
+@pytest.fixture(scope="session")
+def fitted_model(synth_orders):
+    """A composite model fitted on the synthetic log at 2025-06-30."""
+    from training.model import RepurchaseModel
+
+    return RepurchaseModel(horizon_days=60, n_origins=4, step_days=30).fit(synth_orders, "2025-06-30")
+
+
+@pytest.fixture()
+def mlflow_store(tmp_path, monkeypatch):
+    """MLflow pointed at a SQLite store under tmp_path (never the working directory)."""
+    import mlflow
+
+    from training.registry import configure_tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    configure_tracking(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)

@@ -1,0 +1,100 @@
+"""The composite model: leakage guard, timing quantiles, the score contract, pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.pipeline import build_features, build_labels
+from training.model import SCORE_COLUMNS, LeakageError, assert_no_leakage, quantiles_from_cdf
+
+
+def test_quantiles_from_cdf_by_hand():
+    grid = np.array([10.0, 20.0, 30.0])
+    cdf = np.array(
+        [
+            [0.2, 0.6, 0.95],  # p10 at 5, p50 at 17.5, p90 at 28.57
+            [0.05, 0.1, 0.3],  # p10 exactly at 20, never reaches 0.5
+            [0.0, 0.0, 0.0],  # never orders within the grid
+        ]
+    )
+    q = quantiles_from_cdf(grid, cdf)
+    np.testing.assert_allclose(q[0], [5.0, 17.5, 20 + 10 * (0.9 - 0.6) / 0.35])
+    assert q[1, 0] == pytest.approx(20.0)
+    assert np.isnan(q[1, 1]) and np.isnan(q[1, 2])
+    assert np.isnan(q[2]).all()
+
+
+def test_leaked_label_fails_the_guard(synth_orders):
+    cutoff, horizon = pd.Timestamp("2025-03-31"), 60
+    frame = build_features(synth_orders, cutoff).merge(build_labels(synth_orders, cutoff, horizon), on="customer_id")
+    honest = ["frequency", "recency", "T", "days_since_last", "orders_90d"]
+    assert_no_leakage(frame, honest)
+    # A classic leak: a count taken at a later date than the cutoff.
+    later = build_features(synth_orders, cutoff + pd.Timedelta(days=horizon))[["customer_id", "n_orders"]]
+    frame = frame.merge(later.rename(columns={"n_orders": "n_orders_later"}), on="customer_id")
+    frame["orders_since"] = frame["n_orders_later"] - frame["n_orders"]
+    with pytest.raises(LeakageError, match="feature 'orders_since' alone predicts label_repurchase"):
+        assert_no_leakage(frame, honest + ["orders_since"])
+    with pytest.raises(LeakageError, match="features include label columns: label_orders"):
+        assert_no_leakage(frame, honest + ["label_orders"])
+
+
+def test_scores_follow_the_contract_and_hold_their_invariants(fitted_model, synth_orders):
+    scores = fitted_model.score(synth_orders, "2025-09-30", model_version="7")
+    assert list(scores.columns) == list(SCORE_COLUMNS)
+    assert scores["customer_id"].is_unique
+    for column in ("p_alive", "p_repurchase", "churn_risk"):
+        assert scores[column].between(0, 1).all(), column
+    np.testing.assert_allclose(scores["churn_risk"], 1 - scores["p_repurchase"])
+    assert (scores[["expected_orders", "expected_revenue", "clv"]] >= 0).all().all()
+    q = scores[["next_order_days_p10", "next_order_days_p50", "next_order_days_p90"]].to_numpy()
+    both = np.isfinite(q[:, 0]) & np.isfinite(q[:, 1])
+    assert (q[both, 0] <= q[both, 1]).all()
+    # a quantile is given only when the horizon probability reaches it, and lies within the horizon
+    assert (np.isnan(q[:, 1]) == (scores["p_repurchase"] < 0.5)).all()
+    assert np.nanmax(q) <= 60
+    assert (scores["model_version"] == "7").all()
+    assert (scores["as_of"] == pd.Timestamp("2025-09-30")).all()
+    assert set(scores["lifecycle_stage"]) <= {"new", "active", "at_risk", "lapsed", "churned"}
+
+
+def test_customers_who_just_ordered_outrank_long_lapsed_ones(fitted_model, synth_orders):
+    scores = fitted_model.score(synth_orders, "2025-09-30").set_index("customer_id")
+    features = build_features(synth_orders, "2025-09-30").set_index("customer_id")
+    recent = features.index[(features["days_since_last"] < 30) & (features["frequency"] >= 3)]
+    lapsed = features.index[features["days_since_last"] > 400]
+    assert scores.loc[recent, "p_repurchase"].mean() > 3 * scores.loc[lapsed, "p_repurchase"].mean()
+
+
+def test_model_survives_pickling_with_identical_predictions(fitted_model, synth_orders):
+    clone = pickle.loads(pickle.dumps(fitted_model))
+    a = fitted_model.score(synth_orders, "2025-09-30")
+    b = clone.score(synth_orders, "2025-09-30")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_reason_codes_name_model_features(fitted_model, synth_orders):
+    features = fitted_model.features(synth_orders, "2025-09-30").head(20)
+    codes = fitted_model.reason_codes(features)
+    assert len(codes) == 20
+    first = codes[0].split("; ")[0].rsplit(" ", 1)[0]
+    assert first in fitted_model.spec_.model_features
+
+
+@pytest.mark.slow
+def test_fit_reads_nothing_after_the_cutoff(synth_orders):
+    from training.model import RepurchaseModel
+
+    cutoff = pd.Timestamp("2025-03-31")
+    later = synth_orders.copy()
+    future = later[later["order_ts"] > cutoff + pd.Timedelta(days=1)].copy()
+    future["amount"] = future["amount"] * 100  # wildly different future
+    changed = pd.concat([synth_orders[synth_orders["order_ts"] < cutoff + pd.Timedelta(days=1)], future])
+    params = dict(horizon_days=60, n_origins=3, step_days=30, max_rounds=50)
+    a = RepurchaseModel(**params).fit(synth_orders, cutoff).score(synth_orders, cutoff)
+    b = RepurchaseModel(**params).fit(changed, cutoff).score(changed, cutoff)
+    pd.testing.assert_frame_equal(a, b)

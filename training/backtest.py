@@ -1,0 +1,255 @@
+"""Temporal backtest at one cutoff: every model and its baselines on the same split.
+
+The models see only orders on or before the cutoff ``c``; the truth is what the same
+customers did in ``(c, c + H]``. Baselines on the same customers: BG/NBD alone (its own
+horizon probability, expected orders, and with Gamma-Gamma expected revenue) and
+recency-only (fewer days since the last order ranks higher).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import hyp2f1
+
+from features.io import atomic_path
+from features.pipeline import build_features, build_labels
+from training import plots
+from training.btyd import BGNBD, GammaGamma
+from training.metrics import classification_metrics, regression_metrics, timing_metrics
+from training.model import QUANTILES, RepurchaseModel, quantiles_from_cdf
+
+
+@dataclass
+class Backtest:
+    """The report (JSON-ready) and the per-customer frame behind it."""
+
+    report: dict
+    frame: pd.DataFrame
+    model: RepurchaseModel | None = None
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def bgnbd_unconditional_expected(params: dict, t_units) -> np.ndarray:
+    """E[X(t)] for a new customer, t in the parameters' time unit (Fader, Hardie & Lee 2005, eq. 7)."""
+    r, alpha, a, b = (params[k] for k in ("r", "alpha", "a", "b"))
+    t = np.asarray(t_units, dtype=float)
+    z = t / (alpha + t)
+    return (a + b - 1) / (a - 1) * (1 - (alpha / (alpha + t)) ** r * hyp2f1(r, b, a + b - 1, z))
+
+
+def _bgnbd_quantiles(bgnbd: BGNBD, frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    f, r, T = (frame[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    cdf = np.column_stack([bgnbd.p_repurchase(h, f, r, T) for h in grid])
+    return quantiles_from_cdf(grid, cdf)
+
+
+def _tracking(orders: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int, bgnbd: BGNBD, path: Path):
+    """Weekly cumulative repeat purchase days of the cutoff's customers: actual vs BG/NBD."""
+    cohort = set(frame["customer_id"])
+    end = cutoff + pd.Timedelta(days=horizon_days)
+    days = orders.loc[orders["customer_id"].isin(cohort) & (orders["order_ts"] < end + pd.Timedelta(days=1))]
+    days = days.assign(day=days["order_ts"].dt.normalize())[["customer_id", "day"]].drop_duplicates()
+    first = days.groupby("customer_id")["day"].transform("min")
+    start = days["day"].min()
+    repeat_days = days.loc[days["day"] > first, "day"]
+    n_weeks = int(math.ceil(((end - start).days + 1) / 7))
+    weeks = np.arange(1, n_weeks + 1)
+    actual = np.bincount(((repeat_days - start).dt.days // 7).to_numpy(), minlength=n_weeks)[:n_weeks].cumsum()
+    births = ((days.groupby("customer_id")["day"].min() - start).dt.days).value_counts()
+    unit = bgnbd.time_unit_days
+    expected = np.zeros(n_weeks)
+    for birth, count in births.items():
+        age = np.clip(weeks * 7.0 - birth, 0, None) / unit
+        expected += count * bgnbd_unconditional_expected(bgnbd.params_, age)
+    cutoff_week = ((cutoff - start).days + 1) / 7
+    plots.tracking_plot(weeks, actual, {"bgnbd": expected}, cutoff_week, path)
+    holdout_mask = weeks > cutoff_week
+    return {
+        "weeks": int(n_weeks),
+        "cutoff_week": round(cutoff_week, 2),
+        "actual_cumulative_end": int(actual[-1]),
+        "bgnbd_cumulative_end": float(expected[-1]),
+        "holdout_actual": int(actual[-1] - actual[~holdout_mask][-1]) if (~holdout_mask).any() else int(actual[-1]),
+    }
+
+
+def _clean(value):
+    """JSON-safe: NaN and infinities become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def run_backtest(
+    orders: pd.DataFrame,
+    cutoff,
+    horizon_days: int = 90,
+    *,
+    with_model: bool = True,
+    model_params: dict | None = None,
+    fitted_model: RepurchaseModel | None = None,
+    plot_dir: Path | None = None,
+    source: str = "",
+) -> Backtest:
+    """Fit on orders up to ``cutoff``, predict ``(cutoff, cutoff + H]``, score against the truth.
+
+    Parameters
+    ----------
+    orders : pandas.DataFrame
+        Validated orders (``features.orders``); orders after the horizon are never read.
+    with_model : bool
+        Also train and evaluate the composite LightGBM model (else BTYD baselines only).
+    model_params : dict, optional
+        Hyperparameters for :class:`RepurchaseModel`.
+    fitted_model : RepurchaseModel, optional
+        Evaluate this already fitted model instead of training one; it must have been
+        trained on or before the cutoff.
+    plot_dir : Path, optional
+        Where PNG plots go; none are drawn without it.
+    """
+    cutoff = pd.Timestamp(cutoff).normalize()
+    end = cutoff + pd.Timedelta(days=horizon_days + 1)
+    orders = orders[orders["order_ts"] < end]
+    past = orders[orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
+    features = build_features(past, cutoff)
+    labels = build_labels(orders, cutoff, horizon_days)
+    frame = features.merge(labels, on="customer_id", how="left", validate="one_to_one")
+    y = frame["label_repurchase"].to_numpy()
+
+    f, r, T = (frame[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    bgnbd = BGNBD().fit(f, r, T)
+    frame["bgnbd_p_repurchase"] = bgnbd.p_repurchase(horizon_days, f, r, T)
+    frame["bgnbd_expected_orders"] = bgnbd.expected_orders(horizon_days, f, r, T)
+    repeat = (frame["frequency"] > 0) & (frame["monetary_value"] > 0)
+    gamma_gamma = GammaGamma().fit(frame.loc[repeat, "frequency"], frame.loc[repeat, "monetary_value"])
+    order_value = gamma_gamma.expected_order_value(f, np.where(f > 0, frame["monetary_value"], 0.0))
+    frame["bgnbd_expected_revenue"] = frame["bgnbd_expected_orders"] * order_value
+    frame["recency_score"] = -frame["days_since_last"].to_numpy(dtype=float)
+
+    report = {
+        "source": source,
+        "cutoff": cutoff.date().isoformat(),
+        "horizon_days": int(horizon_days),
+        "n_customers": int(len(frame)),
+        "base_rate": float(y.mean()),
+    }
+    bgnbd_block = classification_metrics(y, frame["bgnbd_p_repurchase"])
+    bgnbd_block.update(
+        params=bgnbd.params_,
+        time_unit="week" if bgnbd.time_unit_days == 7 else f"{bgnbd.time_unit_days:g} days",
+        log_likelihood=bgnbd.log_likelihood_,
+        gamma_gamma_params=gamma_gamma.params_,
+        orders=regression_metrics(frame["label_orders"], frame["bgnbd_expected_orders"]),
+        revenue=regression_metrics(frame["label_revenue"], frame["bgnbd_expected_revenue"]),
+    )
+    report["recency_only"] = classification_metrics(y, frame["recency_score"], probabilities=False)
+    report["holdout_orders"] = {
+        "actual": int(frame["label_orders"].sum()),
+        "bgnbd": float(frame["bgnbd_expected_orders"].sum()),
+    }
+
+    model = None
+    if with_model:
+        if fitted_model is not None:
+            if pd.Timestamp(fitted_model.spec_.training_cutoff) > cutoff:
+                raise ValueError("a model trained after the backtest cutoff has seen the truth it would be scored on")
+            model = fitted_model
+        else:
+            model = RepurchaseModel(horizon_days=horizon_days, **(model_params or {})).fit(past, cutoff)
+        if model.spec_.channel_values or model.spec_.category_values:  # the model's own mix columns
+            features = build_features(
+                past, cutoff, channel_values=model.spec_.channel_values, category_values=model.spec_.category_values
+            )
+        scored = model.score_features(features, cutoff)
+        for column in ("p_repurchase", "expected_orders", "expected_revenue", "next_order_days_p10",
+                       "next_order_days_p50", "next_order_days_p90"):
+            frame[f"model_{column}"] = scored[column].to_numpy()
+        model_block = classification_metrics(y, frame["model_p_repurchase"])
+        model_block["orders"] = regression_metrics(frame["label_orders"], frame["model_expected_orders"])
+        model_block["revenue"] = regression_metrics(frame["label_revenue"], frame["model_expected_revenue"])
+        model_block["timing"] = _timing(frame, "model", horizon_days)
+        model_block["training"] = {
+            "origins": model.spec_.origins,
+            "n_features": len(model.spec_.model_features),
+            "best_iteration": int(model.classifier_.best_iteration),
+        }
+        report["model"] = model_block
+        report["holdout_orders"]["model"] = float(frame["model_expected_orders"].sum())
+        grid = model.timing_grid_
+    else:
+        grid = np.unique(np.round(np.linspace(horizon_days / 12, horizon_days, 12)))
+    q = _bgnbd_quantiles(bgnbd, frame, grid)
+    for j, name in enumerate(("p10", "p50", "p90")):
+        frame[f"bgnbd_next_order_days_{name}"] = q[:, j]
+    bgnbd_block["timing"] = _timing(frame, "bgnbd", horizon_days)
+    report["bgnbd"] = bgnbd_block
+
+    backtest = Backtest(report=report, frame=frame, model=model)
+    if plot_dir is not None:
+        backtest.plots = draw_plots(backtest, orders, plot_dir)
+        report["plots"] = {k: v.name for k, v in backtest.plots.items()}
+    report["tracking"] = report.get("tracking")
+    return backtest
+
+
+def _timing(frame: pd.DataFrame, prefix: str, horizon_days: int) -> dict:
+    return timing_metrics(
+        frame["label_days_to_next"],
+        frame["label_censored"],
+        *(frame[f"{prefix}_next_order_days_{q}"].to_numpy() for q in ("p10", "p50", "p90")),
+    )
+
+
+def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path) -> dict[str, Path]:
+    """The backtest's PNG plots; returns name -> path."""
+    plot_dir = Path(plot_dir)
+    frame, report = backtest.frame, backtest.report
+    y = frame["label_repurchase"].to_numpy()
+    probabilities = {"bgnbd": frame["bgnbd_p_repurchase"].to_numpy()}
+    if backtest.model is not None:
+        probabilities = {"model": frame["model_p_repurchase"].to_numpy(), **probabilities}
+    rankers = {**probabilities, "recency_only": frame["recency_score"].to_numpy()}
+    out = {
+        "roc": plots.roc_plot(y, rankers, plot_dir / "roc.png"),
+        "calibration": plots.calibration_plot(y, probabilities, plot_dir / "calibration.png"),
+        "gain": plots.gain_plot(y, rankers, plot_dir / "gain.png"),
+    }
+    revenue = {"bgnbd": frame["bgnbd_expected_revenue"].to_numpy()}
+    if backtest.model is not None:
+        revenue = {"model": frame["model_expected_revenue"].to_numpy(), **revenue}
+        reordered = frame["label_censored"].to_numpy() == 0
+        out["timing"] = plots.timing_plot(
+            frame.loc[reordered, "label_days_to_next"].to_numpy(),
+            *(frame.loc[reordered, f"model_next_order_days_{q}"].to_numpy() for q in ("p10", "p50", "p90")),
+            path=plot_dir / "timing.png",
+            horizon_days=report["horizon_days"],
+        )
+        model = backtest.model
+        out["importance"] = plots.importance_plot(
+            model.spec_.model_features, model.classifier_.feature_importance("gain"), plot_dir / "importance.png"
+        )
+    out["revenue_deciles"] = plots.decile_plot(frame["label_revenue"].to_numpy(), revenue, plot_dir / "revenue_deciles.png")
+    bgnbd = BGNBD.from_params(report["bgnbd"]["params"])
+    report["tracking"] = _tracking(orders, frame, pd.Timestamp(report["cutoff"]), report["horizon_days"], bgnbd,
+                                   plot_dir / "tracking.png")
+    out["tracking"] = plot_dir / "tracking.png"
+    return out
+
+
+def write_report(report: dict, path: Path) -> Path:
+    """Write the backtest JSON atomically (NaN as null)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(report), indent=2))
+    return path

@@ -1,0 +1,128 @@
+"""Training jobs shared by the CLI, quickstart and the retraining notebook.
+
+``backtest_job``: one honest temporal backtest, written as JSON with its plots beside it.
+``train_job``: backtest at ``cutoff - H`` (a split whose truth is known by the cutoff), then
+the final fit on everything up to ``cutoff``, logged to MLflow and optionally registered,
+compared with the champion on the same split.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from features.errors import CutoffError
+from features.io import atomic_path
+from features.orders import OrderLog, check_cutoff
+from training.backtest import Backtest, run_backtest, write_report
+from training.model import RepurchaseModel
+from training.registry import LoggedModel, champion_version, load_scorer, log_run
+
+
+@dataclass
+class TrainResult:
+    model: RepurchaseModel
+    backtest: Backtest
+    logged: LoggedModel
+    champion_backtest: Backtest | None = None
+
+
+def _move_plots(backtest: Backtest, target_dir: Path, stem: str) -> dict[str, Path]:
+    """Move rendered plots next to the report as ``<stem>.<plot>.png`` (each move atomic)."""
+    moved = {}
+    for name, path in backtest.plots.items():
+        target = target_dir / f"{stem}.{name}.png"
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+        moved[name] = target
+    return moved
+
+
+def backtest_job(
+    log: OrderLog,
+    cutoff: pd.Timestamp,
+    horizon_days: int,
+    json_path: Path,
+    *,
+    model_params: dict | None = None,
+    log_to_mlflow: bool = True,
+) -> Backtest:
+    """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it."""
+    check_cutoff(log, cutoff, horizon_days=horizon_days)
+    json_path = Path(json_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        backtest = run_backtest(
+            log.orders, cutoff, horizon_days, model_params=model_params, plot_dir=Path(tmp), source=log.source
+        )
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        backtest.plots = _move_plots(backtest, json_path.parent, json_path.stem)
+    backtest.report["plots"] = {k: v.name for k, v in backtest.plots.items()}
+    write_report(backtest.report, json_path)
+    if log_to_mlflow:
+        import mlflow
+
+        from training.registry import _flat_metrics
+
+        with mlflow.start_run(run_name=f"backtest {log.source} {cutoff.date()}"):
+            mlflow.log_params({"job": "backtest", "source": log.source, "cutoff": str(cutoff.date()), "horizon_days": horizon_days})
+            mlflow.log_metrics(_flat_metrics(backtest.report))
+            mlflow.log_artifact(str(json_path))
+            for path in backtest.plots.values():
+                mlflow.log_artifact(str(path), artifact_path="plots")
+    return backtest
+
+
+def champion_on_split(orders: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int) -> Backtest | None:
+    """The champion on a given split: as registered when it was trained before the split,
+    else its recipe (hyperparameters) retrained at the split, so the comparison is fair."""
+    if champion_version() is None:
+        return None
+    champion, _ = load_scorer()
+    if champion.horizon_days != horizon_days:
+        return None
+    if pd.Timestamp(champion.spec_.training_cutoff) <= cutoff:
+        return run_backtest(orders, cutoff, horizon_days, fitted_model=champion)
+    return run_backtest(orders, cutoff, horizon_days, model_params=champion.get_params(exclude=("horizon_days",)))
+
+
+def train_job(
+    log: OrderLog,
+    cutoff: pd.Timestamp,
+    horizon_days: int = 90,
+    *,
+    register: bool = False,
+    model_params: dict | None = None,
+    plot_dir: Path | None = None,
+) -> TrainResult:
+    """Backtest at ``cutoff - H``, fit at ``cutoff``, log to MLflow, register if asked."""
+    check_cutoff(log, cutoff)
+    split = cutoff - pd.Timedelta(days=horizon_days)
+    if split < log.first_order_date + pd.Timedelta(days=horizon_days):
+        raise CutoffError(
+            f"--cutoff {cutoff.date()}: training needs at least two horizons ({2 * horizon_days} days) of history "
+            f"after the first order ({log.first_order_date.date()}); choose a later cutoff or a shorter --horizon-days"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        backtest = run_backtest(
+            log.orders, split, horizon_days, model_params=model_params, plot_dir=Path(plot_dir or tmp), source=log.source
+        )
+        champion_backtest = champion_on_split(log.orders, split, horizon_days) if register else None
+        past = log.orders[log.orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
+        model = RepurchaseModel(horizon_days=horizon_days, **(model_params or {})).fit(past, cutoff)
+        example = model.features(past, cutoff).head(5)
+        logged = log_run(
+            model,
+            backtest.report,
+            params={"job": "train", "source": log.source, "cutoff": str(cutoff.date()), "backtest_cutoff": str(split.date()),
+                    **model.get_params()},
+            plot_paths=backtest.plots,
+            example_features=example,
+            register=register,
+            champion_report=champion_backtest.report if champion_backtest else None,
+            run_name=f"train {log.source} {cutoff.date()}",
+        )
+    return TrainResult(model=model, backtest=backtest, logged=logged, champion_backtest=champion_backtest)

@@ -1,0 +1,532 @@
+"""The composite repurchase model: point-in-time features, BTYD, LightGBM and calibration.
+
+How it learns (all temporal, never a random split over time)
+-------------------------------------------------------------
+Given orders and a training cutoff ``C`` with horizon ``H``, the model builds features and
+labels at ``n_origins`` earlier origins ``c_1 < ... < c_k = C - H`` (``step_days`` apart),
+whose labels ``(c, c + H]`` all end on or before ``C``. At each origin a BG/NBD model is
+fitted on that origin's own BTYD summary (so no origin sees population information from
+after it) and its answers (``btyd_p_alive``, ``btyd_p_repurchase``, ``btyd_expected_orders``)
+join the features.
+
+* Origins ``c_1 .. c_{k-1}`` train the LightGBM models; the latest origin ``c_k`` is held
+  out: one half of its customers (by a hash of the id) drives early stopping, the other
+  half fits the calibrator. Calibration is Platt scaling on the booster's log-odds, which
+  keeps the ranking (AUC) of the booster and moves its level to what the latest origin saw.
+* Features that are constant within every origin (the cutoff's month, days to the next
+  sales day) only tell origins apart; with a handful of origins they would let the
+  booster memorise each origin's base rate, so they are left out of the models.
+* Timing: a classifier over (customer, h) pairs, h on a grid up to H, with a monotone
+  constraint on h, gives F(h) = P(next order within h days). Its shape is kept and its
+  level set by the calibrated horizon probability: F(h) = F_raw(h) / F_raw(H) x p_repurchase.
+  Quantiles p10/p50/p90 are read off it by linear interpolation; a quantile the customer
+  does not reach within the horizon is NaN ("not expected within the horizon"), never a
+  made-up date.
+* ``expected_orders``: LightGBM Poisson regression of the order count over the horizon.
+  ``expected_revenue``: LightGBM Tweedie regression (variance power 1.5) of the revenue,
+  fit for the many customers who spend nothing.
+* ``clv``: BTYD CLV (BG/NBD x Gamma-Gamma, discounted) over ``clv_horizon_days``.
+* ``churn_risk`` = 1 - ``p_repurchase``: the probability of no order within the horizon.
+
+At scoring time the BG/NBD and Gamma-Gamma fitted at the training cutoff ``C`` supply the
+BTYD features, so one customer can be scored alone (online) exactly as in batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from features.errors import InputError
+from features.pipeline import LABELS, build_features, build_training_frame, mix_values, training_cutoffs
+from training.btyd import BGNBD, GammaGamma, clv
+from training.segments import lifecycle_stage, rfm_segment
+
+SCORE_COLUMNS = (
+    "customer_id",
+    "as_of",
+    "horizon_days",
+    "p_alive",
+    "p_repurchase",
+    "expected_orders",
+    "expected_revenue",
+    "clv",
+    "next_order_days_p10",
+    "next_order_days_p50",
+    "next_order_days_p90",
+    "churn_risk",
+    "rfm_segment",
+    "lifecycle_stage",
+    "model_version",
+)
+BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
+NOT_FEATURES = frozenset({"customer_id", "cutoff", *LABELS})
+TIMING_FRACTIONS = (1 / 12, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def quantiles_from_cdf(grid: np.ndarray, cdf: np.ndarray, quantiles=QUANTILES) -> np.ndarray:
+    """Read quantiles off a CDF given on a grid of days (F(0) = 0), by linear interpolation.
+
+    Returns one column per quantile; NaN where the CDF never reaches it within the grid
+    (the customer is not expected to order by then).
+    """
+    grid = np.concatenate([[0.0], np.asarray(grid, dtype=float)])
+    cdf = np.column_stack([np.zeros(len(cdf)), np.maximum.accumulate(np.asarray(cdf, dtype=float), axis=1)])
+    rows = np.arange(len(cdf))
+    out = np.full((len(cdf), len(quantiles)), np.nan)
+    for j, q in enumerate(quantiles):
+        k = np.clip(np.argmax(cdf >= q, axis=1), 1, len(grid) - 1)  # first grid point at or past q
+        lo, hi = cdf[rows, k - 1], cdf[rows, k]
+        step = hi - lo
+        frac = np.clip(np.divide(q - lo, step, out=np.ones_like(step), where=step > 0), 0.0, 1.0)
+        out[:, j] = np.where(cdf[:, -1] >= q, grid[k - 1] + frac * (grid[k] - grid[k - 1]), np.nan)
+    return out
+
+
+class LeakageError(InputError):
+    """A feature carries the label: the model would look perfect and be useless."""
+
+
+@dataclass
+class FeatureSpec:
+    """What scoring needs to rebuild the training features exactly."""
+
+    horizon_days: int
+    model_features: list[str]
+    channel_values: list[str] | None = None
+    category_values: list[str] | None = None
+    training_cutoff: str = ""
+    origins: list[str] = field(default_factory=list)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def _stable_half(ids: pd.Series, seed: int) -> np.ndarray:
+    """A reproducible 50/50 split of customers, by a hash of the id (not by time)."""
+    salt = str(seed).encode()
+    return np.fromiter((zlib.crc32(salt + str(i).encode()) & 1 for i in ids), dtype=bool, count=len(ids))
+
+
+def assert_no_leakage(frame: pd.DataFrame, features: list[str], label: str = "label_repurchase") -> None:
+    """Refuse features named as labels, or any single feature that predicts the label perfectly.
+
+    A point-in-time feature cannot separate who reorders from who does not without error;
+    one that does is the label in disguise (a join on the wrong date, a future order).
+    """
+    named = [f for f in features if f.startswith("label_") or f in LABELS]
+    if named:
+        raise LeakageError(f"features include label columns: {', '.join(named)}")
+    y = frame[label].to_numpy()
+    if y.min() == y.max():
+        return
+    from sklearn.metrics import roc_auc_score
+
+    for name in features:
+        x = frame[name].to_numpy(dtype=float)
+        known = np.isfinite(x)
+        if known.sum() < 0.9 * len(x) or np.ptp(x[known]) == 0:
+            continue
+        auc = roc_auc_score(y[known], x[known])
+        if max(auc, 1 - auc) > 0.995:
+            raise LeakageError(
+                f"feature '{name}' alone predicts {label} with AUC {max(auc, 1 - auc):.3f}: "
+                "it must be built from orders after the cutoff"
+            )
+
+
+class RepurchaseModel:
+    """Repurchase probability, timing, orders, revenue and CLV from an order log.
+
+    Parameters
+    ----------
+    horizon_days : int
+        The horizon H of every prediction.
+    n_origins, step_days : int
+        Stacked training origins, ``step_days`` apart, the latest at ``cutoff - H``.
+    btyd_model : {"bgnbd", "mbgnbd", "pareto"}
+        The BTYD model whose answers become features and give ``p_alive`` and ``clv``.
+    learning_rate, num_leaves, min_child_samples, max_rounds, early_stopping_rounds
+        LightGBM settings shared by the boosters.
+    max_rows_per_origin : int
+        Customers sampled per origin for training (the rest only cost time).
+    clv_horizon_days, discount_rate_annual : float
+        BTYD CLV settings.
+    boost_from_btyd : bool
+        Start every booster from the BTYD answer (``init_score``) so that it learns
+        corrections to BG/NBD rather than everything from scratch.
+    max_timing_rows : int
+        Cap on (customer, h) rows for the timing model (customers are sampled).
+    random_state : int
+        Seed for sampling and LightGBM.
+    """
+
+    def __init__(
+        self,
+        *,
+        horizon_days: int = 90,
+        n_origins: int = 6,
+        step_days: int = 30,
+        btyd_model: str = "bgnbd",
+        learning_rate: float = 0.1,
+        num_leaves: int = 15,
+        min_child_samples: int = 100,
+        max_rounds: int = 400,
+        early_stopping_rounds: int = 30,
+        max_rows_per_origin: int = 200_000,
+        clv_horizon_days: float = 365.0,
+        discount_rate_annual: float = 0.1,
+        boost_from_btyd: bool = True,
+        max_timing_rows: int = 400_000,
+        random_state: int = 0,
+    ):
+        self.horizon_days = horizon_days
+        self.n_origins = n_origins
+        self.step_days = step_days
+        self.btyd_model = btyd_model
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.max_rounds = max_rounds
+        self.early_stopping_rounds = early_stopping_rounds
+        self.max_rows_per_origin = max_rows_per_origin
+        self.clv_horizon_days = clv_horizon_days
+        self.discount_rate_annual = discount_rate_annual
+        self.boost_from_btyd = boost_from_btyd
+        self.max_timing_rows = max_timing_rows
+        self.random_state = random_state
+
+    def get_params(self, exclude: tuple[str, ...] = ()) -> dict:
+        """The hyperparameters, as passed to ``__init__`` (scikit-learn's convention)."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names if name not in exclude}
+
+    # ------------------------------------------------------------------ fitting
+
+    def _lgb_params(self, objective: str, **extra) -> dict:
+        params = {
+            "objective": objective,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": 0.8,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "max_bin": 63,
+            "num_threads": 2,
+            "seed": self.random_state,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbose": -1,
+        }
+        params.update(extra)
+        return params
+
+    def _train_booster(self, params, X_train, y_train, X_valid, y_valid, init_train=None, init_valid=None) -> lgb.Booster:
+        train_set = lgb.Dataset(X_train, y_train, init_score=init_train, free_raw_data=True)
+        valid_set = lgb.Dataset(X_valid, y_valid, init_score=init_valid, reference=train_set)
+        return lgb.train(
+            params,
+            train_set,
+            num_boost_round=self.max_rounds,
+            valid_sets=[valid_set],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+
+    def _btyd_frame(self, features: pd.DataFrame, bgnbd: BGNBD, gamma_gamma: GammaGamma | None) -> pd.DataFrame:
+        f, r, T = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+        out = pd.DataFrame(index=features.index)
+        out["btyd_p_alive"] = bgnbd.p_alive(f, r, T)
+        out["btyd_p_repurchase"] = bgnbd.p_repurchase(self.horizon_days, f, r, T)
+        out["btyd_expected_orders"] = bgnbd.expected_orders(self.horizon_days, f, r, T)
+        if gamma_gamma is not None:
+            out["btyd_expected_order_value"] = gamma_gamma.expected_order_value(
+                f, np.where(f > 0, features["monetary_value"].to_numpy(dtype=float), 0.0)
+            )
+        else:
+            out["btyd_expected_order_value"] = features["avg_order_value"].to_numpy(dtype=float)
+        return out
+
+    def _fit_btyd(self, features: pd.DataFrame) -> tuple[BGNBD, GammaGamma | None]:
+        bgnbd = BGNBD(model=self.btyd_model).fit(
+            features["frequency"].to_numpy(float), features["recency"].to_numpy(float), features["T"].to_numpy(float)
+        )
+        repeat = (features["frequency"] > 0) & (features["monetary_value"] > 0)
+        gamma_gamma = None
+        if repeat.sum() >= 10:
+            try:
+                gamma_gamma = GammaGamma().fit(
+                    features.loc[repeat, "frequency"].to_numpy(float), features.loc[repeat, "monetary_value"].to_numpy(float)
+                )
+            except (ValueError, RuntimeError):
+                gamma_gamma = None
+        return bgnbd, gamma_gamma
+
+    def _origin_frame(self, orders: pd.DataFrame, cutoff: dt.date) -> pd.DataFrame:
+        origins = training_cutoffs(cutoff, self.horizon_days, self.n_origins, self.step_days)
+        frame = build_training_frame(orders, origins, self.horizon_days)
+        if frame.empty:
+            raise InputError("no customers at any training origin: the log is too short for this cutoff and horizon")
+        parts = []
+        for origin, part in frame.groupby("cutoff", sort=True):
+            part = part.reset_index(drop=True)
+            if (part["frequency"] > 0).sum() < 20:
+                continue  # too young to fit BTYD: skip the origin rather than invent numbers
+            bgnbd, gamma_gamma = self._fit_btyd(part)
+            part = pd.concat([part, self._btyd_frame(part, bgnbd, gamma_gamma)], axis=1)
+            if len(part) > self.max_rows_per_origin:
+                part = part.sample(self.max_rows_per_origin, random_state=self.random_state)
+            parts.append(part)
+        if len(parts) < 2:
+            raise InputError(
+                f"only {len(parts)} training origin(s) have enough repeat buyers; use an earlier horizon, "
+                "a later cutoff or more history"
+            )
+        return pd.concat(parts, ignore_index=True)
+
+    def fit(self, orders: pd.DataFrame, cutoff) -> "RepurchaseModel":
+        """Learn from ``orders`` up to ``cutoff`` (a date); nothing after it is read."""
+        cutoff = pd.Timestamp(cutoff).date()
+        orders = orders[orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+        frame = self._origin_frame(orders, cutoff)
+        candidates = [c for c in frame.columns if c not in NOT_FEATURES]
+        varies = frame.groupby("cutoff")[candidates].nunique(dropna=False).max() > 1
+        features = [c for c in candidates if varies[c]]
+        assert_no_leakage(frame, features)
+
+        last = frame["cutoff"].max()
+        train = frame[frame["cutoff"] < last]
+        valid = frame[frame["cutoff"] == last]
+        half = _stable_half(valid["customer_id"], self.random_state)
+        stop, calib = valid[half], valid[~half]
+
+        X = lambda part: part[features].to_numpy(dtype=np.float32)  # noqa: E731
+        self.classifier_ = self._train_booster(
+            self._lgb_params("binary"),
+            X(train),
+            train["label_repurchase"],
+            X(stop),
+            stop["label_repurchase"],
+            self._init_score("binary", train),
+            self._init_score("binary", stop),
+        )
+        raw = self.classifier_.predict(X(calib), raw_score=True) + self._init_score("binary", calib)
+        self.calibrator_ = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), calib["label_repurchase"])
+
+        self.orders_model_ = self._train_booster(
+            self._lgb_params("poisson"),
+            X(train),
+            train["label_orders"],
+            X(valid),
+            valid["label_orders"],
+            self._init_score("orders", train),
+            self._init_score("orders", valid),
+        )
+        self.revenue_model_ = self._train_booster(
+            self._lgb_params("tweedie", tweedie_variance_power=1.5),
+            X(train),
+            train["label_revenue"],
+            X(valid),
+            valid["label_revenue"],
+            self._init_score("revenue", train),
+            self._init_score("revenue", valid),
+        )
+        self.timing_grid_ = np.unique(np.round(np.array(TIMING_FRACTIONS) * self.horizon_days)).astype(float)
+        timing_features = features + ["horizon_h"]
+        constraints = [0] * len(features) + [1]
+        Xt, yt = self._timing_rows(train, features)
+        Xv, yv = self._timing_rows(stop, features)
+        self.timing_model_ = self._train_booster(
+            self._lgb_params("binary", monotone_constraints=constraints, monotone_constraints_method="intermediate"),
+            Xt,
+            yt,
+            Xv,
+            yv,
+        )
+
+        channel_values = self._mix(orders, cutoff, "channel")
+        category_values = self._mix(orders, cutoff, "category")
+        at_cutoff = build_features(
+            orders,
+            cutoff,
+            channel_values=channel_values,
+            category_values=category_values,
+        )
+        self.bgnbd_, self.gamma_gamma_ = self._fit_btyd(at_cutoff)
+        self.spec_ = FeatureSpec(
+            horizon_days=self.horizon_days,
+            model_features=features,
+            channel_values=channel_values,
+            category_values=category_values,
+            training_cutoff=cutoff.isoformat(),
+            origins=[pd.Timestamp(c).date().isoformat() for c in sorted(frame["cutoff"].unique())],
+        )
+        self.timing_feature_names_ = timing_features
+        return self
+
+    def _init_score(self, target: str, features: pd.DataFrame) -> np.ndarray | None:
+        """The BTYD answer on the booster's raw scale: boosting starts from BG/NBD and learns corrections.
+
+        Where the training origins do not reach (customers older than any seen in training,
+        say), the trees add little and the structural model's extrapolation stands.
+        """
+        if not self.boost_from_btyd:
+            return None
+        if target == "binary":
+            return _logit(features["btyd_p_repurchase"].to_numpy(dtype=float))
+        orders = np.clip(features["btyd_expected_orders"].to_numpy(dtype=float), 1e-6, None)
+        if target == "orders":
+            return np.log(orders)
+        value = np.clip(features["btyd_expected_order_value"].to_numpy(dtype=float), 1e-6, None)
+        return np.log(orders * value)
+
+    @staticmethod
+    def _mix(orders, cutoff, column) -> list[str] | None:
+        if column not in orders.columns:
+            return None
+        return mix_values(orders, cutoff, column)
+
+    def _timing_rows(self, part: pd.DataFrame, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        max_customers = max(1, self.max_timing_rows // len(self.timing_grid_))
+        if len(part) > max_customers:
+            part = part.sample(max_customers, random_state=self.random_state)
+        X = part[features].to_numpy(dtype=np.float32)
+        days = part["label_days_to_next"].to_numpy(dtype=float)
+        reordered = part["label_censored"].to_numpy() == 0
+        grid = self.timing_grid_
+        rows = np.repeat(X, len(grid), axis=0)
+        h = np.tile(grid, len(X)).astype(np.float32)
+        y = (np.repeat(reordered, len(grid)) & (np.repeat(days, len(grid)) <= h)).astype(np.int8)
+        return np.column_stack([rows, h]), y
+
+    # ------------------------------------------------------------------ predicting
+
+    def features(self, orders: pd.DataFrame, as_of) -> pd.DataFrame:
+        """Point-in-time features as of ``as_of`` plus the BTYD answers, in the trained layout."""
+        features = build_features(
+            orders, as_of, channel_values=self.spec_.channel_values, category_values=self.spec_.category_values
+        )
+        return self.with_btyd(features)
+
+    def with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Add the BTYD columns to a feature frame (idempotent)."""
+        features = features.drop(columns=[c for c in BTYD_FEATURES if c in features.columns])
+        return pd.concat([features, self._btyd_frame(features, self.bgnbd_, self.gamma_gamma_)], axis=1)
+
+    def _matrix(self, features: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.spec_.model_features if c not in features.columns]
+        if missing:
+            raise InputError(f"feature frame lacks columns the model was trained on: {', '.join(missing[:5])}")
+        return features[self.spec_.model_features].to_numpy(dtype=np.float32)
+
+    def p_repurchase(self, features: pd.DataFrame) -> np.ndarray:
+        """Calibrated probability of at least one order within the horizon."""
+        raw = self.classifier_.predict(self._matrix(features), raw_score=True)
+        init = self._init_score("binary", features)
+        raw = raw if init is None else raw + init
+        return self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
+
+    def next_order_cdf(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
+        """F(h) on ``timing_grid_``: P(next order within h days), one row per customer."""
+        X = self._matrix(features)
+        grid = self.timing_grid_
+        rows = np.column_stack([np.repeat(X, len(grid), axis=0), np.tile(grid, len(X)).astype(np.float32)])
+        raw = self.timing_model_.predict(rows).reshape(len(X), len(grid))
+        raw = np.maximum.accumulate(np.clip(raw, 1e-9, 1.0), axis=1)
+        if p_repurchase is None:
+            p_repurchase = self.p_repurchase(features)
+        return raw / raw[:, -1:] * np.asarray(p_repurchase).reshape(-1, 1)
+
+    def next_order_quantiles(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
+        """Days to the next order at p10, p50, p90 (columns); NaN where not reached within H."""
+        return quantiles_from_cdf(self.timing_grid_, self.next_order_cdf(features, p_repurchase))
+
+    def expected_orders(self, features: pd.DataFrame) -> np.ndarray:
+        """Expected number of orders within the horizon."""
+        return self._regress(self.orders_model_, "orders", features)
+
+    def expected_revenue(self, features: pd.DataFrame) -> np.ndarray:
+        """Expected revenue within the horizon."""
+        return self._regress(self.revenue_model_, "revenue", features)
+
+    def _regress(self, booster: lgb.Booster, target: str, features: pd.DataFrame) -> np.ndarray:
+        raw = booster.predict(self._matrix(features), raw_score=True)
+        init = self._init_score(target, features)
+        return np.exp(raw if init is None else raw + init)
+
+    def reason_codes(self, features: pd.DataFrame, top: int = 3) -> list[str]:
+        """The features that moved each customer's repurchase score most, from LightGBM's pred_contrib."""
+        contrib = self.classifier_.predict(self._matrix(features), pred_contrib=True)[:, :-1]
+        names = np.array(self.spec_.model_features)
+        order = np.argsort(-np.abs(contrib), axis=1)[:, :top]
+        out = []
+        for i, idx in enumerate(order):
+            out.append("; ".join(f"{names[j]} {'+' if contrib[i, j] >= 0 else '-'}{abs(contrib[i, j]):.2f}" for j in idx))
+        return out
+
+    def score_features(self, features: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
+        """Score rows (the design's score contract) for a feature frame built as of ``as_of``."""
+        if features.empty:
+            return pd.DataFrame({c: pd.Series(dtype="float64") for c in SCORE_COLUMNS})
+        features = self.with_btyd(features)
+        p = self.p_repurchase(features)
+        quantiles = self.next_order_quantiles(features, p)
+        f, r, T, m = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+        if self.gamma_gamma_ is not None:
+            value = clv(
+                self.bgnbd_,
+                self.gamma_gamma_,
+                f,
+                r,
+                T,
+                np.where(f > 0, m, 0.0),
+                horizon_days=self.clv_horizon_days,
+                discount_rate_annual=self.discount_rate_annual,
+            )
+        else:
+            value = self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * features["avg_order_value"].to_numpy(float)
+        p_alive = features["btyd_p_alive"].to_numpy(dtype=float)
+        scores = pd.DataFrame(
+            {
+                "customer_id": features["customer_id"].astype("str").to_numpy(),
+                "as_of": pd.Timestamp(as_of).normalize(),
+                "horizon_days": np.int64(self.horizon_days),
+                "p_alive": p_alive,
+                "p_repurchase": p,
+                "expected_orders": self.expected_orders(features),
+                "expected_revenue": self.expected_revenue(features),
+                "clv": np.asarray(value, dtype=float),
+                "next_order_days_p10": quantiles[:, 0],
+                "next_order_days_p50": quantiles[:, 1],
+                "next_order_days_p90": quantiles[:, 2],
+                "churn_risk": 1.0 - p,
+                "rfm_segment": rfm_segment(features["rfm_r"].to_numpy(), features["rfm_f"].to_numpy()),
+                "lifecycle_stage": lifecycle_stage(features, p, self.horizon_days),
+                "model_version": str(model_version),
+            }
+        )
+        scores["as_of"] = scores["as_of"].astype("datetime64[ns]")
+        return scores[list(SCORE_COLUMNS)]
+
+    def score(self, orders: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
+        """Score every customer with an order on or before ``as_of``."""
+        features = build_features(
+            orders, as_of, channel_values=self.spec_.channel_values, category_values=self.spec_.category_values
+        )
+        return self.score_features(features, as_of, model_version)

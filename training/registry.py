@@ -1,0 +1,234 @@
+"""MLflow: runs with params, metrics and plots; the composite model as one pyfunc; the
+``repurchase`` registered model with ``champion`` and ``challenger`` aliases.
+
+Promotion rule: a new version becomes ``champion`` when there is none. Otherwise it
+becomes ``challenger`` unless, on the same backtest split (same orders, cutoff and horizon),
+its ``p_repurchase`` AUC is higher than the champion's and its Brier score no worse
+(within 0.001); then it becomes ``champion`` and the old champion keeps its version.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.errors import InputError
+from training.model import SCORE_COLUMNS, RepurchaseModel
+
+REGISTERED_MODEL = "repurchase"
+EXPERIMENT = "repurchase"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+CHAMPION, CHALLENGER = "champion", "challenger"
+BRIER_TOLERANCE = 0.001
+_REQUIREMENTS = ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "lifetimes", "ibis-framework", "duckdb", "pyarrow")
+
+
+def configure_tracking(uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (default: $MLFLOW_TRACKING_URI or the project's SQLite store).
+
+    For a SQLite store the folder is created and artifacts live beside the database
+    (``<folder>/artifacts``), never in the working directory.
+    """
+    import mlflow
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    artifact_root = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        artifact_root = (db.parent / "artifacts").resolve().as_uri()
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT, artifact_location=artifact_root)
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def _flat_metrics(report: dict) -> dict[str, float]:
+    """Backtest numbers as MLflow metrics: ``model.auc``, ``bgnbd.revenue.gini``, ..."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            if np.isfinite(value):
+                out[prefix.replace("@", "_")] = float(value)
+
+    for block in ("model", "bgnbd", "recency_only", "holdout_orders"):
+        walk(block, report.get(block, {}))
+    for key in ("n_customers", "base_rate"):
+        walk(key, report.get(key))
+    return out
+
+
+try:
+    import mlflow.pyfunc as _pyfunc
+
+    _PythonModel = _pyfunc.PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency
+    _PythonModel = object
+
+
+class RepurchasePyfunc(_PythonModel):
+    """The composite model as an MLflow pyfunc.
+
+    Input: the feature frame of ``features.pipeline.build_features`` (``customer_id`` and
+    the feature columns; extra columns are ignored). Params: ``as_of`` (the date the
+    features were built for) and ``model_version``. Output: the score contract.
+    """
+
+    def load_context(self, context):
+        with open(context.artifacts["model"], "rb") as handle:
+            self.model = pickle.load(handle)
+
+    def predict(self, context, model_input, params=None):
+        params = params or {}
+        as_of = params.get("as_of") or self.model.spec_.training_cutoff
+        return self.model.score_features(pd.DataFrame(model_input), as_of, str(params.get("model_version", "")))
+
+
+def _pip_requirements() -> list[str]:
+    return [f"{name}=={package_version(name)}" for name in _REQUIREMENTS] + [f"mlflow=={package_version('mlflow')}"]
+
+
+@dataclass
+class LoggedModel:
+    run_id: str
+    model_uri: str
+    version: str | None = None
+    alias: str | None = None
+
+
+def log_run(
+    model: RepurchaseModel,
+    report: dict,
+    *,
+    params: dict,
+    plot_paths: dict[str, Path] | None = None,
+    example_features: pd.DataFrame | None = None,
+    register: bool = False,
+    champion_report: dict | None = None,
+    run_name: str | None = None,
+) -> LoggedModel:
+    """Log a training run (params, metrics, plots, feature list, model) and optionally register it.
+
+    ``champion_report`` is the champion's backtest on the same split, used by the promotion rule.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from training.backtest import write_report
+
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        mlflow.log_metrics(_flat_metrics(report))
+        mlflow.set_tags({"cutoff": report.get("cutoff", ""), "horizon_days": str(report.get("horizon_days", ""))})
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            write_report(report, tmp / "backtest.json")
+            (tmp / "features.txt").write_text("\n".join(model.spec_.model_features) + "\n")
+            mlflow.log_artifact(str(tmp / "backtest.json"))
+            mlflow.log_artifact(str(tmp / "features.txt"))
+            for path in (plot_paths or {}).values():
+                mlflow.log_artifact(str(path), artifact_path="plots")
+            with open(tmp / "model.pkl", "wb") as handle:
+                pickle.dump(model, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            example = example_features.head(5) if example_features is not None else None
+            signature = None
+            if example is not None:
+                output = model.score_features(example, model.spec_.training_cutoff, "0")
+                signature = infer_signature(example, output, params={"as_of": model.spec_.training_cutoff, "model_version": ""})
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=RepurchasePyfunc(),
+                artifacts={"model": str(tmp / "model.pkl")},
+                signature=signature,
+                input_example=None,
+                pip_requirements=_pip_requirements(),
+            )
+    logged = LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
+    if register:
+        logged.version, logged.alias = register_model(logged, report, champion_report)
+    return logged
+
+
+def beats(report: dict, champion_report: dict) -> bool:
+    """The promotion rule: higher AUC, Brier no worse (within ``BRIER_TOLERANCE``), same split."""
+    same_split = all(report.get(k) == champion_report.get(k) for k in ("cutoff", "horizon_days", "n_customers"))
+    if not same_split:
+        raise ValueError("champion and challenger must be compared on the same backtest split")
+    new, old = report["model"], champion_report["model"]
+    return new["auc"] > old["auc"] and new["brier"] <= old["brier"] + BRIER_TOLERANCE
+
+
+def register_model(logged: LoggedModel, report: dict, champion_report: dict | None) -> tuple[str, str]:
+    """Register a new version and give it the alias the promotion rule says."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    had_champion = champion_version() is not None
+    version = mlflow.register_model(logged.model_uri, REGISTERED_MODEL).version
+    if not had_champion or (champion_report is not None and beats(report, champion_report)):
+        alias = CHAMPION
+    else:
+        alias = CHALLENGER
+    client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+    client.set_model_version_tag(REGISTERED_MODEL, version, "auc", str(report.get("model", {}).get("auc")))
+    return str(version), alias
+
+
+def champion_version() -> str | None:
+    """The champion's version number, or None when there is none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def load_scorer(model_uri: str = f"models:/{REGISTERED_MODEL}@{CHAMPION}") -> tuple[RepurchaseModel, str]:
+    """The fitted composite model behind a model URI, and its registry version ("" if unregistered)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = " (train one with: repurchase train --orders SRC --cutoff DATE --register)" if "models:/" in model_uri else ""
+        raise InputError(f"--model {model_uri}: cannot be loaded: {first}{hint}") from None
+    version = ""
+    if model_uri.startswith("models:/"):
+        name, _, ref = model_uri[len("models:/"):].partition("@")
+        client = mlflow.MlflowClient()
+        version = str(client.get_model_version_by_alias(name, ref).version) if ref else model_uri.rsplit("/", 1)[-1]
+    return loaded.unwrap_python_model().model, version
+
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "REGISTERED_MODEL",
+    "SCORE_COLUMNS",
+    "LoggedModel",
+    "RepurchasePyfunc",
+    "beats",
+    "champion_version",
+    "configure_tracking",
+    "load_scorer",
+    "log_run",
+    "register_model",
+]
