@@ -45,7 +45,7 @@ from sklearn.linear_model import LogisticRegression
 
 from features.errors import InputError
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values, training_cutoffs
-from training.btyd import BGNBD, GammaGamma, clv
+from training.btyd import BGNBD, BTYDDataError, BTYDFitError, GammaGamma, clv
 from training.segments import lifecycle_stage, rfm_segment
 
 SCORE_COLUMNS = (
@@ -274,7 +274,7 @@ class RepurchaseModel:
                 gamma_gamma = GammaGamma().fit(
                     features.loc[repeat, "frequency"].to_numpy(float), features.loc[repeat, "monetary_value"].to_numpy(float)
                 )
-            except (ValueError, RuntimeError):
+            except (BTYDDataError, BTYDFitError):
                 gamma_gamma = None
         return bgnbd, gamma_gamma
 
@@ -288,7 +288,10 @@ class RepurchaseModel:
             part = part.reset_index(drop=True)
             if (part["frequency"] > 0).sum() < 20:
                 continue  # too young to fit BTYD: skip the origin rather than invent numbers
-            bgnbd, gamma_gamma = self._fit_btyd(part)
+            try:
+                bgnbd, gamma_gamma = self._fit_btyd(part)
+            except (BTYDDataError, BTYDFitError):
+                continue
             part = pd.concat([part, self._btyd_frame(part, bgnbd, gamma_gamma)], axis=1)
             if len(part) > self.max_rows_per_origin:
                 part = part.sample(self.max_rows_per_origin, random_state=self.random_state)

@@ -1,0 +1,858 @@
+"""Probabilistic ("buy till you die") models on the BTYD summary: BG/NBD and its
+alternatives, Gamma-Gamma spend and BTYD customer lifetime value.
+
+All public inputs are in days, as `features/` computes them (frequency = repeat purchase
+days, recency = age at last purchase, T = age at cutoff, as ``lifetimes`` defines them).
+Parameters are reported in ``time_unit_days`` (weeks by default, the unit of Fader,
+Hardie & Lee 2005), which changes no prediction.
+
+BG/NBD is fitted by its own vectorised log-likelihood with an analytic gradient on
+compressed sufficient statistics, and reproduces ``lifetimes.BetaGeoFitter`` (same
+objective, same time scaling, same penalizer, same optimiser and start). MBG/NBD and
+Pareto/NBD delegate the fit to ``lifetimes``' fitters and keep only their parameters, so
+every fitted model holds plain numbers and pickles.
+
+References
+----------
+Fader, Hardie & Lee (2005a), "Counting Your Customers the Easy Way: An Alternative to the
+Pareto/NBD Model", Marketing Science 24 (2). [BG/NBD]
+Batislam, Denizel & Filiztekin (2007); Wagner & Hoppe (2008). [MBG/NBD]
+Schmittlein, Morrison & Colombo (1987); Fader & Hardie (2005), "A Note on Deriving the
+Pareto/NBD Model and Related Expressions" (brucehardie.com/notes/009). [Pareto/NBD]
+Fader, Hardie & Lee (2005b), "RFM and CLV", JMR 42; brucehardie.com/notes/025. [Gamma-Gamma]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+from scipy.special import digamma, expit, gammaln, hyp2f1, roots_legendre
+
+from features.errors import InputError
+
+__all__ = [
+    "BGNBD",
+    "BTYDDataError",
+    "BTYDFitError",
+    "GammaGamma",
+    "MIN_REPEAT_CUSTOMERS",
+    "MODELS",
+    "NotFittedError",
+    "clv",
+    "compress_rfm",
+    "simulate_customers",
+]
+
+MODELS = ("bgnbd", "mbgnbd", "pareto")
+PARAM_NAMES = {
+    "bgnbd": ("r", "alpha", "a", "b"),
+    "mbgnbd": ("r", "alpha", "a", "b"),
+    "pareto": ("r", "alpha", "s", "beta"),
+}
+MODEL_TITLES = {"bgnbd": "BG/NBD", "mbgnbd": "MBG/NBD", "pareto": "Pareto/NBD"}
+MIN_REPEAT_CUSTOMERS = 10
+DAYS_PER_YEAR = 365.0
+
+# Transaction-model parameters (time scaled so that max T = 1, as lifetimes fits) beyond
+# 1e-5 or 1e5 have run off towards 0 or infinity: the likelihood has no interior optimum
+# (e.g. no churn in the data at all) and the values are wherever the optimiser stopped.
+_LOG_PARAM_LIMIT = math.log(1e5)
+# Gamma-Gamma's v is in money units, so only absurd values count as runaway there.
+_GAMMA_GAMMA_LOG_PARAM_LIMIT = 25.0
+_RUNAWAY_MEANING = {name: " (almost nobody seems to drop out)" for name in ("a", "b", "s", "beta")}
+# Gradient norm (of the mean negative log-likelihood in log-parameters) accepted as converged
+# when BFGS stops on "precision loss" at the optimum.
+_GRADIENT_TOLERANCE = 1e-5
+_QUADRATURE_NODES, _QUADRATURE_WEIGHTS = roots_legendre(48)
+_QUADRATURE_CHUNK = 65536
+
+
+class BTYDDataError(InputError):
+    """The data cannot support the fit (bad values, too few repeat customers)."""
+
+
+class BTYDFitError(InputError):
+    """The fit did not converge to an interior optimum."""
+
+
+class NotFittedError(RuntimeError):
+    """A prediction was asked of a model that has no ``params_`` yet."""
+
+
+# ---------------------------------------------------------------------------------------
+# Data: validation and compression to sufficient statistics
+
+
+@dataclass(frozen=True)
+class RFMTable:
+    """Identical (frequency, recency, T) rows collapsed into weights, in days.
+
+    ``x_values`` are the distinct frequencies with their total weight ``x_weight``;
+    ``T_values`` the distinct ages with their weight ``T_weight`` and weighted frequency sum
+    ``T_xweight``; repeat customers (frequency > 0) are kept as distinct rows, each
+    pointing into ``x_values``, ``recency_values`` and ``T_values``. One-time buyers need no
+    rows: their likelihood depends on T alone.
+    """
+
+    x_values: np.ndarray
+    x_weight: np.ndarray
+    T_values: np.ndarray
+    T_weight: np.ndarray
+    T_xweight: np.ndarray
+    T_weight_one_time: np.ndarray
+    recency_values: np.ndarray
+    repeat_x: np.ndarray
+    repeat_x_index: np.ndarray
+    repeat_recency_index: np.ndarray
+    repeat_T_index: np.ndarray
+    repeat_weight: np.ndarray
+
+    @property
+    def n_customers(self) -> float:
+        return float(self.x_weight.sum())
+
+    @property
+    def n_repeat_customers(self) -> float:
+        return float(self.repeat_weight.sum())
+
+    @property
+    def n_distinct(self) -> int:
+        return int(self.repeat_weight.size + np.count_nonzero(self.T_weight_one_time))
+
+    def distinct_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(frequency, recency, T, weights) of the distinct rows, one-time buyers included."""
+        one_time = np.flatnonzero(self.T_weight_one_time)
+        frequency = np.concatenate([np.zeros(one_time.size), self.repeat_x])
+        recency = np.concatenate([np.zeros(one_time.size), self.recency_values[self.repeat_recency_index]])
+        T = np.concatenate([self.T_values[one_time], self.T_values[self.repeat_T_index]])
+        weights = np.concatenate([self.T_weight_one_time[one_time], self.repeat_weight])
+        return frequency, recency, T, weights
+
+
+def _as_float_array(name: str, values) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise BTYDDataError(f"{name}: values are not numbers ({error})") from None
+    if array.ndim != 1:
+        array = array.reshape(-1)
+    return array
+
+
+def check_rfm(frequency, recency, T, weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a BTYD summary given in days and return it as float arrays plus weights.
+
+    Raises
+    ------
+    BTYDDataError
+        With one line naming the column and what is wrong with it.
+    """
+    frequency = _as_float_array("frequency", frequency)
+    recency = _as_float_array("recency", recency)
+    T = _as_float_array("T", T)
+    weights = np.ones_like(frequency) if weights is None else _as_float_array("weights", weights)
+    sizes = {"frequency": frequency.size, "recency": recency.size, "T": T.size, "weights": weights.size}
+    if len(set(sizes.values())) != 1:
+        raise BTYDDataError(f"frequency, recency, T and weights differ in length: {sizes}")
+    if frequency.size == 0:
+        raise BTYDDataError("no customers: frequency, recency and T are empty")
+    for name, array in (("frequency", frequency), ("recency", recency), ("T", T), ("weights", weights)):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise BTYDDataError(f"{name}: {bad.sum()} missing or infinite values (first at row {np.argmax(bad)})")
+        bad = array < 0
+        if bad.any():
+            first = np.argmax(bad)
+            raise BTYDDataError(f"{name}: {bad.sum()} negative values (first at row {first}: {array[first]:g})")
+    bad = frequency != np.round(frequency)
+    if bad.any():
+        raise BTYDDataError(
+            f"frequency: {bad.sum()} non-integer values (first at row {np.argmax(bad)}: {frequency[bad][0]:g}); "
+            "frequency counts repeat purchase days"
+        )
+    bad = recency > T
+    if bad.any():
+        row = np.argmax(bad)
+        raise BTYDDataError(
+            f"recency > T in {bad.sum()} rows (first at row {row}: recency {recency[row]:g} > T {T[row]:g})"
+        )
+    bad = (frequency == 0) & (recency != 0)
+    if bad.any():
+        raise BTYDDataError(
+            f"recency must be 0 where frequency is 0, but is not in {bad.sum()} rows (first at row {np.argmax(bad)})"
+        )
+    if T.max() <= 0:
+        raise BTYDDataError("T is 0 for every customer: the cutoff is the day of every first order")
+    return frequency, recency, T, weights
+
+
+def compress_rfm(frequency, recency, T, weights=None) -> RFMTable:
+    """Collapse identical (frequency, recency, T) rows into weights (inputs in any one unit)."""
+    frequency, recency, T, weights = check_rfm(frequency, recency, T, weights)
+    x_codes, x_values = pd.factorize(frequency)
+    T_codes, T_values = pd.factorize(T)
+    n_x, n_T = x_values.size, T_values.size
+    x_weight = np.bincount(x_codes, weights=weights, minlength=n_x)
+    T_weight = np.bincount(T_codes, weights=weights, minlength=n_T)
+    T_xweight = np.bincount(T_codes, weights=weights * frequency, minlength=n_T)
+    repeat = frequency > 0
+    one_time = ~repeat
+    T_weight_one_time = np.bincount(T_codes[one_time], weights=weights[one_time], minlength=n_T)
+    recency_codes, recency_values = pd.factorize(recency[repeat])
+    n_recency = max(recency_values.size, 1)
+    key = (x_codes[repeat].astype(np.int64) * n_recency + recency_codes) * n_T + T_codes[repeat]
+    row_codes, row_keys = pd.factorize(key)
+    row_keys = np.asarray(row_keys, dtype=np.int64)
+    repeat_x_index = row_keys // (n_recency * n_T)
+    return RFMTable(
+        x_values=np.asarray(x_values, dtype=float),
+        x_weight=x_weight,
+        T_values=np.asarray(T_values, dtype=float),
+        T_weight=T_weight,
+        T_xweight=T_xweight,
+        T_weight_one_time=T_weight_one_time,
+        recency_values=np.asarray(recency_values, dtype=float),
+        repeat_x=np.asarray(x_values, dtype=float)[repeat_x_index],
+        repeat_x_index=repeat_x_index,
+        repeat_recency_index=(row_keys // n_T) % n_recency,
+        repeat_T_index=row_keys % n_T,
+        repeat_weight=np.bincount(row_codes, weights=weights[repeat], minlength=row_keys.size),
+    )
+
+
+def _check_supports_fit(table: RFMTable, title: str) -> None:
+    n, n_repeat = table.n_customers, table.n_repeat_customers
+    if n_repeat == 0:
+        raise BTYDDataError(
+            f"all {n:.0f} customers are one-time buyers, so {title} cannot estimate repeat buying or churn: "
+            "use a later cutoff or a longer order history"
+        )
+    if n_repeat < MIN_REPEAT_CUSTOMERS:
+        raise BTYDDataError(
+            f"only {n_repeat:.0f} of {n:.0f} customers made a repeat purchase; {title} needs at least "
+            f"{MIN_REPEAT_CUSTOMERS}: use a later cutoff or a longer order history"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# BG/NBD log-likelihood (Fader, Hardie & Lee 2005a, eq. 6, in the form of section 7)
+
+
+def bgnbd_negative_log_likelihood(
+    log_params: np.ndarray, table: RFMTable, time_scale: float, penalizer_coef: float = 0.0
+) -> tuple[float, np.ndarray]:
+    """Mean negative log-likelihood and its gradient in log-parameters.
+
+    The objective of ``lifetimes.BetaGeoFitter``: time multiplied by ``time_scale``
+    (lifetimes uses 1 / max T), the mean over customers, plus ``penalizer_coef`` times the
+    squared parameters. Per customer,
+
+        LL = A1 + A2 + A3 + log(1 + [x > 0] exp(A4 - A3)),
+
+    where A1 and A2 depend on x alone and A3 on (x, T); they are summed per distinct value,
+    and only repeat customers' rows carry the per-row term, whose derivative is the
+    probability of being dead, expit(A4 - A3).
+    """
+    params = np.exp(log_params)
+    r, alpha, a, b = params
+    x = table.x_values
+    W_x = table.x_weight
+    W = W_x.sum()
+    T = table.T_values * time_scale
+    recency = table.recency_values * time_scale
+
+    per_x = gammaln(r + x) - gammaln(r) + gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
+    digamma_r = digamma(r + x) - digamma(r)
+    digamma_ab = digamma(a + b) - digamma(a + b + x)
+    digamma_b = digamma(b + x) - digamma(b)
+    log_alpha = math.log(alpha)
+    log_alpha_T = np.log(alpha + T)
+    inv_alpha_T = 1.0 / (alpha + T)
+    T_coef = r * table.T_weight + table.T_xweight
+
+    ll = W_x @ per_x + W * r * log_alpha - T_coef @ log_alpha_T
+    grad = np.array(
+        [
+            W_x @ digamma_r + W * log_alpha - table.T_weight @ log_alpha_T,
+            W * r / alpha - T_coef @ inv_alpha_T,
+            W_x @ digamma_ab,
+            W_x @ (digamma_ab + digamma_b),
+        ]
+    )
+
+    if table.repeat_weight.size:
+        w = table.repeat_weight
+        ix, ir, it = table.repeat_x_index, table.repeat_recency_index, table.repeat_T_index
+        inv_b_x = 1.0 / (b + np.maximum(x, 1.0) - 1.0)
+        log_odds_x = math.log(a) + np.log(inv_b_x)
+        r_x = r + table.repeat_x
+        span = log_alpha_T[it] - np.log(alpha + recency)[ir]
+        log_odds_dead = log_odds_x[ix] + r_x * span
+        # log(1 + e^z) and its derivative expit(z) from one exp; long dot products by
+        # einsum, since a threaded BLAS dot stalls badly on a busy machine.
+        small = np.exp(-np.abs(log_odds_dead))
+        softplus = np.maximum(log_odds_dead, 0.0) + np.log1p(small)
+        w_dead = w * np.where(log_odds_dead >= 0.0, 1.0, small) / (1.0 + small)
+        ll += np.einsum("i,i->", w, softplus)
+        grad[0] += np.einsum("i,i->", w_dead, span)
+        grad[1] += np.einsum("i,i,i->", w_dead, r_x, inv_alpha_T[it] - (1.0 / (alpha + recency))[ir])
+        grad[2] += w_dead.sum() / a
+        grad[3] -= np.bincount(ix, weights=w_dead, minlength=x.size) @ inv_b_x
+
+    value = -ll / W + penalizer_coef * (params @ params)
+    gradient = (-grad / W + 2.0 * penalizer_coef * params) * params
+    return float(value), gradient
+
+
+def _minimize(objective, x0, args, title: str, names, log_param_limit: float = _LOG_PARAM_LIMIT) -> np.ndarray:
+    # BFGS from lifetimes' start with its tolerance (gtol = 1e-7), so both land on one optimum.
+    result = optimize.minimize(objective, x0, args=args, jac=True, method="BFGS", tol=1e-7)
+    hint = "try penalizer_coef=0.001 (or larger) or a longer order history"
+    if not np.all(np.isfinite(result.x)) or not np.isfinite(result.fun):
+        raise BTYDFitError(f"{title} fit did not converge (the likelihood became NaN); {hint}")
+    gradient_norm = float(np.max(np.abs(result.jac)))
+    if not result.success and gradient_norm > _GRADIENT_TOLERANCE:
+        reason = f"{result.message.strip()}; gradient {gradient_norm:.1e}"
+        raise BTYDFitError(f"{title} fit did not converge ({reason}); {hint}")
+    _check_no_runaway(dict(zip(names, np.exp(result.x))), title, log_param_limit)
+    return result.x
+
+
+def _check_no_runaway(scaled_params: dict, title: str, log_param_limit: float = _LOG_PARAM_LIMIT) -> None:
+    for name, value in scaled_params.items():
+        if not (np.isfinite(value) and value > 0 and abs(math.log(value)) <= log_param_limit):
+            # An L2 penalizer pulls towards 0 and cannot stop a, s running off to 0 (no drop-out).
+            raise BTYDFitError(
+                f"{title} fit has no interior optimum: {name} ran off to {value:.3g}, which the data cannot pin down"
+                f"{_RUNAWAY_MEANING.get(name, '')}; use a longer order history or more customers"
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Predictions in model time units (scalar parameters, broadcast arrays)
+
+
+def _hyp2f1(a, b, c, z):
+    """Gauss's 2F1, stepping around scipy's NaN/inf when c - a - b is an integer.
+
+    scipy 1.17's hyp2f1 returns NaN or inf for z near 1 when c - a - b is an integer (e.g. r = a,
+    or integer parameters); moving c by one part in 1e13 gives the value to ~1e-12.
+    """
+    value = hyp2f1(a, b, c, z)
+    broken = ~np.isfinite(value)
+    if np.any(broken):
+        value = np.where(broken, hyp2f1(a, b, np.multiply(c, 1.0 + 1e-13), z), value)
+    return value
+
+
+def _log_ratio(T, recency, alpha):
+    """log((alpha + T) / (alpha + recency)), accurate when recency is close to T."""
+    return np.log1p((T - recency) / (alpha + recency))
+
+
+def _p_alive(model: str, params: dict, x, recency, T):
+    if model == "pareto":
+        return expit(-_pareto_log_odds_dead(params, x, recency, T))
+    r, alpha, a, b = (params[k] for k in PARAM_NAMES[model])
+    if model == "bgnbd":
+        # No death before the first repeat purchase: x = 0 means alive.
+        log_odds_dead = np.log(a) - np.log(b + np.maximum(x, 1.0) - 1.0) + (r + x) * _log_ratio(T, recency, alpha)
+        return np.where(x == 0, 1.0, expit(-log_odds_dead))
+    log_odds_dead = np.log(a) - np.log(b + x) + (r + x) * _log_ratio(T, recency, alpha)
+    return expit(-log_odds_dead)
+
+
+def _expected_orders(model: str, params: dict, t, x, recency, T):
+    p_alive = _p_alive(model, params, x, recency, T)
+    if model == "pareto":
+        # E[Y(t) | alive] = E[lambda] E[(1 - exp(-mu t)) / mu] with lambda ~ Gamma(r+x, alpha+T)
+        # and mu ~ Gamma(s, beta+T) a posteriori (note 009, eq. 41).
+        r, alpha, s, beta = (params[k] for k in PARAM_NAMES[model])
+        log_growth = np.log1p(t / (beta + T))
+        if abs(s - 1.0) < 1e-9:
+            integral = log_growth
+        else:
+            integral = -np.expm1(-(s - 1.0) * log_growth) / (s - 1.0)
+        return p_alive * (r + x) / (alpha + T) * (beta + T) * integral
+    r, alpha, a, b = (params[k] for k in PARAM_NAMES[model])
+    z = t / (alpha + T + t)
+    # FHL (2005a) eq. 10 (Wagner & Hoppe 2008 for MBG/NBD) after Euler's transformation
+    # 2F1(a, b; c; z) = (1-z)^(c-a-b) 2F1(c-a, c-b; c; z): the factor (1-z)^(r+x) cancels
+    # and no argument grows with x, so nothing overflows.
+    if model == "bgnbd":
+        # c = 0 (a + b = 1, x = 0) is a pole of 2F1 that c (1 - ...) cancels: step beside it.
+        c = np.where(a + b + x == 1.0, 1e-12, a + b + x - 1.0)
+        tail = _hyp2f1(a + b - 1.0 - r, a - 1.0, c, z)
+    else:
+        c = a + b + x
+        tail = _hyp2f1(a + b - r, a - 1.0, c, z)
+    log_survival = (a - 1.0) * np.log1p(-z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # 2F1 turns negative only when c < 0 (a + b < 1, x = 0), where expm1 cannot help.
+        still = np.where(tail > 0, -np.expm1(log_survival + np.log(tail)), 1.0 - np.exp(log_survival) * tail)
+    return p_alive * c / (a - 1.0) * still
+
+
+def _p_repurchase(model: str, params: dict, t, x, recency, T):
+    p_alive = _p_alive(model, params, x, recency, T)
+    if model == "pareto":
+        return p_alive * _pareto_p_buy_if_alive(params, t, x, T)
+    # Alive at T, one stays alive until the next purchase and lambda ~ Gamma(r + x, alpha + T),
+    # so P(no purchase in t | alive) = E[exp(-lambda t)] = ((alpha + T) / (alpha + T + t)) ** (r + x).
+    r, alpha = params["r"], params["alpha"]
+    return p_alive * -np.expm1(-(r + x) * np.log1p(t / (alpha + T)))
+
+
+def _decaying_integral(upper, log_h, *columns, extra_cut=0.0):
+    """int_0^upper exp(-v + log_h(v, *columns)) dv, elementwise over broadcast arrays.
+
+    For h bounded by exp(extra_cut): 48-point Gauss-Legendre, cut at v = 40 + extra_cut
+    (beyond which nothing is left to add), in chunks so that a million customers do not
+    need a million-by-48 array at once.
+    """
+    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (upper, extra_cut, *columns)))
+    shape = arrays[0].shape
+    flat = [a.reshape(-1) for a in arrays]
+    out = np.empty(flat[0].size)
+    half_nodes = (_QUADRATURE_NODES + 1.0) / 2.0
+    for start in range(0, out.size, _QUADRATURE_CHUNK):
+        top, cut, *chunk = (a[start : start + _QUADRATURE_CHUNK, None] for a in flat)
+        top = np.minimum(top, 40.0 + cut)
+        v = top * half_nodes
+        out[start : start + _QUADRATURE_CHUNK] = top[:, 0] * (np.exp(-v + log_h(v, *chunk)) @ _QUADRATURE_WEIGHTS) / 2.0
+    return out.reshape(shape)
+
+
+def _pareto_log_odds_dead(params: dict, x, recency, T):
+    """log P(dead at T | x, t_x, T) / P(alive at T | x, t_x, T) under Pareto/NBD.
+
+    The odds are s int_{t_x}^T ((alpha+T)/(alpha+u))^(r+x) ((beta+T)/(beta+u))^s du/(beta+u)
+    (the "died in (t_x, T]" part of the likelihood over the "alive" part; note 009's A_0,
+    eqs. 18-20). With v = (r+x) log((alpha+u)/(alpha+t_x)) this is
+    s e^W int_0^W e^(-v) h(v) dv, W = (r+x) log((alpha+T)/(alpha+t_x)): logs throughout and
+    no 2F1, whose scipy 1.17 implementation returns NaN or inf when c - a - b is an integer.
+    """
+    r, alpha, s, beta = (params[k] for k in PARAM_NAMES["pareto"])
+    upper = (r + x) * _log_ratio(T, recency, alpha)
+
+    def log_h(v, x, recency, T):
+        u = (alpha + recency) * np.exp(v / (r + x)) - alpha
+        return s * np.log((beta + T) / (beta + u)) + np.log((alpha + u) / (beta + u)) - np.log(r + x)
+
+    with np.errstate(divide="ignore"):
+        return math.log(s) + upper + np.log(_decaying_integral(upper, log_h, x, recency, T))
+
+
+def _pareto_p_buy_if_alive(params: dict, t, x, T):
+    """P(a purchase in (T, T+t] | alive at T) under Pareto/NBD.
+
+    With lambda ~ Gamma(r+x, alpha+T) and mu ~ Gamma(s, beta+T) independent a posteriori,
+    P = int_0^t f(u) S(u) du, where f(u) = (r+x)/(alpha+T+u) ((alpha+T)/(alpha+T+u))^(r+x) is
+    the density of the next purchase if immortal and S(u) = ((beta+T)/(beta+T+u))^s the
+    survival. Whichever hazard is faster at u = 0 becomes the variable of integration, so the
+    sharp factor is exactly e^(-v) and what is left is smooth:
+    v = (r+x) log(1 + u/(alpha+T)) gives int e^(-v) S(u(v)) dv;
+    w = s log(1 + u/(beta+T)) gives int e^(-w) (r+x)/s (beta+T+u)/(alpha+T+u) (1 - F(u(w))) dw.
+    """
+    r, alpha, s, beta = (params[k] for k in PARAM_NAMES["pareto"])
+    t, x, T = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (t, x, T)))
+    shape_buy = r + x
+    by_survival = s / (beta + T) > shape_buy / (alpha + T)
+    out = np.empty(t.shape)
+
+    def log_survival_given_purchase_time(v, shape_buy, T):
+        u = (alpha + T) * np.expm1(np.minimum(v / shape_buy, 700.0))
+        return -s * np.log1p(u / (beta + T))
+
+    def log_purchase_density_over_hazard(w, shape_buy, T):
+        u = (beta + T) * np.expm1(np.minimum(w / s, 700.0))
+        return np.log(shape_buy / s * (beta + T + u) / (alpha + T + u)) - shape_buy * np.log1p(u / (alpha + T))
+
+    a = ~by_survival
+    out[a] = _decaying_integral(
+        shape_buy[a] * np.log1p(t[a] / (alpha + T[a])), log_survival_given_purchase_time, shape_buy[a], T[a]
+    )
+    b = by_survival
+    out[b] = _decaying_integral(
+        s * np.log1p(t[b] / (beta + T[b])), log_purchase_density_over_hazard, shape_buy[b], T[b],
+        extra_cut=np.log(np.maximum(shape_buy[b] / s, 1.0)),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Estimators
+
+
+class BGNBD:
+    """BG/NBD (default), MBG/NBD or Pareto/NBD on the BTYD summary, as an estimator.
+
+    Parameters
+    ----------
+    model : {"bgnbd", "mbgnbd", "pareto"}
+        The transaction model. BG/NBD is fitted by this module's vectorised likelihood and
+        reproduces ``lifetimes.BetaGeoFitter``; the others delegate to ``lifetimes``.
+    penalizer_coef : float
+        L2 penalty on the parameters, as ``lifetimes`` applies it (time scaled so that the
+        oldest customer's T is 1), so it too is independent of the time unit.
+    time_unit_days : float
+        Days per unit of the reported parameters (7: per week, as in the paper).
+
+    Attributes
+    ----------
+    params_ : dict
+        {"r", "alpha", "a", "b"} ({"r", "alpha", "s", "beta"} for Pareto/NBD), alpha and
+        beta in ``time_unit_days``.
+    log_likelihood_ : float
+        Total log-likelihood over customers in ``time_unit_days`` (the paper's -9582.4).
+    n_customers_, n_distinct_ : int
+        Customers fitted, and distinct (frequency, recency, T) rows they collapse to.
+    """
+
+    def __init__(self, *, model: str = "bgnbd", penalizer_coef: float = 0.0, time_unit_days: float = 7.0):
+        self.model = model
+        self.penalizer_coef = penalizer_coef
+        self.time_unit_days = time_unit_days
+
+    @classmethod
+    def from_params(cls, params: dict, *, model: str = "bgnbd", time_unit_days: float = 7.0) -> BGNBD:
+        """A model with known parameters (in ``time_unit_days``), e.g. to score or simulate."""
+        estimator = cls(model=model, time_unit_days=time_unit_days)
+        estimator._check_hyperparameters()
+        estimator.params_ = {name: float(params[name]) for name in PARAM_NAMES[model]}
+        return estimator
+
+    def __repr__(self) -> str:
+        fitted = getattr(self, "params_", None)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in fitted.items()) if fitted else "not fitted"
+        return f"BGNBD(model={self.model!r}, time_unit_days={self.time_unit_days:g}; {shown})"
+
+    def _check_hyperparameters(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        if not (self.time_unit_days > 0):
+            raise ValueError(f"time_unit_days must be positive, not {self.time_unit_days!r}")
+        if not (self.penalizer_coef >= 0):
+            raise ValueError(f"penalizer_coef must be >= 0, not {self.penalizer_coef!r}")
+
+    def fit(self, frequency, recency, T, weights=None) -> BGNBD:
+        """Fit on a BTYD summary in days; identical rows are collapsed into weights first.
+
+        Raises
+        ------
+        BTYDDataError
+            Invalid values, or too few repeat customers to estimate the model.
+        BTYDFitError
+            The likelihood has no interior optimum the optimiser can reach.
+        """
+        self._check_hyperparameters()
+        title = MODEL_TITLES[self.model]
+        table = compress_rfm(frequency, recency, T, weights)
+        _check_supports_fit(table, title)
+        names = PARAM_NAMES[self.model]
+        unit_per_day = 1.0 / self.time_unit_days
+        max_T_units = table.T_values.max() * unit_per_day
+        if self.model == "bgnbd":
+            # lifetimes fits in time scaled to max T = 1; doing the same makes the fit (and
+            # the penalizer) identical to BetaGeoFitter's and independent of the time unit.
+            time_scale = 1.0 / table.T_values.max()
+            log_params = _minimize(
+                bgnbd_negative_log_likelihood, np.full(4, 0.1), (table, time_scale, self.penalizer_coef), title, names
+            )
+            scaled = dict(zip(names, np.exp(log_params)))
+            unpenalized, _ = bgnbd_negative_log_likelihood(log_params, table, time_scale, 0.0)
+            # The likelihood is a density of x purchase times: rescaling time by k shifts it by -x log k.
+            total_frequency = table.x_weight @ table.x_values
+            log_likelihood = -unpenalized * table.n_customers - total_frequency * math.log(max_T_units)
+            params = {name: float(scaled[name]) for name in names}
+            params["alpha"] = float(params["alpha"] * max_T_units)
+        else:
+            params, log_likelihood = self._fit_with_lifetimes(table, unit_per_day, title)
+        self.params_ = params
+        self.log_likelihood_ = float(log_likelihood)
+        self.n_customers_ = int(round(table.n_customers))
+        self.n_distinct_ = table.n_distinct
+        return self
+
+    def _fit_with_lifetimes(self, table: RFMTable, unit_per_day: float, title: str) -> tuple[dict, float]:
+        from lifetimes import ModifiedBetaGeoFitter, ParetoNBDFitter
+        from lifetimes.utils import ConvergenceError
+
+        frequency, recency, T, weights = table.distinct_rows()
+        recency, T = recency * unit_per_day, T * unit_per_day
+        names = PARAM_NAMES[self.model]
+        fitter_class = ModifiedBetaGeoFitter if self.model == "mbgnbd" else ParetoNBDFitter
+        fitter = fitter_class(penalizer_coef=self.penalizer_coef)
+        hint = "try penalizer_coef=0.001 (or larger) or a longer order history"
+        try:
+            # lifetimes prints the optimiser's state when it gives up; the exception says it.
+            with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):
+                fitter.fit(frequency, recency, T, weights=weights)
+        except ConvergenceError:
+            raise BTYDFitError(f"{title} fit did not converge (lifetimes' optimiser gave up); {hint}") from None
+        except np.linalg.LinAlgError:
+            raise BTYDFitError(f"{title} fit did not converge (singular Hessian at the optimum); {hint}") from None
+        params = {name: float(fitter.params_[name]) for name in names}
+        values = np.array([params[name] for name in names])
+        max_T_units = T.max()
+        _check_no_runaway({k: v / max_T_units if k in ("alpha", "beta") else v for k, v in params.items()}, title)
+        if self.model == "mbgnbd":
+            per_customer = -ModifiedBetaGeoFitter._negative_log_likelihood(
+                np.log(values), frequency, recency, T, weights, 0.0
+            )
+            log_likelihood = per_customer * weights.sum()
+        else:
+            log_likelihood = weights @ ParetoNBDFitter._conditional_log_likelihood(values, frequency, recency, T)
+        if not np.isfinite(log_likelihood):
+            raise BTYDFitError(f"{title} fit did not converge (log-likelihood is not finite); {hint}")
+        return params, float(log_likelihood)
+
+    def _prepare(self, frequency, *times_in_days):
+        """Broadcast inputs; frequency is a count, the rest are days turned into model units."""
+        if not getattr(self, "params_", None):
+            raise NotFittedError("this BGNBD model is not fitted yet: call fit(frequency, recency, T) first")
+        arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (frequency, *times_in_days)))
+        return [arrays[0]] + [a / self.time_unit_days for a in arrays[1:]]
+
+    def p_alive(self, frequency, recency, T) -> np.ndarray:
+        """P(alive at T | frequency, recency, T), inputs in days."""
+        x, recency, T = self._prepare(frequency, recency, T)
+        return np.asarray(_p_alive(self.model, self.params_, x, recency, T), dtype=float)
+
+    def expected_orders(self, t_days, frequency, recency, T) -> np.ndarray:
+        """Expected number of repeat purchases in (T, T + t_days], given the history."""
+        x, t, recency, T = self._prepare(frequency, t_days, recency, T)
+        return np.asarray(_expected_orders(self.model, self.params_, t, x, recency, T), dtype=float)
+
+    def p_repurchase(self, t_days, frequency, recency, T) -> np.ndarray:
+        """P(at least one purchase in (T, T + t_days] | frequency, recency, T).
+
+        BG/NBD and MBG/NBD: P(none) = (1 - P(alive)) + P(alive) ((alpha+T)/(alpha+T+t))^(r+x).
+        Pareto/NBD: death can come before the next purchase, so P(alive) times a
+        one-dimensional integral (see ``_pareto_p_buy_if_alive``).
+        """
+        x, t, recency, T = self._prepare(frequency, t_days, recency, T)
+        return np.asarray(_p_repurchase(self.model, self.params_, t, x, recency, T), dtype=float)
+
+
+class GammaGamma:
+    """Gamma-Gamma model of spend per order (Fader, Hardie & Lee 2005b; note 025).
+
+    Fits ``lifetimes.GammaGammaFitter``'s objective (same start, optimiser and penalizer)
+    by an analytic gradient, on customers with frequency > 0.
+
+    Attributes
+    ----------
+    params_ : dict
+        {"p", "q", "v"}.
+    n_customers_ : int
+        Repeat customers the fit used.
+    """
+
+    def __init__(self, *, penalizer_coef: float = 0.0):
+        self.penalizer_coef = penalizer_coef
+
+    @classmethod
+    def from_params(cls, params: dict) -> GammaGamma:
+        """A model with known parameters."""
+        estimator = cls()
+        estimator.params_ = {name: float(params[name]) for name in ("p", "q", "v")}
+        return estimator
+
+    def __repr__(self) -> str:
+        fitted = getattr(self, "params_", None)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in fitted.items()) if fitted else "not fitted"
+        return f"GammaGamma({shown})"
+
+    @staticmethod
+    def negative_log_likelihood(log_params, frequency, monetary_value, penalizer_coef=0.0):
+        """Mean negative log-likelihood (note 025, eq. 1a) and its gradient in log-parameters."""
+        params = np.exp(log_params)
+        p, q, v = params
+        x, m = frequency, monetary_value
+        px = p * x
+        log_xm_v = np.log(x * m + v)
+        ll = (
+            gammaln(px + q) - gammaln(px) - gammaln(q) + q * math.log(v)
+            + (px - 1.0) * np.log(m) + px * np.log(x) - (px + q) * log_xm_v
+        )
+        digamma_pxq = digamma(px + q)
+        grad = np.array(
+            [
+                np.sum(x * (digamma_pxq - digamma(px) + np.log(m) + np.log(x) - log_xm_v)),
+                np.sum(digamma_pxq - digamma(q) + math.log(v) - log_xm_v),
+                np.sum(q / v - (px + q) / (x * m + v)),
+            ]
+        )
+        n = x.size
+        value = -ll.sum() / n + penalizer_coef * (params @ params)
+        return float(value), (-grad / n + 2.0 * penalizer_coef * params) * params
+
+    def fit(self, frequency, monetary_value) -> GammaGamma:
+        """Fit on repeat customers' frequency and mean repeat order value.
+
+        Raises
+        ------
+        BTYDDataError
+            Fewer than ``MIN_REPEAT_CUSTOMERS`` repeat customers, or non-positive spend.
+        BTYDFitError
+            No optimum, or q <= 1 (mean spend undefined).
+        """
+        frequency = _as_float_array("frequency", frequency)
+        monetary_value = _as_float_array("monetary_value", monetary_value)
+        if frequency.size != monetary_value.size:
+            sizes = f"frequency ({frequency.size}) and monetary_value ({monetary_value.size})"
+            raise BTYDDataError(f"{sizes} differ in length")
+        bad = ~np.isfinite(frequency) | ~np.isfinite(monetary_value)
+        if bad.any():
+            raise BTYDDataError(
+                f"{bad.sum()} missing or infinite frequency or monetary_value values (first at row {np.argmax(bad)})"
+            )
+        repeat = frequency > 0
+        n_repeat = int(repeat.sum())
+        if n_repeat < MIN_REPEAT_CUSTOMERS:
+            raise BTYDDataError(
+                f"only {n_repeat} of {frequency.size} customers made a repeat purchase; Gamma-Gamma needs at least "
+                f"{MIN_REPEAT_CUSTOMERS} to learn spend per order: use a later cutoff or a longer order history"
+            )
+        x, m = frequency[repeat], monetary_value[repeat]
+        bad = m <= 0
+        if bad.any():
+            raise BTYDDataError(
+                f"monetary_value: {bad.sum()} repeat customers have a mean order value <= 0 "
+                f"(first: {m[bad][0]:g}); Gamma-Gamma needs positive spend: drop or net out returns first"
+            )
+        log_params = _minimize(
+            self.negative_log_likelihood,
+            np.full(3, 0.1),
+            (x, m, self.penalizer_coef),
+            "Gamma-Gamma",
+            ("p", "q", "v"),
+            _GAMMA_GAMMA_LOG_PARAM_LIMIT,
+        )
+        params = dict(zip(("p", "q", "v"), map(float, np.exp(log_params))))
+        if params["q"] <= 1.0:
+            raise BTYDFitError(
+                f"Gamma-Gamma fit gave q = {params['q']:.3g} <= 1, so mean spend per order is undefined: "
+                "cap outlier order values or use more repeat customers"
+            )
+        self.params_ = params
+        self.n_customers_ = n_repeat
+        return self
+
+    def expected_order_value(self, frequency, monetary_value) -> np.ndarray:
+        """E[spend per order | frequency, mean repeat order value] (note 025, eq. 5)."""
+        if not getattr(self, "params_", None):
+            raise NotFittedError("this GammaGamma model is not fitted yet: call fit(frequency, monetary_value) first")
+        p, q, v = self.params_["p"], self.params_["q"], self.params_["v"]
+        x, m = np.broadcast_arrays(np.asarray(frequency, dtype=float), np.asarray(monetary_value, dtype=float))
+        individual_weight = p * x / (p * x + q - 1.0)
+        population_mean = v * p / (q - 1.0)
+        return (1.0 - individual_weight) * population_mean + individual_weight * m
+
+
+def clv(
+    bgnbd: BGNBD,
+    gamma_gamma: GammaGamma,
+    frequency,
+    recency,
+    T,
+    monetary_value,
+    horizon_days: float = 365,
+    discount_rate_annual: float = 0.1,
+    step_days: float = 30,
+) -> np.ndarray:
+    """BTYD customer lifetime value over ``horizon_days``, discounted, as lifetimes computes it.
+
+    Sum over steps ending at d = step, 2 step, ..., horizon of (expected orders in the
+    step) x (expected order value) / (1 + discount_rate_annual) ** (d / 365). With
+    step_days = 30 and a monthly rate m, lifetimes' ``customer_lifetime_value`` is this with
+    discount_rate_annual = (1 + m) ** (365 / 30) - 1.
+    """
+    if not (horizon_days > 0 and step_days > 0):
+        raise ValueError(f"horizon_days and step_days must be positive, not {horizon_days!r} and {step_days!r}")
+    if not (discount_rate_annual > -1):
+        raise ValueError(f"discount_rate_annual must be > -1, not {discount_rate_annual!r}")
+    n_steps = math.ceil(horizon_days / step_days - 1e-9)
+    step_ends = np.minimum(step_days * np.arange(1, n_steps + 1), horizon_days)
+    frequency, recency, T, monetary_value = np.broadcast_arrays(
+        *(np.asarray(a, dtype=float) for a in (frequency, recency, T, monetary_value))
+    )
+    cumulative = bgnbd.expected_orders(step_ends.reshape((-1,) + (1,) * frequency.ndim), frequency, recency, T)
+    per_step = np.diff(cumulative, axis=0, prepend=0.0)
+    discount = (1.0 + discount_rate_annual) ** (-step_ends / DAYS_PER_YEAR)
+    discounted_orders = np.tensordot(discount, per_step, axes=1)
+    return discounted_orders * gamma_gamma.expected_order_value(frequency, monetary_value)
+
+
+# ---------------------------------------------------------------------------------------
+# Simulation (tests and benchmarks)
+
+
+def simulate_customers(
+    model: str,
+    params: dict,
+    T,
+    *,
+    horizon: float = 0.0,
+    resolution: float | None = None,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Simulate customers of a BTYD model from their first purchase at time 0.
+
+    Parameters
+    ----------
+    model, params
+        As in ``BGNBD``; time in the unit of ``params``'s alpha (and beta).
+    T : array_like
+        Age of each customer at the cutoff, in that unit.
+    horizon : float
+        Also count each customer's purchases in (T, T + horizon].
+    resolution : float, optional
+        Record purchases to this period (1 with days: day-resolution order dates):
+        frequency counts distinct periods after the first, as lifetimes' summary does.
+
+    Returns
+    -------
+    dict of arrays: ``frequency``, ``recency``, ``T``, ``future_orders``.
+    """
+    T = np.asarray(T, dtype=float)
+    n = T.size
+    r, alpha = params["r"], params["alpha"]
+    rate = rng.gamma(r, 1.0 / alpha, n)
+    if model == "pareto":
+        death = rng.exponential(1.0, n) / rng.gamma(params["s"], 1.0 / params["beta"], n)
+        p_death = np.zeros(n)
+    else:
+        death = np.full(n, np.inf)
+        p_death = rng.beta(params["a"], params["b"], n)
+    frequency = np.zeros(n)
+    recency = np.zeros(n)
+    future_orders = np.zeros(n)
+    clock = np.zeros(n)
+    end = np.minimum(T + horizon, death)
+    # MBG/NBD customers may also drop out right after the first purchase.
+    active = np.flatnonzero(rng.random(n) >= p_death) if model == "mbgnbd" else np.arange(n)
+    while active.size:
+        clock[active] += rng.exponential(1.0, active.size) / rate[active]
+        active = active[clock[active] <= end[active]]
+        when = clock[active]
+        before = when <= T[active]
+        buyers = active[before]
+        if resolution is None:
+            frequency[buyers] += 1
+            recency[buyers] = when[before]
+        else:
+            period = np.floor(when[before] / resolution) * resolution
+            new = period > recency[buyers]
+            frequency[buyers[new]] += 1
+            recency[buyers[new]] = period[new]
+        future_orders[active[~before]] += 1
+        active = active[rng.random(active.size) >= p_death[active]]
+    return {"frequency": frequency, "recency": recency, "T": T, "future_orders": future_orders}
