@@ -245,8 +245,39 @@ def score(
     model: str = typer.Option("models:/repurchase@champion", "--model", help="MLflow model URI."),
     column_map: Optional[str] = MapOption,
 ) -> None:
-    """Score every customer with the registered model (batch)."""
-    _not_yet("score", 7)
+    """Score every customer with the registered model (batch).
+
+    Writes the score contract (p_repurchase, next-order quantiles, expected orders and
+    revenue, CLV, churn risk, RFM segment, lifecycle stage, ...) one row per customer, and
+    the feature snapshot beside it (<name>.features.parquet) that `repurchase serve` uses
+    for scoring by id. Orders after --as-of are ignored and counted.
+    """
+    from features.orders import load_order_log, parse_date
+    from training.registry import configure_tracking, load_scorer
+
+    day = parse_date(as_of, "--as-of")
+    with err.status("loading orders ..."):
+        log = load_order_log(orders, column_map)
+    configure_tracking(_tracking_uri())
+    with err.status(f"loading model {model} ..."):
+        scorer, version = load_scorer(model)
+    run = _score_with_progress(scorer, log, day, out_path, version)
+    if run.n_future_orders_ignored:
+        err.print(f"warning: ignored {run.n_future_orders_ignored:,} orders after --as-of {day.date()}")
+    out.print(f"wrote {run.scores_path} ({run.n_customers:,} customers, model version {version or 'unregistered'}) "
+              f"and the feature snapshot {run.snapshot_path}")
+
+
+def _score_with_progress(scorer, log, day, out_path, version):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from serving.batch import score_log
+
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("score", total=None)
+        return score_log(scorer, log, day, out_path, model_version=version,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
 @app.command()
@@ -294,8 +325,22 @@ def quickstart(
     run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri())
 
 
+def _quiet_libraries() -> None:
+    """Keep MLflow's and LightGBM's chatter out of the user's terminal (our own messages say what matters)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow configures its loggers on import
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    for module in (r"mlflow(\..*)?", r"lightgbm(\..*)?", r"sklearn(\..*)?", r"lifetimes(\..*)?", r"pydantic(\..*)?"):
+        warnings.filterwarnings("ignore", module=module)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main() -> None:
     """Console entry point."""
+    _quiet_libraries()
     app(prog_name="repurchase")
 
 

@@ -69,8 +69,28 @@ def test_bad_cutoff_is_exit_2(tmp_path):
     assert not (tmp_path / "f.parquet").exists()
 
 
-def test_quickstart_writes_summary(tmp_path):
-    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs")], env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
-    assert result.exit_code == 0, result.output
-    assert "23,570" in result.output
-    assert (tmp_path / "qs" / "orders_summary.json").exists()
+@pytest.mark.slow
+def test_quickstart_does_the_whole_job(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from training.contract import SCORE_COLUMNS
+
+    out = tmp_path / "qs"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
+    proc = subprocess.run([repurchase_executable(), "quickstart", "--out", str(out)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "23,570 customers" in proc.stdout and "registered repurchase version 1 as champion" in proc.stdout
+    assert "Traceback" not in proc.stderr and "WARNING" not in proc.stdout + proc.stderr
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert list(scores.columns) == list(SCORE_COLUMNS) and len(scores) == 23570
+    report = json.loads((out / "backtest.json").read_text())
+    assert report["cutoff"] == "1997-09-30" and report["n_customers"] == 23570
+    assert report["model"]["auc"] > report["bgnbd"]["auc"] and report["model"]["brier"] < report["bgnbd"]["brier"]
+    summary = pd.read_csv(out / "audiences" / "summary.csv")
+    for action in summary["action"]:
+        assert (out / "audiences" / f"{action}.csv").exists()
+    assert "<section id=\"backtest\"" in (out / "report.html").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "qs"]

@@ -45,26 +45,10 @@ from sklearn.linear_model import LogisticRegression
 
 from features.errors import InputError
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values, training_cutoffs
+from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.btyd import BGNBD, BTYDDataError, BTYDFitError, GammaGamma, clv
 from training.segments import lifecycle_stage, rfm_segment
 
-SCORE_COLUMNS = (
-    "customer_id",
-    "as_of",
-    "horizon_days",
-    "p_alive",
-    "p_repurchase",
-    "expected_orders",
-    "expected_revenue",
-    "clv",
-    "next_order_days_p10",
-    "next_order_days_p50",
-    "next_order_days_p90",
-    "churn_risk",
-    "rfm_segment",
-    "lifecycle_stage",
-    "model_version",
-)
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
 NOT_FEATURES = frozenset({"customer_id", "cutoff", *LABELS})
 TIMING_FRACTIONS = (1 / 12, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
@@ -486,7 +470,7 @@ class RepurchaseModel:
     def score_features(self, features: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
         """Score rows (the design's score contract) for a feature frame built as of ``as_of``."""
         if features.empty:
-            return pd.DataFrame({c: pd.Series(dtype="float64") for c in SCORE_COLUMNS})
+            return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
         features = self.with_btyd(features)
         p = self.p_repurchase(features)
         quantiles = self.next_order_quantiles(features, p)
@@ -524,8 +508,7 @@ class RepurchaseModel:
                 "model_version": str(model_version),
             }
         )
-        scores["as_of"] = scores["as_of"].astype("datetime64[ns]")
-        return scores[list(SCORE_COLUMNS)]
+        return scores[list(SCORE_COLUMNS)].astype(SCORE_DTYPES)
 
     def score(self, orders: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
         """Score every customer with an order on or before ``as_of``."""

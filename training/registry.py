@@ -9,6 +9,8 @@ its ``p_repurchase`` AUC is higher than the champion's and its Brier score no wo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import tempfile
@@ -20,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
-from training.model import SCORE_COLUMNS, RepurchaseModel
+from training.contract import SCORE_COLUMNS
+from training.model import RepurchaseModel
 
 REGISTERED_MODEL = "repurchase"
 EXPERIMENT = "repurchase"
@@ -177,7 +180,8 @@ def register_model(logged: LoggedModel, report: dict, champion_report: dict | No
 
     client = mlflow.MlflowClient()
     had_champion = champion_version() is not None
-    version = mlflow.register_model(logged.model_uri, REGISTERED_MODEL).version
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered ..."
+        version = mlflow.register_model(logged.model_uri, REGISTERED_MODEL).version
     if not had_champion or (champion_report is not None and beats(report, champion_report)):
         alias = CHAMPION
     else:

@@ -1,0 +1,771 @@
+"""Point-in-time customer features and horizon labels, written once as Ibis expressions.
+
+Every feature "as of" a cutoff uses only orders with ``order_ts <= cutoff``; every label
+for horizon ``H`` uses only orders in ``(cutoff, cutoff + H]``. The cutoff is a *date*:
+an order at any time of day on the cutoff day belongs to the past
+(``order_ts < cutoff + 1 day``), and label orders run from the day after the cutoff to
+the day ``cutoff + H`` inclusive. :func:`split_at` is the only place that cuts the log,
+and the label code is handed only the future half, so a label cannot leak into a
+feature by construction.
+
+Counting rule: purchase *days* for BTYD, *orders* for everything else
+---------------------------------------------------------------------
+The BTYD summary is exactly :func:`lifetimes.utils.summary_data_from_transaction_data`
+with ``freq="D"`` and ``observation_period_end=cutoff``: orders are first collapsed to
+purchase days (amounts summed per day), then
+
+- ``frequency`` = distinct purchase days - 1 (repeat purchase days),
+- ``recency`` = last purchase day - first purchase day, in days,
+- ``T`` = cutoff day - first purchase day, in days,
+- ``monetary_value`` = mean over the repeat purchase days of the day's summed amount
+  (0 when ``frequency`` is 0).
+
+The inter-purchase gaps (``gap_*``) are between consecutive purchase days as well, so
+they are never 0 and ``gap_mean == recency / frequency``. Counts and spend
+(``n_orders``, ``orders_30d``, ``spend_30d``, ...) count *orders*: two orders on one day
+are two orders but one purchase day.
+
+Trailing windows: ``orders_30d`` counts orders on the 30 days ending with the cutoff day,
+i.e. ``cutoff - 29 days <= order day <= cutoff``.
+
+Missing values: features that do not exist for a customer stay NaN (LightGBM handles
+them natively): the gap statistics and ``overdue_ratio`` for one-purchase-day customers,
+``gap_std`` with fewer than two gaps. Counts, spend and ``monetary_value`` are 0 instead.
+
+RFM scores are quintile-style scores within the population at the cutoff:
+``1 + floor(5 * percent_rank)`` capped at 5 (recency ranked so that the most recent
+buyers score 5). Ties share the lowest rank of their block, so equal values always get
+equal scores; when a value is shared by many customers (say 60 % bought once) they all
+get the score of the bottom of the block and the upper scores are spread over the rest.
+
+Engines: :func:`feature_expr` and :func:`label_expr` use only portable Ibis operations
+(window ``lead``, filtered aggregates, ``argmin``/``argmax``, ``percent_rank``,
+``DateValue.delta``), so the same definitions run on DuckDB (the embedded default used
+by :func:`build_features`) and on PySpark through Ibis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+import pyarrow as pa
+
+from features.errors import CutoffError, OrderLogError
+
+__all__ = [
+    "CORE_FEATURES",
+    "FEATURES",
+    "LABELS",
+    "SALES_DAYS",
+    "WINDOWS",
+    "build_features",
+    "build_labels",
+    "build_training_frame",
+    "describe_features",
+    "feature_expr",
+    "label_expr",
+    "mix_values",
+    "split_at",
+    "training_cutoffs",
+]
+
+WINDOWS: tuple[int, ...] = (14, 30, 60, 90, 180, 365)
+"""Trailing windows (days ending with the cutoff day) for order counts and spend."""
+
+TREND_DAYS = 90
+"""Trends compare the last ``TREND_DAYS`` days with the ``TREND_DAYS`` days before."""
+
+SALES_DAYS: tuple[tuple[int, int], ...] = ((6, 18), (11, 11))
+"""(month, day) of the big yearly sales days (618 and Singles' Day)."""
+
+RFM_CUTS = (0.2, 0.4, 0.6, 0.8)
+"""Percentiles of the cutoff's population that separate the RFM scores 1-5."""
+
+MIX_TOP = 5
+"""Channel / category values that get their own share column (most frequent first)."""
+
+REQUIRED_COLUMNS = ("customer_id", "order_ts", "amount")
+
+_PACK = 1 << 20
+"""Gaps are below 2**20 days, so ``age * _PACK + gap`` orders by age and keeps the gap."""
+
+FEATURES: dict[str, str] = {
+    # BTYD summary (lifetimes, freq="D")
+    "frequency": "repeat purchase days: distinct purchase days - 1 (lifetimes)",
+    "recency": "days from first to last purchase day (lifetimes)",
+    "T": "days from first purchase day to the cutoff day (lifetimes)",
+    "monetary_value": "mean spend per repeat purchase day, 0 without repeats (lifetimes)",
+    # volume and value
+    "n_orders": "orders on or before the cutoff",
+    "n_purchase_days": "distinct days with at least one order",
+    "total_spend": "sum of order amounts",
+    "avg_order_value": "total_spend / n_orders",
+    "orders_per_purchase_day": "n_orders / n_purchase_days (basket splitting)",
+    # first-order facts and tenure
+    "first_day_spend": "spend on the first purchase day (all orders that day)",
+    "first_day_orders": "orders on the first purchase day",
+    "first_gap": "days from the first to the second purchase day (NaN if none)",
+    "tenure_days": "days since the first purchase day (same as T, business name)",
+    "days_since_last": "days from the last purchase day to the cutoff day (T - recency)",
+    # trailing windows
+    **{f"orders_{w}d": f"orders in the {w} days ending on the cutoff day" for w in WINDOWS},
+    **{f"spend_{w}d": f"spend in the {w} days ending on the cutoff day" for w in WINDOWS},
+    # rhythm
+    "gap_mean": "mean days between consecutive purchase days (recency / frequency)",
+    "gap_std": "sample std of days between purchase days (NaN with < 2 gaps)",
+    "gap_min": "shortest gap between purchase days",
+    "gap_max": "longest gap between purchase days",
+    "gap_last": "gap between the last two purchase days",
+    "overdue_ratio": "days_since_last / gap_mean: > 1 means later than own rhythm (NaN without repeats)",
+    # trends
+    f"orders_prev_{TREND_DAYS}d": f"orders in the {TREND_DAYS} days before the last {TREND_DAYS}",
+    f"spend_prev_{TREND_DAYS}d": f"spend in the {TREND_DAYS} days before the last {TREND_DAYS}",
+    "orders_trend": f"(orders_{TREND_DAYS}d - prev) / (orders_{TREND_DAYS}d + prev), 0 when both 0",
+    "spend_trend": f"(spend_{TREND_DAYS}d - prev) / (spend_{TREND_DAYS}d + prev), 0 when both 0",
+    "spend_share_365d": "spend_365d / total_spend",
+    # RFM
+    "rfm_r": "recency score 1-5 within the cutoff population (5 = most recent)",
+    "rfm_f": "frequency score 1-5 on n_orders (5 = most orders)",
+    "rfm_m": "monetary score 1-5 on total_spend (5 = highest)",
+    "rfm_score": "rfm_r + rfm_f + rfm_m (3-15)",
+    "rfm_cell": "RFM cell code 100 * r + 10 * f + m (111-555)",
+    # calendar position of the cutoff
+    "days_to_next_sales_day": "days from the cutoff to the next 06-18 or 11-11 (strictly after)",
+    "days_since_sales_day": "days since the last 06-18 or 11-11 (0 on the day)",
+    "cutoff_month": "month of the cutoff (1-12)",
+    "cutoff_weekday": "weekday of the cutoff (0 = Monday)",
+    # optional: only when the log has the column
+    "total_quantity": "units bought (only when the log has `quantity`)",
+    "avg_quantity": "units per order (only when the log has `quantity`)",
+    "n_categories": "distinct categories bought (only when the log has `category`)",
+    "top_category_share": "share of orders in the customer's most bought category (only with `category`)",
+    "share_category_<value>": "share of orders in category <value>, top categories only (only with `category`)",
+    "share_channel_<value>": "share of orders through channel <value>, top channels only (only with `channel`)",
+}
+"""Feature name -> one-line description; ``<value>`` entries stand for one column per value."""
+
+OPTIONAL_FEATURES = {
+    "quantity": ("total_quantity", "avg_quantity"),
+    "category": ("n_categories", "top_category_share", "share_category_<value>"),
+    "channel": ("share_channel_<value>",),
+}
+
+CORE_FEATURES: tuple[str, ...] = (
+    "frequency",
+    "recency",
+    "T",
+    "monetary_value",
+    *(f"orders_{w}d" for w in WINDOWS),
+    *(f"spend_{w}d" for w in WINDOWS),
+    "gap_mean",
+    "gap_std",
+    "gap_min",
+    "gap_last",
+)
+"""The shared core that the benchmark checks against a plain pandas implementation."""
+
+LABELS: dict[str, str] = {
+    "label_repurchase": "1 if the customer orders in (cutoff, cutoff + H], else 0",
+    "label_orders": "orders in (cutoff, cutoff + H]",
+    "label_revenue": "spend in (cutoff, cutoff + H]",
+    "label_days_to_next": "days from the cutoff to the next order day; H when censored",
+    "label_censored": "1 if no order within the horizon (label_days_to_next is censored at H)",
+}
+
+_INT_FEATURES = frozenset(
+    {
+        "n_orders",
+        "n_purchase_days",
+        "first_day_orders",
+        *(f"orders_{w}d" for w in WINDOWS),
+        f"orders_prev_{TREND_DAYS}d",
+        "rfm_r",
+        "rfm_f",
+        "rfm_m",
+        "rfm_score",
+        "rfm_cell",
+        "cutoff_month",
+        "cutoff_weekday",
+        "n_categories",
+    }
+)
+_INT_LABELS = frozenset({"label_repurchase", "label_orders", "label_censored"})
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def _as_date(value: object, what: str = "cutoff") -> dt.date:
+    """A cutoff given as date, datetime, Timestamp or ISO string, as a date."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return pd.Timestamp(value).date()
+    except (TypeError, ValueError) as exc:
+        raise CutoffError(f"{what}: {value!r} is not a date (use YYYY-MM-DD)") from exc
+
+
+def _sales_day_position(cutoff: dt.date) -> tuple[int, int]:
+    """Days to the next sales day (strictly after the cutoff) and since the last one."""
+    candidates = [
+        dt.date(year, month, day)
+        for year in (cutoff.year - 1, cutoff.year, cutoff.year + 1)
+        for month, day in SALES_DAYS
+    ]
+    after = min(d for d in candidates if d > cutoff)
+    before = max(d for d in candidates if d <= cutoff)
+    return (after - cutoff).days, (cutoff - before).days
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_table(orders: object) -> ir.Table:
+    """An Ibis table over ``orders`` (pandas DataFrame, pyarrow Table or Ibis Table)."""
+    if isinstance(orders, ir.Table):
+        table = orders
+    elif isinstance(orders, pd.DataFrame):
+        table = ibis.memtable(_arrow_orders(orders))
+    elif isinstance(orders, pa.Table):
+        table = ibis.memtable(orders)
+    else:
+        raise OrderLogError(
+            f"orders: expected a pandas DataFrame, pyarrow Table or Ibis Table, got {type(orders).__name__}"
+        )
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise OrderLogError(f"orders: missing column(s) {', '.join(map(repr, missing))}")
+    return table
+
+
+def _arrow_orders(frame: pd.DataFrame) -> pa.Table:
+    """The contract columns of a pandas order log as Arrow (other columns are not copied)."""
+    keep = [c for c in (*REQUIRED_COLUMNS, "channel", "category", "quantity") if c in frame.columns]
+    return pa.Table.from_pandas(frame[keep], preserve_index=False)
+
+
+def split_at(orders: object, cutoff: object, horizon_days: int) -> tuple[ir.Table, ir.Table]:
+    """Cut an order log at a cutoff date into the feature past and the label future.
+
+    Parameters
+    ----------
+    orders
+        Order log (pandas DataFrame, pyarrow Table or Ibis Table).
+    cutoff
+        The as-of date; orders at any time on that day belong to the past.
+    horizon_days
+        Label horizon H in days.
+
+    Returns
+    -------
+    (past, future)
+        ``past`` holds the orders with ``order_ts <= cutoff`` (day resolution) and is the
+        only input features may see; ``future`` holds the orders on the days
+        ``cutoff + 1 .. cutoff + H`` and is the only input labels may see.
+    """
+    table = _as_table(orders)
+    day = _as_date(cutoff)
+    if horizon_days < 1:
+        raise CutoffError(f"horizon_days: must be at least 1 day, got {horizon_days}")
+    past_end = ibis.timestamp(_day_start(day + dt.timedelta(days=1)))
+    future_end = ibis.timestamp(_day_start(day + dt.timedelta(days=horizon_days + 1)))
+    past = table.filter(table.order_ts < past_end)
+    future = table.filter((table.order_ts >= past_end) & (table.order_ts < future_end))
+    return past, future
+
+
+def _past(orders: object, cutoff: dt.date) -> ir.Table:
+    table = _as_table(orders)
+    return table.filter(table.order_ts < ibis.timestamp(_day_start(cutoff + dt.timedelta(days=1))))
+
+
+# --------------------------------------------------------------------------- mix values
+
+
+def _slug(value: str) -> str:
+    slug = re.sub(r"[^0-9a-z]+", "_", str(value).strip().lower()).strip("_")
+    return slug or "blank"
+
+
+def mix_values(orders: object, cutoff: object, column: str, top: int = MIX_TOP) -> list[str]:
+    """The ``top`` most frequent values of ``column`` among orders on or before the cutoff.
+
+    Ties in frequency are broken by value so the column set is deterministic. Returns an
+    empty list when the log has no such column.
+    """
+    past = _past(orders, _as_date(cutoff))
+    if column not in past.columns:
+        return []
+    counts = (
+        past.filter(past[column].notnull())
+        .group_by(column)
+        .agg(n=ibis._.count())
+        .order_by([ibis.desc("n"), column])
+        .limit(top)
+    )
+    return [str(v) for v in counts.to_pyarrow()[column].to_pylist()]
+
+
+def _share_columns(prefix: str, values: Sequence[str]) -> dict[str, str]:
+    """Column name per value, with suffixes when two values slug to the same name."""
+    names: dict[str, str] = {}
+    for value in values:
+        name, k = f"{prefix}_{_slug(value)}", 2
+        while name in names.values():
+            name, k = f"{prefix}_{_slug(value)}_{k}", k + 1
+        names[value] = name
+    return names
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _value_code(column: ir.Value, values: Sequence[str]) -> ir.Value:
+    """Position of the value in ``values`` (int8), null for any other value."""
+    return ibis.cases(*((column == value, code) for code, value in enumerate(values)), else_=ibis.null("int8")).cast("int8")
+
+
+def _customer_aggregates(
+    past: ir.Table,
+    cutoff: dt.date,
+    *,
+    core_only: bool,
+    channel_values: Sequence[str],
+    category_values: Sequence[str],
+) -> ir.Table:
+    """One window pass over the orders, then one group-by to a row per customer.
+
+    Orders are not collapsed to purchase days first (that would be a second hash
+    aggregation as large as the log). Instead each order, ordered by ``age`` (days
+    before the cutoff) within its customer, looks at the next older order: the gap to it
+    is 0 between two orders of one day and is set to null there, so exactly one order per
+    purchase day but the first carries that day's gap to the previous purchase day.
+    Then ``count(gap)`` is the BTYD frequency and the gap statistics are over purchase
+    days, as lifetimes counts them.
+    """
+    # Only narrow columns go through the window's sort: mix values become small codes.
+    columns: dict[str, ir.Value] = {
+        "customer_id": past.customer_id,
+        "amount": past.amount,
+        "age": ibis.date(cutoff).delta(past.order_ts.date(), unit="day").cast("int32"),
+    }
+    if not core_only:
+        if "quantity" in past.columns:
+            columns["quantity"] = past.quantity
+        for column, values in (("channel", channel_values), ("category", category_values)):
+            if values:
+                columns[f"{column}_code"] = _value_code(past[column], values)
+    orders = past.select(**columns)
+    window = ibis.window(group_by="customer_id", order_by="age")
+    orders = orders.mutate(
+        gap=(orders.age.lead().over(window) - orders.age).nullif(0),
+        first_age=orders.age.max().over(window),
+    )
+    orders = orders.mutate(
+        repeat_amount=ibis.ifelse(orders.age == orders.first_age, ibis.null("float64"), orders.amount),
+        # (age, gap) packed into one integer, so that min / max pick the gap of the
+        # latest / earliest purchase day: an arg-min without an ordered aggregate
+        age_gap=orders.age.cast("int64") * _PACK + orders.gap,
+    )
+    gap = orders.gap.cast("int64")
+    metrics: dict[str, ir.Value] = {
+        "frequency": orders.gap.count(),
+        "T": orders.age.max(),
+        "days_since_last": orders.age.min(),
+        "n_orders": orders.count(),
+        "total_spend": orders.amount.sum(),
+        "repeat_spend": orders.repeat_amount.sum(),
+        "gap_sq_sum": (gap * gap).sum(),
+        "gap_min": orders.gap.min(),
+        "gap_last": orders.age_gap.min() % _PACK,
+    }
+    for w in WINDOWS:
+        recent = orders.age < w
+        metrics[f"orders_{w}d"] = orders.count(where=recent)
+        metrics[f"spend_{w}d"] = orders.amount.sum(where=recent)
+    if not core_only:
+        prev = (orders.age >= TREND_DAYS) & (orders.age < 2 * TREND_DAYS)
+        metrics |= {
+            "gap_max": orders.gap.max(),
+            "first_day_orders": orders.count(where=orders.age == orders.first_age),
+            "first_gap": orders.age_gap.max() % _PACK,
+            f"orders_prev_{TREND_DAYS}d": orders.count(where=prev),
+            f"spend_prev_{TREND_DAYS}d": orders.amount.sum(where=prev),
+        }
+        if "quantity" in orders.columns:
+            metrics["total_quantity"] = orders.quantity.sum()
+        for column, values in (("channel", channel_values), ("category", category_values)):
+            for code, name in enumerate(_share_columns(f"n_{column}", values).values()):
+                metrics[name] = orders.count(where=orders[f"{column}_code"] == code)
+    return orders.group_by("customer_id").agg(**metrics)
+
+
+def _category_mix(past: ir.Table) -> ir.Table:
+    per_category = (
+        past.filter(past.category.notnull())
+        .group_by(["customer_id", "category"])
+        .agg(n=ibis._.count())
+    )
+    return per_category.group_by("customer_id").agg(
+        n_categories=per_category.count(),
+        top_category_n=per_category.n.max(),
+        categorised_n=per_category.n.sum(),
+    )
+
+
+def _with_rfm_scores(agg: ir.Table) -> ir.Table:
+    """RFM quintile scores from the population's 20/40/60/80th percentiles.
+
+    A score is 1 + the number of cut points the value beats (is above; for recency, is
+    below), so equal values always score alike. Cut points are exact, linearly
+    interpolated percentiles (DuckDB ``percentile_cont``, Spark ``percentile``): one
+    aggregation over the customers instead of a sort per score.
+    """
+    cuts = list(RFM_CUTS)
+    thresholds = agg.aggregate(
+        rfm_r_cuts=agg.days_since_last.quantile(cuts),
+        rfm_f_cuts=agg.n_orders.quantile(cuts),
+        rfm_m_cuts=agg.total_spend.quantile(cuts),
+    )
+    both = agg.cross_join(thresholds)
+
+    def score(value: ir.Value, cut_points: ir.ArrayValue, *, lower_is_better: bool = False) -> ir.Value:
+        beaten = [(value < cut_points[k]) if lower_is_better else (value > cut_points[k]) for k in range(len(cuts))]
+        return sum((b.cast("int64") for b in beaten), ibis.literal(1, type="int64"))
+
+    return both.mutate(
+        rfm_r=score(both.days_since_last, both.rfm_r_cuts, lower_is_better=True),
+        rfm_f=score(both.n_orders, both.rfm_f_cuts),
+        rfm_m=score(both.total_spend, both.rfm_m_cuts),
+    ).drop("rfm_r_cuts", "rfm_f_cuts", "rfm_m_cuts")
+
+
+def _ratio(num: ir.Value, den: ir.Value) -> ir.Value:
+    """num / den, null where den is 0 (never inf)."""
+    return ibis.ifelse(den == 0, ibis.null("float64"), num.cast("float64") / den)
+
+
+def _trend(recent: ir.Value, previous: ir.Value) -> ir.Value:
+    total = recent + previous
+    return ibis.ifelse(total == 0, 0.0, (recent - previous).cast("float64") / total)
+
+
+def feature_expr(
+    orders: ir.Table,
+    cutoff: object,
+    *,
+    core_only: bool = False,
+    channel_values: Sequence[str] | None = None,
+    category_values: Sequence[str] | None = None,
+) -> ir.Table:
+    """Point-in-time features per customer as a backend-agnostic Ibis expression.
+
+    Parameters
+    ----------
+    orders
+        Order log as an Ibis table (pandas and Arrow are wrapped in a memtable); only its
+        orders on or before the cutoff are read.
+    cutoff
+        The as-of date.
+    core_only
+        Only ``customer_id`` and :data:`CORE_FEATURES` (the benchmark's shared core).
+    channel_values, category_values
+        Values that get a ``share_channel_*`` / ``share_category_*`` column. ``None``
+        takes the most frequent ones before the cutoff (:func:`mix_values`, which runs a
+        small query); pass them explicitly to fix the column set across cutoffs.
+
+    Returns
+    -------
+    ibis.Table
+        One row per customer with an order on or before the cutoff; column order is
+        ``customer_id`` then the :data:`FEATURES` order, with the per-value share
+        columns last. Unordered: :func:`build_features` sorts.
+    """
+    day = _as_date(cutoff)
+    past = _past(orders, day)
+    columns = past.columns
+    if core_only or "channel" not in columns:
+        channel_values = []
+    elif channel_values is None:
+        channel_values = mix_values(past, day, "channel")
+    if core_only or "category" not in columns:
+        category_values = []
+    elif category_values is None:
+        category_values = mix_values(past, day, "category")
+
+    agg = _customer_aggregates(
+        past,
+        day,
+        core_only=core_only,
+        channel_values=channel_values,
+        category_values=category_values,
+    )
+    zero_if_null = {name: agg[name].coalesce(0) for name in agg.columns if name.startswith(("orders_", "spend_"))}
+    agg = agg.mutate(**zero_if_null)
+    frequency = agg.frequency
+    recency = agg.T - agg.days_since_last
+    no_repeat = frequency == 0
+    # Gaps are whole days, so these sums are exact integers and the textbook
+    # n * sum(x^2) - (sum x)^2 variance formula loses nothing to cancellation.
+    gap_var_num = frequency.cast("int64") * agg.gap_sq_sum - recency.cast("int64") * recency
+    gap_var = gap_var_num.cast("float64") / (frequency * (frequency - 1)).cast("float64")
+    btyd = {
+        "monetary_value": ibis.ifelse(no_repeat, 0.0, agg.repeat_spend.cast("float64") / frequency),
+        "gap_mean": ibis.ifelse(no_repeat, ibis.null("float64"), recency.cast("float64") / frequency),
+        "gap_std": ibis.ifelse(frequency < 2, ibis.null("float64"), gap_var.sqrt()),
+    }
+    agg = agg.mutate(recency=recency, **btyd)
+    if core_only:
+        return agg.select("customer_id", *[agg[name].cast("float64").name(name) for name in CORE_FEATURES])
+
+    agg = _with_rfm_scores(agg)
+    sales_next, sales_since = _sales_day_position(day)
+    values: dict[str, ir.Value] = {
+        "frequency": agg.frequency,
+        "recency": agg.recency,
+        "T": agg.T,
+        "monetary_value": agg.monetary_value,
+        "n_orders": agg.n_orders,
+        "n_purchase_days": agg.frequency + 1,
+        "total_spend": agg.total_spend,
+        "avg_order_value": agg.total_spend / agg.n_orders,
+        "orders_per_purchase_day": agg.n_orders / (agg.frequency + 1),
+        "first_day_spend": agg.total_spend - agg.repeat_spend.coalesce(0.0),
+        "first_day_orders": agg.first_day_orders,
+        "first_gap": agg.first_gap,
+        "tenure_days": agg.T,
+        "days_since_last": agg.days_since_last,
+        **{f"orders_{w}d": agg[f"orders_{w}d"] for w in WINDOWS},
+        **{f"spend_{w}d": agg[f"spend_{w}d"] for w in WINDOWS},
+        "gap_mean": agg.gap_mean,
+        "gap_std": agg.gap_std,
+        "gap_min": agg.gap_min,
+        "gap_max": agg.gap_max,
+        "gap_last": agg.gap_last,
+        "overdue_ratio": _ratio(agg.days_since_last, agg.gap_mean),
+        f"orders_prev_{TREND_DAYS}d": agg[f"orders_prev_{TREND_DAYS}d"],
+        f"spend_prev_{TREND_DAYS}d": agg[f"spend_prev_{TREND_DAYS}d"],
+        "orders_trend": _trend(agg[f"orders_{TREND_DAYS}d"], agg[f"orders_prev_{TREND_DAYS}d"]),
+        "spend_trend": _trend(agg[f"spend_{TREND_DAYS}d"], agg[f"spend_prev_{TREND_DAYS}d"]),
+        "spend_share_365d": _ratio(agg.spend_365d, agg.total_spend),
+        "days_to_next_sales_day": ibis.literal(float(sales_next)),
+        "days_since_sales_day": ibis.literal(float(sales_since)),
+        "cutoff_month": ibis.literal(day.month, type="int64"),
+        "cutoff_weekday": ibis.literal(day.weekday(), type="int64"),
+    }
+    if "total_quantity" in agg.columns:
+        values["total_quantity"] = agg.total_quantity
+        values["avg_quantity"] = agg.total_quantity / agg.n_orders
+    for prefix, column, mix in (
+        ("share_channel", "channel", channel_values),
+        ("share_category", "category", category_values),
+    ):
+        for value, name in _share_columns(prefix, mix).items():
+            count_name = _share_columns(f"n_{column}", mix)[value]
+            values[name] = agg[count_name] / agg.n_orders
+
+    values |= {"rfm_r": agg.rfm_r, "rfm_f": agg.rfm_f, "rfm_m": agg.rfm_m}
+    features = agg.select("customer_id", **values)
+    features = features.mutate(
+        rfm_score=features.rfm_r + features.rfm_f + features.rfm_m,
+        rfm_cell=features.rfm_r * 100 + features.rfm_f * 10 + features.rfm_m,
+    )
+    if "category" in columns:
+        mix = _category_mix(past)
+        features = features.left_join(mix, "customer_id").drop("customer_id_right")
+        features = features.mutate(
+            n_categories=features.n_categories.coalesce(0),
+            top_category_share=features.top_category_n / features.n_orders,
+        ).drop("top_category_n", "categorised_n")
+    return _ordered(features)
+
+
+def _feature_order(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    static = [n for n in FEATURES if n in names]
+    dynamic = [n for n in names if n not in FEATURES and n != "customer_id"]
+    return static + dynamic
+
+
+def _ordered(features: ir.Table) -> ir.Table:
+    """customer_id, then the registry order, with int64 counts and float64 everything else."""
+    columns = []
+    for name in _feature_order(features.columns):
+        kind = "int64" if name in _INT_FEATURES else "float64"
+        columns.append(features[name].cast(kind).name(name))
+    return features.select(features.customer_id.cast("string").name("customer_id"), *columns)
+
+
+def describe_features(columns: Iterable[str]) -> dict[str, str]:
+    """One-line description for each feature column of a built frame (patterns resolved)."""
+    described = {}
+    for name in columns:
+        if name in FEATURES:
+            described[name] = FEATURES[name]
+        elif name in LABELS:
+            described[name] = LABELS[name]
+        else:
+            for prefix in ("share_channel_", "share_category_"):
+                if name.startswith(prefix):
+                    template = FEATURES[f"{prefix}<value>"]
+                    described[name] = template.replace("<value>", name.removeprefix(prefix))
+    return described
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _labels_from_future(population: ir.Table, future: ir.Table, cutoff: dt.date, horizon_days: int) -> ir.Table:
+    """Labels for ``population`` (customer_id) from the future orders only."""
+    days_after = future.order_ts.date().delta(ibis.date(cutoff), unit="day")
+    outcome = (
+        future.mutate(days_after=days_after)
+        .group_by("customer_id")
+        .agg(
+            label_orders=ibis._.count(),
+            label_revenue=ibis._.amount.sum(),
+            first_day=ibis._.days_after.min(),
+        )
+    )
+    joined = population.left_join(outcome, "customer_id")
+    ordered = joined.label_orders.coalesce(0) > 0
+    labels = {
+        "label_repurchase": ordered.cast("int64"),
+        "label_orders": joined.label_orders.coalesce(0),
+        "label_revenue": joined.label_revenue.coalesce(0.0),
+        "label_days_to_next": joined.first_day.coalesce(horizon_days),
+        "label_censored": (~ordered).cast("int64"),
+    }
+    return joined.select(
+        joined.customer_id.cast("string").name("customer_id"),
+        *[labels[name].cast("int64" if name in _INT_LABELS else "float64").name(name) for name in LABELS],
+    )
+
+
+def label_expr(orders: object, cutoff: object, horizon_days: int) -> ir.Table:
+    """Horizon labels for the customers with an order on or before the cutoff.
+
+    The population comes from the past half of :func:`split_at` and the outcome from the
+    future half only, so the label values are blind to orders outside
+    ``(cutoff, cutoff + H]``.
+    """
+    day = _as_date(cutoff)
+    past, future = split_at(orders, day, horizon_days)
+    population = past.select("customer_id").distinct()
+    return _labels_from_future(population, future, day, horizon_days)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def _execute(expr: ir.Table, con: object | None, *, own_backend: bool) -> pd.DataFrame:
+    """Run on ``con``; without one, on the expression's own backend or in-memory DuckDB."""
+    if con is None and not own_backend:
+        con = ibis.duckdb.connect()
+    result = expr.to_pyarrow() if con is None else con.to_pyarrow(expr)
+    return result.to_pandas()
+
+
+def _columns_of(orders: object) -> list[str]:
+    if isinstance(orders, (pd.DataFrame, pa.Table)):
+        return list(orders.columns) if isinstance(orders, pd.DataFrame) else orders.column_names
+    return list(orders.columns)
+
+
+def build_features(
+    orders: object,
+    cutoff: object,
+    *,
+    con: object | None = None,
+    core_only: bool = False,
+    channel_values: Sequence[str] | None = None,
+    category_values: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Features as of ``cutoff``, one row per customer with an order on or before it.
+
+    Runs :func:`feature_expr` on ``con`` (an in-memory DuckDB when ``None`` and the
+    orders are pandas or Arrow; an Ibis table runs on its own backend). The frame has
+    ``customer_id`` first, is sorted by it, and holds only int64 and float64 features.
+    """
+    own_backend = isinstance(orders, ir.Table)
+    table = _as_table(orders)
+    expr = feature_expr(
+        table,
+        cutoff,
+        core_only=core_only,
+        channel_values=channel_values,
+        category_values=category_values,
+    ).order_by("customer_id")
+    return _execute(expr, con, own_backend=own_backend)
+
+
+def build_labels(orders: object, cutoff: object, horizon_days: int, *, con: object | None = None) -> pd.DataFrame:
+    """Labels over ``(cutoff, cutoff + horizon_days]`` for the customers present at the cutoff."""
+    own_backend = isinstance(orders, ir.Table)
+    expr = label_expr(_as_table(orders), cutoff, horizon_days).order_by("customer_id")
+    return _execute(expr, con, own_backend=own_backend)
+
+
+def training_cutoffs(
+    last_label_date: object,
+    horizon_days: int,
+    n_origins: int = 6,
+    step_days: int = 30,
+) -> list[dt.date]:
+    """``n_origins`` cutoffs ``step_days`` apart, oldest first, whose labels are fully observed.
+
+    The latest is ``last_label_date - horizon_days`` so that ``cutoff + H <= last_label_date``
+    holds for every origin.
+    """
+    last = _as_date(last_label_date, "last_label_date")
+    if n_origins < 1 or step_days < 1:
+        raise CutoffError("training_cutoffs: n_origins and step_days must be at least 1")
+    latest = last - dt.timedelta(days=horizon_days)
+    return [latest - dt.timedelta(days=step_days * k) for k in reversed(range(n_origins))]
+
+
+def build_training_frame(
+    orders: object,
+    cutoffs: Iterable[object],
+    horizon_days: int,
+    *,
+    con: object | None = None,
+) -> pd.DataFrame:
+    """Features and labels stacked over several cutoffs, with a ``cutoff`` column.
+
+    Each origin goes through :func:`split_at`: features see only its past half, labels
+    only its future half. The channel / category share columns are fixed once (most
+    frequent values on or before the latest cutoff) so every origin has the same columns.
+    """
+    own_backend = isinstance(orders, ir.Table)
+    table = _as_table(orders)
+    days = sorted({_as_date(c) for c in cutoffs})
+    if not days:
+        raise CutoffError("build_training_frame: no cutoffs given")
+    columns = _columns_of(table)
+    channel_values = mix_values(table, days[-1], "channel") if "channel" in columns else None
+    category_values = mix_values(table, days[-1], "category") if "category" in columns else None
+    if con is None and not own_backend:
+        con = ibis.duckdb.connect()
+
+    frames = []
+    for day in days:
+        past, future = split_at(table, day, horizon_days)
+        features = feature_expr(past, day, channel_values=channel_values, category_values=category_values)
+        labels = _labels_from_future(features.select("customer_id"), future, day, horizon_days)
+        frame = features.inner_join(labels, "customer_id").order_by("customer_id")
+        result = _execute(frame, con, own_backend=con is None)
+        result.insert(1, "cutoff", pd.Timestamp(day).as_unit("ns"))
+        frames.append(result)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,96 @@
+"""Batch scoring: every customer, in chunks, written atomically.
+
+Features are computed once for the whole population by DuckDB (RFM scores rank each
+customer within the population, so they cannot be computed chunk by chunk) and written as
+the *feature snapshot* beside the scores (``<scores stem>.features.parquet``; the online
+service looks customers up in it). Scoring then streams the snapshot in chunks of rows,
+so the Python side holds one chunk at a time, and appends each chunk's scores to a
+temporary Parquet file that replaces the output only when every chunk is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.errors import CutoffError
+from features.io import atomic_path
+from features.orders import OrderLog
+from features.pipeline import build_features
+from training.contract import SCORE_COLUMNS, SCORE_DTYPES
+from training.model import RepurchaseModel
+
+CHUNK_ROWS = 100_000
+
+
+@dataclass
+class ScoreRun:
+    scores_path: Path
+    snapshot_path: Path
+    n_customers: int
+    n_future_orders_ignored: int
+
+
+def snapshot_path_for(scores_path: Path) -> Path:
+    """Where the feature snapshot of a scores file lives."""
+    scores_path = Path(scores_path)
+    return scores_path.with_name(f"{scores_path.stem}.features.parquet")
+
+
+def score_schema() -> pa.Schema:
+    """The score contract as an Arrow schema."""
+    empty = pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
+    return pa.Schema.from_pandas(empty, preserve_index=False)
+
+
+def score_log(
+    model: RepurchaseModel,
+    log: OrderLog,
+    as_of: pd.Timestamp,
+    out_path: Path,
+    *,
+    model_version: str = "",
+    chunk_rows: int = CHUNK_ROWS,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreRun:
+    """Score every customer with an order on or before ``as_of``; later orders are ignored.
+
+    ``progress(done, total)`` is called after each chunk.
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    if as_of < log.first_order_date:
+        raise CutoffError(
+            f"--as-of {as_of.date()} is before the first order in {log.source} ({log.first_order_date.date()})"
+        )
+    orders = log.orders
+    after = orders["order_ts"] >= as_of + pd.Timedelta(days=1)
+    n_future = int(after.sum())
+    past = orders.loc[~after] if n_future else orders
+    features = build_features(
+        past, as_of, channel_values=model.spec_.channel_values, category_values=model.spec_.category_values
+    )
+    out_path = Path(out_path)
+    snapshot = snapshot_path_for(out_path)
+    with atomic_path(snapshot) as tmp:
+        features.assign(as_of=as_of).to_parquet(tmp, index=False)
+    total = len(features)
+    del features
+
+    schema = score_schema()
+    with atomic_path(out_path) as tmp:
+        source = pq.ParquetFile(snapshot)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            done = 0
+            for batch in source.iter_batches(batch_size=chunk_rows):
+                chunk = batch.to_pandas()
+                scores = model.score_features(chunk.drop(columns=["as_of"]), as_of, model_version)
+                writer.write_table(pa.Table.from_pandas(scores, schema=schema, preserve_index=False))
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+    return ScoreRun(out_path, snapshot, total, n_future)

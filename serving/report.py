@@ -1,0 +1,690 @@
+"""The HTML report: one self-contained page a marketing lead can read, offline or on paper.
+
+Everything is inline: CSS in a ``<style>`` block, plots as base64 PNG data URIs, and one
+small inline script (allowed by hash in the page's Content-Security-Policy, which also
+forbids loading anything from anywhere) that records how many images decoded, so a
+headless browser can check the page. Text from data (segment names, rule reasons) is
+HTML-escaped, so a reason such as ``<script>`` shows as text and never runs.
+
+Charts are drawn with matplotlib's object API (``Figure``): no pyplot, no global state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from features.io import atomic_path
+from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS
+
+DASH = "–"
+SECTIONS = ("summary", "backtest", "segments", "lifecycle", "actions", "reasons")
+PLOT_ORDER = ("roc", "gain", "calibration", "revenue_deciles", "timing", "tracking", "importance")
+PLOT_CAPTIONS = {
+    "roc": ("Who reorders: ROC",
+            "Each curve shows how many of the customers who did reorder a score catches (up) for how many false "
+            "alarms (right). Higher and further left is better; the dotted diagonal is guessing."),
+    "gain": ("Gain",
+             "Share of next-period buyers reached (up) when contacting the top x% of customers by each score "
+             "(right). The further above the diagonal, the better the targeting; the thin line marks the top 10%."),
+    "calibration": ("Calibration",
+                    "Predicted probability against the share who actually reordered, in ten equal-size groups. "
+                    "Points on the dotted diagonal mean the probabilities can be taken at face value."),
+    "revenue_deciles": ("Revenue by predicted decile",
+                        "Customers split into ten groups by predicted revenue (1 = highest). Bars are the revenue that "
+                        "actually came in, dots the prediction: close pairs mean the revenue forecast holds group by group."),
+    "timing": ("Next-order timing",
+               "For customers who did reorder, sorted by predicted days to their next order: the shaded band is the "
+               "predicted p10-p90 range, the line the median, dots the actual day. Dots inside the band are good."),
+    "tracking": ("Tracking",
+                 "Cumulative repeat purchases week by week, actual against BG/NBD. Left of the dotted cutoff line "
+                 "is the fit; right of it is a forecast of days the model never saw."),
+    "importance": ("What drives the score",
+                   "The customer facts the model leans on most (share of total gain). It explains the model, "
+                   "not cause and effect."),
+}
+LIFECYCLE_DESCRIPTIONS = {
+    "new": "a single purchase day, within the horizon",
+    "active": "repeat buyer, at most 1.5 usual gaps since the last order",
+    "at_risk": "repeat buyer, 1.5 to 3 usual gaps since the last order",
+    "lapsed": "over 3 usual gaps, or a one-time buyer older than the horizon",
+    "churned": "p_repurchase under 5% and no order within the horizon",
+}
+BAR_COLOR = "#1f77b4"
+EXAMPLES_PER_ACTION = 5
+TOP_REASONS = 5
+
+
+class _Html(str):
+    """Markup built here: inserted as is, while every other value is escaped."""
+
+
+def _esc(value) -> str:
+    return value if isinstance(value, _Html) else html.escape(str(value), quote=True)
+
+
+def _number(value) -> float | None:
+    """``value`` as a finite float, or None when it is missing, NaN, infinite or not a number."""
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def fmt_count(value) -> str:
+    """Whole number with thousands separators: ``23,570``."""
+    number = _number(value)
+    return DASH if number is None else f"{number:,.0f}"
+
+
+def fmt_metric(value, decimals: int = 3) -> str:
+    """A score such as AUC with three decimals: ``0.775``."""
+    number = _number(value)
+    return DASH if number is None else f"{number:,.{decimals}f}"
+
+
+def fmt_pct(value, decimals: int = 1) -> str:
+    """A share as a percentage: ``0.341`` -> ``34.1%``."""
+    number = _number(value)
+    return DASH if number is None else f"{100 * number:,.{decimals}f}%"
+
+
+def fmt_signed_pct(value, decimals: int = 1) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{100 * number:+,.{decimals}f}%"
+
+
+def fmt_days(value, decimals: int = 1) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{number:,.{decimals}f}"
+
+
+def _get(block, *keys):
+    for key in keys:
+        if not isinstance(block, dict):
+            return None
+        block = block.get(key)
+    return block
+
+
+def _label(name) -> str:
+    """``potential_loyalist`` -> ``potential loyalist``."""
+    return str(name).replace("_", " ")
+
+
+# --- building blocks -------------------------------------------------------------------------
+
+
+def _table(headers, rows, *, text_columns=(0,), footer=None, css_class: str = "") -> str:
+    """An HTML table; columns other than ``text_columns`` are right-aligned numbers."""
+
+    def cells(row, tag):
+        return "".join(
+            f'<{tag}{"" if i in text_columns else " class=num"}>{_esc(value)}</{tag}>' for i, value in enumerate(row)
+        )
+
+    head = f"<thead><tr>{cells(headers, 'th')}</tr></thead>"
+    body = "".join(
+        f'<tr class="group"><th colspan="{len(headers)}">{_esc(row.title)}</th></tr>'
+        if isinstance(row, _Group) else f"<tr>{cells(row, 'td')}</tr>"
+        for row in rows
+    )
+    foot = f"<tfoot><tr>{cells(footer, 'td')}</tr></tfoot>" if footer is not None else ""
+    return f'<table class="{css_class}">{head}<tbody>{body}</tbody>{foot}</table>'
+
+
+class _Group:
+    """A sub-heading row inside a table."""
+
+    def __init__(self, title: str):
+        self.title = title
+
+
+def _png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure_png(fig: Figure) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk, None when ``data`` is not a PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _figure_html(data_uri: str, title: str, caption: str, *, wide: bool = False, size: tuple[int, int] | None = None) -> str:
+    """A figure; with ``size``, it grows in a row in proportion to its aspect ratio, so plots in a row share a height."""
+    style = img_style = ""
+    if size and size[1] > 0:
+        aspect = size[0] / size[1]
+        # never wider than the PNG itself (no blurry upscaling), but wide enough for the caption
+        style = f' style="flex: {aspect:.3f} 1 {300 * aspect:.0f}px; max-width: {max(size[0], 360)}px"'
+        img_style = f' style="max-width: {size[0]}px"'
+    return (
+        f'<figure class="{"wide" if wide else ""}"{style}>'
+        f'<img src="{_esc(data_uri)}" alt="{_esc(title)}"{img_style}>'
+        f"<figcaption><b>{_esc(title)}.</b> {_esc(caption)}</figcaption></figure>"
+    )
+
+
+def _compact(value, _position=None) -> str:
+    """Axis ticks: 25,000 -> 25k, 1,200,000 -> 1.2M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _bar_chart(labels, panels: dict[str, np.ndarray], title: str) -> bytes:
+    """Horizontal bars, one panel per measure, the first label on top."""
+    labels = [_label(v) for v in labels]
+    fig = Figure(figsize=(10, 1.0 + 0.38 * max(len(labels), 1)))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    y = np.arange(len(labels))
+    for ax, (name, values) in zip(axes, panels.items()):
+        values = np.nan_to_num(np.asarray(values, dtype=float))
+        bars = ax.barh(y, values, color=BAR_COLOR, alpha=0.85)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7, padding=2)
+        ax.set_title(name, fontsize=9)
+        ax.margins(x=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(_compact))
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    return _figure_png(fig)
+
+
+# --- summaries of the score frame --------------------------------------------------------------
+
+
+def _score_column(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column in frame:
+        return pd.to_numeric(frame[column], errors="coerce")
+    return pd.Series(np.nan, index=frame.index, dtype="float64")
+
+
+def group_summary(scores: pd.DataFrame, column: str, order=(), *, keep_empty: bool = False) -> pd.DataFrame:
+    """Customers, share, mean p_repurchase, total expected revenue and CLV per value of ``column``.
+
+    Groups come in ``order`` first (all of them with ``keep_empty``), then any others by size.
+    """
+    keys = scores[column].astype("string").fillna("(none)") if column in scores else pd.Series(dtype="string")
+    frame = pd.DataFrame({
+        "key": keys,
+        "p_repurchase": _score_column(scores, "p_repurchase"),
+        "expected_revenue": _score_column(scores, "expected_revenue"),
+        "clv": _score_column(scores, "clv"),
+    })
+    grouped = frame.groupby("key", sort=False).agg(
+        customers=("key", "size"),
+        mean_p_repurchase=("p_repurchase", "mean"),
+        expected_revenue=("expected_revenue", "sum"),
+        clv=("clv", "sum"),
+    )
+    known = [k for k in order if keep_empty or k in grouped.index]
+    others = grouped.drop(index=[k for k in known if k in grouped.index]).sort_values("customers", ascending=False)
+    out = pd.concat([grouped.reindex(known), others])
+    out["customers"] = out["customers"].fillna(0).astype(int)
+    out[["expected_revenue", "clv"]] = out[["expected_revenue", "clv"]].fillna(0.0)
+    out["share"] = out["customers"] / max(len(scores), 1)
+    out.index.name = column
+    return out
+
+
+def _group_section_body(summary: pd.DataFrame, scores: pd.DataFrame, what: str, horizon: str,
+                        descriptions: dict | None = None) -> str:
+    if summary.empty:
+        return f"<p>No customers to group by {_esc(what)}.</p>"
+    headers = [what, "customers", "share", "mean p_repurchase", f"expected revenue ({horizon})", "total CLV"]
+    if descriptions:
+        headers.insert(1, "meaning")
+    rows = []
+    for key, row in summary.iterrows():
+        cells = [_label(key), fmt_count(row.customers), fmt_pct(row.share), fmt_metric(row.mean_p_repurchase),
+                 fmt_count(row.expected_revenue), fmt_count(row.clv)]
+        if descriptions:
+            cells.insert(1, descriptions.get(key, ""))
+        rows.append(cells)
+    footer = ["all customers", fmt_count(len(scores)), fmt_pct(1.0 if len(scores) else None),
+              fmt_metric(_score_column(scores, "p_repurchase").mean()),
+              fmt_count(_score_column(scores, "expected_revenue").sum()), fmt_count(_score_column(scores, "clv").sum())]
+    if descriptions:
+        footer.insert(1, "")
+    table = _table(headers, rows, text_columns=(0, 1) if descriptions else (0,), footer=footer)
+    chart = _bar_chart(
+        summary.index,
+        {"customers": summary["customers"].to_numpy(), f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
+         "total CLV": summary["clv"].to_numpy()},
+        f"Customers and value by {what}",
+    )
+    return table + _figure_html(_png_data_uri(chart), f"By {what}",
+                                "Bar length is the number of customers, expected revenue and CLV of each group.", wide=True)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _as_of(scores: pd.DataFrame) -> str:
+    if "as_of" not in scores or scores["as_of"].dropna().empty:
+        return DASH
+    values = pd.to_datetime(scores["as_of"].dropna(), errors="coerce").dropna()
+    if values.empty:
+        return str(scores["as_of"].dropna().iloc[0])
+    first, last = values.min().date(), values.max().date()
+    return str(first) if first == last else f"{first} to {last}"
+
+
+def _horizon_days(scores: pd.DataFrame, report: dict):
+    if "horizon_days" in scores:
+        values = pd.to_numeric(scores["horizon_days"], errors="coerce").dropna().unique()
+        if len(values) == 1:
+            return int(values[0])
+    return _number(report.get("horizon_days"))
+
+
+def _audience(targeted: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Rows of ``targeted`` that some rule gave an action."""
+    if targeted is None:
+        return None
+    if "action" not in targeted:
+        raise ValueError("targeted: no 'action' column; pass the frame apply_rules returns, or None")
+    action = targeted["action"].astype("string").str.strip()
+    return targeted.loc[action.notna() & (action != "")].assign(action=action)
+
+
+def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame | None) -> str:
+    n = len(scores)
+    horizon = _horizon_days(scores, report)
+    horizon_text = f"{fmt_count(horizon)} days" if horizon is not None else "the horizon"
+    repurchasers = _score_column(scores, "p_repurchase").sum()
+    orders = _score_column(scores, "expected_orders").sum()
+    revenue = _score_column(scores, "expected_revenue").sum()
+    cards = [
+        ("customers scored", fmt_count(n)),
+        ("as of", _as_of(scores)),
+        ("horizon", horizon_text),
+        ("expected repurchasers", fmt_count(repurchasers)),
+        ("expected orders", fmt_count(orders)),
+        ("expected revenue", fmt_count(revenue)),
+    ]
+    if audience is not None:
+        cards.append(("customers targeted", fmt_count(audience["customer_id"].nunique() if "customer_id" in audience
+                                                       else len(audience))))
+    sentences = [
+        f"As of {_as_of(scores)}, {fmt_count(n)} customers were scored for the next {horizon_text}. "
+        f"About {fmt_count(repurchasers)} of them ({fmt_pct(repurchasers / n if n else None)}) are expected to buy "
+        f"again, placing {fmt_count(orders)} orders worth {fmt_count(revenue)} in total."
+    ]
+    model, bgnbd = report.get("model"), report.get("bgnbd")
+    if report.get("cutoff"):
+        split = (f"In the backtest (trained on orders up to {report['cutoff']} and checked against the following "
+                 f"{fmt_count(report.get('horizon_days'))} days for {fmt_count(report.get('n_customers'))} customers, "
+                 f"{fmt_pct(report.get('base_rate'))} of whom bought again)")
+        m_auc, b_auc = _number(_get(model, "auc")), _number(_get(bgnbd, "auc"))
+        if m_auc is not None and b_auc is not None:
+            verdict = "better than" if m_auc - b_auc > 0.005 else "worse than" if b_auc - m_auc > 0.005 else "about as well as"
+            sentences.append(
+                f"{split}, the model ranks customers {verdict} BG/NBD: AUC {fmt_metric(m_auc)} against "
+                f"{fmt_metric(b_auc)} ({m_auc - b_auc:+.3f}). Contacting the top 10% by the model reaches "
+                f"{fmt_pct(_get(model, 'capture_top10'))} of next-period buyers (lift {fmt_metric(_get(model, 'lift_top10'), 2)}×) "
+                f"against {fmt_pct(_get(bgnbd, 'capture_top10'))} (lift {fmt_metric(_get(bgnbd, 'lift_top10'), 2)}×) with BG/NBD."
+            )
+        elif b_auc is not None:
+            sentences.append(f"{split}, BG/NBD alone was evaluated: AUC {fmt_metric(b_auc)}, "
+                             f"lift at the top 10% {fmt_metric(_get(bgnbd, 'lift_top10'), 2)}×.")
+        holdout = report.get("holdout_orders") or {}
+        actual, predicted = _number(holdout.get("actual")), _number(holdout.get("model"))
+        if actual and predicted is not None:
+            sentences.append(f"Over that period the model predicted {fmt_count(predicted)} orders; "
+                             f"{fmt_count(actual)} were placed ({fmt_signed_pct(predicted / actual - 1)}).")
+    if audience is None:
+        sentences.append("No targeting rules were applied.")
+    elif audience.empty:
+        sentences.append("Targeting rules were applied but selected no customers.")
+    else:
+        sizes = audience["action"].value_counts()
+        top = ", ".join(f"{_label(a)} {fmt_count(c)}" for a, c in sizes.head(3).items())
+        sentences.append(f"Targeting rules put {fmt_count(len(audience))} customers into {len(sizes)} "
+                         f"action{'s' if len(sizes) != 1 else ''} (largest: {top}).")
+    cards_html = "".join(f'<div class="card"><div class="value">{_esc(v)}</div><div class="label">{_esc(k)}</div></div>'
+                         for k, v in cards)
+    return f'<div class="cards">{cards_html}</div>' + "".join(f"<p>{_esc(s)}</p>" for s in sentences)
+
+
+# (label, keys into a scorer's block, formatter, which way is better)
+BACKTEST_ROWS = (
+    _Group("Who reorders (p_repurchase)"),
+    ("ROC AUC", ("auc",), fmt_metric, "higher"),
+    ("PR AUC", ("pr_auc",), fmt_metric, "higher"),
+    ("Brier score", ("brier",), fmt_metric, "lower"),
+    ("log loss", ("log_loss",), fmt_metric, "lower"),
+    ("calibration error (ECE)", ("ece",), fmt_metric, "lower"),
+    ("lift at top 10%", ("lift_top10",), fmt_metric, "higher"),
+    ("capture at top 10%", ("capture_top10",), fmt_pct, "higher"),
+    _Group("Revenue in the horizon"),
+    ("Gini (normalized)", ("revenue", "gini"), fmt_metric, "higher"),
+    ("Spearman", ("revenue", "spearman"), fmt_metric, "higher"),
+    ("decile MAPE", ("revenue", "decile_mape"), fmt_pct, "lower"),
+    _Group("Next-order timing"),
+    ("p50 MAE (days, reorderers)", ("timing", "p50_mae_days"), fmt_days, "lower"),
+    ("p10-p90 coverage (about 80% is right)", ("timing", "coverage_p10_p90"), fmt_pct, "closer to 80%"),
+)
+SCORERS = (("model", "model"), ("bgnbd", "BG/NBD"), ("recency_only", "recency only"))
+
+
+def _best(values: list[float | None], better: str) -> int | None:
+    present = [(i, v) for i, v in enumerate(values) if v is not None]
+    if len(present) < 2:
+        return None
+    key = {"higher": lambda iv: -iv[1], "lower": lambda iv: iv[1], "closer to 80%": lambda iv: abs(iv[1] - 0.8)}[better]
+    return min(present, key=key)[0]
+
+
+def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
+    parts = []
+    if report.get("cutoff"):
+        intro = (f"Trained on orders up to {report['cutoff']}; every scorer ranked the same "
+                 f"{fmt_count(report.get('n_customers'))} customers, and the truth is who ordered in the following "
+                 f"{fmt_count(report.get('horizon_days'))} days (base rate {fmt_pct(report.get('base_rate'))}). "
+                 "The best value of each row is in bold.")
+        parts.append(f"<p>{_esc(intro)}</p>")
+    rows = []
+    for spec in BACKTEST_ROWS:
+        if isinstance(spec, _Group):
+            rows.append(spec)
+            continue
+        label, keys, formatter, better = spec
+        values = [_number(_get(report.get(key), *keys)) for key, _ in SCORERS]
+        best = _best(values, better)
+        cells = [_Html(f"<b>{_esc(formatter(v))}</b>") if i == best else formatter(v) for i, v in enumerate(values)]
+        rows.append([label, *cells, better])
+    parts.append(_table(["metric", *(name for _, name in SCORERS), "better when"], rows, css_class="metrics"))
+
+    holdout = report.get("holdout_orders") or {}
+    actual = _number(holdout.get("actual"))
+    holdout_rows = [["actual", fmt_count(actual), DASH]]
+    for key, name in SCORERS[:2]:
+        if key in holdout:
+            predicted = _number(holdout.get(key))
+            error = predicted / actual - 1 if predicted is not None and actual else None
+            holdout_rows.append([f"predicted: {name}", fmt_count(predicted), fmt_signed_pct(error)])
+    parts.append("<h3>Orders in the holdout period</h3>"
+                 + _table(["", "orders", "error vs actual"], holdout_rows, css_class="narrow"))
+
+    bgnbd = report.get("bgnbd") or {}
+    params = bgnbd.get("params") or {}
+    if params:
+        unit = bgnbd.get("time_unit")
+        rows = [[k, fmt_metric(params.get(k))] for k in ("r", "alpha", "a", "b")]
+        rows.append(["log-likelihood", fmt_metric(bgnbd.get("log_likelihood"), 1)])
+        for k, v in (bgnbd.get("gamma_gamma_params") or {}).items():
+            rows.append([f"Gamma-Gamma {k}", fmt_metric(v)])
+        parts.append(
+            "<h3>BG/NBD parameters</h3>"
+            + (f"<p class=note>{_esc(f'Time unit: {unit}. r and alpha shape how often customers buy, a and b how soon they drop out.')}</p>"
+               if unit else "")
+            + _table(["parameter", "value"], rows, css_class="narrow")
+        )
+
+    names = [n for n in PLOT_ORDER if n in plot_paths] + sorted(n for n in plot_paths if n not in PLOT_ORDER)
+    figures = []
+    for name in names:
+        path = Path(plot_paths[name])
+        title, caption = PLOT_CAPTIONS.get(name, (_label(name).capitalize(), ""))
+        if not path.is_file():
+            figures.append(f'<p class="note">{_esc(f"Plot {name!r} is missing ({path.name}).")}</p>')
+            continue
+        data = path.read_bytes()
+        figures.append(_figure_html(_png_data_uri(data), title, caption, size=_png_size(data)))
+    if figures:
+        parts.append('<h3>Plots</h3><div class="figures">' + "".join(figures) + "</div>")
+    return "".join(parts)
+
+
+def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizon: str) -> str:
+    if audience is None:
+        return "<p>No targeting rules were applied, so there are no audiences.</p>"
+    if audience.empty:
+        return "<p>Targeting rules were applied but selected no customers.</p>"
+    summary = group_summary(audience, "action")
+    summary["share"] = summary["customers"] / max(len(scores), 1)
+    rows = [[_label(a), fmt_count(r.customers), fmt_pct(r.share), fmt_metric(r.mean_p_repurchase),
+             fmt_count(r.expected_revenue), fmt_count(r.clv)] for a, r in summary.iterrows()]
+    footer = ["all actions", fmt_count(summary["customers"].sum()), fmt_pct(summary["customers"].sum() / max(len(scores), 1)),
+              fmt_metric(_score_column(audience, "p_repurchase").mean()), fmt_count(summary["expected_revenue"].sum()),
+              fmt_count(summary["clv"].sum())]
+    table = _table(["action", "customers", "share of scored", "mean p_repurchase",
+                    f"revenue at stake ({horizon})", "CLV at stake"], rows, footer=footer)
+    chart = _bar_chart(summary.index, {"customers": summary["customers"].to_numpy(),
+                                       f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
+                                       "CLV": summary["clv"].to_numpy()}, "Audiences and revenue at stake by action")
+    note = ("<p>Revenue at stake is the sum of the audience's expected revenue over the horizon and of its "
+            "customer lifetime value: what the action protects or grows, not what it is certain to add.</p>")
+    return note + table + _figure_html(_png_data_uri(chart), "By action",
+                                       "Audience size, expected revenue and CLV of each action.", wide=True)
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _reason_pattern(reason: str) -> str:
+    """Reasons differing only in their numbers count as one: ``due in 12 days`` -> ``due in # days``."""
+    return _NUMBER.sub("#", reason)
+
+
+def _p50_text(value, horizon_days) -> str:
+    number = _number(value)
+    if number is None:
+        return f"beyond {fmt_count(horizon_days)} days" if _number(horizon_days) is not None else "beyond horizon"
+    return fmt_days(number, 0)
+
+
+def _reasons_section(audience: pd.DataFrame | None, horizon_days) -> str:
+    if audience is None:
+        return "<p>No targeting rules were applied, so there are no reasons to show.</p>"
+    if audience.empty:
+        return "<p>Targeting rules were applied but selected no customers.</p>"
+    parts = ["<p>For each action: which rules chose its customers, the most common reasons (numbers replaced by #, "
+             f"so reasons that differ only in their numbers count together), and the {EXAMPLES_PER_ACTION} customers "
+             "with the highest CLV as examples.</p>"]
+    reasons = audience["reason"].astype("string").fillna("") if "reason" in audience else pd.Series("", index=audience.index)
+    for action in audience["action"].value_counts().index:
+        rows = audience.loc[audience["action"] == action]
+        parts.append(f"<h3>{_esc(_label(action))} <span class=muted>({_esc(fmt_count(len(rows)))} customers)</span></h3>")
+        if "rule" in rows:
+            by_rule = rows["rule"].astype("string").fillna("(none)").value_counts()
+            parts.append(_table(["rule", "customers", "share of action"],
+                                [[r, fmt_count(c), fmt_pct(c / len(rows))] for r, c in by_rule.items()], css_class="narrow"))
+        texts = reasons.loc[rows.index]
+        if (texts != "").any():
+            patterns = texts.map(_reason_pattern)
+            counts = patterns.value_counts().head(TOP_REASONS)
+            example = texts.groupby(patterns).first()
+            parts.append(_table(["reason", "customers", "example"],
+                                [[p, fmt_count(c), example[p]] for p, c in counts.items()], text_columns=(0, 2),
+                                css_class="reasons"))
+        else:
+            parts.append("<p class=note>No reason text given.</p>")
+        top = rows.assign(_clv=_score_column(rows, "clv")).sort_values("_clv", ascending=False, kind="stable")
+        example_rows = [
+            [r.get("customer_id", DASH), fmt_metric(_number(r.get("p_repurchase"))),
+             _p50_text(r.get("next_order_days_p50"), horizon_days), fmt_count(_number(r.get("clv"))),
+             "" if pd.isna(r.get("reason")) else r.get("reason", "")]
+            for _, r in top.head(EXAMPLES_PER_ACTION).iterrows()
+        ]
+        parts.append(_table(["customer", "p_repurchase", "next order p50 (days)", "CLV", "reason"], example_rows,
+                            text_columns=(0, 4), css_class="examples"))
+    return "".join(parts)
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+CSS = """
+:root { --ink: #1d2330; --muted: #5f6b7a; --line: #dde2e8; --accent: #1f77b4; --soft: #f4f7fa; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
+       max-width: 1120px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; }
+header { border-bottom: 3px solid var(--accent); margin-bottom: 8px; }
+h1 { font-size: 28px; margin: 0 0 4px; }
+h2 { font-size: 21px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 16px; margin: 22px 0 8px; }
+.muted, .note, header p { color: var(--muted); }
+.note { font-size: 13px; }
+nav { font-size: 13px; margin: 6px 0 0; }
+nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; margin: 14px 0 16px; }
+.card { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
+.card .value { font-size: 21px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.card .label { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+table { border-collapse: collapse; width: 100%; margin: 8px 0 14px; font-size: 13.5px; }
+table.narrow { width: auto; min-width: 340px; }
+th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+thead th { background: var(--soft); font-weight: 600; border-bottom: 2px solid var(--line); }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.group th { background: #fff; color: var(--accent); font-weight: 600; padding-top: 12px; }
+tfoot td { font-weight: 600; border-top: 2px solid var(--line); }
+table.reasons, table.examples { table-layout: fixed; }
+table.reasons th:nth-child(1) { width: 46%; } table.reasons th:nth-child(2) { width: 12%; }
+table.examples th:nth-child(1) { width: 14%; } table.examples th:nth-child(2) { width: 13%; }
+table.examples th:nth-child(3) { width: 17%; } table.examples th:nth-child(4) { width: 12%; }
+table.reasons td, table.examples td { overflow-wrap: anywhere; }
+.figures { display: flex; flex-wrap: wrap; gap: 8px 22px; align-items: flex-start; }
+figure { margin: 8px 0 16px; }
+figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; border: 1px solid var(--line); }
+.figures figure img { width: 100%; }
+figure.wide img { width: 100%; }
+figcaption { font-size: 13px; color: var(--muted); margin-top: 6px; }
+footer { margin-top: 40px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); padding-top: 8px; }
+@page { size: A4; margin: 14mm; }
+@media print {
+  body { max-width: none; padding: 0; font-size: 10.5pt; }
+  nav { display: none; }
+  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  section { break-before: page; }
+  section#summary { break-before: auto; }
+  h2, h3 { break-after: avoid; }
+  figure, tr, .card { break-inside: avoid; }
+}
+"""
+
+# Lets a headless browser check that every embedded image decoded.
+IMAGE_CHECK_SCRIPT = (
+    "window.addEventListener('load', function () {"
+    " var images = Array.prototype.slice.call(document.images);"
+    " document.body.dataset.imagesTotal = String(images.length);"
+    " document.body.dataset.imagesLoaded = String(images.filter(function (i) {"
+    " return i.complete && i.naturalWidth > 0; }).length); });"
+)
+SECTION_TITLES = {
+    "summary": "Summary",
+    "backtest": "How good are the predictions? Backtest against baselines",
+    "segments": "RFM segments",
+    "lifecycle": "Lifecycle stages",
+    "actions": "Actions and revenue at stake",
+    "reasons": "Why these customers",
+}
+
+
+def _content_security_policy() -> str:
+    digest = base64.b64encode(hashlib.sha256(IMAGE_CHECK_SCRIPT.encode()).digest()).decode("ascii")
+    return (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+            "base-uri 'none'; form-action 'none'")
+
+
+def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.DataFrame, targeted: pd.DataFrame | None,
+                      *, title: str = "Repurchase report") -> str:
+    """The report page as a string (see :func:`render_report`)."""
+    report = report or {}
+    audience = _audience(targeted)
+    horizon_days = _horizon_days(scores, report)
+    horizon = f"{fmt_count(horizon_days)} d" if horizon_days is not None else "horizon"
+    bodies = {
+        "summary": _summary_section(report, scores, audience),
+        "backtest": _backtest_section(report, plot_paths or {}),
+        "segments": _group_section_body(group_summary(scores, "rfm_segment", RFM_SEGMENTS), scores, "RFM segment", horizon),
+        "lifecycle": _group_section_body(group_summary(scores, "lifecycle_stage", LIFECYCLE_STAGES, keep_empty=True),
+                                         scores, "lifecycle stage", horizon, LIFECYCLE_DESCRIPTIONS),
+        "actions": _actions_section(scores, audience, horizon),
+        "reasons": _reasons_section(audience, horizon_days),
+    }
+    versions = sorted({str(v) for v in scores.get("model_version", pd.Series(dtype=object)).dropna() if str(v)})
+    subtitle = f"{fmt_count(len(scores))} customers as of {_as_of(scores)}"
+    if versions:
+        subtitle += f", model version {', '.join(versions)}"
+    nav = "".join(f'<a href="#{s}">{_esc(SECTION_TITLES[s].split(":")[0].split("?")[0])}</a>' for s in SECTIONS)
+    sections = "\n".join(f'<section id="{s}"><h2>{_esc(SECTION_TITLES[s])}</h2>{bodies[s]}</section>' for s in SECTIONS)
+    source = f" Source: {report['source']}." if report.get("source") else ""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_esc(_content_security_policy())}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header><h1>{_esc(title)}</h1><p>{_esc(subtitle)}</p><nav>{nav}</nav></header>
+{sections}
+<footer>{_esc(f"Expected values are sums of per-customer predictions; {DASH} means not measured.{source} "
+              "This page is self-contained and works offline.")}</footer>
+<script>{IMAGE_CHECK_SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def render_report(
+    report: dict,
+    plot_paths: dict[str, Path],
+    scores: pd.DataFrame,
+    targeted: pd.DataFrame | None,
+    out_path: Path,
+    *,
+    title: str = "Repurchase report",
+) -> Path:
+    """Write the self-contained HTML report and return its path.
+
+    Parameters
+    ----------
+    report : dict
+        The backtest report (``training.backtest.run_backtest(...).report``); missing metrics show as "–".
+    plot_paths : dict of str to Path
+        Backtest PNGs by name (roc, gain, calibration, revenue_deciles, timing, tracking, importance);
+        embedded as data URIs.
+    scores : pandas.DataFrame
+        Score rows (``training.contract.SCORE_COLUMNS``).
+    targeted : pandas.DataFrame or None
+        Score rows with ``action`` and ``reason`` (and ``rule``) from the targeting rules; None when
+        no rules were applied. Rows without an action are not in any audience.
+    out_path : Path
+        Where the HTML goes; written atomically.
+    """
+    page = build_report_html(report, plot_paths, scores, targeted, title=title)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out_path

@@ -1,0 +1,754 @@
+"""Targeting rules: turn score rows into audiences, one action per customer, with reasons.
+
+A rules file is YAML::
+
+    rules:
+      - name: win_back                      # unique; shown in the ``rule`` column
+        description: lapsed but still valuable   # optional, for people
+        when: lifecycle_stage == 'lapsed' and clv_pct >= 0.7
+        action: win_back                    # audience name, also the CSV file name
+        reason:                             # one clause, or a list of clauses
+          - "no order for {days_since_last:.0f} days"
+          - "lifetime value {clv:,.0f}"
+    budget:                                 # optional
+      max_contacts: 5000                    # optional; no cap when left out
+      contact_cost: 0.5                     # default 0
+
+Evaluation
+----------
+Rules are tried in file order on every score row; the first rule whose ``when`` is true
+gives the customer its ``action``, ``reason`` and ``rule`` (name). A customer no rule
+matches gets NaN in all three.
+
+``when`` is an expression over columns, evaluated with :meth:`pandas.DataFrame.eval`
+(python engine) after a check of its syntax tree: only column names, numbers, 'text',
+lists of those, arithmetic (``+ - * / // %``), comparisons (``< <= == != >= >`` and
+``in`` / ``not in``, chained as in ``1.5 <= overdue_ratio <= 3``), and ``and`` / ``or`` /
+``not`` (or ``& | ~``) are allowed; no calls, attributes, indexing or powers. Line breaks
+count as spaces. The result must be
+true/false per row. A comparison with a missing value (NaN) is false, so
+``next_order_days_p50 <= 14`` never picks a customer with no expected next order; note
+that ``not`` turns that false into true, so prefer positive conditions.
+
+Columns a condition can use
+---------------------------
+* the score contract (:data:`training.contract.SCORE_COLUMNS`);
+* the feature snapshot's columns (``features=``, joined on ``customer_id``; a score
+  column wins over a feature column of the same name);
+* derived helper columns, computed before any rule runs:
+
+  ``clv_pct``
+      percentile rank of ``clv`` among the scored rows passed in (0-1, 1 = highest;
+      ties share their average rank). It is relative to *this* population: score the
+      whole customer base in one call, not one customer at a time.
+  ``expected_order_value``
+      ``expected_revenue / expected_orders`` where ``expected_orders > 0``, else the
+      feature ``avg_order_value`` when the snapshot has it, else NaN.
+  ``expected_value``
+      ``p_repurchase * expected_order_value - contact_cost`` (``budget.contact_cost``,
+      0 without a budget): the value of contacting the customer.
+  ``replenish_category``, ``replenish_days_p50``, ``replenish_p_within_horizon``,
+  ``replenish_remind_on``, ``replenish_days_since_last``, ``replenish_gap_days``
+      from the product-level replenishment frame (``replenishment=``), for each customer
+      the most urgent category: the smallest ``next_purchase_days_p50`` (categories
+      with no expected purchase within the horizon last), ties broken by the higher
+      ``p_within_horizon``. ``replenish_days_since_last`` is days from
+      ``last_purchase`` to ``as_of``; ``replenish_gap_days`` is the frame's
+      ``gap_days`` column when it has one, else the predicted cycle
+      ``replenish_days_since_last + replenish_days_p50``. All NaN without the frame,
+      so a rule on them simply matches nobody.
+
+Reasons
+-------
+``reason`` is a template in words, or a list of templates (clauses) joined with "; ".
+Placeholders name columns and may carry a format spec: ``{gap_mean:.0f}``,
+``{p_repurchase:.0%}``, ``{replenish_remind_on:%Y-%m-%d}``. Missing values read
+sensibly: a clause that names a missing value (NaN, or a feature column the snapshot
+does not have, e.g. no snapshot was given) is left out; only when every clause would be
+left out are the clauses kept with "unknown" in place of the missing values. Without a
+format spec whole numbers print without ".0" and midnight timestamps as dates.
+
+Budget
+------
+With ``budget``, customers who got an action are ranked by ``expected_value``; those
+with ``expected_value > 0`` are kept, highest first, up to ``max_contacts``; all others
+lose their action, reason and rule (NaN), so the audiences are the contacts worth paying
+for.
+
+Errors
+------
+Every problem with a rules file raises :class:`RulesError` with one line naming the
+file, the rule (position from 1 and name) and the field, e.g.
+``rules.yaml: rule 2 'win_back': when: unknown column 'clv_rank'; columns: ...``.
+Syntax, placeholders and format specs are checked when the file is loaded; column names
+and true/false results when the rules are applied, before any rule runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import re
+import string
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from features.errors import InputError
+from features.io import atomic_path
+from features.pipeline import FEATURES
+from training.contract import SCORE_COLUMNS
+
+__all__ = [
+    "DERIVED_COLUMNS",
+    "REPLENISH_COLUMNS",
+    "Budget",
+    "Rule",
+    "RuleSet",
+    "RulesError",
+    "apply_rules",
+    "load_rules",
+    "write_audiences",
+]
+
+DEFAULT_RULES = "default_rules.yaml"
+REPLENISH_COLUMNS = (
+    "replenish_category",
+    "replenish_days_p50",
+    "replenish_p_within_horizon",
+    "replenish_remind_on",
+    "replenish_days_since_last",
+    "replenish_gap_days",
+)
+DERIVED_COLUMNS = ("clv_pct", "expected_order_value", "expected_value", *REPLENISH_COLUMNS)
+REPLENISHMENT_REQUIRED = ("customer_id", "category", "last_purchase", "next_purchase_days_p50", "p_within_horizon", "remind_on")
+SUMMARY_COLUMNS = ("action", "customers", "share_of_scored", "expected_revenue_sum", "clv_sum", "p_repurchase_mean")
+MISSING_TEXT = "unknown"
+
+_ALLOWED_NODES = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.BitAnd,
+    ast.BitOr,
+    ast.UnaryOp,
+    ast.Not,
+    ast.Invert,
+    ast.USub,
+    ast.UAdd,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+)
+_OPERATORS = {
+    ast.Pow: "**",
+    ast.MatMult: "@",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitXor: "^",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+}
+_FEATURE_PATTERNS = tuple(
+    re.compile("^" + re.escape(name).replace(re.escape("<value>"), ".+") + "$") for name in FEATURES if "<value>" in name
+)
+
+
+class RulesError(InputError):
+    """A rules file (or rule set) that cannot be loaded or applied as it is."""
+
+
+def _as_clauses(value: object) -> object:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError("give a text or a list of texts (clauses)")
+    return value
+
+
+Name = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=100)]
+Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
+
+
+class Budget(BaseModel):
+    """Budget-aware selection: keep the contacts with the highest positive expected value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_contacts: int | None = Field(default=None, ge=0)
+    contact_cost: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+class Rule(BaseModel):
+    """One targeting rule: when ``when`` is true for a customer, give ``action`` with ``reason``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    when: Text
+    action: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    reason: Annotated[list[Text], BeforeValidator(_as_clauses)]
+    description: str | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _check_when(cls, when: str) -> str:
+        _condition_columns(when)
+        return when
+
+    @field_validator("action")
+    @classmethod
+    def _check_action(cls, action: str) -> str:
+        if action == "summary":
+            raise ValueError("'summary' is taken by summary.csv; choose another action name")
+        return action
+
+    @field_validator("reason")
+    @classmethod
+    def _check_reason(cls, reason: list[str]) -> list[str]:
+        if not reason:
+            raise ValueError("give a text or a list of clauses")
+        for clause in reason:
+            _parse_template(clause)
+        return reason
+
+    @property
+    def clauses(self) -> list[str]:
+        """The reason's clauses (a single text is one clause)."""
+        return list(self.reason)
+
+    def columns(self) -> list[str]:
+        """Columns the condition and the reason name, in order of appearance."""
+        names = _condition_columns(self.when)
+        for clause in self.clauses:
+            names += [field for _, field, _ in _parse_template(clause) if field is not None]
+        return list(dict.fromkeys(names))
+
+
+class RuleSet(BaseModel):
+    """An ordered list of rules (first match wins) and an optional budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[Rule] = Field(min_length=1)
+    budget: Budget | None = None
+    _source: str = PrivateAttr(default="rules")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RuleSet:
+        seen: dict[str, int] = {}
+        for position, rule in enumerate(self.rules, start=1):
+            if rule.name in seen:
+                raise ValueError(
+                    f"rule {position} '{rule.name}': name: same name as rule {seen[rule.name]}; names must be unique"
+                )
+            seen[rule.name] = position
+        return self
+
+    @property
+    def source(self) -> str:
+        """Where the rules came from (the file, in messages)."""
+        return self._source
+
+    @property
+    def contact_cost(self) -> float:
+        return self.budget.contact_cost if self.budget is not None else 0.0
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_rules(path: str | Path | None = None) -> RuleSet:
+    """Load and check a rules YAML file; ``None`` loads the shipped default rules.
+
+    Raises
+    ------
+    RulesError
+        One line naming the file, the rule and the field, for any problem.
+    """
+    if path is None:
+        origin = DEFAULT_RULES
+        text = resources.files("serving").joinpath(DEFAULT_RULES).read_text(encoding="utf-8")
+    else:
+        origin = str(path)
+        path = Path(path)
+        if not path.exists():
+            raise RulesError(f"{origin}: no such file")
+        if path.is_dir():
+            raise RulesError(f"{origin}: is a folder, not a rules file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise RulesError(f"{origin}: is not UTF-8 text; save the rules as UTF-8 YAML") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RulesError(f"{origin}: not valid YAML ({where}{problem})") from None
+    if data is None:
+        raise RulesError(f"{origin}: the file is empty; expected 'rules:' with a list of rules")
+    if not isinstance(data, dict):
+        raise RulesError(f"{origin}: expected a mapping with 'rules:' at the top, got {_kind(data)}")
+    try:
+        ruleset = RuleSet.model_validate(data)
+    except ValidationError as exc:
+        raise RulesError(f"{origin}: {_validation_message(exc, data)}") from None
+    ruleset._source = origin
+    return ruleset
+
+
+def _kind(value: object) -> str:
+    kinds = {list: "a list", str: "text", int: "a number", float: "a number", bool: "true/false"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _validation_message(exc: ValidationError, data: dict) -> str:
+    """The first pydantic error as '<rule N 'name'>: <field>: <problem>' (one line)."""
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    loc = list(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        if len(loc) == 3 and loc[0] == "rules":
+            message = "missing; every rule needs name, when, action and reason"
+        elif loc == ["rules"]:
+            message = "missing; give 'rules:' with a list of rules"
+        else:
+            message = "missing"
+    elif error["type"] == "extra_forbidden":
+        message = f"unknown field '{loc[-1]}'"
+        loc = loc[:-1]
+    where: list[str] = []
+    if loc[:1] == ["rules"] and len(loc) >= 2 and isinstance(loc[1], int):
+        position = loc[1] + 1
+        raw = data.get("rules")
+        raw_rule = raw[loc[1]] if isinstance(raw, list) and loc[1] < len(raw) else None
+        name = raw_rule.get("name") if isinstance(raw_rule, dict) else None
+        where.append(f"rule {position}" + (f" '{name}'" if isinstance(name, str) else ""))
+        if len(loc) >= 3:
+            where.append(str(loc[2]) + "".join(f" item {part + 1}" if isinstance(part, int) else f".{part}" for part in loc[3:]))
+    elif loc:
+        where.append(".".join(str(part) for part in loc))
+    if error["type"] == "list_type" and loc == ["rules"]:
+        message = "expected a list of rules"
+    elif error["type"] == "model_type" and len(loc) == 2 and loc[0] == "rules":
+        message = "expected a mapping with name, when, action and reason"
+    elif error["type"] == "too_short" and loc == ["rules"]:
+        message = "no rules; give at least one"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return ": ".join([*where, message]).replace("\n", " ") + more
+
+
+def _expression(when: str) -> str:
+    """A condition on one line: pandas would read a line break as a new statement."""
+    return " ".join(when.splitlines()).strip()
+
+
+def _condition_columns(when: str) -> list[str]:
+    """Column names in a condition, after checking it only uses the allowed syntax."""
+    when = _expression(when)
+    try:
+        tree = ast.parse(when, mode="eval")
+    except SyntaxError as exc:
+        where = f" at column {exc.offset}" if exc.offset else ""
+        raise ValueError(f"invalid syntax{where} in '{when}' ({exc.msg})") from None
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED_NODES):
+            shown = ast.unparse(node) if isinstance(node, ast.expr) else _OPERATORS.get(type(node), type(node).__name__)
+            raise ValueError(
+                f"'{shown}' is not allowed; use column names, numbers, 'text', lists, + - * / // %, "
+                "comparisons, in, and, or, not"
+            )
+        if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str, bool)):
+            raise ValueError(f"constant {node.value!r} is not allowed; use numbers, 'text', True or False")
+        if isinstance(node, ast.Name):
+            names.append(node.id)
+    return list(dict.fromkeys(names))
+
+
+def _parse_template(clause: str) -> list[tuple[str, str | None, str]]:
+    """(literal text, column or None, format spec) parts of one reason clause, checked."""
+    try:
+        parts = list(string.Formatter().parse(clause))
+    except ValueError as exc:
+        raise ValueError(f"bad template '{clause}' ({exc}; write {{{{ and }}}} for literal braces)") from None
+    out = []
+    for literal, field, spec, conversion in parts:
+        if field is None:
+            out.append((literal, None, ""))
+            continue
+        shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not field.isidentifier():
+            raise ValueError(f"placeholder {shown} must name a column, as in {{gap_mean:.0f}}")
+        if conversion:
+            raise ValueError(f"placeholder {shown}: conversions (!{conversion}) are not supported; use a format spec")
+        if "{" in spec:
+            raise ValueError(f"placeholder {shown}: nested placeholders are not supported")
+        if spec and not _spec_works(spec):
+            raise ValueError(f"placeholder {shown}: bad format spec '{spec}' (e.g. '.0f', '.0%', ',.2f', '%Y-%m-%d')")
+        out.append((literal, field, spec))
+    return out
+
+
+def _spec_works(spec: str) -> bool:
+    # datetime.__format__ hands any spec to strftime, which accepts any text, so only a
+    # spec with a % directive counts as a date format.
+    samples = (1.5, 1, "text", pd.Timestamp("2025-01-01")) if "%" in spec else (1.5, 1, "text")
+    for sample in samples:
+        try:
+            format(sample, spec)
+            return True
+        except (ValueError, TypeError):
+            continue
+    return False
+
+
+# --------------------------------------------------------------------------- applying
+
+
+def apply_rules(
+    scores: pd.DataFrame,
+    rules: RuleSet,
+    features: pd.DataFrame | None = None,
+    replenishment: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Give every scored customer at most one action (first matching rule wins) with a reason.
+
+    Parameters
+    ----------
+    scores
+        Score rows (the score contract), one per customer.
+    rules
+        From :func:`load_rules`.
+    features
+        Optional feature snapshot (one row per ``customer_id``) whose columns the rules
+        may use.
+    replenishment
+        Optional product-level replenishment frame; feeds the ``replenish_*`` columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The score columns in contract order, then ``action``, ``reason``, ``rule`` (NaN
+        where no rule matched or the budget dropped the customer), then the other columns
+        the rules name (``replenish_*`` only when a replenishment frame is given;
+        ``expected_value`` always with a budget); same rows, order and index as ``scores``.
+    """
+    if not isinstance(rules, RuleSet):
+        raise TypeError("rules must be a RuleSet (see load_rules)")
+    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
+    if missing:
+        raise InputError(f"scores: missing column(s) {', '.join(missing)}; expected the score contract")
+    frame = scores[list(SCORE_COLUMNS)].reset_index(drop=True)
+    frame = _join_features(frame, features)
+    frame = _add_derived(frame, rules.contact_cost)
+    frame = _add_replenishment(frame, replenishment)
+
+    n = len(frame)
+    conditions = [_evaluate_when(frame, rule, position, rules.source) for position, rule in enumerate(rules.rules, start=1)]
+    for position, rule in enumerate(rules.rules, start=1):
+        _check_reason_columns(frame, rule, position, rules.source)
+
+    chosen = np.full(n, -1)
+    for index, matches in enumerate(conditions):
+        chosen[(chosen < 0) & matches] = index
+    if rules.budget is not None:
+        chosen = _within_budget(chosen, frame["expected_value"].to_numpy(dtype=float), rules.budget)
+
+    action = np.full(n, None, dtype=object)
+    reason = np.full(n, None, dtype=object)
+    rule_name = np.full(n, None, dtype=object)
+    for index, rule in enumerate(rules.rules):
+        rows = np.flatnonzero(chosen == index)
+        if rows.size == 0:
+            continue
+        action[rows] = rule.action
+        rule_name[rows] = rule.name
+        reason[rows] = _render_reasons(frame.iloc[rows], rule, index + 1, rules.source)
+
+    hidden = set(SCORE_COLUMNS) | (set(REPLENISH_COLUMNS) if replenishment is None else set())
+    used = [c for rule in rules.rules for c in rule.columns() if c in frame.columns and c not in hidden]
+    if rules.budget is not None:
+        used.append("expected_value")
+    out = frame[list(SCORE_COLUMNS)].copy()
+    out["action"] = pd.Series(action, dtype="str")
+    out["reason"] = pd.Series(reason, dtype="str")
+    out["rule"] = pd.Series(rule_name, dtype="str")
+    for column in dict.fromkeys(used):
+        out[column] = frame[column]
+    out.index = scores.index
+    return out
+
+
+def _join_features(frame: pd.DataFrame, features: pd.DataFrame | None) -> pd.DataFrame:
+    if features is None:
+        return frame
+    if "customer_id" not in features.columns:
+        raise InputError("features: missing column customer_id")
+    keys = features["customer_id"].astype(str)
+    duplicated = keys[keys.duplicated()]
+    if len(duplicated):
+        raise InputError(f"features: customer_id '{duplicated.iloc[0]}' has more than one row; give one snapshot row per customer")
+    extra = [c for c in features.columns if c not in frame.columns and c not in DERIVED_COLUMNS]
+    right = features[extra].set_axis(keys.to_numpy(), axis=0)
+    joined = right.reindex(frame["customer_id"].astype(str).to_numpy()).reset_index(drop=True)
+    return pd.concat([frame, joined], axis=1)
+
+
+def _add_derived(frame: pd.DataFrame, contact_cost: float) -> pd.DataFrame:
+    clv = pd.to_numeric(frame["clv"], errors="coerce").astype(float)
+    revenue = pd.to_numeric(frame["expected_revenue"], errors="coerce").astype(float).to_numpy()
+    orders = pd.to_numeric(frame["expected_orders"], errors="coerce").astype(float).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_order = np.where(orders > 0, revenue / orders, np.nan)
+    if "avg_order_value" in frame.columns:
+        fallback = pd.to_numeric(frame["avg_order_value"], errors="coerce").astype(float).to_numpy()
+        per_order = np.where(orders > 0, per_order, fallback)
+    p = pd.to_numeric(frame["p_repurchase"], errors="coerce").astype(float).to_numpy()
+    return frame.assign(
+        clv_pct=clv.rank(pct=True, method="average"),
+        expected_order_value=per_order,
+        expected_value=p * per_order - contact_cost,
+    )
+
+
+def _add_replenishment(frame: pd.DataFrame, replenishment: pd.DataFrame | None) -> pd.DataFrame:
+    n = len(frame)
+    empty = {c: np.full(n, np.nan) for c in REPLENISH_COLUMNS}
+    empty["replenish_category"] = pd.Series(np.full(n, None, dtype=object), dtype="str")
+    empty["replenish_remind_on"] = pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns]")
+    if replenishment is None:
+        return frame.assign(**empty)
+    missing = [c for c in REPLENISHMENT_REQUIRED if c not in replenishment.columns]
+    if missing:
+        raise InputError(f"replenishment: missing column(s) {', '.join(missing)}; expected the replenish output")
+    table = pd.DataFrame(
+        {
+            "customer_id": replenishment["customer_id"].astype(str),
+            "replenish_category": replenishment["category"].astype(str),
+            "replenish_days_p50": pd.to_numeric(replenishment["next_purchase_days_p50"], errors="coerce").astype(float),
+            "replenish_p_within_horizon": pd.to_numeric(replenishment["p_within_horizon"], errors="coerce").astype(float),
+            "replenish_remind_on": pd.to_datetime(replenishment["remind_on"], errors="coerce").astype("datetime64[ns]"),
+            "last_purchase": pd.to_datetime(replenishment["last_purchase"], errors="coerce").astype("datetime64[ns]"),
+            "gap_days": (
+                pd.to_numeric(replenishment["gap_days"], errors="coerce").astype(float)
+                if "gap_days" in replenishment.columns
+                else np.nan
+            ),
+        }
+    )
+    # Most urgent first: soonest expected purchase, then the likelier one; stable sort keeps file order on ties.
+    table = table.sort_values(
+        ["replenish_days_p50", "replenish_p_within_horizon"], ascending=[True, False], na_position="last", kind="mergesort"
+    )
+    urgent = table.drop_duplicates("customer_id", keep="first").set_index("customer_id")
+    picked = urgent.reindex(frame["customer_id"].astype(str).to_numpy()).reset_index(drop=True)
+    as_of = pd.to_datetime(frame["as_of"]).astype("datetime64[ns]")
+    since = (as_of - picked["last_purchase"]).dt.days.astype(float)
+    gap = picked["gap_days"].where(picked["gap_days"].notna(), since + picked["replenish_days_p50"])
+    return frame.assign(
+        replenish_category=picked["replenish_category"],
+        replenish_days_p50=picked["replenish_days_p50"],
+        replenish_p_within_horizon=picked["replenish_p_within_horizon"],
+        replenish_remind_on=picked["replenish_remind_on"],
+        replenish_days_since_last=since,
+        replenish_gap_days=gap,
+    )
+
+
+def _is_feature_name(name: str) -> bool:
+    return name in FEATURES or any(p.match(name) for p in _FEATURE_PATTERNS)
+
+
+def _unknown_column(frame: pd.DataFrame, name: str, label: str) -> str:
+    """Why ``name`` (shown as ``label``) cannot be used, with the nearest column names."""
+    if _is_feature_name(name):
+        return f"{label} is a feature column the data does not have; give the feature snapshot (features=) that has it"
+    columns = list(frame.columns)
+    close = difflib.get_close_matches(name, columns, n=2, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f"unknown {label}{hint}; columns: {', '.join(columns)}"
+
+
+def _evaluate_when(frame: pd.DataFrame, rule: Rule, position: int, source: str) -> np.ndarray:
+    where = f"{source}: rule {position} '{rule.name}': when"
+    for name in _condition_columns(rule.when):
+        if name not in frame.columns:
+            raise RulesError(f"{where}: " + _unknown_column(frame, name, f"column '{name}'"))
+    if frame.empty:
+        return np.zeros(0, dtype=bool)
+    try:
+        result = frame.eval(_expression(rule.when), engine="python", local_dict={}, global_dict={})
+    except Exception as exc:  # pandas raises many types for bad operand combinations
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RulesError(f"{where}: cannot be evaluated ({detail})") from None
+    if isinstance(result, (bool, np.bool_)):
+        return np.full(len(frame), bool(result))
+    if isinstance(result, pd.Series) and (pd.api.types.is_bool_dtype(result.dtype)):
+        return result.fillna(False).to_numpy(dtype=bool)
+    kind = getattr(result, "dtype", type(result).__name__)
+    raise RulesError(f"{where}: gives {kind} values, not true/false; write a comparison such as 'clv_pct >= 0.9'")
+
+
+def _check_reason_columns(frame: pd.DataFrame, rule: Rule, position: int, source: str) -> None:
+    for clause in rule.clauses:
+        for _, field, spec in _parse_template(clause):
+            if field is not None and field not in frame.columns and not _is_feature_name(field):
+                shown = "{" + field + (f":{spec}" if spec else "") + "}"
+                problem = _unknown_column(frame, field, f"placeholder {shown}")
+                raise RulesError(f"{source}: rule {position} '{rule.name}': reason: {problem}")
+
+
+def _within_budget(chosen: np.ndarray, expected_value: np.ndarray, budget: Budget) -> np.ndarray:
+    candidates = np.flatnonzero((chosen >= 0) & (expected_value > 0))
+    order = candidates[np.argsort(-expected_value[candidates], kind="stable")]
+    keep = order if budget.max_contacts is None else order[: budget.max_contacts]
+    out = np.full_like(chosen, -1)
+    out[keep] = chosen[keep]
+    return out
+
+
+def _is_missing(value: object) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _format_value(value: object, spec: str) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not spec:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        if isinstance(value, pd.Timestamp) and value == value.normalize():
+            return value.date().isoformat()
+        return str(value)
+    return format(value, spec)
+
+
+def _render_reasons(rows: pd.DataFrame, rule: Rule, position: int, source: str) -> list[str]:
+    """One reason per row: clauses with a missing value are left out (see module docstring)."""
+    parsed = [_parse_template(clause) for clause in rule.clauses]
+    rendered: list[list[tuple[str, bool]]] = [[] for _ in range(len(rows))]
+    for parts in parsed:
+        pieces: list[list[str]] = [[] for _ in range(len(rows))]
+        complete = np.ones(len(rows), dtype=bool)
+        for literal, field, spec in parts:
+            for piece in pieces:
+                piece.append(literal)
+            if field is None:
+                continue
+            values = rows[field].tolist() if field in rows.columns else [None] * len(rows)
+            for i, value in enumerate(values):
+                if _is_missing(value):
+                    complete[i] = False
+                    pieces[i].append(MISSING_TEXT)
+                    continue
+                try:
+                    pieces[i].append(_format_value(value, spec))
+                except (ValueError, TypeError) as exc:
+                    raise RulesError(
+                        f"{source}: rule {position} '{rule.name}': reason: cannot format {{{field}:{spec}}} "
+                        f"with value {value!r} ({exc})"
+                    ) from None
+        for i, piece in enumerate(pieces):
+            rendered[i].append(("".join(piece), bool(complete[i])))
+    out = []
+    for clauses in rendered:
+        kept = [text for text, complete in clauses if complete]
+        out.append("; ".join(kept if kept else [text for text, _ in clauses]))
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Write ``<action>.csv`` per action and ``summary.csv`` into ``out_dir``, atomically.
+
+    Each audience file has ``customer_id``, ``action``, ``reason``, ``rule``, then the
+    other score columns and the columns the rules used. ``summary.csv`` has one row per
+    action (most customers first): ``customers``, ``share_of_scored`` (of all rows in
+    ``targeted``), ``expected_revenue_sum``, ``clv_sum`` and ``p_repurchase_mean``. The
+    folder is built under a temporary name and renamed onto ``out_dir`` only when every
+    file is written, so a failure leaves an existing ``out_dir`` as it was.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The summary.
+    """
+    out_dir = Path(out_dir)
+    needed = ("customer_id", "action", "reason", "expected_revenue", "clv", "p_repurchase")
+    missing = [c for c in needed if c not in targeted.columns]
+    if missing:
+        raise InputError(f"targeted: missing column(s) {', '.join(missing)}; pass the output of apply_rules")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: is a file; give a folder for the audiences")
+    acted = targeted[targeted["action"].notna()]
+    actions = acted["action"].astype(str)
+    bad = sorted({a for a in actions.unique() if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", a) or a == "summary"})
+    if bad:
+        raise InputError(f"targeted: action '{bad[0]}' cannot be a file name; use lower-case letters, digits, _ and -")
+
+    first = ["customer_id", "action", "reason", "rule"]
+    columns = [c for c in first if c in targeted.columns] + [c for c in targeted.columns if c not in first]
+    grouped = acted.groupby(actions, sort=False)
+    summary = pd.DataFrame(
+        {
+            "action": grouped.size().index.astype(str),
+            "customers": grouped.size().to_numpy(dtype=np.int64),
+            "share_of_scored": grouped.size().to_numpy(dtype=float) / max(len(targeted), 1),
+            "expected_revenue_sum": grouped["expected_revenue"].sum().to_numpy(dtype=float),
+            "clv_sum": grouped["clv"].sum().to_numpy(dtype=float),
+            "p_repurchase_mean": grouped["p_repurchase"].mean().to_numpy(dtype=float),
+        },
+        columns=list(SUMMARY_COLUMNS),
+    )
+    summary = summary.sort_values(["customers", "action"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for action in summary["action"]:
+            acted.loc[actions == action, columns].to_csv(tmp / f"{action}.csv", index=False)
+        summary.to_csv(tmp / "summary.csv", index=False)
+    return summary

@@ -1,0 +1,34 @@
+"""The score contract (DESIGN.md): the columns every score row has, in order, and their types.
+
+Batch files, API responses and the pyfunc's output all follow it. Kept free of heavy
+imports so that the rules engine and the service can name the columns cheaply.
+"""
+
+from __future__ import annotations
+
+SCORE_COLUMNS = (
+    "customer_id",
+    "as_of",
+    "horizon_days",
+    "p_alive",
+    "p_repurchase",
+    "expected_orders",
+    "expected_revenue",
+    "clv",
+    "next_order_days_p10",
+    "next_order_days_p50",
+    "next_order_days_p90",
+    "churn_risk",
+    "rfm_segment",
+    "lifecycle_stage",
+    "model_version",
+)
+SCORE_DTYPES = {
+    "customer_id": "str",
+    "as_of": "datetime64[ns]",
+    "horizon_days": "int64",
+    **{c: "float64" for c in SCORE_COLUMNS[3:12]},
+    "rfm_segment": "str",
+    "lifecycle_stage": "str",
+    "model_version": "str",
+}
