@@ -287,8 +287,40 @@ def target(
     out_dir: Path = typer.Option(..., "--out", help="Folder for one CSV per action and a summary."),
     rules: Optional[Path] = typer.Option(None, "--rules", help="Rules YAML; the shipped default rules when omitted."),
 ) -> None:
-    """Apply targeting rules to scores: audiences with actions and reasons."""
-    _not_yet("target", 7)
+    """Apply targeting rules to scores: audiences with actions and reasons.
+
+    Rules (YAML) are tried in order; the first that matches gives the customer its action
+    and a reason in words. Writes one CSV per action and summary.csv to --out. The feature
+    snapshot written by `repurchase score` beside the scores (<name>.features.parquet) is
+    joined automatically, so rules and reasons can use feature columns too.
+    """
+    import pandas as pd
+
+    from serving.batch import snapshot_path_for
+    from serving.rules import apply_rules, load_rules, write_audiences
+
+    rule_set = load_rules(rules)
+    scores_frame = _read_parquet_input(scores, "--scores")
+    snapshot = snapshot_path_for(scores)
+    features = _read_parquet_input(snapshot, "snapshot") if snapshot.exists() else None
+    targeted = apply_rules(scores_frame, rule_set, features=features)
+    summary = write_audiences(targeted, out_dir)
+    for row in summary.itertuples(index=False):
+        out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}), "
+                  f"expected revenue {row.expected_revenue_sum:,.0f}")
+    out.print(f"wrote {len(summary)} audiences and summary.csv to {out_dir}")
+
+
+def _read_parquet_input(path: Path, flag: str):
+    import pandas as pd
+    import pyarrow as pa
+
+    if not Path(path).exists():
+        raise InputError(f"{flag} {path}: no such file")
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{flag} {path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
 @app.command()

@@ -66,7 +66,7 @@ def run_quickstart(out_dir: Path, *, console: Console, tracking_uri: str) -> dic
     features = pd.read_parquet(run.snapshot_path)
 
     with step("applying the default targeting rules ..."):
-        targeted = apply_rules(scores, load_rules(None), features=features)
+        targeted = apply_rules(scores, load_rules(None), features=features, clv_reference=champion.spec_.clv_reference)
         audiences = write_audiences(targeted, out_dir / "audiences")
     with step("writing the report ..."):
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",

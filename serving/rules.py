@@ -38,9 +38,11 @@ Columns a condition can use
 * derived helper columns, computed before any rule runs:
 
   ``clv_pct``
-      percentile rank of ``clv`` among the scored rows passed in (0-1, 1 = highest;
-      ties share their average rank). It is relative to *this* population: score the
-      whole customer base in one call, not one customer at a time.
+      percentile of ``clv`` (0-1, 1 = highest). With ``clv_reference`` (the model's CLV
+      distribution at training, ``model.spec_.clv_reference``) it is the share of that
+      reference below the customer's CLV, so one customer scored alone gets the same
+      value as in a batch; without it, the rank among the rows passed in (ties share
+      their average rank).
   ``expected_order_value``
       ``expected_revenue / expected_orders`` where ``expected_orders > 0``, else the
       feature ``avg_order_value`` when the snapshot has it, else NaN.
@@ -449,6 +451,8 @@ def apply_rules(
     rules: RuleSet,
     features: pd.DataFrame | None = None,
     replenishment: pd.DataFrame | None = None,
+    *,
+    clv_reference: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Give every scored customer at most one action (first matching rule wins) with a reason.
 
@@ -463,6 +467,8 @@ def apply_rules(
         may use.
     replenishment
         Optional product-level replenishment frame; feeds the ``replenish_*`` columns.
+    clv_reference
+        Sorted CLV values of a reference population (the model's), for ``clv_pct``.
 
     Returns
     -------
@@ -479,7 +485,7 @@ def apply_rules(
         raise InputError(f"scores: missing column(s) {', '.join(missing)}; expected the score contract")
     frame = scores[list(SCORE_COLUMNS)].reset_index(drop=True)
     frame = _join_features(frame, features)
-    frame = _add_derived(frame, rules.contact_cost)
+    frame = _add_derived(frame, rules.contact_cost, clv_reference)
     frame = _add_replenishment(frame, replenishment)
 
     n = len(frame)
@@ -533,8 +539,14 @@ def _join_features(frame: pd.DataFrame, features: pd.DataFrame | None) -> pd.Dat
     return pd.concat([frame, joined], axis=1)
 
 
-def _add_derived(frame: pd.DataFrame, contact_cost: float) -> pd.DataFrame:
+def _add_derived(frame: pd.DataFrame, contact_cost: float, clv_reference: np.ndarray | None = None) -> pd.DataFrame:
     clv = pd.to_numeric(frame["clv"], errors="coerce").astype(float)
+    if clv_reference is not None and len(clv_reference):
+        reference = np.asarray(clv_reference, dtype=float)
+        clv_pct = pd.Series(np.searchsorted(reference, clv.to_numpy(), side="right") / len(reference), index=clv.index)
+        clv_pct = clv_pct.where(clv.notna())
+    else:
+        clv_pct = clv.rank(pct=True, method="average")
     revenue = pd.to_numeric(frame["expected_revenue"], errors="coerce").astype(float).to_numpy()
     orders = pd.to_numeric(frame["expected_orders"], errors="coerce").astype(float).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -544,7 +556,7 @@ def _add_derived(frame: pd.DataFrame, contact_cost: float) -> pd.DataFrame:
         per_order = np.where(orders > 0, per_order, fallback)
     p = pd.to_numeric(frame["p_repurchase"], errors="coerce").astype(float).to_numpy()
     return frame.assign(
-        clv_pct=clv.rank(pct=True, method="average"),
+        clv_pct=clv_pct,
         expected_order_value=per_order,
         expected_value=p * per_order - contact_cost,
     )

@@ -98,3 +98,21 @@ def test_fit_reads_nothing_after_the_cutoff(synth_orders):
     a = RepurchaseModel(**params).fit(synth_orders, cutoff).score(synth_orders, cutoff)
     b = RepurchaseModel(**params).fit(changed, cutoff).score(changed, cutoff)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_customer_scored_alone_gets_the_batch_scores(fitted_model, synth_orders):
+    batch = fitted_model.score(synth_orders, "2025-09-30").set_index("customer_id")
+    some = batch.index[[0, 7, 100, 1234]]
+    for customer in some:
+        alone = fitted_model.score(synth_orders[synth_orders["customer_id"] == customer], "2025-09-30")
+        pd.testing.assert_frame_equal(alone.set_index("customer_id"), batch.loc[[customer]], check_exact=False, rtol=1e-12)
+
+
+def test_reference_rfm_scores_match_the_pipeline_on_the_training_population(fitted_model, synth_orders):
+    from training.model import rfm_scores
+
+    features = build_features(synth_orders, fitted_model.spec_.training_cutoff)
+    scores = rfm_scores(features, fitted_model.spec_.rfm_reference)
+    for letter in "rfm":
+        agree = (scores[letter] == features[f"rfm_{letter}"].to_numpy()).mean()
+        assert agree > 0.97, (letter, agree)  # 1,001 reference quantiles, not every customer

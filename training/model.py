@@ -50,7 +50,13 @@ from training.btyd import BGNBD, BTYDDataError, BTYDFitError, GammaGamma, clv
 from training.segments import lifecycle_stage, rfm_segment
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
-NOT_FEATURES = frozenset({"customer_id", "cutoff", *LABELS})
+# RFM scores rank a customer within the population scored with them; a customer scored
+# alone (online) would get other scores than in a batch. The model reads the raw recency,
+# frequency and spend instead, and ``rfm_segment`` uses the training population's edges.
+RFM_SCORE_COLUMNS = ("rfm_r", "rfm_f", "rfm_m", "rfm_score", "rfm_cell")
+NOT_FEATURES = frozenset({"customer_id", "cutoff", *LABELS, *RFM_SCORE_COLUMNS})
+RFM_BASIS = {"r": "days_since_last", "f": "n_orders", "m": "total_spend"}
+REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 1001)
 TIMING_FRACTIONS = (1 / 12, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -88,6 +94,33 @@ class FeatureSpec:
     category_values: list[str] | None = None
     training_cutoff: str = ""
     origins: list[str] = field(default_factory=list)
+    rfm_reference: dict[str, np.ndarray] = field(default_factory=dict)
+    clv_reference: np.ndarray | None = None
+
+
+def reference_quantiles(values) -> np.ndarray:
+    """1,001 quantiles (lower interpolation, so real values) of a population, for ranking newcomers."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return np.quantile(values, REFERENCE_QUANTILES, method="lower") if len(values) else np.array([])
+
+
+def rfm_scores(features: pd.DataFrame, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """RFM scores 1-5 against a reference population, as ``features.pipeline`` scores within one.
+
+    A customer's score is 1 + floor(5 x the share of the reference ranked below them), capped
+    at 5; recency ranks fewer days since the last order higher.
+    """
+    out = {}
+    for letter, column in RFM_BASIS.items():
+        grid = reference[letter]
+        x = features[column].to_numpy(dtype=float)
+        if letter == "r":
+            below = len(grid) - np.searchsorted(grid, x, side="right")
+        else:
+            below = np.searchsorted(grid, x, side="left")
+        out[letter] = np.minimum(1 + np.floor(5 * below / max(len(grid) - 1, 1)), 5).astype(int)
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -356,6 +389,7 @@ class RepurchaseModel:
             category_values=category_values,
         )
         self.bgnbd_, self.gamma_gamma_ = self._fit_btyd(at_cutoff)
+        rfm_reference = {letter: reference_quantiles(at_cutoff[column]) for letter, column in RFM_BASIS.items()}
         self.spec_ = FeatureSpec(
             horizon_days=self.horizon_days,
             model_features=features,
@@ -363,9 +397,21 @@ class RepurchaseModel:
             category_values=category_values,
             training_cutoff=cutoff.isoformat(),
             origins=[pd.Timestamp(c).date().isoformat() for c in sorted(frame["cutoff"].unique())],
+            rfm_reference=rfm_reference,
         )
         self.timing_feature_names_ = timing_features
+        self.spec_.clv_reference = reference_quantiles(self._clv(self.with_btyd(at_cutoff)))
         return self
+
+    def _clv(self, features: pd.DataFrame) -> np.ndarray:
+        f, r, T, m = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+        if self.gamma_gamma_ is None:
+            return self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * features["avg_order_value"].to_numpy(float)
+        return np.asarray(
+            clv(self.bgnbd_, self.gamma_gamma_, f, r, T, np.where(f > 0, m, 0.0),
+                horizon_days=self.clv_horizon_days, discount_rate_annual=self.discount_rate_annual),
+            dtype=float,
+        )
 
     def _init_score(self, target: str, features: pd.DataFrame) -> np.ndarray | None:
         """The BTYD answer on the booster's raw scale: boosting starts from BG/NBD and learns corrections.
@@ -474,20 +520,8 @@ class RepurchaseModel:
         features = self.with_btyd(features)
         p = self.p_repurchase(features)
         quantiles = self.next_order_quantiles(features, p)
-        f, r, T, m = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
-        if self.gamma_gamma_ is not None:
-            value = clv(
-                self.bgnbd_,
-                self.gamma_gamma_,
-                f,
-                r,
-                T,
-                np.where(f > 0, m, 0.0),
-                horizon_days=self.clv_horizon_days,
-                discount_rate_annual=self.discount_rate_annual,
-            )
-        else:
-            value = self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * features["avg_order_value"].to_numpy(float)
+        value = self._clv(features)
+        rfm = rfm_scores(features, self.spec_.rfm_reference)
         p_alive = features["btyd_p_alive"].to_numpy(dtype=float)
         scores = pd.DataFrame(
             {
@@ -503,7 +537,7 @@ class RepurchaseModel:
                 "next_order_days_p50": quantiles[:, 1],
                 "next_order_days_p90": quantiles[:, 2],
                 "churn_risk": 1.0 - p,
-                "rfm_segment": rfm_segment(features["rfm_r"].to_numpy(), features["rfm_f"].to_numpy()),
+                "rfm_segment": rfm_segment(rfm["r"], rfm["f"]),
                 "lifecycle_stage": lifecycle_stage(features, p, self.horizon_days),
                 "model_version": str(model_version),
             }
