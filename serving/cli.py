@@ -336,14 +336,36 @@ def replenish(
     _not_yet("replenish", 13)
 
 
+DEFAULT_SNAPSHOT = Path("out/quickstart/scores.features.parquet")
+
+
 @app.command()
 @handles_errors
 def serve(
     model: str = typer.Option("models:/repurchase@champion", "--model", help="MLflow model URI."),
     port: int = typer.Option(3000, "--port", min=1, max=65535, help="HTTP port."),
+    snapshot: Optional[Path] = typer.Option(
+        None,
+        "--snapshot",
+        help="Feature snapshot for scoring by id (written by `repurchase score` as <name>.features.parquet); "
+        f"default {DEFAULT_SNAPSHOT} when it exists. Without one, only scoring from order histories works.",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
 ) -> None:
-    """Serve online scoring over HTTP with BentoML (POST /score, POST /target)."""
-    _not_yet("serve", 8)
+    """Serve online scoring over HTTP with BentoML.
+
+    POST /score and POST /target take {"customer_ids": [...]} (looked up in the snapshot)
+    or {"customers": [{"customer_id": ..., "orders": [{"order_ts": ..., "amount": ...}]}]}
+    (scored from the history by the same feature code as batch). GET /healthz, /readyz;
+    OpenAPI docs at /docs. Ctrl-C stops it.
+    """
+    from serving.online import serve_command
+    from training.registry import configure_tracking
+
+    configure_tracking(_tracking_uri())
+    if snapshot is None and DEFAULT_SNAPSHOT.exists():
+        snapshot = DEFAULT_SNAPSHOT
+    serve_command(model, port, snapshot, host=host)
 
 
 @app.command()

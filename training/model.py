@@ -50,11 +50,13 @@ from training.btyd import BGNBD, BTYDDataError, BTYDFitError, GammaGamma, clv
 from training.segments import lifecycle_stage, rfm_segment
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
-# RFM scores rank a customer within the population scored with them; a customer scored
-# alone (online) would get other scores than in a batch. The model reads the raw recency,
-# frequency and spend instead, and ``rfm_segment`` uses the training population's edges.
+# RFM scores rank a customer within the population at a cutoff. That is what the model
+# learns from at every training origin (relative recency transfers across origins better
+# than raw days), but a customer scored alone (online) has no population: at scoring time
+# the scores are recomputed against the training cutoff's population (``rfm_reference``),
+# in batch and online alike, so both give the same answer.
 RFM_SCORE_COLUMNS = ("rfm_r", "rfm_f", "rfm_m", "rfm_score", "rfm_cell")
-NOT_FEATURES = frozenset({"customer_id", "cutoff", *LABELS, *RFM_SCORE_COLUMNS})
+NOT_FEATURES = frozenset({"customer_id", "cutoff", *LABELS})
 RFM_BASIS = {"r": "days_since_last", "f": "n_orders", "m": "total_spend"}
 REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 1001)
 TIMING_FRACTIONS = (1 / 12, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
@@ -458,8 +460,13 @@ class RepurchaseModel:
         return self.with_btyd(features)
 
     def with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Add the BTYD columns to a feature frame (idempotent)."""
+        """Add the BTYD columns, and RFM scores against the training population (idempotent)."""
         features = features.drop(columns=[c for c in BTYD_FEATURES if c in features.columns])
+        rfm = rfm_scores(features, self.spec_.rfm_reference)
+        features = features.assign(
+            rfm_r=rfm["r"], rfm_f=rfm["f"], rfm_m=rfm["m"],
+            rfm_score=rfm["r"] + rfm["f"] + rfm["m"], rfm_cell=100 * rfm["r"] + 10 * rfm["f"] + rfm["m"],
+        )
         return pd.concat([features, self._btyd_frame(features, self.bgnbd_, self.gamma_gamma_)], axis=1)
 
     def _matrix(self, features: pd.DataFrame) -> np.ndarray:
@@ -521,7 +528,6 @@ class RepurchaseModel:
         p = self.p_repurchase(features)
         quantiles = self.next_order_quantiles(features, p)
         value = self._clv(features)
-        rfm = rfm_scores(features, self.spec_.rfm_reference)
         p_alive = features["btyd_p_alive"].to_numpy(dtype=float)
         scores = pd.DataFrame(
             {
@@ -537,7 +543,7 @@ class RepurchaseModel:
                 "next_order_days_p50": quantiles[:, 1],
                 "next_order_days_p90": quantiles[:, 2],
                 "churn_risk": 1.0 - p,
-                "rfm_segment": rfm_segment(rfm["r"], rfm["f"]),
+                "rfm_segment": rfm_segment(features["rfm_r"].to_numpy(), features["rfm_f"].to_numpy()),
                 "lifecycle_stage": lifecycle_stage(features, p, self.horizon_days),
                 "model_version": str(model_version),
             }

@@ -1,0 +1,231 @@
+"""The online scoring service (BentoML 1.4): ``POST /score``, ``POST /target``, health probes.
+
+Run it with ``repurchase serve`` (or ``bentoml serve serving.service:RepurchaseService``).
+Request and answer formats, limits and error codes are in :mod:`serving.online`.
+
+Configuration (environment, read when the service starts, not at import)
+------------------------------------------------------------------------
+``REPURCHASE_MODEL_URI``  MLflow model URI (default ``models:/repurchase@champion``)
+``REPURCHASE_SNAPSHOT``   feature snapshot Parquet (``<scores>.features.parquet``); optional:
+                          without it, ids get 409 "no snapshot loaded", histories still work
+``MLFLOW_TRACKING_URI``   MLflow store (default ``sqlite:///mlruns/mlflow.db``)
+
+Start-up and probes
+-------------------
+The model, the snapshot and the snapshot's scores load in a background thread, so the
+server answers at once: ``GET /healthz`` (BentoML's liveness probe; also ``/livez``) is 200
+while the process is healthy and 503 if loading failed; ``GET /readyz`` is 503 until the
+model is loaded and, when a snapshot is configured, the snapshot is loaded and scored,
+then 200. Requests that arrive before then get 409 "still loading".
+
+Id lookups are answered from scores computed once per (model, snapshot) when the
+snapshot loads: every snapshot customer is scored in chunks by the served model, exactly
+as batch scoring does, and the rows are kept; a lookup is then a hash probe (23,570 CDNOW
+customers: about a second of scoring and some 30 MB). Histories are scored on request,
+with the same feature code as batch.
+
+Concurrency on a 2-core machine
+-------------------------------
+One worker (``workers=1``): the model, the snapshot and its scores live in memory once;
+a second worker would hold a second copy and gain little, because the heavy work
+(DuckDB feature queries, LightGBM) runs in native code that releases the GIL and uses
+both cores itself. ``threads=2`` lets one history batch compute while a second runs, and
+the event loop stays free for id lookups, which are answered on it directly (microseconds,
+no thread hop).
+
+Adaptive batching helps where a call has a large fixed cost: the feature pipeline costs
+about 0.3 s per call whatever the number of customers, so customers sent with their
+histories by concurrent requests are gathered by BentoML's dispatcher into one call of
+the internal batchable API ``/internal/score_histories`` (at most ``MAX_CUSTOMERS``
+customers per batch; wait at most ``BATCH_WAIT_MS``). Scores do not depend on which other
+customers share a batch (RFM scores and the CLV percentile use reference distributions
+stored at training), so batching changes speed, not answers. Id lookups are not batched:
+there is nothing to amortise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import date
+
+import bentoml
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import JSONResponse
+
+from serving.online import (
+    DEFAULT_MODEL_URI,
+    MAX_CUSTOMERS,
+    CustomerIn,
+    RequestError,
+    ScoreRequest,
+    Snapshot,
+    apply_targeting,
+    dedupe,
+    json_rows,
+    parse_day,
+    score_histories,
+)
+
+logger = logging.getLogger("repurchase.service")
+
+BATCH_WAIT_MS = 10_000
+
+
+class HistoryItem(BaseModel):
+    """One customer of a history request, as the internal batch API receives it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer: CustomerIn
+    as_of: str
+    target: bool = False
+
+
+@bentoml.service(
+    name="repurchase",
+    workers=1,
+    threads=2,
+    traffic={"timeout": 60, "max_concurrency": 64},
+)
+class RepurchaseService:
+    """Repurchase scores online, from the feature snapshot (by id) or from order histories."""
+
+    def __init__(self) -> None:
+        self.model_uri = os.environ.get("REPURCHASE_MODEL_URI") or DEFAULT_MODEL_URI
+        self.snapshot_path = os.environ.get("REPURCHASE_SNAPSHOT") or None
+        self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+        self.model = None
+        self.model_version = ""
+        self.snapshot: Snapshot | None = None
+        self.load_error: str | None = None
+        self._loaded = threading.Event()
+        self._loader = threading.Thread(target=self._load, name="repurchase-loader", daemon=True)
+        self._loader.start()
+
+    # ------------------------------------------------------------------ loading and probes
+
+    def _load(self) -> None:
+        try:
+            from training.registry import configure_tracking, load_scorer
+
+            configure_tracking(self.tracking_uri)
+            model, version = load_scorer(self.model_uri)
+            self.model, self.model_version = model, version
+            logger.info("model %s loaded (version %s)", self.model_uri, version or "-")
+            if self.snapshot_path:
+                snapshot = Snapshot.load(self.snapshot_path)
+                snapshot.score_all(model, version)
+                self.snapshot = snapshot
+                logger.info("snapshot %s: %d customers as of %s", self.snapshot_path, len(snapshot), snapshot.as_of.date())
+        except Exception as exc:  # the probes report it; the log has the details
+            self.load_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            logger.exception("loading failed")
+        finally:
+            self._loaded.set()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until loading has finished (tests and scripts); True when ready."""
+        self._loaded.wait(timeout)
+        return self.__is_ready__()
+
+    def __is_ready__(self) -> bool:
+        return self._loaded.is_set() and self.load_error is None and self.model is not None
+
+    def __is_alive__(self) -> bool:
+        return self.load_error is None
+
+    # ------------------------------------------------------------------ endpoints
+
+    @bentoml.api(route="/score")
+    async def score(self, request: ScoreRequest, /) -> dict:
+        """Score customers: by id from the feature snapshot, or from order histories."""
+        return await self._respond(request, target=False)
+
+    @bentoml.api(route="/target")
+    async def target(self, request: ScoreRequest, /) -> dict:
+        """Score customers and pick each one's action (and why) with the default rules."""
+        return await self._respond(request, target=True)
+
+    @bentoml.api(route="/internal/score_histories", batchable=True, max_batch_size=MAX_CUSTOMERS, max_latency_ms=BATCH_WAIT_MS)
+    def score_histories_batch(self, items: list[HistoryItem]) -> list[dict]:
+        """Internal: score customers with their histories, gathered from concurrent requests."""
+        return self._score_items(items)
+
+    # ------------------------------------------------------------------ logic
+
+    async def _respond(self, request: ScoreRequest, *, target: bool):
+        try:
+            return await self.answer(request, target=target)
+        except RequestError as exc:
+            body = {"error": str(exc)}
+            if self.model is not None:
+                body["model_version"] = self.model_version
+            return JSONResponse(body, status_code=exc.status)
+
+    async def answer(self, request: ScoreRequest, *, target: bool) -> dict:
+        """The answer to a request, or :class:`RequestError` (4xx) for a bad one."""
+        request.check()
+        if not self.__is_ready__():
+            if self.load_error is not None:
+                raise RequestError(f"the model could not be loaded ({self.load_error}); see the server log", 409)
+            raise RequestError("the service is still loading the model and the snapshot; retry when GET /readyz is 200", 409)
+        if request.customer_ids is not None:
+            return self._answer_ids(request, target=target)
+        return await self._answer_histories(request, target=target)
+
+    def _answer_ids(self, request: ScoreRequest, *, target: bool) -> dict:
+        snapshot = self.snapshot
+        if snapshot is None:
+            raise RequestError(
+                "no snapshot loaded: start the service with REPURCHASE_SNAPSHOT (repurchase serve --snapshot) "
+                "to score by id, or send customers with their orders",
+                409,
+            )
+        if request.as_of is not None and parse_day(request.as_of) != snapshot.as_of.date():
+            raise RequestError(
+                f"as_of: ids are scored as of the snapshot's date {snapshot.as_of.date()}; "
+                "leave as_of out, or send customers with their orders to score another date"
+            )
+        ids = dedupe(request.customer_ids)
+        positions, unknown = snapshot.positions(ids)
+        if target and len(positions):
+            scores = snapshot.scores.iloc[positions]
+            features = snapshot.features.iloc[positions]
+            rows = json_rows(apply_targeting(self.model, scores, features))
+        else:
+            rows = snapshot.score_rows(self.model, positions, self.model_version)
+        return {"scores": rows, "unknown_ids": unknown, "model_version": self.model_version}
+
+    async def _answer_histories(self, request: ScoreRequest, *, target: bool) -> dict:
+        as_of = request.as_of_day().isoformat()
+        items = [HistoryItem(customer=c, as_of=as_of, target=target) for c in request.customers]
+        if getattr(self, "__self_proxy__", None) is not None:  # in the server: through BentoML's adaptive batching
+            rows = await self.to_async.score_histories_batch(items=items)
+        else:  # a plain instance (tests, notebooks): call directly
+            import anyio
+
+            rows = await anyio.to_thread.run_sync(self._score_items, items)
+        return {"scores": rows, "unknown_ids": [], "model_version": self.model_version}
+
+    def _score_items(self, items: list[HistoryItem]) -> list[dict]:
+        """Score history items, one feature-pipeline call per (as_of, target) group; rows in item order."""
+        out: list[dict | None] = [None] * len(items)
+        groups: dict[tuple[str, bool], list[int]] = {}
+        for position, item in enumerate(items):
+            groups.setdefault((item.as_of, item.target), []).append(position)
+        for (as_of, target), positions in groups.items():
+            # Requests in one batch may share ids: score under unique keys, answer with theirs.
+            customers = [
+                CustomerIn.model_construct(customer_id=str(k), orders=items[p].customer.orders)
+                for k, p in enumerate(positions)
+            ]
+            scores, features = score_histories(self.model, customers, date.fromisoformat(as_of), self.model_version)
+            if target:
+                scores = apply_targeting(self.model, scores, features)
+            scores["customer_id"] = [items[p].customer.customer_id for p in positions]
+            rows = json_rows(scores)
+            for p, row in zip(positions, rows):
+                out[p] = row
+        return out

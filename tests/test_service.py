@@ -1,0 +1,398 @@
+"""The online service: same numbers as batch, unknown ids reported, every bad request a 4xx.
+
+The service class is instantiated in-process (BentoML 1.4 lets a service class be called
+like a plain class); one slow test runs it over HTTP with BentoML's own server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serving.online import MAX_CUSTOMERS, RequestError, ScoreRequest, parse_request
+from training.contract import SCORE_COLUMNS
+
+AS_OF = "2025-06-30"
+NUMERIC = [c for c in SCORE_COLUMNS if c not in ("customer_id", "as_of", "rfm_segment", "lifecycle_stage", "model_version")]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, fitted_model):
+    """A registered model in a private MLflow store, a small log scored in batch, and its snapshot."""
+    import mlflow
+
+    from features.orders import load_order_log
+    from features.synth import generate_order_log
+    from serving.batch import score_log
+    from training.registry import configure_tracking, log_run
+
+    root = tmp_path_factory.mktemp("service")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    configure_tracking(uri)
+    report = {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 3000, "model": {"auc": 0.7, "brier": 0.2}}
+    logged = log_run(fitted_model, report, params={"test": 1}, register=True)
+    mlflow.set_tracking_uri(None)
+
+    lines = generate_order_log(120, seed=11)
+    log_path = root / "orders.parquet"
+    lines.to_parquet(log_path, index=False)
+    log = load_order_log(log_path)
+    run = score_log(fitted_model, log, pd.Timestamp(AS_OF), root / "scores.parquet", model_version=logged.version)
+    yield {
+        "uri": uri,
+        "version": logged.version,
+        "lines": log.lines,
+        "scores": pd.read_parquet(run.scores_path),
+        "snapshot": run.snapshot_path,
+        "root": root,
+    }
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def _service(served, snapshot: bool):
+    from serving.service import RepurchaseService
+
+    saved = {k: os.environ.get(k) for k in ("REPURCHASE_MODEL_URI", "REPURCHASE_SNAPSHOT", "MLFLOW_TRACKING_URI")}
+    os.environ["MLFLOW_TRACKING_URI"] = served["uri"]
+    os.environ["REPURCHASE_MODEL_URI"] = "models:/repurchase@champion"
+    if snapshot:
+        os.environ["REPURCHASE_SNAPSHOT"] = str(served["snapshot"])
+    else:
+        os.environ.pop("REPURCHASE_SNAPSHOT", None)
+    try:
+        service = RepurchaseService()
+        assert service.wait_loaded(300), service.load_error
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return service
+
+
+@pytest.fixture(scope="session")
+def service(served):
+    return _service(served, snapshot=True)
+
+
+@pytest.fixture(scope="session")
+def service_without_snapshot(served):
+    return _service(served, snapshot=False)
+
+
+def call(service, body, target: bool = False) -> tuple[int, dict]:
+    """POST a body (JSON text or object) the way BentoML does: parse, then the endpoint."""
+    text = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    request = ScoreRequest.model_validate_json(text)
+    endpoint = service.target if target else service.score
+    result = asyncio.run(endpoint(request))
+    if hasattr(result, "status_code"):
+        return result.status_code, json.loads(result.body)
+    return 200, json.loads(json.dumps(result))  # must be plain JSON (no NaN)
+
+
+def history(lines: pd.DataFrame, customer_id: str) -> dict:
+    mine = lines[(lines["customer_id"] == customer_id) & (lines["order_ts"] < pd.Timestamp(AS_OF) + pd.Timedelta(days=1))]
+    orders = []
+    for row in mine.itertuples(index=False):
+        order = {"order_ts": row.order_ts.isoformat(), "amount": float(row.amount)}
+        for name in ("order_id", "quantity", "product_id", "category", "channel"):
+            if name in mine.columns and not pd.isna(getattr(row, name)):
+                value = getattr(row, name)
+                order[name] = float(value) if name == "quantity" else str(value)
+        orders.append(order)
+    return {"customer_id": customer_id, "orders": orders}
+
+
+def assert_same_scores(batch: pd.DataFrame, rows: list[dict]) -> None:
+    online = pd.DataFrame(rows).set_index("customer_id")
+    batch = batch.set_index("customer_id").loc[online.index]
+    for column in NUMERIC:
+        np.testing.assert_allclose(
+            online[column].astype(float).to_numpy(), batch[column].astype(float).to_numpy(), rtol=0, atol=1e-9, err_msg=column
+        )
+    assert (online["as_of"] == batch["as_of"].dt.strftime("%Y-%m-%d")).all()
+    for column in ("rfm_segment", "lifecycle_stage", "model_version"):
+        assert (online[column] == batch[column].astype(str)).all(), column
+
+
+# --------------------------------------------------------------------------- same numbers as batch
+
+
+def test_scores_by_id_equal_batch(service, served):
+    ids = served["scores"]["customer_id"].tolist()[:40]
+    status, answer = call(service, {"customer_ids": ids})
+    assert status == 200
+    assert [r["customer_id"] for r in answer["scores"]] == ids
+    assert list(answer["scores"][0]) == list(SCORE_COLUMNS)
+    assert answer["model_version"] == served["version"]
+    assert_same_scores(served["scores"], answer["scores"])
+
+
+def test_scores_by_history_equal_batch(service, served):
+    ids = served["scores"]["customer_id"].tolist()
+    customers = [history(served["lines"], i) for i in ids[:30]]
+    status, answer = call(service, {"customers": customers, "as_of": AS_OF})
+    assert status == 200, answer
+    assert [r["customer_id"] for r in answer["scores"]] == ids[:30]
+    assert_same_scores(served["scores"], answer["scores"])
+
+
+def test_one_customer_alone_equals_batch(service, served):
+    """Scores do not depend on who else is in the request (reference distributions, not ranks)."""
+    for customer_id in served["scores"]["customer_id"].tolist()[:3]:
+        status, answer = call(service, {"customers": [history(served["lines"], customer_id)], "as_of": AS_OF})
+        assert status == 200, answer
+        assert_same_scores(served["scores"], answer["scores"])
+
+
+def test_unknown_ids_are_reported_not_dropped(service, served):
+    known = served["scores"]["customer_id"].iloc[0]
+    status, answer = call(service, {"customer_ids": ["no-such-customer", known, known, 12345]})
+    assert status == 200
+    assert [r["customer_id"] for r in answer["scores"]] == [known]
+    assert answer["unknown_ids"] == ["no-such-customer", "12345"]
+
+
+def test_target_adds_action_and_reason(service, served):
+    ids = served["scores"]["customer_id"].tolist()[:60]
+    status, answer = call(service, {"customer_ids": ids}, target=True)
+    assert status == 200
+    rows = answer["scores"]
+    assert all({"action", "reason"} <= set(r) for r in rows)
+    assert any(r["action"] is not None for r in rows)
+    assert all((r["action"] is None) == (r["reason"] is None) for r in rows)
+    status, by_history = call(
+        service, {"customers": [history(served["lines"], i) for i in ids[:10]], "as_of": AS_OF}, target=True
+    )
+    assert status == 200, by_history
+    assert [r["action"] for r in by_history["scores"]] == [r["action"] for r in rows[:10]]
+
+
+def test_ids_without_snapshot_answer_409_histories_still_work(service_without_snapshot, served):
+    status, answer = call(service_without_snapshot, {"customer_ids": ["a"]})
+    assert status == 409 and "no snapshot loaded" in answer["error"]
+    customer = history(served["lines"], served["scores"]["customer_id"].iloc[0])
+    status, answer = call(service_without_snapshot, {"customers": [customer], "as_of": AS_OF})
+    assert status == 200 and len(answer["scores"]) == 1
+
+
+def test_probes(service):
+    assert service.__is_ready__() and service.__is_alive__()
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+def _order(**change):
+    return {"order_ts": "2025-01-02", "amount": 9.5, **change}
+
+
+def _customers(*orders, as_of=AS_OF):
+    body = {"customers": [{"customer_id": "c1", "orders": list(orders) or [_order()]}]}
+    if as_of is not None:
+        body["as_of"] = as_of
+    return json.dumps(body)
+
+
+BAD = [
+    ("{", 400, "not valid JSON"),
+    ("", 400, "empty"),
+    ("[1, 2]", 400, "JSON object"),
+    ('"text"', 400, "JSON object"),
+    ("{}", 400, "exactly one of"),
+    ('{"customer_ids": ["a"], "customers": [{"customer_id": "a", "orders": [{"order_ts": "2025-01-01", "amount": 1}]}]}', 400, "exactly one of"),
+    ('{"customer_ids": []}', 400, "must not be empty"),
+    ('{"customer_ids": "a"}', 400, "customer_ids"),
+    ('{"customer_ids": [true]}', 400, "customer_ids[0]"),
+    ('{"customer_ids": [""]}', 400, "customer_ids[0]"),
+    ('{"customer_ids": ["a"], "extra": 1}', 400, "extra: unknown field"),
+    ('{"customers": []}', 400, "must not be empty"),
+    ('{"customers": [{"customer_id": "c1", "orders": []}]}', 400, "orders: must not be empty"),
+    ('{"customers": [{"customer_id": "c1"}]}', 400, "orders: is required"),
+    (json.dumps({"customer_ids": [str(i) for i in range(MAX_CUSTOMERS + 1)]}), 413, "at most 1000"),
+    (_customers(_order(order_ts="yesterday")), 400, "'yesterday' is not a date"),
+    (_customers(_order(order_ts="2025-13-45")), 400, "is not a date"),
+    (_customers(_order(order_ts=20250101)), 400, "order_ts"),
+    (_customers(_order(amount=-5)), 400, "returns are not accepted online"),
+    (_customers(_order(amount="9.5")), 400, "amount: must be a number"),
+    (_customers(_order(amount=None)), 400, "amount"),
+    ('{"customers": [{"customer_id": "c1", "orders": [{"order_ts": "2025-01-02", "amount": NaN}]}]}', 400, "finite"),
+    ('{"customers": [{"customer_id": "c1", "orders": [{"order_ts": "2025-01-02", "amount": Infinity}]}]}', 400, "finite"),
+    ('{"customers": [{"customer_id": "c1", "orders": [{"order_ts": "2025-01-02", "amount": 1e999}]}]}', 400, "finite"),
+    (_customers(_order(quantity=0)), 400, "quantity"),
+    (_customers(_order(order_ts="2025-07-01")), 400, "after as_of 2025-06-30"),
+    (_customers(_order(order_ts="2150-01-01"), as_of=None), 400, "as_of defaults to today"),
+    (_customers(as_of="2999-01-01"), 400, "after today"),
+    (_customers(as_of="30/06/2025"), 400, "use YYYY-MM-DD"),
+    (_customers(_order(unknown="x")), 400, "unknown field"),
+    (
+        json.dumps({"customers": [{"customer_id": "c1", "orders": [_order()]}, {"customer_id": "c1", "orders": [_order()]}]}),
+        400,
+        "appears twice",
+    ),
+    ('{"customer_ids": ["a"], "as_of": "2020-01-01"}', 400, "snapshot's date"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_requests_get_4xx_with_one_line(service, body, status, message):
+    got, answer = call(service, body)
+    assert got == status, answer
+    assert message in answer["error"]
+    assert "\n" not in answer["error"]
+
+
+def test_too_many_orders_is_413():
+    orders = [_order() for _ in range(600)]
+    body = {"customers": [{"customer_id": f"c{i}", "orders": orders} for i in range(170)], "as_of": AS_OF}
+    with pytest.raises(RequestError, match="at most 100000") as caught:
+        parse_request(json.dumps(body))
+    assert caught.value.status == 413
+
+
+def test_zoned_timestamps_keep_wall_clock_time():
+    request = parse_request(_customers(_order(order_ts="2025-06-30T23:30:00-05:00")))
+    assert request.customers[0].orders[0].ts.isoformat() == "2025-06-30T23:30:00"
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+_order_like = st.fixed_dictionaries(
+    {"order_ts": st.one_of(st.text(max_size=25), st.dates().map(str), st.datetimes().map(lambda d: d.isoformat()), _json),
+     "amount": st.one_of(st.floats(), st.integers(), _json)},
+    optional={"quantity": st.one_of(st.floats(), _json), "category": _json, "order_id": _json},
+)
+_payload = st.one_of(
+    _json,
+    st.fixed_dictionaries({"customer_ids": st.one_of(st.lists(st.one_of(st.text(max_size=10), _json), max_size=5), _json)}),
+    st.fixed_dictionaries(
+        {"customers": st.lists(st.fixed_dictionaries({"customer_id": st.one_of(st.text(max_size=6), _json), "orders": st.lists(_order_like, max_size=3)}), max_size=3)},
+        optional={"as_of": st.one_of(st.dates().map(str), st.text(max_size=12), _json)},
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=_payload)
+def test_fuzzed_requests_never_raise_anything_but_a_4xx(payload):
+    try:
+        text = json.dumps(payload)
+    except ValueError:
+        return
+    try:
+        request = parse_request(text)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500 and str(exc) and "\n" not in str(exc)
+        return
+    assert (request.customer_ids is None) != (request.customers is None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=_payload)
+def test_fuzzed_requests_through_the_endpoint(service, payload):
+    try:
+        text = json.dumps(payload)
+    except ValueError:
+        return
+    status, answer = call(service, text)
+    assert status == 200 or (400 <= status < 500 and "\n" not in answer["error"]), answer
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+def test_http_end_to_end(served):
+    import bentoml
+
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served["uri"], "PYTHONUNBUFFERED": "1"}
+    code = (
+        "from pathlib import Path; from serving.online import serve_command; "
+        f"serve_command('models:/repurchase@champion', {port}, Path(r'{served['snapshot']}'))"
+    )
+    log = open(served["root"] / "server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parent.parent,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while _get(f"{base}/readyz") != 200:
+            assert server.poll() is None, (served["root"] / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server not ready in 300 s"
+            time.sleep(1)
+        assert _get(f"{base}/healthz") == 200
+        ids = served["scores"]["customer_id"].tolist()[:5]
+        with bentoml.SyncHTTPClient(base, timeout=60) as client:
+            answer = client.score({"customer_ids": [*ids, "nobody"]})
+            assert [r["customer_id"] for r in answer["scores"]] == ids
+            assert answer["unknown_ids"] == ["nobody"] and answer["model_version"] == served["version"]
+            assert_same_scores(served["scores"], answer["scores"])
+            customers = [history(served["lines"], i) for i in ids]
+            targeted = client.target({"customers": customers, "as_of": AS_OF})
+            assert [r["customer_id"] for r in targeted["scores"]] == ids
+            assert all("action" in r and "reason" in r for r in targeted["scores"])
+            assert_same_scores(served["scores"], targeted["scores"])
+        for body, status in ((b'{"customer_ids": [', 400), (b'{"customer_ids": []}', 400), (b'{"customer_ids": ["a"], "customers": []}', 400)):
+            request = urllib.request.Request(f"{base}/score", data=body, headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request, timeout=30)
+            assert caught.value.code == status
+            assert "error" in json.loads(caught.value.read())
+    finally:
+        for sig, wait in ((2, 30), (15, 10), (9, 10)):
+            if server.poll() is not None:
+                break
+            try:
+                os.killpg(server.pid, sig)
+                server.wait(timeout=wait)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        log.close()
