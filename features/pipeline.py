@@ -32,16 +32,22 @@ Missing values: features that do not exist for a customer stay NaN (LightGBM han
 them natively): the gap statistics and ``overdue_ratio`` for one-purchase-day customers,
 ``gap_std`` with fewer than two gaps. Counts, spend and ``monetary_value`` are 0 instead.
 
-RFM scores are quintile-style scores within the population at the cutoff:
-``1 + floor(5 * percent_rank)`` capped at 5 (recency ranked so that the most recent
-buyers score 5). Ties share the lowest rank of their block, so equal values always get
-equal scores; when a value is shared by many customers (say 60 % bought once) they all
-get the score of the bottom of the block and the upper scores are spread over the rest.
+RFM scores (1-5) are quintile scores within the population at the cutoff: the cut
+points are the 20/40/60/80th percentiles (exact, linearly interpolated) of
+``days_since_last`` (R), ``n_orders`` (F) and ``total_spend`` (M), and a score is 1 + the
+number of cut points the value beats (is above; for R, is below, so the most recent
+buyers score 5). Equal values always get equal scores, and a value sitting on a cut point
+does not beat it: when 60 % of customers bought once, they all get F = 1 and the
+customers with more orders get 4 or 5.
 
 Engines: :func:`feature_expr` and :func:`label_expr` use only portable Ibis operations
-(window ``lead``, filtered aggregates, ``argmin``/``argmax``, ``percent_rank``,
-``DateValue.delta``), so the same definitions run on DuckDB (the embedded default used
-by :func:`build_features`) and on PySpark through Ibis.
+(one window with ``lead`` and ``max``, plain and filtered aggregates, ``quantile``,
+``DateValue.delta``), so the same definitions run on DuckDB (the embedded default used by
+:func:`build_features`) and on PySpark through Ibis with the same result (tested). Plans
+that read well but run slowly on DuckDB are avoided on purpose: ``argmin``/``argmax``
+(ordered aggregates there; an integer packing of (age, gap) does the job), rank windows
+over the whole population (a percentile aggregate does), and collapsing orders to
+purchase days before the window (a second log-sized hash aggregation).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import ibis
 import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.errors import CutoffError, OrderLogError
 
@@ -129,9 +136,9 @@ FEATURES: dict[str, str] = {
     "spend_trend": f"(spend_{TREND_DAYS}d - prev) / (spend_{TREND_DAYS}d + prev), 0 when both 0",
     "spend_share_365d": "spend_365d / total_spend",
     # RFM
-    "rfm_r": "recency score 1-5 within the cutoff population (5 = most recent)",
-    "rfm_f": "frequency score 1-5 on n_orders (5 = most orders)",
-    "rfm_m": "monetary score 1-5 on total_spend (5 = highest)",
+    "rfm_r": "recency score 1-5: days_since_last against the population's quintile cut points (5 = most recent)",
+    "rfm_f": "frequency score 1-5: n_orders against the population's quintile cut points (5 = most)",
+    "rfm_m": "monetary score 1-5: total_spend against the population's quintile cut points (5 = most)",
     "rfm_score": "rfm_r + rfm_f + rfm_m (3-15)",
     "rfm_cell": "RFM cell code 100 * r + 10 * f + m (111-555)",
     # calendar position of the cutoff
@@ -148,12 +155,6 @@ FEATURES: dict[str, str] = {
     "share_channel_<value>": "share of orders through channel <value>, top channels only (only with `channel`)",
 }
 """Feature name -> one-line description; ``<value>`` entries stand for one column per value."""
-
-OPTIONAL_FEATURES = {
-    "quantity": ("total_quantity", "avg_quantity"),
-    "category": ("n_categories", "top_category_share", "share_category_<value>"),
-    "channel": ("share_channel_<value>",),
-}
 
 CORE_FEATURES: tuple[str, ...] = (
     "frequency",
@@ -246,6 +247,8 @@ def _as_table(orders: object) -> ir.Table:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise OrderLogError(f"orders: missing column(s) {', '.join(map(repr, missing))}")
+    if table.order_ts.type().is_date():
+        table = table.mutate(order_ts=table.order_ts.cast("timestamp"))
     return table
 
 
@@ -304,17 +307,22 @@ def mix_values(orders: object, cutoff: object, column: str, top: int = MIX_TOP) 
     Ties in frequency are broken by value so the column set is deterministic. Returns an
     empty list when the log has no such column.
     """
-    past = _past(orders, _as_date(cutoff))
-    if column not in past.columns:
-        return []
-    counts = (
-        past.filter(past[column].notnull())
-        .group_by(column)
-        .agg(n=ibis._.count())
-        .order_by([ibis.desc("n"), column])
-        .limit(top)
-    )
-    return [str(v) for v in counts.to_pyarrow()[column].to_pylist()]
+    return _top_values(_past(orders, _as_date(cutoff)), [column], top)[column]
+
+
+def _top_values(past: ir.Table, columns: Sequence[str], top: int = MIX_TOP) -> dict[str, list[str]]:
+    """Most frequent values of each column, from one group-by over all of them."""
+    present = [c for c in columns if c in past.columns]
+    found: dict[str, list[str]] = {c: [] for c in columns}
+    if not present:
+        return found
+    counts = past.group_by(present).agg(n=ibis._.count()).to_pyarrow().to_pandas()
+    for column in present:
+        totals = counts.groupby(column, dropna=True)["n"].sum().reset_index()
+        totals[column] = totals[column].astype(str)
+        ranked = totals.sort_values(["n", column], ascending=[False, True], kind="stable")
+        found[column] = ranked[column].head(top).tolist()
+    return found
 
 
 def _share_columns(prefix: str, values: Sequence[str]) -> dict[str, str]:
@@ -348,11 +356,11 @@ def _customer_aggregates(
 
     Orders are not collapsed to purchase days first (that would be a second hash
     aggregation as large as the log). Instead each order, ordered by ``age`` (days
-    before the cutoff) within its customer, looks at the next older order: the gap to it
-    is 0 between two orders of one day and is set to null there, so exactly one order per
-    purchase day but the first carries that day's gap to the previous purchase day.
-    Then ``count(gap)`` is the BTYD frequency and the gap statistics are over purchase
-    days, as lifetimes counts them.
+    before the cutoff) within its customer, looks at the next older order. Between two
+    orders of one day that gap is 0 and is set to null, so on every purchase day but the
+    first exactly one order carries the gap back to the previous purchase day. Then
+    ``count(gap)`` is the BTYD frequency and the gap statistics are over purchase days,
+    as lifetimes counts them.
     """
     # Only narrow columns go through the window's sort: mix values become small codes.
     columns: dict[str, ir.Value] = {
@@ -412,6 +420,7 @@ def _customer_aggregates(
 
 
 def _category_mix(past: ir.Table) -> ir.Table:
+    """Distinct categories per customer and the order count of the most bought one."""
     per_category = (
         past.filter(past.category.notnull())
         .group_by(["customer_id", "category"])
@@ -420,7 +429,6 @@ def _category_mix(past: ir.Table) -> ir.Table:
     return per_category.group_by("customer_id").agg(
         n_categories=per_category.count(),
         top_category_n=per_category.n.max(),
-        categorised_n=per_category.n.sum(),
     )
 
 
@@ -495,14 +503,10 @@ def feature_expr(
     day = _as_date(cutoff)
     past = _past(orders, day)
     columns = past.columns
-    if core_only or "channel" not in columns:
-        channel_values = []
-    elif channel_values is None:
-        channel_values = mix_values(past, day, "channel")
-    if core_only or "category" not in columns:
-        category_values = []
-    elif category_values is None:
-        category_values = mix_values(past, day, "category")
+    wanted = [c for c, v in (("channel", channel_values), ("category", category_values)) if v is None and c in columns]
+    found = _top_values(past, wanted) if wanted and not core_only else {}
+    channel_values = [] if core_only or "channel" not in columns else found.get("channel", channel_values)
+    category_values = [] if core_only or "category" not in columns else found.get("category", category_values)
 
     agg = _customer_aggregates(
         past,
@@ -587,7 +591,7 @@ def feature_expr(
         features = features.mutate(
             n_categories=features.n_categories.coalesce(0),
             top_category_share=features.top_category_n / features.n_orders,
-        ).drop("top_category_n", "categorised_n")
+        ).drop("top_category_n")
     return _ordered(features)
 
 
@@ -670,17 +674,16 @@ def label_expr(orders: object, cutoff: object, horizon_days: int) -> ir.Table:
 
 
 def _execute(expr: ir.Table, con: object | None, *, own_backend: bool) -> pd.DataFrame:
-    """Run on ``con``; without one, on the expression's own backend or in-memory DuckDB."""
+    """Run on ``con`` (else the expression's own backend, else in-memory DuckDB), by customer_id.
+
+    Sorting the finished Arrow table is cheaper than an ``ORDER BY`` in the engine, which
+    would carry every feature column through its sort.
+    """
     if con is None and not own_backend:
         con = ibis.duckdb.connect()
     result = expr.to_pyarrow() if con is None else con.to_pyarrow(expr)
-    return result.to_pandas()
-
-
-def _columns_of(orders: object) -> list[str]:
-    if isinstance(orders, (pd.DataFrame, pa.Table)):
-        return list(orders.columns) if isinstance(orders, pd.DataFrame) else orders.column_names
-    return list(orders.columns)
+    result = result.take(pc.sort_indices(result, [("customer_id", "ascending")]))
+    return result.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def build_features(
@@ -706,14 +709,14 @@ def build_features(
         core_only=core_only,
         channel_values=channel_values,
         category_values=category_values,
-    ).order_by("customer_id")
+    )
     return _execute(expr, con, own_backend=own_backend)
 
 
 def build_labels(orders: object, cutoff: object, horizon_days: int, *, con: object | None = None) -> pd.DataFrame:
     """Labels over ``(cutoff, cutoff + horizon_days]`` for the customers present at the cutoff."""
     own_backend = isinstance(orders, ir.Table)
-    expr = label_expr(_as_table(orders), cutoff, horizon_days).order_by("customer_id")
+    expr = label_expr(_as_table(orders), cutoff, horizon_days)
     return _execute(expr, con, own_backend=own_backend)
 
 
@@ -741,21 +744,25 @@ def build_training_frame(
     horizon_days: int,
     *,
     con: object | None = None,
+    channel_values: Sequence[str] | None = None,
+    category_values: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Features and labels stacked over several cutoffs, with a ``cutoff`` column.
 
     Each origin goes through :func:`split_at`: features see only its past half, labels
-    only its future half. The channel / category share columns are fixed once (most
-    frequent values on or before the latest cutoff) so every origin has the same columns.
+    only its future half. The channel / category share columns are fixed once so every
+    origin has the same columns: the values given, else the most frequent values on or
+    before the latest cutoff.
     """
     own_backend = isinstance(orders, ir.Table)
     table = _as_table(orders)
     days = sorted({_as_date(c) for c in cutoffs})
     if not days:
         raise CutoffError("build_training_frame: no cutoffs given")
-    columns = _columns_of(table)
-    channel_values = mix_values(table, days[-1], "channel") if "channel" in columns else None
-    category_values = mix_values(table, days[-1], "category") if "category" in columns else None
+    if channel_values is None or category_values is None:
+        found = _top_values(_past(table, days[-1]), ["channel", "category"])
+        channel_values = found["channel"] if channel_values is None else channel_values
+        category_values = found["category"] if category_values is None else category_values
     if con is None and not own_backend:
         con = ibis.duckdb.connect()
 
@@ -764,7 +771,7 @@ def build_training_frame(
         past, future = split_at(table, day, horizon_days)
         features = feature_expr(past, day, channel_values=channel_values, category_values=category_values)
         labels = _labels_from_future(features.select("customer_id"), future, day, horizon_days)
-        frame = features.inner_join(labels, "customer_id").order_by("customer_id")
+        frame = features.inner_join(labels, "customer_id")
         result = _execute(frame, con, own_backend=con is None)
         result.insert(1, "cutoff", pd.Timestamp(day).as_unit("ns"))
         frames.append(result)

@@ -297,9 +297,11 @@ class RepurchaseModel:
                 gamma_gamma = None
         return bgnbd, gamma_gamma
 
-    def _origin_frame(self, orders: pd.DataFrame, cutoff: dt.date) -> pd.DataFrame:
+    def _origin_frame(self, orders: pd.DataFrame, cutoff: dt.date, channel_values, category_values) -> pd.DataFrame:
         origins = training_cutoffs(cutoff, self.horizon_days, self.n_origins, self.step_days)
-        frame = build_training_frame(orders, origins, self.horizon_days)
+        frame = build_training_frame(
+            orders, origins, self.horizon_days, channel_values=channel_values, category_values=category_values
+        )
         if frame.empty:
             raise InputError("no customers at any training origin: the log is too short for this cutoff and horizon")
         parts = []
@@ -326,7 +328,9 @@ class RepurchaseModel:
         """Learn from ``orders`` up to ``cutoff`` (a date); nothing after it is read."""
         cutoff = pd.Timestamp(cutoff).date()
         orders = orders[orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
-        frame = self._origin_frame(orders, cutoff)
+        channel_values = self._mix(orders, cutoff, "channel")
+        category_values = self._mix(orders, cutoff, "category")
+        frame = self._origin_frame(orders, cutoff, channel_values, category_values)
         candidates = [c for c in frame.columns if c not in NOT_FEATURES]
         varies = frame.groupby("cutoff")[candidates].nunique(dropna=False).max() > 1
         features = [c for c in candidates if varies[c]]
@@ -382,8 +386,6 @@ class RepurchaseModel:
             yv,
         )
 
-        channel_values = self._mix(orders, cutoff, "channel")
-        category_values = self._mix(orders, cutoff, "category")
         at_cutoff = build_features(
             orders,
             cutoff,
@@ -526,7 +528,12 @@ class RepurchaseModel:
             return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
         features = self.with_btyd(features)
         p = self.p_repurchase(features)
-        quantiles = self.next_order_quantiles(features, p)
+        # The CDF tops out at p_repurchase, so no quantile exists below min(QUANTILES):
+        # the timing model (one prediction per grid point) runs only where one can.
+        quantiles = np.full((len(features), len(QUANTILES)), np.nan)
+        reachable = p >= min(QUANTILES)
+        if reachable.any():
+            quantiles[reachable] = self.next_order_quantiles(features.loc[reachable], p[reachable])
         value = self._clv(features)
         p_alive = features["btyd_p_alive"].to_numpy(dtype=float)
         scores = pd.DataFrame(
