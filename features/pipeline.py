@@ -53,6 +53,7 @@ purchase days before the window (a second log-sized hash aggregation).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -702,6 +703,10 @@ def build_features(
     ``customer_id`` first, is sorted by it, and holds only int64 and float64 features.
     """
     own_backend = isinstance(orders, ir.Table)
+    if con is None and not own_backend:
+        arrow = _arrow_orders(orders) if isinstance(orders, pd.DataFrame) else orders
+        if isinstance(arrow, pa.Table) and _mix_resolved(arrow.column_names, channel_values, category_values):
+            return _run_compiled(arrow, _as_date(cutoff), core_only, channel_values, category_values)
     table = _as_table(orders)
     expr = feature_expr(
         table,
@@ -711,6 +716,55 @@ def build_features(
         category_values=category_values,
     )
     return _execute(expr, con, own_backend=own_backend)
+
+
+# Compiling the Ibis expression to SQL costs about 0.3 s whatever the data size, which is
+# most of the time of scoring one customer online. With the mix values fixed, the SQL
+# depends only on the input schema and the cutoff, so it is compiled once and reused; the
+# result is cast to the expression's own schema, so it equals what Ibis returns.
+_COMPILED_TABLE = "repurchase_orders"
+
+
+def _mix_resolved(columns: Sequence[str], channel_values, category_values) -> bool:
+    return ("channel" not in columns or channel_values is not None) and (
+        "category" not in columns or category_values is not None
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_features(
+    schema: pa.Schema, cutoff: dt.date, core_only: bool, channel_values: tuple | None, category_values: tuple | None
+) -> tuple[str, pa.Schema]:
+    table = _as_table(ibis.table(ibis.Schema.from_pyarrow(schema), name=_COMPILED_TABLE))
+    expr = feature_expr(
+        table,
+        cutoff,
+        core_only=core_only,
+        channel_values=None if channel_values is None else list(channel_values),
+        category_values=None if category_values is None else list(category_values),
+    )
+    return ibis.to_sql(expr, dialect="duckdb"), expr.schema().to_pyarrow()
+
+
+def _run_compiled(arrow: pa.Table, cutoff: dt.date, core_only: bool, channel_values, category_values) -> pd.DataFrame:
+    import duckdb
+
+    sql, schema = _compiled_features(
+        arrow.schema,
+        cutoff,
+        core_only,
+        None if channel_values is None else tuple(channel_values),
+        None if category_values is None else tuple(category_values),
+    )
+    con = duckdb.connect()
+    try:
+        con.register(_COMPILED_TABLE, arrow)
+        result = con.execute(sql).fetch_arrow_table()
+    finally:
+        con.close()
+    result = result.select(schema.names).cast(schema)
+    result = result.take(pc.sort_indices(result, [("customer_id", "ascending")]))
+    return result.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def build_labels(orders: object, cutoff: object, horizon_days: int, *, con: object | None = None) -> pd.DataFrame:

@@ -468,3 +468,22 @@ def test_the_same_expressions_on_pyspark_give_the_same_frame(tiny, tmp_path):
         pd.testing.assert_frame_equal(labels, build_labels(tiny, CUTOFF, 90), check_dtype=False)
     finally:
         spark.stop()
+
+
+def test_compiled_sql_path_equals_the_ibis_expression():
+    """build_features reuses compiled SQL when the mix values are fixed; it must give what Ibis gives."""
+    from features import pipeline
+    from features.orders import merge_order_lines
+    from features.synth import generate_order_log
+
+    orders = merge_order_lines(generate_order_log(800, seed=11))
+    cutoff = "2025-03-31"
+    channels = pipeline.mix_values(orders, cutoff, "channel")
+    categories = pipeline.mix_values(orders, cutoff, "category")
+    compiled = pipeline.build_features(orders, cutoff, channel_values=channels, category_values=categories)
+    expr = pipeline.feature_expr(pipeline._as_table(orders), cutoff, channel_values=channels, category_values=categories)
+    reference = pipeline._execute(expr, None, own_backend=False)
+    pd.testing.assert_frame_equal(compiled, reference, check_exact=False, rtol=1e-12, atol=1e-9)
+    one = orders[orders["customer_id"] == compiled["customer_id"].iloc[3]]
+    alone = pipeline.build_features(one, cutoff, channel_values=channels, category_values=categories)
+    pd.testing.assert_frame_equal(alone, compiled.iloc[[3]].reset_index(drop=True), check_exact=False, rtol=1e-12)
