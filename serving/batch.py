@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 from features.errors import CutoffError
 from features.io import atomic_path
 from features.orders import OrderLog
-from features.pipeline import build_features
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RepurchaseModel
 
@@ -71,9 +70,7 @@ def score_log(
     after = orders["order_ts"] >= as_of + pd.Timedelta(days=1)
     n_future = int(after.sum())
     past = orders.loc[~after] if n_future else orders
-    features = build_features(
-        past, as_of, channel_values=model.spec_.channel_values, category_values=model.spec_.category_values
-    )
+    features = model.point_in_time_features(past, as_of)
     out_path = Path(out_path)
     snapshot = snapshot_path_for(out_path)
     with atomic_path(snapshot) as tmp:

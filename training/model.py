@@ -456,10 +456,19 @@ class RepurchaseModel:
 
     def features(self, orders: pd.DataFrame, as_of) -> pd.DataFrame:
         """Point-in-time features as of ``as_of`` plus the BTYD answers, in the trained layout."""
-        features = build_features(
-            orders, as_of, channel_values=self.spec_.channel_values, category_values=self.spec_.category_values
+        return self.with_btyd(self.point_in_time_features(orders, as_of))
+
+    def point_in_time_features(self, orders: pd.DataFrame, as_of) -> pd.DataFrame:
+        """The pipeline's features with the trained mix columns; mix columns the model was
+        trained without are left out of the input (they would only add unused columns)."""
+        unused = [c for c, values in (("channel", self.spec_.channel_values), ("category", self.spec_.category_values))
+                  if values is None and c in orders.columns]
+        return build_features(
+            orders.drop(columns=unused) if unused else orders,
+            as_of,
+            channel_values=self.spec_.channel_values,
+            category_values=self.spec_.category_values,
         )
-        return self.with_btyd(features)
 
     def with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
         """Add the BTYD columns, and RFM scores against the training population (idempotent)."""
@@ -559,7 +568,4 @@ class RepurchaseModel:
 
     def score(self, orders: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
         """Score every customer with an order on or before ``as_of``."""
-        features = build_features(
-            orders, as_of, channel_values=self.spec_.channel_values, category_values=self.spec_.category_values
-        )
-        return self.score_features(features, as_of, model_version)
+        return self.score_features(self.point_in_time_features(orders, as_of), as_of, model_version)
