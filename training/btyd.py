@@ -593,7 +593,9 @@ class BGNBD:
         try:
             # lifetimes prints the optimiser's state when it gives up; the exception says it.
             with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):
-                fitter.fit(frequency, recency, T, weights=weights)
+                # lifetimes draws its starting point from the global numpy RNG
+                # (normal(1, 0.05)) unless given one; its mean makes fits reproducible.
+                fitter.fit(frequency, recency, T, weights=weights, initial_params=np.ones(len(names)))
         except ConvergenceError:
             raise BTYDFitError(f"{title} fit did not converge (lifetimes' optimiser gave up); {hint}") from None
         except np.linalg.LinAlgError:
