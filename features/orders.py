@@ -384,6 +384,14 @@ def _fail(origin: str, column: str, mask, row_word: str, row_base: int, what: st
     raise OrderLogError(f"{origin}: column '{column}' {row_word} {row}{more}: {what}{'; ' + fix if fix else ''}")
 
 
+def _fail_unparsed(origin, column, source: pd.Series, parsed: pd.Series, row_word, row_base, what: str, fix: str = "") -> None:
+    """Name the first value that was given but could not be parsed (empty values are checked apart)."""
+    bad = (parsed.isna() & source.notna()).to_numpy()
+    if bad.any():
+        row, _ = _where(bad, row_base)
+        _fail(origin, column, bad, row_word, row_base, f"'{source.iloc[row - row_base]}' {what}", fix)
+
+
 def _as_string(values: pd.Series) -> pd.Series:
     """Ids as strings: integers stay integers ("17", not "17.0")."""
     if pd.api.types.is_float_dtype(values):
@@ -457,21 +465,14 @@ def validate_order_lines(
     source_ts = raw[resolved["order_ts"]]
     ts = _parse_timestamps(source_ts)
     _fail(origin, "order_ts", source_ts.isna(), row_word, row_base, "is empty", "every order needs a date")
-    bad = ts.isna().to_numpy()
-    if bad.any():
-        row, _ = _where(bad, row_base)
-        value = source_ts.iloc[row - row_base]
-        _fail(origin, "order_ts", bad, row_word, row_base, f"'{value}' is not a date", "use YYYY-MM-DD or ISO 8601")
+    _fail_unparsed(origin, "order_ts", source_ts, ts, row_word, row_base, "is not a date", "use YYYY-MM-DD or ISO 8601")
     out["order_ts"] = ts
 
     source_amount = raw[resolved["amount"]]
     amount = _parse_numbers(source_amount)
     _fail(origin, "amount", source_amount.isna(), row_word, row_base, "is empty", "every order needs a value")
-    bad = amount.isna().to_numpy()
-    if bad.any():
-        row, _ = _where(bad, row_base)
-        value = source_amount.iloc[row - row_base]
-        _fail(origin, "amount", bad, row_word, row_base, f"'{value}' is not a number", "write plain numbers like 12.50, no currency signs")
+    _fail_unparsed(origin, "amount", source_amount, amount, row_word, row_base, "is not a number",
+                   "write plain numbers like 12.50, no currency signs")
     _fail(origin, "amount", ~np.isfinite(amount.to_numpy()), row_word, row_base, "is infinite")
     out["amount"] = amount
 
@@ -484,11 +485,7 @@ def validate_order_lines(
     if "quantity" in resolved:
         source_qty = raw[resolved["quantity"]]
         qty = _parse_numbers(source_qty)
-        bad = (qty.isna() & source_qty.notna()).to_numpy()
-        if bad.any():
-            row, _ = _where(bad, row_base)
-            value = source_qty.iloc[row - row_base]
-            _fail(origin, "quantity", bad, row_word, row_base, f"'{value}' is not a number")
+        _fail_unparsed(origin, "quantity", source_qty, qty, row_word, row_base, "is not a number")
         _fail(origin, "quantity", ~np.isfinite(qty.fillna(1.0).to_numpy()), row_word, row_base, "is infinite")
         out["quantity"] = qty.fillna(1.0)
     for name in ("product_id", "category", "channel"):
