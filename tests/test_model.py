@@ -116,3 +116,12 @@ def test_reference_rfm_scores_match_the_pipeline_on_the_training_population(fitt
     for letter in "rfm":
         agree = (scores[letter] == features[f"rfm_{letter}"].to_numpy()).mean()
         assert agree > 0.97, (letter, agree)  # 1,001 reference quantiles, not every customer
+
+
+def test_the_booster_can_learn_without_the_btyd_start(synth_orders):
+    from training.model import RepurchaseModel
+
+    model = RepurchaseModel(horizon_days=60, n_origins=3, max_rounds=30, boost_from_btyd=False).fit(synth_orders, "2025-06-30")
+    scores = model.score(synth_orders, "2025-09-30")
+    assert scores["p_repurchase"].between(0, 1).all() and scores["p_repurchase"].std() > 0.05
+    assert (scores["expected_revenue"] >= 0).all()

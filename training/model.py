@@ -352,7 +352,7 @@ class RepurchaseModel:
             self._init_score("binary", train),
             self._init_score("binary", stop),
         )
-        raw = self.classifier_.predict(X(calib), raw_score=True) + self._init_score("binary", calib)
+        raw = self._from_btyd(self.classifier_.predict(X(calib), raw_score=True), "binary", calib)
         self.calibrator_ = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), calib["label_repurchase"])
 
         self.orders_model_ = self._train_booster(
@@ -433,6 +433,11 @@ class RepurchaseModel:
         value = np.clip(features["btyd_expected_order_value"].to_numpy(dtype=float), 1e-6, None)
         return np.log(orders * value)
 
+    def _from_btyd(self, raw: np.ndarray, target: str, features: pd.DataFrame) -> np.ndarray:
+        """A booster's raw score plus the BTYD start it was trained from (if any)."""
+        init = self._init_score(target, features)
+        return raw if init is None else raw + init
+
     @staticmethod
     def _mix(orders, cutoff, column) -> list[str] | None:
         if column not in orders.columns:
@@ -488,9 +493,7 @@ class RepurchaseModel:
 
     def p_repurchase(self, features: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of at least one order within the horizon."""
-        raw = self.classifier_.predict(self._matrix(features), raw_score=True)
-        init = self._init_score("binary", features)
-        raw = raw if init is None else raw + init
+        raw = self._from_btyd(self.classifier_.predict(self._matrix(features), raw_score=True), "binary", features)
         return self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
 
     def next_order_cdf(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
@@ -517,9 +520,7 @@ class RepurchaseModel:
         return self._regress(self.revenue_model_, "revenue", features)
 
     def _regress(self, booster: lgb.Booster, target: str, features: pd.DataFrame) -> np.ndarray:
-        raw = booster.predict(self._matrix(features), raw_score=True)
-        init = self._init_score(target, features)
-        return np.exp(raw if init is None else raw + init)
+        return np.exp(self._from_btyd(booster.predict(self._matrix(features), raw_score=True), target, features))
 
     def reason_codes(self, features: pd.DataFrame, top: int = 3) -> list[str]:
         """The features that moved each customer's repurchase score most, from LightGBM's pred_contrib."""
