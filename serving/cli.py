@@ -286,13 +286,18 @@ def target(
     scores: Path = typer.Option(..., "--scores", help="Scores Parquet written by `repurchase score`."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for one CSV per action and a summary."),
     rules: Optional[Path] = typer.Option(None, "--rules", help="Rules YAML; the shipped default rules when omitted."),
+    replenishment: Optional[Path] = typer.Option(
+        None, "--replenishment", help="Parquet written by `repurchase replenish`: category reminders (replenish_* columns)."
+    ),
 ) -> None:
     """Apply targeting rules to scores: audiences with actions and reasons.
 
     Rules (YAML) are tried in order; the first that matches gives the customer its action
     and a reason in words. Writes one CSV per action and summary.csv to --out. The feature
     snapshot written by `repurchase score` beside the scores (<name>.features.parquet) is
-    joined automatically, so rules and reasons can use feature columns too.
+    joined automatically, so rules and reasons can use feature columns too. With
+    --replenishment, the default rules remind customers of the category that is due
+    ("bought coffee every 21 days; last 18 days ago; reminder due 2025-10-02").
     """
     import pandas as pd
 
@@ -303,7 +308,8 @@ def target(
     scores_frame = _read_parquet_input(scores, "--scores")
     snapshot = snapshot_path_for(scores)
     features = _read_parquet_input(snapshot, "snapshot") if snapshot.exists() else None
-    targeted = apply_rules(scores_frame, rule_set, features=features)
+    replenish_frame = _read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
+    targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame)
     summary = write_audiences(targeted, out_dir)
     for row in summary.itertuples(index=False):
         out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}), "
@@ -330,10 +336,46 @@ def replenish(
     as_of: str = typer.Option(..., "--as-of", help="As-of date YYYY-MM-DD."),
     out_path: Path = typer.Option(..., "--out", help="Parquet file: one row per (customer, category)."),
     lead_days: int = typer.Option(7, "--lead-days", min=0, help="Send the reminder this many days before the expected reorder."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=7, help="p_within_horizon is P(a purchase within this many days)."),
     column_map: Optional[str] = MapOption,
 ) -> None:
-    """Predict when each customer is due to rebuy each category they buy."""
-    _not_yet("replenish", 13)
+    """Predict when each customer is due to rebuy each category they buy.
+
+    Needs a `category` (or `product_id`) column; `quantity` stretches the cycle (two units
+    last twice as long). Writes one row per (customer, category) bought on or before
+    --as-of: last_purchase, next_purchase_days_p10/p50/p90 (days from --as-of, given a
+    purchase within the horizon; 0 = due now), p_within_horizon, remind_on (--lead-days
+    before the p50 date) and basis (own rhythm, or the category's when the customer has
+    too few purchases of it). Trained on the spot on earlier cutoffs of the same log.
+    Feed it to `repurchase target --replenishment FILE` for category reminders.
+    """
+    from features.orders import load_order_log, parse_date
+    from training.jobs import replenish_job
+
+    day = parse_date(as_of, "--as-of")
+    with err.status("loading orders ..."):
+        log = load_order_log(orders, column_map)
+    with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
+        result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path)
+    if result.n_future_lines_ignored:
+        err.print(f"warning: ignored {result.n_future_lines_ignored:,} order lines after --as-of {day.date()}")
+    _print_replenishment(result.frame)
+    out.print(f"wrote {out_path} ({len(result.frame):,} customer-category pairs)")
+
+
+def _print_replenishment(frame) -> None:
+    from rich.table import Table
+
+    due = frame["next_purchase_days_p50"] <= 14
+    likely = frame["p_within_horizon"] >= 0.5
+    table = Table(title=f"replenishment as of {frame['as_of'].iloc[0].date() if len(frame) else '-'}")
+    for column in ("category", "pairs", "own rhythm", "likely within horizon", "due in 14 days & likely"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    grouped = frame.assign(own=frame["basis"] == "own", likely=likely, due=due & likely).groupby("category")
+    summary = grouped.agg(pairs=("customer_id", "size"), own=("own", "mean"), likely=("likely", "sum"), due=("due", "sum"))
+    for category, row in summary.sort_values("pairs", ascending=False).head(15).iterrows():
+        table.add_row(str(category), f"{int(row.pairs):,}", f"{row.own:.0%}", f"{int(row.likely):,}", f"{int(row.due):,}")
+    out.print(table)
 
 
 DEFAULT_SNAPSHOT = Path("out/quickstart/scores.features.parquet")
@@ -372,11 +414,21 @@ def serve(
 @handles_errors
 def quickstart(
     out_dir: Path = typer.Option(Path("out/quickstart"), "--out", help="Folder for the results."),
+    orders: str = typer.Option(
+        "cdnow", "--orders", help="Order log to run on (default: the built-in CDNOW log); any source `--orders` takes."
+    ),
+    column_map: Optional[str] = MapOption,
 ) -> None:
-    """Run the whole job on the built-in CDNOW log and write the results to --out."""
+    """Run the whole job on the built-in CDNOW log (or --orders) and write the results to --out.
+
+    Backtest (the model against BG/NBD and recency-only), train and register the champion,
+    score every customer, apply the default rules, write report.html. When the log has
+    categories (e.g. `repurchase synth`), also the product-level replenishment backtest,
+    replenishment.parquet and category reminders.
+    """
     from serving.quickstart import run_quickstart
 
-    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri())
+    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map)
 
 
 def _quiet_libraries() -> None:

@@ -1,11 +1,14 @@
-"""The whole job on the built-in CDNOW log, as `repurchase quickstart` runs it.
+"""The whole job on the built-in CDNOW log (or any log), as `repurchase quickstart` runs it.
 
 1. load and validate the order log;
-2. backtest at 1997-09-30 over 90 days (the split of Fader, Hardie & Lee 2005): the model
-   against BG/NBD and recency-only, JSON and plots;
+2. backtest at 1997-09-30 over 90 days (the split of Fader, Hardie & Lee 2005; for another
+   log, 90 days before its last order): the model against BG/NBD and recency-only, JSON
+   and plots; with categories in the log, the replenishment model against its baselines;
 3. train on everything up to the last order and register it (champion when there is none);
 4. score all customers with the champion as of the last order day;
-5. apply the default targeting rules: one CSV per action under audiences/;
+5. with categories, predict each customer's next purchase of each category
+   (replenishment.parquet); apply the default targeting rules: one CSV per action under
+   audiences/ (category reminders among them);
 6. write report.html and print a short summary.
 """
 
@@ -25,12 +28,15 @@ BACKTEST_CUTOFF = pd.Timestamp("1997-09-30")
 HORIZON_DAYS = 90
 
 
-def run_quickstart(out_dir: Path, *, console: Console, tracking_uri: str) -> dict:
-    """Run every stage on CDNOW, writing scores.parquet, backtest.json, report.html, audiences/ to ``out_dir``."""
+def run_quickstart(
+    out_dir: Path, *, console: Console, tracking_uri: str, source: str = QUICKSTART_SOURCE, column_map: str | None = None
+) -> dict:
+    """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
+    audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``."""
     from serving.batch import score_log
     from serving.report import render_report
     from serving.rules import apply_rules, load_rules, write_audiences
-    from training.jobs import backtest_job, train_job
+    from training.jobs import backtest_job, has_categories, replenish_job, train_job
     from training.registry import configure_tracking, load_scorer
 
     began = time.perf_counter()
@@ -43,16 +49,21 @@ def run_quickstart(out_dir: Path, *, console: Console, tracking_uri: str) -> dic
         steps.append((message, time.perf_counter()))
         return console.status(message)
 
-    with step("loading and validating the CDNOW order log ..."):
-        log = load_order_log(QUICKSTART_SOURCE)
+    with step(f"loading and validating the order log {source} ..."):
+        log = load_order_log(source, column_map)
     summary = log.summary()
     console.print(
         f"[bold]order log[/] {summary['source']}: {summary['customers']:,} customers, {summary['orders']:,} orders, "
         f"{summary['first_order']} to {summary['last_order']}, revenue {summary['revenue']:,.2f}"
     )
-    with step(f"backtest at {BACKTEST_CUTOFF.date()} over {HORIZON_DAYS} days ..."):
-        backtest = backtest_job(log, BACKTEST_CUTOFF, HORIZON_DAYS, out_dir / "backtest.json")
+    cutoff = BACKTEST_CUTOFF if source == QUICKSTART_SOURCE else log.last_order_date - pd.Timedelta(days=HORIZON_DAYS)
+    categories = has_categories(log)
+    with step(f"backtest at {cutoff.date()} over {HORIZON_DAYS} days"
+              f"{' (customers, and categories for replenishment)' if categories else ''} ..."):
+        backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json")
     _print_backtest(console, backtest.report)
+    if "replenishment" in backtest.report:
+        _print_replenishment_backtest(console, backtest.report["replenishment"])
 
     as_of = log.last_order_date
     with step(f"training on all orders up to {as_of.date()} and registering ..."):
@@ -65,18 +76,28 @@ def run_quickstart(out_dir: Path, *, console: Console, tracking_uri: str) -> dic
     scores = pd.read_parquet(run.scores_path)
     features = pd.read_parquet(run.snapshot_path)
 
+    replenishment = None
+    if categories:
+        with step("predicting when each customer is due to rebuy each category ..."):
+            replenishment = replenish_job(log, as_of, HORIZON_DAYS, out_path=out_dir / "replenishment.parquet").frame
+        console.print(f"replenishment.parquet: {len(replenishment):,} customer-category pairs, "
+                      f"{int((replenishment['next_purchase_days_p50'] <= 14).sum()):,} due within 14 days")
+    else:
+        console.print("no categories in this log: product-level replenishment skipped")
+
     with step("applying the default targeting rules ..."):
-        targeted = apply_rules(scores, load_rules(None), features=features, clv_reference=champion.spec_.clv_reference)
+        targeted = apply_rules(scores, load_rules(None), features=features, replenishment=replenishment,
+                               clv_reference=champion.spec_.clv_reference)
         audiences = write_audiences(targeted, out_dir / "audiences")
     with step("writing the report ..."):
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",
-                      title=f"Repurchase report: CDNOW as of {as_of.date()}")
+                      title=f"Repurchase report: {log.source} as of {as_of.date()}")
 
     _print_audiences(console, audiences)
     elapsed = time.perf_counter() - began
     console.print(
         f"\n[bold]done in {elapsed:.0f} s.[/] In {out_dir}/: scores.parquet ({len(scores):,} customers), "
-        "backtest.json (+ plots), report.html, audiences/. MLflow: "
+        f"backtest.json (+ plots), report.html, audiences/{', replenishment.parquet' if categories else ''}. MLflow: "
         f"{tracking_uri} (browse with `uv run mlflow ui --backend-store-uri {tracking_uri}`)."
     )
     return {"summary": summary, "backtest": backtest.report, "audiences": audiences, "seconds": elapsed}
@@ -97,6 +118,17 @@ def _print_backtest(console: Console, report: dict) -> None:
     holdout = report["holdout_orders"]
     table.add_row("orders in horizon", f"{holdout['model']:,.0f}", f"{holdout['bgnbd']:,.0f}", f"actual {holdout['actual']:,}")
     table.add_row("revenue gini", _fmt(model["revenue"]["gini"]), _fmt(bgnbd["revenue"]["gini"]), "")
+    console.print(table)
+
+
+def _print_replenishment_backtest(console: Console, block: dict) -> None:
+    table = Table(title=f"replenishment backtest: {block['n_pairs']:,} customer-category pairs, "
+                        f"{block['base_rate'] or 0:.1%} bought again within the horizon")
+    for column in ("next purchase", "model", "own last gap", "category median"):
+        table.add_column(column, justify="left" if column == "next purchase" else "right")
+    blocks = [block["model"], block["own_last_gap"], block["category_median"]]
+    for metric, label in (("p50_mae_days", "p50 MAE (days)"), ("coverage_p10_p90", "p10-p90 coverage"), ("auc", "AUC")):
+        table.add_row(label, *[_fmt(b.get(metric)) for b in blocks])
     console.print(table)
 
 

@@ -587,11 +587,16 @@ def _add_replenishment(frame: pd.DataFrame, replenishment: pd.DataFrame | None) 
             ),
         }
     )
-    # Most urgent first: soonest expected purchase, then the likelier one; stable sort keeps file order on ties.
-    table = table.sort_values(
-        ["replenish_days_p50", "replenish_p_within_horizon"], ascending=[True, False], na_position="last", kind="mergesort"
+    # One category per customer: among the ones likely to be bought again within the horizon
+    # (p >= 0.5) if any, the soonest due, then the likelier; a long-abandoned category that is
+    # "overdue" must not hide one that is really due. Stable sort keeps file order on ties.
+    table = table.assign(_unlikely=~(table["replenish_p_within_horizon"] >= 0.5)).sort_values(
+        ["_unlikely", "replenish_days_p50", "replenish_p_within_horizon"],
+        ascending=[True, True, False],
+        na_position="last",
+        kind="mergesort",
     )
-    urgent = table.drop_duplicates("customer_id", keep="first").set_index("customer_id")
+    urgent = table.drop_duplicates("customer_id", keep="first").drop(columns="_unlikely").set_index("customer_id")
     picked = urgent.reindex(frame["customer_id"].astype(str).to_numpy()).reset_index(drop=True)
     as_of = pd.to_datetime(frame["as_of"]).astype("datetime64[ns]")
     since = (as_of - picked["last_purchase"]).dt.days.astype(float)

@@ -254,6 +254,23 @@ def test_replenishment_frame_drives_the_reminder_reason():
     assert out.loc["c", "replenish_category"] == "tea"
 
 
+def test_an_abandoned_overdue_category_does_not_hide_one_that_is_due():
+    scores = scores_frame(with_fillers([score_row("a")]))
+    replenishment = pd.DataFrame(
+        {
+            "customer_id": ["a", "a"],
+            "category": ["litter", "coffee"],
+            "last_purchase": pd.to_datetime(["2024-01-01", "2025-06-10"]),
+            "next_purchase_days_p50": [0.0, 5.0],
+            "p_within_horizon": [0.05, 0.85],
+            "remind_on": pd.to_datetime(["2025-06-30", "2025-06-30"]),
+        }
+    )
+    out = apply_rules(scores, load_rules(), replenishment=replenishment).set_index("customer_id")
+    assert out.loc["a", "replenish_category"] == "coffee"
+    assert out.loc["a", "rule"] == "replenish_category_due"
+
+
 def test_replenishment_gap_column_is_used_when_present():
     scores = scores_frame(with_fillers([score_row("a")]))
     replenishment = pd.DataFrame(

@@ -61,6 +61,12 @@ def backtest_job(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         backtest.plots = _move_plots(backtest, json_path.parent, json_path.stem)
     backtest.report["plots"] = {k: v.name for k, v in backtest.plots.items()}
+    if has_categories(log):
+        from training.replenish import replenishment_backtest
+
+        backtest.report["replenishment"] = replenishment_backtest(
+            log.lines[log.lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)], cutoff, horizon_days
+        )
     write_report(backtest.report, json_path)
     if log_to_mlflow:
         import mlflow
@@ -126,3 +132,49 @@ def train_job(
             run_name=f"train {log.source} {cutoff.date()}",
         )
     return TrainResult(model=model, backtest=backtest, logged=logged, champion_backtest=champion_backtest)
+
+
+@dataclass
+class ReplenishResult:
+    frame: pd.DataFrame
+    model: object
+    path: Path | None
+    n_future_lines_ignored: int
+
+
+def has_categories(log: OrderLog) -> bool:
+    """Whether the log says what was bought (a category or product per line)."""
+    from features.replenish import NoCategoriesError, pair_key_column
+
+    try:
+        pair_key_column(log.lines)
+    except NoCategoriesError:
+        return False
+    return True
+
+
+def replenish_job(
+    log: OrderLog,
+    as_of: pd.Timestamp,
+    horizon_days: int = 90,
+    *,
+    lead_days: int = 7,
+    out_path: Path | None = None,
+    model_params: dict | None = None,
+) -> ReplenishResult:
+    """Train the replenishment model on the lines up to ``as_of`` and predict every (customer, category).
+
+    Writes ``out_path`` (Parquet, atomically) when given. Lines after ``as_of`` are ignored and counted.
+    """
+    from features.io import write_parquet
+    from features.replenish import pair_lines
+    from training.replenish import ReplenishmentModel
+
+    check_cutoff(log, as_of, flag="--as-of")
+    future = log.lines["order_ts"] >= as_of + pd.Timedelta(days=1)
+    past = pair_lines(log.lines.loc[~future.to_numpy()])
+    model = ReplenishmentModel(horizon_days=horizon_days, lead_days=lead_days, **(model_params or {})).fit(past, as_of)
+    frame = model.predict(past, as_of)
+    if out_path is not None:
+        write_parquet(frame, out_path)
+    return ReplenishResult(frame=frame, model=model, path=out_path, n_future_lines_ignored=int(future.sum()))

@@ -67,7 +67,7 @@ def _flat_metrics(report: dict) -> dict[str, float]:
             if np.isfinite(value):
                 out[prefix.replace("@", "_")] = float(value)
 
-    for block in ("model", "bgnbd", "recency_only", "holdout_orders"):
+    for block in ("model", "bgnbd", "recency_only", "holdout_orders", "replenishment"):
         walk(block, report.get(block, {}))
     for key in ("n_customers", "base_rate"):
         walk(key, report.get(key))
