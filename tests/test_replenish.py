@@ -17,7 +17,6 @@ from training.replenish import (
     baseline_quantiles,
     cycle_cdf,
     cycle_model,
-    replenishment_backtest,
     truncated_quantiles,
 )
 
@@ -245,8 +244,31 @@ def test_too_little_history_is_a_clear_error(synth_lines):
         ReplenishmentModel(horizon_days=90).fit(synth_lines, "2023-03-01")
 
 
-def test_backtest_beats_both_baselines(synth_lines):
-    block = replenishment_backtest(synth_lines, "2025-06-30", 60, model_params={"max_rounds": 150})
+@pytest.fixture(scope="module")
+def backtest_report(tmp_path_factory, synth_lines):
+    """``repurchase backtest`` as a job on a log with categories: the JSON it writes."""
+    import json
+
+    from features.orders import load_order_log
+    from training.jobs import backtest_job
+
+    folder = tmp_path_factory.mktemp("backtest")
+    synth_lines.to_parquet(folder / "lines.parquet", index=False)
+    log = load_order_log(folder / "lines.parquet")
+    backtest_job(log, pd.Timestamp("2025-06-30"), 60, folder / "bt.json", model_params={"max_rounds": 40},
+                 log_to_mlflow=False)
+    return json.loads((folder / "bt.json").read_text())
+
+
+def test_backtest_json_has_the_replenishment_block(backtest_report):
+    block = backtest_report["replenishment"]
+    assert block["cutoff"] == "2025-06-30" and block["horizon_days"] == 60
+    for name in ("model", "own_last_gap", "category_median"):
+        assert {"auc", "p50_mae_days", "coverage_p10_p90"} <= set(block[name])
+
+
+def test_backtest_beats_both_baselines(backtest_report):
+    block = backtest_report["replenishment"]
     model, own, category = block["model"], block["own_last_gap"], block["category_median"]
     assert block["n_pairs"] > 5000 and 0.05 < block["base_rate"] < 0.5
     assert model["p50_mae_days"] < 0.85 * min(own["p50_mae_days"], category["p50_mae_days"])
