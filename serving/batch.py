@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +26,7 @@ from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RepurchaseModel
 
 CHUNK_ROWS = 100_000
+REASON_CODES = "reason_codes"
 
 
 @dataclass
@@ -41,10 +43,27 @@ def snapshot_path_for(scores_path: Path) -> Path:
     return scores_path.with_name(f"{scores_path.stem}.features.parquet")
 
 
-def score_schema() -> pa.Schema:
-    """The score contract as an Arrow schema."""
+def score_schema(explain: bool = False) -> pa.Schema:
+    """The score contract as an Arrow schema (plus ``reason_codes`` when explained)."""
     empty = pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
+    if explain:
+        empty[REASON_CODES] = pd.Series(dtype="str")
     return pa.Schema.from_pandas(empty, preserve_index=False)
+
+
+def add_reason_codes(frame: pd.DataFrame, model: RepurchaseModel, features: pd.DataFrame, rows=None) -> pd.DataFrame:
+    """``frame`` with a ``reason_codes`` column (the model's top feature contributions) for ``rows``.
+
+    ``rows`` is a boolean mask over ``frame`` (default: all); other rows get no reason codes.
+    ``features`` is a feature snapshot with ``customer_id`` (e.g. the batch run's).
+    """
+    mask = np.ones(len(frame), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    codes = pd.Series(pd.NA, index=frame.index, dtype="str")
+    if mask.any():
+        wanted = frame.loc[mask, "customer_id"].astype(str).to_numpy()
+        table = features.set_index(features["customer_id"].astype(str))
+        codes[mask] = model.reason_codes(table.loc[wanted].reset_index(drop=True))
+    return frame.assign(**{REASON_CODES: codes})
 
 
 def score_log(
@@ -56,10 +75,12 @@ def score_log(
     model_version: str = "",
     chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[int, int], None] | None = None,
+    explain: bool = False,
 ) -> ScoreRun:
     """Score every customer with an order on or before ``as_of``; later orders are ignored.
 
-    ``progress(done, total)`` is called after each chunk.
+    ``progress(done, total)`` is called after each chunk. With ``explain``, the scores gain
+    a ``reason_codes`` column (:meth:`RepurchaseModel.reason_codes`).
     """
     as_of = pd.Timestamp(as_of).normalize()
     if as_of < log.first_order_date:
@@ -78,14 +99,17 @@ def score_log(
     total = len(features)
     del features
 
-    schema = score_schema()
+    schema = score_schema(explain)
     with atomic_path(out_path) as tmp:
         source = pq.ParquetFile(snapshot)
         with pq.ParquetWriter(tmp, schema) as writer:
             done = 0
             for batch in source.iter_batches(batch_size=chunk_rows):
                 chunk = batch.to_pandas()
-                scores = model.score_features(chunk.drop(columns=["as_of"]), as_of, model_version)
+                features = chunk.drop(columns=["as_of"])
+                scores = model.score_features(features, as_of, model_version)
+                if explain:
+                    scores[REASON_CODES] = model.reason_codes(features)
                 writer.write_table(pa.Table.from_pandas(scores, schema=schema, preserve_index=False))
                 done += len(chunk)
                 if progress is not None:

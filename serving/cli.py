@@ -243,6 +243,9 @@ def score(
     as_of: str = typer.Option(..., "--as-of", help="Score as of this date YYYY-MM-DD; later orders are ignored (and counted)."),
     out_path: Path = typer.Option(..., "--out", help="Parquet file of scores, one row per customer."),
     model: str = typer.Option("models:/repurchase@champion", "--model", help="MLflow model URI."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Add reason_codes: the three features that moved each p_repurchase most (slower)."
+    ),
     column_map: Optional[str] = MapOption,
 ) -> None:
     """Score every customer with the registered model (batch).
@@ -250,7 +253,9 @@ def score(
     Writes the score contract (p_repurchase, next-order quantiles, expected orders and
     revenue, CLV, churn risk, RFM segment, lifecycle stage, ...) one row per customer, and
     the feature snapshot beside it (<name>.features.parquet) that `repurchase serve` uses
-    for scoring by id. Orders after --as-of are ignored and counted.
+    for scoring by id. Orders after --as-of are ignored and counted. --explain adds
+    reason_codes ("days_since_last=3 (+0.62); ..."), which `repurchase target` carries into
+    the audiences.
     """
     from features.orders import load_order_log, parse_date
     from training.registry import configure_tracking, load_scorer
@@ -261,14 +266,14 @@ def score(
     configure_tracking(_tracking_uri())
     with err.status(f"loading model {model} ..."):
         scorer, version = load_scorer(model)
-    run = _score_with_progress(scorer, log, day, out_path, version)
+    run = _score_with_progress(scorer, log, day, out_path, version, explain)
     if run.n_future_orders_ignored:
         err.print(f"warning: ignored {run.n_future_orders_ignored:,} orders after --as-of {day.date()}")
     out.print(f"wrote {run.scores_path} ({run.n_customers:,} customers, model version {version or 'unregistered'}) "
               f"and the feature snapshot {run.snapshot_path}")
 
 
-def _score_with_progress(scorer, log, day, out_path, version):
+def _score_with_progress(scorer, log, day, out_path, version, explain=False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from serving.batch import score_log
@@ -276,7 +281,7 @@ def _score_with_progress(scorer, log, day, out_path, version):
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task("score", total=None)
-        return score_log(scorer, log, day, out_path, model_version=version,
+        return score_log(scorer, log, day, out_path, model_version=version, explain=explain,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 

@@ -33,7 +33,7 @@ def run_quickstart(
 ) -> dict:
     """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
     audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``."""
-    from serving.batch import score_log
+    from serving.batch import add_reason_codes, score_log
     from serving.report import render_report
     from serving.rules import apply_rules, load_rules, write_audiences
     from training.jobs import backtest_job, has_categories, replenish_job, train_job
@@ -88,6 +88,7 @@ def run_quickstart(
     with step("applying the default targeting rules ..."):
         targeted = apply_rules(scores, load_rules(None), features=features, replenishment=replenishment,
                                clv_reference=champion.spec_.clv_reference)
+        targeted = add_reason_codes(targeted, champion, features, rows=targeted["action"].notna().to_numpy())
         audiences = write_audiences(targeted, out_dir / "audiences")
     with step("writing the report ..."):
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",

@@ -474,7 +474,8 @@ def apply_rules(
     -------
     pandas.DataFrame
         The score columns in contract order, then ``action``, ``reason``, ``rule`` (NaN
-        where no rule matched or the budget dropped the customer), then the other columns
+        where no rule matched or the budget dropped the customer), ``reason_codes`` when
+        the scores have them (``repurchase score --explain``), then the other columns
         the rules name (``replenish_*`` only when a replenishment frame is given;
         ``expected_value`` always with a budget); same rows, order and index as ``scores``.
     """
@@ -483,7 +484,7 @@ def apply_rules(
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise InputError(f"scores: missing column(s) {', '.join(missing)}; expected the score contract")
-    frame = scores[list(SCORE_COLUMNS)].reset_index(drop=True)
+    frame = scores[[*SCORE_COLUMNS, *(["reason_codes"] if "reason_codes" in scores.columns else [])]].reset_index(drop=True)
     frame = _join_features(frame, features)
     frame = _add_derived(frame, rules.contact_cost, clv_reference)
     frame = _add_replenishment(frame, replenishment)
@@ -518,6 +519,8 @@ def apply_rules(
     out["action"] = pd.Series(action, dtype="str")
     out["reason"] = pd.Series(reason, dtype="str")
     out["rule"] = pd.Series(rule_name, dtype="str")
+    if "reason_codes" in frame.columns:  # the model's own explanation, when the scores carry it
+        out["reason_codes"] = frame["reason_codes"].to_numpy()
     for column in dict.fromkeys(used):
         out[column] = frame[column]
     out.index = scores.index

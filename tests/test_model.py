@@ -77,12 +77,18 @@ def test_model_survives_pickling_with_identical_predictions(fitted_model, synth_
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_reason_codes_name_model_features(fitted_model, synth_orders):
+def test_reason_codes_name_every_model_feature_largest_first(fitted_model, synth_orders):
+    import re
+
     features = fitted_model.features(synth_orders, "2025-09-30").head(20)
-    codes = fitted_model.reason_codes(features)
+    codes = fitted_model.reason_codes(features, top=len(fitted_model.spec_.model_features))
     assert len(codes) == 20
-    first = codes[0].split("; ")[0].rsplit(" ", 1)[0]
-    assert first in fitted_model.spec_.model_features
+    for code in codes:
+        parts = [re.fullmatch(r"(\w+)=(\S+) \(([+-]\d+\.\d\d)\)", part) for part in code.split("; ")]
+        assert all(parts), code
+        assert {p.group(1) for p in parts} == set(fitted_model.spec_.model_features)
+        magnitudes = [abs(float(p.group(3))) for p in parts]
+        assert magnitudes == sorted(magnitudes, reverse=True)
 
 
 @pytest.mark.slow
@@ -125,3 +131,23 @@ def test_the_booster_can_learn_without_the_btyd_start(synth_orders):
     scores = model.score(synth_orders, "2025-09-30")
     assert scores["p_repurchase"].between(0, 1).all() and scores["p_repurchase"].std() > 0.05
     assert (scores["expected_revenue"] >= 0).all()
+
+
+def test_explained_scores_carry_reason_codes_into_the_audiences(fitted_model, synth_orders, tmp_path):
+    from features.orders import load_order_log
+    from serving.batch import score_log
+    from serving.rules import apply_rules, load_rules, write_audiences
+    from training.contract import SCORE_COLUMNS
+
+    source = tmp_path / "orders.parquet"
+    synth_orders[synth_orders["customer_id"].isin(synth_orders["customer_id"].unique()[:300])].to_parquet(source, index=False)
+    run = score_log(fitted_model, load_order_log(source), pd.Timestamp("2025-09-30"), tmp_path / "s.parquet", explain=True)
+    scores = pd.read_parquet(run.scores_path)
+    assert list(scores.columns) == [*SCORE_COLUMNS, "reason_codes"]
+    features = pd.read_parquet(run.snapshot_path).drop(columns="as_of")
+    assert scores["reason_codes"].tolist() == fitted_model.reason_codes(features)
+    targeted = apply_rules(scores, load_rules(), features=features)
+    write_audiences(targeted, tmp_path / "aud")
+    acted = targeted[targeted["action"].notna()]
+    first = pd.read_csv(tmp_path / "aud" / f"{acted['action'].iloc[0]}.csv")
+    assert first["reason_codes"].str.contains(r"=\S+ \([+-]\d").all()

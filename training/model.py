@@ -125,6 +125,10 @@ def rfm_scores(features: pd.DataFrame, reference: dict[str, np.ndarray]) -> dict
     return out
 
 
+def _short(value: float) -> str:
+    return "missing" if not np.isfinite(value) else f"{value:.3g}"
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -523,13 +527,20 @@ class RepurchaseModel:
         return np.exp(self._from_btyd(booster.predict(self._matrix(features), raw_score=True), target, features))
 
     def reason_codes(self, features: pd.DataFrame, top: int = 3) -> list[str]:
-        """The features that moved each customer's repurchase score most, from LightGBM's pred_contrib."""
-        contrib = self.classifier_.predict(self._matrix(features), pred_contrib=True)[:, :-1]
-        names = np.array(self.spec_.model_features)
+        """Why each customer got their ``p_repurchase``: the ``top`` features that moved it most.
+
+        From LightGBM's own ``pred_contrib`` (SHAP values of the classifier, in log-odds
+        before calibration), largest magnitude first, each as ``name=value (+0.62)``: a
+        positive number raised the chance of a repurchase, a negative one lowered it.
+        """
+        features = self.with_btyd(features)
+        X = self._matrix(features)
+        contrib = self.classifier_.predict(X, pred_contrib=True)[:, :-1]
+        names = self.spec_.model_features
         order = np.argsort(-np.abs(contrib), axis=1)[:, :top]
         out = []
         for i, idx in enumerate(order):
-            out.append("; ".join(f"{names[j]} {'+' if contrib[i, j] >= 0 else '-'}{abs(contrib[i, j]):.2f}" for j in idx))
+            out.append("; ".join(f"{names[j]}={_short(X[i, j])} ({contrib[i, j]:+.2f})" for j in idx))
         return out
 
     def score_features(self, features: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
