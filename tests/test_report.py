@@ -231,6 +231,24 @@ def test_missing_metrics_show_a_dash(tmp_path, plot_paths, scores, targeted):
     assert page.row("Gini (normalized)")[3] == "–"
 
 
+def test_replenishment_backtest_shows_beside_its_baselines(tmp_path, plot_paths, scores, targeted):
+    report = _report()
+    report["replenishment"] = {
+        "n_pairs": 9609, "n_customers": 2800, "base_rate": 0.144,
+        "model": {"p50_mae_days": 15.29, "coverage_p10_p90": 0.812, "auc": 0.882},
+        "own_last_gap": {"p50_mae_days": 30.73, "coverage_p10_p90": 0.697, "auc": 0.802},
+        "category_median": {"p50_mae_days": 28.92, "coverage_p10_p90": 0.722, "auc": 0.823},
+    }
+    _, text = _render(tmp_path, report, plot_paths, scores, targeted)
+    page = _Page(text)
+    assert page.row("p50 MAE (days, pairs that bought)") == ["p50 MAE (days, pairs that bought)", "15.3", "30.7", "28.9", "lower"]
+    assert page.row("p10-p90 coverage")[1:4] == ["81.2%", "69.7%", "72.2%"]
+    assert "<b>15.3</b>" in text and "<b>0.882</b>" in text
+    assert "9,609 pairs" in page.section("backtest")["text"]
+    _, plain = _render(tmp_path, _report(), plot_paths, scores, targeted)
+    assert "Replenishment" not in plain
+
+
 def test_a_bare_report_and_no_rules_still_render(tmp_path, scores):
     _, text = _render(tmp_path, {}, {}, scores, None)
     page = _Page(text)
