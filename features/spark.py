@@ -37,6 +37,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,9 +133,14 @@ def open_spark(master: str | None = None, *, conf: Mapping[str, str] | None = No
     }
     cores = _local_cores(master)
     if cores is not None:
+        # Python workers (pandas UDFs, the MLflow pyfunc) run in this interpreter's
+        # environment; PySpark reads the variable when the context starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         settings["spark.sql.shuffle.partitions"] = str(2 * cores)
         settings["spark.driver.memory"] = os.environ.get(DRIVER_MEMORY_ENV, "4g")
-    settings.update(conf or {})
+    extra = dict(conf or {})
+    java_options = " ".join(filter(None, [settings["spark.driver.extraJavaOptions"], extra.pop("spark.driver.extraJavaOptions", "")]))
+    settings.update(extra, **{"spark.driver.extraJavaOptions": java_options})
     builder = SparkSession.builder.master(master)
     for key, value in settings.items():
         builder = builder.config(key, value)
