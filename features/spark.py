@@ -190,6 +190,8 @@ def read_orders(spark: "SparkSession", source: str, column_map: Mapping[str, str
     """
     if isinstance(column_map, str) or column_map is None:
         column_map = parse_column_map(column_map)
+    from pyspark import StorageLevel
+
     source = str(source)
     if source.startswith(TABLE_PREFIX):
         raw, origin = _read_table(spark, source[len(TABLE_PREFIX):]), source
@@ -199,7 +201,9 @@ def read_orders(spark: "SparkSession", source: str, column_map: Mapping[str, str
         log = load_order_log(source, column_map)
         orders = spark.createDataFrame(log.orders)
         return SparkOrderLog(_canonical_types(orders), log.source, log.first_order_date, log.last_order_date)
-    orders = _merge_lines(_validated_lines(raw, origin, column_map), origin)
+    # Kept (memory, else local disk) once merged: the date range, the mix values and the
+    # features each read the orders again, and reading and merging is the costly part.
+    orders = _merge_lines(_validated_lines(raw, origin, column_map), origin).persist(StorageLevel.MEMORY_AND_DISK)
     return _with_date_range(orders, origin)
 
 
