@@ -127,8 +127,6 @@ def open_spark(master: str | None = None, *, conf: Mapping[str, str] | None = No
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        # pandas and pyarrow write nanosecond timestamps, which Spark reads only as integers
-        "spark.sql.legacy.parquet.nanosAsLong": "true",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_LOG4J.as_uri()}",
     }
     cores = _local_cores(master)
@@ -231,15 +229,19 @@ def _read_parquet(spark: "SparkSession", source: str) -> "DataFrame":
     is_uri = bool(re.match(r"^[a-zA-Z][\w+.-]*://", source))
     if not is_uri and not Path(source).exists():
         raise OrderLogError(f"{source}: no such file or folder")
+    nanoseconds = [] if is_uri else _nanosecond_columns(source)
+    if nanoseconds:
+        # Spark reads nanosecond timestamps (pandas' and pyarrow's default) only as integers.
+        spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     try:
         frame = spark.read.parquet(source)
     except AnalysisException as exc:
         first = str(exc).strip().splitlines()[0]
         raise OrderLogError(f"{source}: cannot be read as Parquet by Spark ({first})") from None
-    for name in _nanosecond_columns(source) if not is_uri else ():
-        if name in frame.columns:  # read as integer nanoseconds (spark.sql.legacy.parquet.nanosAsLong)
-            from pyspark.sql import functions as F
+    if nanoseconds:
+        from pyspark.sql import functions as F
 
+        for name in nanoseconds:
             frame = frame.withColumn(name, F.timestamp_micros(F.floor(F.col(name) / 1000)))
     return frame
 

@@ -296,7 +296,8 @@ def score(
 
     With --engine spark, features are computed by Spark and the model runs in Spark's
     Python workers (mlflow.pyfunc.spark_udf); --out is then a folder partitioned by
-    lifecycle_stage (lifecycle_stage=active/part-*.parquet, ...), and so are the scores.
+    lifecycle_stage (lifecycle_stage=active/part-*.parquet, ...) and the snapshot a
+    folder of part files.
     """
     from features.orders import load_order_log, parse_date
     from training.registry import configure_tracking, load_scorer

@@ -92,16 +92,25 @@ def test_spark_features_equal_duckdb_features_on_cdnow(spark):
     _assert_same_features(got, expected)
 
 
-@pytest.mark.spark
-def test_spark_reads_merges_and_featurises_a_parquet_log_like_the_loader(spark, synth_lines_path):
-    """Parquet read by Spark (lines merged, returns netted, ns timestamps) equals the DuckDB path."""
+@pytest.fixture(scope="module")
+def synth_on_spark(spark, synth_lines_path):
+    """The synthetic log read by Spark, its features on Spark (cached) and as pandas."""
     from features.spark import feature_frame, read_orders
 
     log = read_orders(spark, str(synth_lines_path))
+    features = feature_frame(log.orders, SYNTH_CUTOFF).cache()
+    yield log, features, _sorted(features.toPandas())
+    features.unpersist()
+    log.orders.unpersist()
+
+
+@pytest.mark.spark
+def test_spark_reads_merges_and_featurises_a_parquet_log_like_the_loader(synth_on_spark, synth_lines_path):
+    """Parquet read by Spark (lines merged, returns netted, ns timestamps) equals the DuckDB path."""
+    log, _, got = synth_on_spark
     local = load_order_log(synth_lines_path)
     assert (log.first_order_date, log.last_order_date) == (local.first_order_date, local.last_order_date)
     assert log.orders.count() == len(local.orders)
-    got = _sorted(feature_frame(log.orders, SYNTH_CUTOFF).toPandas())
     expected = build_features(local.orders, SYNTH_CUTOFF)
     assert any(c.startswith("share_category_") for c in expected.columns)
     assert any(c.startswith("share_channel_") for c in expected.columns)
@@ -112,7 +121,7 @@ def test_spark_reads_merges_and_featurises_a_parquet_log_like_the_loader(spark, 
 def test_a_spark_table_with_mapped_columns_is_an_order_source(spark):
     from features.spark import feature_frame, read_orders
 
-    orders = load_order_log("cdnow-sample").orders
+    orders = load_order_log("cdnow-sample").orders.head(3000)
     renamed = orders.rename(columns={"customer_id": "cust", "order_ts": "day", "amount": "value"})
     spark.createDataFrame(renamed).createOrReplaceTempView("cdnow_sample_orders")
     log = read_orders(spark, "spark:cdnow_sample_orders", "customer_id=cust,order_ts=day,amount=value")
@@ -162,11 +171,11 @@ def test_a_failed_spark_write_leaves_the_old_output_and_no_debris(spark, tmp_pat
 
 
 @pytest.mark.spark
-def test_bgnbd_on_spark_sufficient_statistics_equals_the_fit_on_customers(spark, synth_lines_path):
-    from features.spark import btyd_statistics, feature_frame, read_orders
+def test_bgnbd_on_spark_sufficient_statistics_equals_the_fit_on_customers(synth_on_spark, synth_lines_path):
+    from features.spark import btyd_statistics
     from training.btyd import BGNBD
 
-    features = feature_frame(read_orders(spark, str(synth_lines_path)).orders, SYNTH_CUTOFF, core_only=True)
+    _, features, _ = synth_on_spark
     stats = btyd_statistics(features)
     local = build_features(load_order_log(synth_lines_path).orders, SYNTH_CUTOFF, core_only=True)
     assert stats["weights"].sum() == len(local)
