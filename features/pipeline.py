@@ -99,6 +99,9 @@ MIX_TOP = 5
 
 REQUIRED_COLUMNS = ("customer_id", "order_ts", "amount")
 
+_CUT_TOLERANCE = 1e-9
+"""Relative margin by which a value must beat an RFM cut point (engines round ties apart)."""
+
 _PACK = 1 << 20
 """Gaps are below 2**20 days, so ``age * _PACK + gap`` orders by age and keeps the gap."""
 
@@ -341,8 +344,12 @@ def _share_columns(prefix: str, values: Sequence[str]) -> dict[str, str]:
 
 
 def _value_code(column: ir.Value, values: Sequence[str]) -> ir.Value:
-    """Position of the value in ``values`` (int8), null for any other value."""
-    return ibis.cases(*((column == value, code) for code, value in enumerate(values)), else_=ibis.null("int8")).cast("int8")
+    """Position of the value in ``values`` (int8), -1 for any other value.
+
+    Never null: Ibis counts ``count(where=...)`` on PySpark as a sum of the condition,
+    which is null, not 0, when the condition is null on all of a customer's orders.
+    """
+    return ibis.cases(*((column == value, code) for code, value in enumerate(values)), else_=-1).cast("int8")
 
 
 def _customer_aggregates(
@@ -439,7 +446,10 @@ def _with_rfm_scores(agg: ir.Table) -> ir.Table:
     A score is 1 + the number of cut points the value beats (is above; for recency, is
     below), so equal values always score alike. Cut points are exact, linearly
     interpolated percentiles (DuckDB ``percentile_cont``, Spark ``percentile``): one
-    aggregation over the customers instead of a sort per score.
+    aggregation over the customers instead of a sort per score. Interpolating between two
+    equal values is not exact in every engine (DuckDB gives 27.939999999999998 between
+    27.94 and 27.94, Spark 27.94), so a value beats a cut point only by more than
+    :data:`_CUT_TOLERANCE` of it: a value on the cut point never beats it, on either engine.
     """
     cuts = list(RFM_CUTS)
     thresholds = agg.aggregate(
@@ -450,7 +460,10 @@ def _with_rfm_scores(agg: ir.Table) -> ir.Table:
     both = agg.cross_join(thresholds)
 
     def score(value: ir.Value, cut_points: ir.ArrayValue, *, lower_is_better: bool = False) -> ir.Value:
-        beaten = [(value < cut_points[k]) if lower_is_better else (value > cut_points[k]) for k in range(len(cuts))]
+        beaten = []
+        for k in range(len(cuts)):
+            margin = cut_points[k].abs() * _CUT_TOLERANCE
+            beaten.append((value < cut_points[k] - margin) if lower_is_better else (value > cut_points[k] + margin))
         return sum((b.cast("int64") for b in beaten), ibis.literal(1, type="int64"))
 
     return both.mutate(

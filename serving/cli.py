@@ -116,24 +116,46 @@ def synth(
     )
 
 
+ENGINES = ("duckdb", "spark")
+EngineOption = typer.Option(
+    "duckdb",
+    "--engine",
+    help=(
+        "duckdb (embedded, default) or spark: PySpark on $REPURCHASE_SPARK_MASTER (default local[2]; "
+        "any cluster URL), needs the `spark` extra and Java 17. With spark, --orders also takes a Spark "
+        "table as spark:DB.TABLE and Parquet URIs (s3a://, hdfs://, ...), and --out is a folder of Parquet part files."
+    ),
+)
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"--engine: '{engine}' is not an engine; use duckdb or spark")
+
+
 @app.command()
 @handles_errors
 def features(
     orders: str = OrdersOption,
     cutoff: str = typer.Option(..., "--cutoff", help="As-of date YYYY-MM-DD: only orders on or before it are used."),
     out_path: Path = typer.Option(..., "--out", help="Parquet file to write: one row per customer, customer_id first."),
-    engine: str = typer.Option("duckdb", "--engine", help="duckdb (embedded, default) or spark (PySpark local or cluster)."),
+    engine: str = EngineOption,
     column_map: Optional[str] = MapOption,
 ) -> None:
-    """Compute point-in-time features per customer as of a cutoff."""
+    """Compute point-in-time features per customer as of a cutoff.
+
+    Both engines run the same feature definitions and give the same values. DuckDB writes
+    one file sorted by customer_id; Spark writes a folder of part files (unsorted) that
+    pandas, pyarrow, DuckDB and Spark read as one table.
+    """
     from features.io import write_parquet
     from features.orders import check_cutoff, load_order_log, parse_date
 
-    if engine not in ("duckdb", "spark"):
-        raise InputError(f"--engine: '{engine}' is not an engine; use duckdb or spark")
-    if engine == "spark":
-        _not_yet("features --engine spark", 9)
+    _check_engine(engine)
     cut = parse_date(cutoff, "--cutoff")
+    if engine == "spark":
+        _features_on_spark(orders, cut, out_path, column_map)
+        return
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
     check_cutoff(log, cut)
@@ -143,6 +165,25 @@ def features(
         frame = build_features(log.orders, cut)
     write_parquet(frame, out_path)
     out.print(f"wrote {out_path}: {len(frame):,} customers x {frame.shape[1] - 1} features as of {cut.date()}")
+
+
+def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[str]) -> None:
+    import time
+
+    from features.orders import check_cutoff
+    from features.spark import feature_frame, open_spark, read_orders, write_spark_parquet
+
+    began = time.perf_counter()
+    with err.status("starting Spark ...") as status, open_spark() as spark:
+        status.update("reading and checking orders on Spark ...")
+        log = read_orders(spark, orders, column_map)
+        check_cutoff(log, cut)
+        status.update(f"computing features as of {cut.date()} on Spark ...")
+        frame = feature_frame(log.orders, cut.date())
+        written = write_spark_parquet(frame, out_path)
+        n_customers = spark.read.parquet(written).count()
+    out.print(f"wrote {out_path} (Spark, a folder of Parquet part files): {n_customers:,} customers x "
+              f"{len(frame.columns) - 1} features as of {cut.date()} in {time.perf_counter() - began:.0f} s")
 
 
 @app.command()
@@ -246,6 +287,7 @@ def score(
     explain: bool = typer.Option(
         False, "--explain", help="Add reason_codes: the three features that moved each p_repurchase most (slower)."
     ),
+    engine: str = EngineOption,
     column_map: Optional[str] = MapOption,
 ) -> None:
     """Score every customer with the registered model (batch).
@@ -256,11 +298,23 @@ def score(
     for scoring by id. Orders after --as-of are ignored and counted. --explain adds
     reason_codes ("days_since_last=3 (+0.62); ..."), which `repurchase target` carries into
     the audiences.
+
+    With --engine spark, features are computed by Spark and the model runs in Spark's
+    Python workers (mlflow.pyfunc.spark_udf); --out is then a folder partitioned by
+    lifecycle_stage (lifecycle_stage=active/part-*.parquet, ...) and the snapshot a
+    folder of part files. --explain is not available with --engine spark.
     """
     from features.orders import load_order_log, parse_date
     from training.registry import configure_tracking, load_scorer
 
+    _check_engine(engine)
     day = parse_date(as_of, "--as-of")
+    if engine == "spark" and explain:
+        raise InputError("--explain: reason codes are computed by the local engine only; drop --explain or use --engine duckdb")
+    if engine == "spark":
+        configure_tracking(_tracking_uri())
+        _score_on_spark(orders, day, out_path, model, column_map)
+        return
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
     configure_tracking(_tracking_uri())
@@ -271,6 +325,24 @@ def score(
         err.print(f"warning: ignored {run.n_future_orders_ignored:,} orders after --as-of {day.date()}")
     out.print(f"wrote {run.scores_path} ({run.n_customers:,} customers, model version {version or 'unregistered'}) "
               f"and the feature snapshot {run.snapshot_path}")
+
+
+def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Optional[str]) -> None:
+    import time
+
+    from features.spark import open_spark, read_orders
+    from serving.spark_batch import score_on_spark
+
+    began = time.perf_counter()
+    with err.status("starting Spark ...") as status, open_spark() as spark:
+        status.update("reading and checking orders on Spark ...")
+        log = read_orders(spark, orders, column_map)
+        run = score_on_spark(spark, log, day, out_path, model_uri=model,
+                             progress=lambda message: status.update(f"{message} on Spark ..."))
+    if run.n_future_orders_ignored:
+        err.print(f"warning: ignored {run.n_future_orders_ignored:,} orders after --as-of {day.date()}")
+    out.print(f"wrote {run.scores_path} (Spark, partitioned by lifecycle_stage; {run.n_customers:,} customers) "
+              f"and the feature snapshot {run.snapshot_path} in {time.perf_counter() - began:.0f} s")
 
 
 def _score_with_progress(scorer, log, day, out_path, version, explain=False):
