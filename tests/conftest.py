@@ -35,3 +35,20 @@ def mlflow_store(tmp_path, monkeypatch):
     configure_tracking(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local Spark session for every Spark test (two cores, two shuffle partitions)."""
+    pytest.importorskip("pyspark")
+    from features.spark import open_spark
+
+    conf = {
+        "spark.sql.shuffle.partitions": "2",
+        "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("spark-warehouse")),
+        "spark.driver.memory": "2g",
+        # short jobs: the quick JIT tier starts faster than it loses on throughput
+        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    }
+    with open_spark("local[2]", conf=conf) as session:
+        yield session

@@ -448,26 +448,14 @@ def test_btyd_equals_lifetimes_on_random_logs(rows, cutoff_day):
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_the_same_expressions_on_pyspark_give_the_same_frame(tiny, tmp_path):
-    pyspark_sql = pytest.importorskip("pyspark.sql")
-    spark = (
-        pyspark_sql.SparkSession.builder.master("local[1]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.warehouse.dir", str(tmp_path / "warehouse"))
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    try:
-        con = ibis.pyspark.connect(spark)
-        spark.createDataFrame(tiny).createOrReplaceTempView("orders")
-        table = con.table("orders")
-        got = con.to_pyarrow(feature_expr(table, CUTOFF)).to_pandas().sort_values("customer_id", ignore_index=True)
-        pd.testing.assert_frame_equal(got, build_features(tiny, CUTOFF), check_dtype=False)
-        labels = con.to_pyarrow(label_expr(table, CUTOFF, 90)).to_pandas().sort_values("customer_id", ignore_index=True)
-        pd.testing.assert_frame_equal(labels, build_labels(tiny, CUTOFF, 90), check_dtype=False)
-    finally:
-        spark.stop()
+def test_the_same_expressions_on_pyspark_give_the_same_frame(tiny, spark):
+    con = ibis.pyspark.connect(spark)
+    spark.createDataFrame(tiny).createOrReplaceTempView("orders")
+    table = con.table("orders")
+    got = con.to_pyarrow(feature_expr(table, CUTOFF)).to_pandas().sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(got, build_features(tiny, CUTOFF), check_dtype=False)
+    labels = con.to_pyarrow(label_expr(table, CUTOFF, 90)).to_pandas().sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(labels, build_labels(tiny, CUTOFF, 90), check_dtype=False)
 
 
 def test_compiled_sql_path_equals_the_ibis_expression():
