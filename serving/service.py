@@ -38,8 +38,9 @@ than :data:`HISTORY_BATCHES` (2, one per core) batches are running; otherwise it
 and when a batch ends, everything waiting (up to ``MAX_CUSTOMERS`` customers) is scored
 as the next batch, in one feature query. So batching costs a lone request nothing (no
 timer, no wait), and under load the batch size follows the load: the fixed cost of a call
-(the DuckDB query plan and the frame handling, some 15 ms of the ~20 ms that one customer
-takes) is paid once per batch (8 customers: about 7 ms each; 200: under 1 ms each).
+(planning and running the DuckDB feature query, about 12 ms, and the frame handling
+around it: nearly all of the ~25 ms that one customer takes) is paid once per batch (50
+customers cost about what one does, 200 about twice that).
 Scores do not depend on which other customers share a batch (RFM scores and the CLV
 percentile use reference distributions stored at training), so batching changes speed,
 not answers.
