@@ -4,9 +4,11 @@
         [--tracking-uri sqlite:///mlruns/mlflow.db] [--model models:/repurchase@champion]
 
 Starts both servers on 127.0.0.1 (free ports), waits for /readyz, then measures
-single-customer latency by id and by history (sequential requests after warm-up), and
-throughput with concurrent clients sending batches of ids (customers/s). Prints ratios
-against the echo floor. Both servers are stopped at the end.
+single-customer latency by id and by history (sequential requests after warm-up; a
+history has 5-20 orders over two years), and throughput with concurrent clients
+(customers/s): batches of ids, and one-customer histories (which the service gathers
+into batches). Prints ratios against the echo floor, and the load average before and
+after: other work on the machine moves both columns, the ratio much less.
 """
 
 from __future__ import annotations
@@ -91,13 +93,21 @@ def throughput(base: str, bodies: list[bytes], per_request: int, threads: int) -
     return len(bodies) * per_request / (time.perf_counter() - start)
 
 
+def history_body(rng: random.Random, customer_id: str, as_of: str) -> bytes:
+    """One customer with 5-20 orders on distinct days of the two years before ``as_of``."""
+    end = pd.Timestamp(as_of)
+    days = sorted(rng.sample(range(1, 730), rng.randint(5, 20)))
+    orders = [{"order_ts": (end - pd.Timedelta(days=d)).date().isoformat(), "amount": round(rng.uniform(5, 120), 2)} for d in days]
+    return json.dumps({"customers": [{"customer_id": customer_id, "orders": orders}], "as_of": as_of}).encode()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", type=Path, default=ROOT / "out/quickstart/scores.features.parquet")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlruns/mlflow.db'}"))
     parser.add_argument("--model", default="models:/repurchase@champion")
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--history-requests", type=int, default=60)
+    parser.add_argument("--history-requests", type=int, default=300)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--batched-requests", type=int, default=400)
@@ -108,11 +118,7 @@ def main() -> None:
     as_of = pd.Timestamp(snapshot["as_of"].iloc[0]).date().isoformat()
     rng = random.Random(0)
     by_id = [json.dumps({"customer_ids": [rng.choice(ids)]}).encode() for _ in range(args.requests)]
-    history = [
-        json.dumps({"customers": [{"customer_id": f"h{i}", "orders": [
-            {"order_ts": "1997-02-01", "amount": 20.0 + i % 7}, {"order_ts": "1997-09-15", "amount": 35.5}]}], "as_of": as_of}).encode()
-        for i in range(args.history_requests)
-    ]
+    history = [history_body(rng, f"h{i}", as_of) for i in range(args.history_requests)]
     batched = [json.dumps({"customer_ids": rng.sample(ids, args.batch)}).encode() for _ in range(args.batched_requests)]
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": args.tracking_uri, "REPURCHASE_MODEL_URI": args.model,
@@ -124,6 +130,7 @@ def main() -> None:
         "service": start("serving.service:RepurchaseService", ports["service"], env, logs / "bench_service.log"),
     }
     try:
+        load_before = os.getloadavg()
         t0 = time.perf_counter()
         for name, process in servers.items():
             wait_ready(f"http://127.0.0.1:{ports[name]}", process)
@@ -134,6 +141,7 @@ def main() -> None:
             results[name, "id"] = latencies(base, by_id)
             results[name, "history"] = latencies(base, history, warmup=5)
             results[name, "batched"] = throughput(base, batched, args.batch, args.threads)
+            results[name, "concurrent"] = throughput(base, history, 1, args.threads)
         print(f"{'':28}{'echo':>10}{'service':>10}{'ratio':>8}")
         for kind in ("id", "history"):
             for q in (50, 99):
@@ -141,6 +149,11 @@ def main() -> None:
                 print(f"{f'by {kind}: p{q} ms':28}{e:10.2f}{s:10.2f}{s / e:8.2f}")
         e, s = results["echo", "batched"], results["service", "batched"]
         print(f"{f'batched ({args.threads} threads x {args.batch} ids) cust/s':28}{e:10.0f}{s:10.0f}{s / e:8.2f}")
+        e, s = results["echo", "concurrent"], results["service", "concurrent"]
+        print(f"{f'histories ({args.threads} threads x 1) cust/s':28}{e:10.0f}{s:10.0f}{s / e:8.2f}")
+        load_after = os.getloadavg()
+        print(f"load average (1, 5, 15 min): before {' '.join(f'{x:.2f}' for x in load_before)}, "
+              f"after {' '.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} cores")
     finally:
         for process in servers.values():
             stop(process)

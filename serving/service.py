@@ -28,28 +28,41 @@ Concurrency on a 2-core machine
 -------------------------------
 One worker (``workers=1``): the model, the snapshot and its scores live in memory once;
 a second worker would hold a second copy and gain little, because the heavy work
-(DuckDB feature queries, LightGBM) runs in native code that releases the GIL and uses
-both cores itself. ``threads=2`` lets one history batch compute while a second runs, and
-the event loop stays free for id lookups, which are answered on it directly (microseconds,
-no thread hop).
+(DuckDB feature queries, LightGBM) runs in native code that releases the GIL. Id lookups
+are answered on the event loop directly (microseconds, no thread hop). ``threads=2`` is
+BentoML's thread pool for synchronous APIs; this service has none left (every endpoint
+is async), so it only bounds BentoML's own use.
 
-Adaptive batching helps where a call has a large fixed cost: the feature pipeline costs
-about 0.3 s per call whatever the number of customers, so customers sent with their
-histories by concurrent requests are gathered by BentoML's dispatcher into one call of
-the internal batchable API ``/internal/score_histories`` (at most ``MAX_CUSTOMERS``
-customers per batch; wait at most ``BATCH_WAIT_MS``). Scores do not depend on which other
-customers share a batch (RFM scores and the CLV percentile use reference distributions
-stored at training), so batching changes speed, not answers. Id lookups are not batched:
-there is nothing to amortise.
+History batching. A history request is scored at once in a worker thread when fewer
+than :data:`HISTORY_BATCHES` (2, one per core) batches are running; otherwise it waits,
+and when a batch ends, everything waiting (up to ``MAX_CUSTOMERS`` customers) is scored
+as the next batch, in one feature query. So batching costs a lone request nothing (no
+timer, no wait), and under load the batch size follows the load: the fixed cost of a call
+(planning and running the DuckDB feature query, about 12 ms, and the frame handling
+around it: nearly all of the ~25 ms that one customer takes) is paid once per batch (50
+customers cost about what one does, 200 about twice that).
+Scores do not depend on which other customers share a batch (RFM scores and the CLV
+percentile use reference distributions stored at training), so batching changes speed,
+not answers.
+
+BentoML's own adaptive batching (a ``batchable`` API behind ``self.to_async``) was used
+before and is not any more: it sent every history request through an in-process HTTP
+call to the batch endpoint and a dispatcher that waits to gather requests (about 50 ms
+added per request), and in BentoML 1.4.40 that in-process client renews its session
+every 100 calls by closing it under the calls still in flight, which answered them 500
+under concurrent load (BentoML issues #5540, #5544; tested in ``test_http_end_to_end``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import os
 import threading
 from datetime import date
 
+import anyio
 import bentoml
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
@@ -70,11 +83,12 @@ from serving.online import (
 
 logger = logging.getLogger("repurchase.service")
 
-BATCH_WAIT_MS = 10_000
+HISTORY_BATCHES = 2
+"""History batches scored at the same time (one per core); later requests wait and are gathered."""
 
 
 class HistoryItem(BaseModel):
-    """One customer of a history request, as the internal batch API receives it."""
+    """One customer of a history request, as a history batch holds it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,6 +114,9 @@ class RepurchaseService:
         self.model_version = ""
         self.snapshot: Snapshot | None = None
         self.load_error: str | None = None
+        self._waiting: collections.deque[tuple[list[HistoryItem], asyncio.Future]] = collections.deque()
+        self._batches_running = 0
+        self._batch_tasks: set[asyncio.Task] = set()
         self._loaded = threading.Event()
         self._loader = threading.Thread(target=self._load, name="repurchase-loader", daemon=True)
         self._loader.start()
@@ -147,11 +164,6 @@ class RepurchaseService:
     async def target(self, request: ScoreRequest, /) -> dict:
         """Score customers and pick each one's action (and why) with the default rules."""
         return await self._respond(request, target=True)
-
-    @bentoml.api(route="/internal/score_histories", batchable=True, max_batch_size=MAX_CUSTOMERS, max_latency_ms=BATCH_WAIT_MS)
-    def score_histories_batch(self, items: list[HistoryItem]) -> list[dict]:
-        """Internal: score customers with their histories, gathered from concurrent requests."""
-        return self._score_items(items)
 
     # ------------------------------------------------------------------ logic
 
@@ -201,13 +213,45 @@ class RepurchaseService:
     async def _answer_histories(self, request: ScoreRequest, *, target: bool) -> dict:
         as_of = request.as_of_day().isoformat()
         items = [HistoryItem(customer=c, as_of=as_of, target=target) for c in request.customers]
-        if getattr(self, "__self_proxy__", None) is not None:  # in the server: through BentoML's adaptive batching
-            rows = await self.to_async.score_histories_batch(items=items)
-        else:  # a plain instance (tests, notebooks): call directly
-            import anyio
-
-            rows = await anyio.to_thread.run_sync(self._score_items, items)
+        rows = await self._score_gathered(items)
         return {"scores": rows, "unknown_ids": [], "model_version": self.model_version}
+
+    # Batching of history requests (see the module docstring). All of its state changes on
+    # the event loop only, so it needs no lock; the scoring itself runs in a worker thread.
+
+    async def _score_gathered(self, items: list[HistoryItem]) -> list[dict]:
+        """Rows for these items, scored at once if a batch slot is free, else with the next batch."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((items, future))
+        self._start_batches()
+        return await future
+
+    def _start_batches(self) -> None:
+        while self._waiting and self._batches_running < HISTORY_BATCHES:
+            batch, size = [], 0
+            while self._waiting and (not batch or size + len(self._waiting[0][0]) <= MAX_CUSTOMERS):
+                batch.append(self._waiting.popleft())
+                size += len(batch[-1][0])
+            self._batches_running += 1
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_batch(self, batch: list[tuple[list[HistoryItem], asyncio.Future]]) -> None:
+        try:
+            rows = await anyio.to_thread.run_sync(self._score_items, [item for items, _ in batch for item in items])
+            start = 0
+            for items, future in batch:
+                if not future.done():  # its client may have gone
+                    future.set_result(rows[start:start + len(items)])
+                start += len(items)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._batches_running -= 1
+            self._start_batches()
 
     def _score_items(self, items: list[HistoryItem]) -> list[dict]:
         """Score history items, one feature-pipeline call per (as_of, target) group; rows in item order."""
@@ -221,7 +265,9 @@ class RepurchaseService:
                 CustomerIn.model_construct(customer_id=str(k), orders=items[p].customer.orders)
                 for k, p in enumerate(positions)
             ]
-            scores, features = score_histories(self.model, customers, date.fromisoformat(as_of), self.model_version)
+            scores, features = score_histories(
+                self.model, customers, date.fromisoformat(as_of), self.model_version, with_features=target
+            )
             if target:
                 scores = apply_targeting(self.model, scores, features)
             scores["customer_id"] = [items[p].customer.customer_id for p in positions]

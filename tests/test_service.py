@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.online import MAX_CUSTOMERS, RequestError, ScoreRequest, parse_request
-from training.contract import SCORE_COLUMNS
+from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 
 AS_OF = "2025-06-30"
 NUMERIC = [c for c in SCORE_COLUMNS if c not in ("customer_id", "as_of", "rfm_segment", "lifecycle_stage", "model_version")]
@@ -204,6 +205,131 @@ def test_probes(service):
     assert service.__is_ready__() and service.__is_alive__()
 
 
+# --------------------------------------------------------------------------- fast paths equal the general ones
+
+
+def _scores_step_by_step(model, features: pd.DataFrame, as_of, model_version: str) -> pd.DataFrame:
+    """Score rows from the model's public methods, one frame per step (what score_features does in one go)."""
+    from training.model import QUANTILES
+    from training.segments import lifecycle_stage, rfm_segment
+
+    features = model.with_btyd(features)
+    p = model.p_repurchase(features)
+    quantiles = np.full((len(features), len(QUANTILES)), np.nan)
+    reachable = p >= min(QUANTILES)
+    if reachable.any():
+        quantiles[reachable] = model.next_order_quantiles(features.loc[reachable], p[reachable])
+    scores = pd.DataFrame(
+        {
+            "customer_id": features["customer_id"].astype("str").to_numpy(),
+            "as_of": pd.Timestamp(as_of).normalize(),
+            "horizon_days": np.int64(model.horizon_days),
+            "p_alive": features["btyd_p_alive"].to_numpy(dtype=float),
+            "p_repurchase": p,
+            "expected_orders": model.expected_orders(features),
+            "expected_revenue": model.expected_revenue(features),
+            "clv": np.asarray(model._clv(features), dtype=float),
+            "next_order_days_p10": quantiles[:, 0],
+            "next_order_days_p50": quantiles[:, 1],
+            "next_order_days_p90": quantiles[:, 2],
+            "churn_risk": 1.0 - p,
+            "rfm_segment": rfm_segment(features["rfm_r"].to_numpy(), features["rfm_f"].to_numpy()),
+            "lifecycle_stage": lifecycle_stage(features, p, model.horizon_days),
+            "model_version": model_version,
+        }
+    )
+    return scores[list(SCORE_COLUMNS)].astype(SCORE_DTYPES)
+
+
+def test_score_features_equals_the_step_by_step_scores(fitted_model, synth_orders):
+    """score_features works on one float matrix; it must give the public methods' answers, bit for bit."""
+    features = fitted_model.point_in_time_features(synth_orders, AS_OF)
+    expected = _scores_step_by_step(fitted_model, features, AS_OF, "7")
+    pd.testing.assert_frame_equal(fitted_model.score_features(features, AS_OF, "7"), expected, check_exact=True)
+    rng = np.random.default_rng(3)
+    for row in rng.choice(len(features), 25, replace=False):  # one customer at a time, as online
+        one = features.iloc[[row]].reset_index(drop=True)
+        pd.testing.assert_frame_equal(
+            fitted_model.score_features(one, AS_OF, "7"), _scores_step_by_step(fitted_model, one, AS_OF, "7"), check_exact=True
+        )
+    # already with the BTYD columns (as with_btyd returns them): the same answers
+    pd.testing.assert_frame_equal(
+        fitted_model.score_features(fitted_model.with_btyd(features), AS_OF, "7"), expected, check_exact=True
+    )
+
+
+_ids = st.sampled_from(["c1", "c2", "C1", "10", "9", "é", "c 3"])
+_history_order = st.fixed_dictionaries(
+    {
+        "order_ts": st.datetimes(min_value=pd.Timestamp("2024-01-01").to_pydatetime(), max_value=pd.Timestamp("2024-01-20").to_pydatetime())
+        .map(lambda d: d.isoformat() if d.second % 2 else d.date().isoformat()),
+        "amount": st.sampled_from([0.0, 1.5, 20.0]) | st.floats(0, 1e4, allow_nan=False),
+    },
+    optional={
+        "quantity": st.sampled_from([1.0, 2.5]),
+        "category": st.sampled_from(["a", "A", " b ", ""]),
+        "channel": st.sampled_from(["web", "app"]),
+        "product_id": st.sampled_from(["p1", "p2"]),
+    },
+)
+_history_customers = st.lists(
+    st.fixed_dictionaries({"customer_id": _ids, "orders": st.lists(_history_order, min_size=1, max_size=6)}),
+    min_size=1, max_size=4, unique_by=lambda c: c["customer_id"],
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(customers=_history_customers)
+def test_history_orders_equal_the_order_log_path(customers):
+    """History requests skip the batch log's validator (the request models checked them): same orders."""
+    from serving.online import history_log_orders, history_orders
+
+    request = parse_request(json.dumps({"customers": customers, "as_of": "2024-06-30"}))
+    pd.testing.assert_frame_equal(history_orders(request.customers), history_log_orders(request.customers), check_exact=True)
+
+
+def test_small_feature_queries_equal_a_fresh_database(synth_orders, monkeypatch):
+    """Small inputs run on a kept single-threaded DuckDB, from several threads at once: same features."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from features import pipeline
+
+    ids = synth_orders["customer_id"].drop_duplicates().tolist()
+    parts = [synth_orders[synth_orders["customer_id"].isin(ids[k:k + 3])] for k in range(0, 120, 3)]
+    build = lambda part: pipeline.build_features(part, AS_OF, channel_values=["web"], category_values=["a", "b"])  # noqa: E731
+    with ThreadPoolExecutor(4) as pool:
+        small = list(pool.map(build, parts))
+    monkeypatch.setattr(pipeline, "SMALL_INPUT_ROWS", 0)
+    for part, got in zip(parts, small):
+        pd.testing.assert_frame_equal(got, build(part), check_exact=True)
+
+
+def test_concurrent_history_requests_are_batched_and_answered_alike(service, served):
+    """Requests that arrive while a batch runs are scored together, each answered with its own rows."""
+    ids = served["scores"]["customer_id"].tolist()[:24]
+    bodies = [{"customers": [history(served["lines"], i)], "as_of": AS_OF} for i in ids]
+    sizes = []
+    score_items = service._score_items
+
+    def spy(items):
+        sizes.append(len(items))
+        return score_items(items)
+
+    async def all_at_once():
+        requests = [ScoreRequest.model_validate_json(json.dumps(b)) for b in bodies]
+        return await asyncio.gather(*(service.score(r) for r in requests))
+
+    service._score_items = spy
+    try:
+        answers = asyncio.run(all_at_once())
+    finally:
+        del service._score_items
+    assert [a["scores"][0]["customer_id"] for a in answers] == ids
+    assert_same_scores(served["scores"], [a["scores"][0] for a in answers])
+    assert max(sizes) > 1 and sum(sizes) == len(ids)
+    assert service._batches_running == 0 and not service._waiting
+
+
 # --------------------------------------------------------------------------- bad requests
 
 
@@ -380,6 +506,20 @@ def test_http_end_to_end(served):
             assert [r["customer_id"] for r in targeted["scores"]] == ids
             assert all("action" in r and "reason" in r for r in targeted["scores"])
             assert_same_scores(served["scores"], targeted["scores"])
+        # Concurrent history requests, more than BentoML's internal client serves before it
+        # renews its session (100): every one answered, each with its own customer's scores.
+        bodies = [json.dumps({"customers": [history(served["lines"], i)], "as_of": AS_OF}).encode() for i in ids] * 30
+
+        def post(body: bytes) -> dict:
+            request = urllib.request.Request(f"{base}/score", data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, bodies))
+        assert [a["scores"][0]["customer_id"] for a in answers] == ids * 30
+        for k in range(0, len(answers), len(ids)):
+            assert_same_scores(served["scores"], [a["scores"][0] for a in answers[k:k + len(ids)]])
         for body, status in ((b'{"customer_ids": [', 400), (b'{"customer_ids": []}', 400), (b'{"customer_ids": ["a"], "customers": []}', 400)):
             request = urllib.request.Request(f"{base}/score", data=body, headers={"Content-Type": "application/json"})
             with pytest.raises(urllib.error.HTTPError) as caught:

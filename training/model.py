@@ -61,6 +61,8 @@ RFM_BASIS = {"r": "days_since_last", "f": "n_orders", "m": "total_spend"}
 REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 1001)
 TIMING_FRACTIONS = (1 / 12, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
 QUANTILES = (0.1, 0.5, 0.9)
+# What scoring reads besides the model's features: the BTYD summary, RFM bases, lifecycle.
+_SCORING_INPUTS = ("frequency", "recency", "T", "monetary_value", *RFM_BASIS.values())
 
 
 def quantiles_from_cdf(grid: np.ndarray, cdf: np.ndarray, quantiles=QUANTILES) -> np.ndarray:
@@ -80,6 +82,25 @@ def quantiles_from_cdf(grid: np.ndarray, cdf: np.ndarray, quantiles=QUANTILES) -
         frac = np.clip(np.divide(q - lo, step, out=np.ones_like(step), where=step > 0), 0.0, 1.0)
         out[:, j] = np.where(cdf[:, -1] >= q, grid[k - 1] + frac * (grid[k] - grid[k - 1]), np.nan)
     return out
+
+
+def _score_frame(values: dict, n: int) -> pd.DataFrame:
+    """Score rows in the contract's column order and dtypes; scalars are repeated ``n`` times.
+
+    Each column is built in its final dtype: the same frame as ``DataFrame(values)
+    .astype(SCORE_DTYPES)``, without the ~7 ms that ``astype`` costs on one row.
+    """
+    columns = {}
+    for name in SCORE_COLUMNS:
+        value, dtype = values[name], SCORE_DTYPES[name]
+        if dtype == "str":
+            value = np.full(n, value, dtype=object) if np.ndim(value) == 0 else np.asarray(value, dtype=object)
+            columns[name] = pd.array(value, dtype="str")
+        elif dtype == "datetime64[ns]":
+            columns[name] = np.full(n, pd.Timestamp(value).as_unit("ns").to_datetime64())
+        else:
+            columns[name] = np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy()
+    return pd.DataFrame(columns, copy=False)
 
 
 class LeakageError(InputError):
@@ -116,7 +137,7 @@ def rfm_scores(features: pd.DataFrame, reference: dict[str, np.ndarray]) -> dict
     out = {}
     for letter, column in RFM_BASIS.items():
         grid = reference[letter]
-        x = features[column].to_numpy(dtype=float)
+        x = _values(features, column)
         if letter == "r":
             below = len(grid) - np.searchsorted(grid, x, side="right")
         else:
@@ -127,6 +148,11 @@ def rfm_scores(features: pd.DataFrame, reference: dict[str, np.ndarray]) -> dict
 
 def _short(value: float) -> str:
     return "missing" if not np.isfinite(value) else f"{value:.3g}"
+
+
+def _values(features, name: str) -> np.ndarray:
+    """A column as float64, from a frame or from a mapping of arrays (the scoring path)."""
+    return np.asarray(features[name], dtype=float)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -273,17 +299,21 @@ class RepurchaseModel:
         )
 
     def _btyd_frame(self, features: pd.DataFrame, bgnbd: BGNBD, gamma_gamma: GammaGamma | None) -> pd.DataFrame:
-        f, r, T = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
-        out = pd.DataFrame(index=features.index)
-        out["btyd_p_alive"] = bgnbd.p_alive(f, r, T)
-        out["btyd_p_repurchase"] = bgnbd.p_repurchase(self.horizon_days, f, r, T)
-        out["btyd_expected_orders"] = bgnbd.expected_orders(self.horizon_days, f, r, T)
+        return pd.DataFrame(self._btyd_columns(features, bgnbd, gamma_gamma), index=features.index)
+
+    def _btyd_columns(self, features, bgnbd: BGNBD, gamma_gamma: GammaGamma | None) -> dict[str, np.ndarray]:
+        f, r, T = (_values(features, c) for c in ("frequency", "recency", "T"))
+        out = {
+            "btyd_p_alive": bgnbd.p_alive(f, r, T),
+            "btyd_p_repurchase": bgnbd.p_repurchase(self.horizon_days, f, r, T),
+            "btyd_expected_orders": bgnbd.expected_orders(self.horizon_days, f, r, T),
+        }
         if gamma_gamma is not None:
             out["btyd_expected_order_value"] = gamma_gamma.expected_order_value(
-                f, np.where(f > 0, features["monetary_value"].to_numpy(dtype=float), 0.0)
+                f, np.where(f > 0, _values(features, "monetary_value"), 0.0)
             )
         else:
-            out["btyd_expected_order_value"] = features["avg_order_value"].to_numpy(dtype=float)
+            out["btyd_expected_order_value"] = _values(features, "avg_order_value")
         return out
 
     def _fit_btyd(self, features: pd.DataFrame) -> tuple[BGNBD, GammaGamma | None]:
@@ -412,9 +442,9 @@ class RepurchaseModel:
         return self
 
     def _clv(self, features: pd.DataFrame) -> np.ndarray:
-        f, r, T, m = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+        f, r, T, m = (_values(features, c) for c in ("frequency", "recency", "T", "monetary_value"))
         if self.gamma_gamma_ is None:
-            return self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * features["avg_order_value"].to_numpy(float)
+            return self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * _values(features, "avg_order_value")
         return np.asarray(
             clv(self.bgnbd_, self.gamma_gamma_, f, r, T, np.where(f > 0, m, 0.0),
                 horizon_days=self.clv_horizon_days, discount_rate_annual=self.discount_rate_annual),
@@ -430,11 +460,11 @@ class RepurchaseModel:
         if not self.boost_from_btyd:
             return None
         if target == "binary":
-            return _logit(features["btyd_p_repurchase"].to_numpy(dtype=float))
-        orders = np.clip(features["btyd_expected_orders"].to_numpy(dtype=float), 1e-6, None)
+            return _logit(_values(features, "btyd_p_repurchase"))
+        orders = np.clip(_values(features, "btyd_expected_orders"), 1e-6, None)
         if target == "orders":
             return np.log(orders)
-        value = np.clip(features["btyd_expected_order_value"].to_numpy(dtype=float), 1e-6, None)
+        value = np.clip(_values(features, "btyd_expected_order_value"), 1e-6, None)
         return np.log(orders * value)
 
     def _from_btyd(self, raw: np.ndarray, target: str, features: pd.DataFrame) -> np.ndarray:
@@ -502,13 +532,15 @@ class RepurchaseModel:
 
     def next_order_cdf(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
         """F(h) on ``timing_grid_``: P(next order within h days), one row per customer."""
-        X = self._matrix(features)
+        if p_repurchase is None:
+            p_repurchase = self.p_repurchase(features)
+        return self._cdf(self._matrix(features), p_repurchase)
+
+    def _cdf(self, X: np.ndarray, p_repurchase: np.ndarray) -> np.ndarray:
         grid = self.timing_grid_
         rows = np.column_stack([np.repeat(X, len(grid), axis=0), np.tile(grid, len(X)).astype(np.float32)])
         raw = self.timing_model_.predict(rows).reshape(len(X), len(grid))
         raw = np.maximum.accumulate(np.clip(raw, 1e-9, 1.0), axis=1)
-        if p_repurchase is None:
-            p_repurchase = self.p_repurchase(features)
         return raw / raw[:, -1:] * np.asarray(p_repurchase).reshape(-1, 1)
 
     def next_order_quantiles(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
@@ -544,39 +576,65 @@ class RepurchaseModel:
         return out
 
     def score_features(self, features: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
-        """Score rows (the design's score contract) for a feature frame built as of ``as_of``."""
+        """Score rows (the design's score contract) for a feature frame built as of ``as_of``.
+
+        The answers are those of :meth:`with_btyd` followed by :meth:`p_repurchase`,
+        :meth:`next_order_quantiles`, :meth:`expected_orders` and so on (tested equal), computed
+        from one float matrix instead of a frame per step: for one customer (online) the
+        frame operations cost some 25 ms, the four boosters well under one.
+        """
         if features.empty:
             return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
-        features = self.with_btyd(features)
-        p = self.p_repurchase(features)
+        columns = self._scoring_columns(features)
+        X = np.column_stack([columns[c] for c in self.spec_.model_features]).astype(np.float32)
+        raw = self._from_btyd(self.classifier_.predict(X, raw_score=True), "binary", columns)
+        p = self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
         # The CDF tops out at p_repurchase, so no quantile exists below min(QUANTILES):
         # the timing model (one prediction per grid point) runs only where one can.
         quantiles = np.full((len(features), len(QUANTILES)), np.nan)
         reachable = p >= min(QUANTILES)
         if reachable.any():
-            quantiles[reachable] = self.next_order_quantiles(features.loc[reachable], p[reachable])
-        value = self._clv(features)
-        p_alive = features["btyd_p_alive"].to_numpy(dtype=float)
-        scores = pd.DataFrame(
+            quantiles[reachable] = quantiles_from_cdf(self.timing_grid_, self._cdf(X[reachable], p[reachable]))
+        regress = lambda booster, target: np.exp(self._from_btyd(booster.predict(X, raw_score=True), target, columns))  # noqa: E731
+        return _score_frame(
             {
                 "customer_id": features["customer_id"].astype("str").to_numpy(),
                 "as_of": pd.Timestamp(as_of).normalize(),
-                "horizon_days": np.int64(self.horizon_days),
-                "p_alive": p_alive,
+                "horizon_days": self.horizon_days,
+                "p_alive": columns["btyd_p_alive"],
                 "p_repurchase": p,
-                "expected_orders": self.expected_orders(features),
-                "expected_revenue": self.expected_revenue(features),
-                "clv": np.asarray(value, dtype=float),
+                "expected_orders": regress(self.orders_model_, "orders"),
+                "expected_revenue": regress(self.revenue_model_, "revenue"),
+                "clv": self._clv(columns),
                 "next_order_days_p10": quantiles[:, 0],
                 "next_order_days_p50": quantiles[:, 1],
                 "next_order_days_p90": quantiles[:, 2],
                 "churn_risk": 1.0 - p,
-                "rfm_segment": rfm_segment(features["rfm_r"].to_numpy(), features["rfm_f"].to_numpy()),
+                "rfm_segment": rfm_segment(columns["rfm_r"], columns["rfm_f"]),
                 "lifecycle_stage": lifecycle_stage(features, p, self.horizon_days),
                 "model_version": str(model_version),
-            }
+            },
+            len(features),
         )
-        return scores[list(SCORE_COLUMNS)].astype(SCORE_DTYPES)
+
+    def _scoring_columns(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The columns scoring reads, as arrays: what :meth:`with_btyd` would add, computed alike."""
+        added = {*BTYD_FEATURES, *RFM_SCORE_COLUMNS}
+        missing = [c for c in self.spec_.model_features if c not in features.columns and c not in added]
+        if missing:
+            raise InputError(f"feature frame lacks columns the model was trained on: {', '.join(missing[:5])}")
+        inputs = [*_SCORING_INPUTS, *(["avg_order_value"] if self.gamma_gamma_ is None else [])]
+        read = [c for c in dict.fromkeys([*inputs, *self.spec_.model_features]) if c not in added]
+        # One float64 matrix (int64 counts convert exactly) instead of a Series per column.
+        matrix = features[read].to_numpy(dtype=float)
+        columns = {name: matrix[:, k] for k, name in enumerate(read)}
+        rfm = rfm_scores(columns, self.spec_.rfm_reference)
+        columns.update(
+            rfm_r=rfm["r"], rfm_f=rfm["f"], rfm_m=rfm["m"],
+            rfm_score=rfm["r"] + rfm["f"] + rfm["m"], rfm_cell=100 * rfm["r"] + 10 * rfm["f"] + rfm["m"],
+        )
+        columns.update(self._btyd_columns(columns, self.bgnbd_, self.gamma_gamma_))
+        return columns
 
     def score(self, orders: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
         """Score every customer with an order on or before ``as_of``."""
