@@ -36,8 +36,11 @@ Answers
 ``{"scores": [row, ...], "unknown_ids": [...], "model_version": "..."}``; a row is the
 score contract (:data:`training.contract.SCORE_COLUMNS`) with dates as ``YYYY-MM-DD``
 and missing values (NaN) as ``null``. ``/target`` rows add ``action``, ``reason`` and
-``rule`` (``null`` when no rule fires). Rows come in request order, one per distinct
-customer (an id asked for twice is answered once).
+``rule`` (``null`` when no rule fires). With ``"explain": true`` in the request, every
+row adds ``reason_codes``: the three features that moved the customer's ``p_repurchase``
+most, as ``name=value (+log-odds)`` (:meth:`training.model.RepurchaseModel.reason_codes`).
+Rows come in request order, one per distinct customer (an id asked for twice is answered
+once).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ MAX_ORDERS = 100_000
 MAX_BODY_BYTES = 20_000_000
 MAX_TEXT = 200
 RULE_COLUMNS = ("action", "reason", "rule")
+REASON_CODES = "reason_codes"
 DEFAULT_MODEL_URI = "models:/repurchase@champion"
 _TOO_BIG = "too_big"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -191,6 +195,7 @@ class ScoreRequest(BaseModel):
     customer_ids: Annotated[list[Id], Field(min_length=1)] | None = None
     customers: Annotated[list[CustomerIn], Field(min_length=1)] | None = None
     as_of: Annotated[str, StringConstraints(strict=True, max_length=64)] | None = None
+    explain: Annotated[bool, Field(strict=True)] = False
     _error: RequestError | None = PrivateAttr(default=None)
 
     @field_validator("customer_ids", "customers", mode="before")

@@ -70,6 +70,7 @@ from starlette.responses import JSONResponse
 from serving.online import (
     DEFAULT_MODEL_URI,
     MAX_CUSTOMERS,
+    REASON_CODES,
     CustomerIn,
     RequestError,
     ScoreRequest,
@@ -95,6 +96,7 @@ class HistoryItem(BaseModel):
     customer: CustomerIn
     as_of: str
     target: bool = False
+    explain: bool = False
 
 
 @bentoml.service(
@@ -208,11 +210,14 @@ class RepurchaseService:
             rows = json_rows(apply_targeting(self.model, scores, features))
         else:
             rows = snapshot.score_rows(self.model, positions, self.model_version)
+        if request.explain and len(positions):
+            codes = self.model.reason_codes(snapshot.features.iloc[positions])
+            rows = [{**row, REASON_CODES: code} for row, code in zip(rows, codes)]
         return {"scores": rows, "unknown_ids": unknown, "model_version": self.model_version}
 
     async def _answer_histories(self, request: ScoreRequest, *, target: bool) -> dict:
         as_of = request.as_of_day().isoformat()
-        items = [HistoryItem(customer=c, as_of=as_of, target=target) for c in request.customers]
+        items = [HistoryItem(customer=c, as_of=as_of, target=target, explain=request.explain) for c in request.customers]
         rows = await self._score_gathered(items)
         return {"scores": rows, "unknown_ids": [], "model_version": self.model_version}
 
@@ -256,20 +261,22 @@ class RepurchaseService:
     def _score_items(self, items: list[HistoryItem]) -> list[dict]:
         """Score history items, one feature-pipeline call per (as_of, target) group; rows in item order."""
         out: list[dict | None] = [None] * len(items)
-        groups: dict[tuple[str, bool], list[int]] = {}
+        groups: dict[tuple[str, bool, bool], list[int]] = {}
         for position, item in enumerate(items):
-            groups.setdefault((item.as_of, item.target), []).append(position)
-        for (as_of, target), positions in groups.items():
+            groups.setdefault((item.as_of, item.target, item.explain), []).append(position)
+        for (as_of, target, explain), positions in groups.items():
             # Requests in one batch may share ids: score under unique keys, answer with theirs.
             customers = [
                 CustomerIn.model_construct(customer_id=str(k), orders=items[p].customer.orders)
                 for k, p in enumerate(positions)
             ]
             scores, features = score_histories(
-                self.model, customers, date.fromisoformat(as_of), self.model_version, with_features=target
+                self.model, customers, date.fromisoformat(as_of), self.model_version, with_features=target or explain
             )
             if target:
                 scores = apply_targeting(self.model, scores, features)
+            if explain:
+                scores[REASON_CODES] = self.model.reason_codes(features)
             scores["customer_id"] = [items[p].customer.customer_id for p in positions]
             rows = json_rows(scores)
             for p, row in zip(positions, rows):

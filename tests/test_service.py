@@ -170,6 +170,22 @@ def test_one_customer_alone_equals_batch(service, served):
         assert_same_scores(served["scores"], answer["scores"])
 
 
+def test_explain_adds_the_models_reason_codes_by_id_and_by_history(service, served, fitted_model):
+    ids = served["scores"]["customer_id"].tolist()[:8]
+    snapshot = pd.read_parquet(served["snapshot"]).set_index("customer_id").loc[ids].reset_index()
+    expected = fitted_model.reason_codes(snapshot)
+    status, by_id = call(service, {"customer_ids": ids, "explain": True})
+    assert status == 200 and [r["reason_codes"] for r in by_id["scores"]] == expected
+    customers = [history(served["lines"], i) for i in ids]
+    for target in (False, True):
+        status, by_history = call(service, {"customers": customers, "as_of": AS_OF, "explain": True}, target=target)
+        assert status == 200 and [r["reason_codes"] for r in by_history["scores"]] == expected
+    status, plain = call(service, {"customer_ids": ids})
+    assert "reason_codes" not in plain["scores"][0]
+    status, answer = call(service, {"customer_ids": ids, "explain": "yes"})
+    assert status == 400 and "explain" in answer["error"]
+
+
 def test_unknown_ids_are_reported_not_dropped(service, served):
     known = served["scores"]["customer_id"].iloc[0]
     status, answer = call(service, {"customer_ids": ["no-such-customer", known, known, 12345]})
