@@ -33,3 +33,15 @@ def test_retrain_notebook_runs_and_registers(tmp_path, monkeypatch):
     assert "registered version 1 as champion" in text
     assert (tmp_path / "out" / "backtest.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "out"]
+
+
+@pytest.mark.slow
+def test_replenishment_notebook_runs(tmp_path):
+    nb = nbformat.read(NOTEBOOKS / "02-replenishment.ipynb", as_version=4)
+    (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    params.source = "SOURCE = None\nSYNTH_CUSTOMERS = 2000\nAS_OF = None\nHORIZON_DAYS = 60\nLEAD_DAYS = 7"
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert any("pairs;" in o.get("text", "") and "due within 14 days" in o.get("text", "") for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth-replenishment.parquet"]
