@@ -240,7 +240,7 @@ def test_cdf_is_monotone_and_tops_out_at_p_within(replenishment_model, synth_lin
 def test_too_little_history_is_a_clear_error(synth_lines):
     from training.replenish import ReplenishmentDataError
 
-    with pytest.raises(ReplenishmentDataError, match="too few .customer, category. pairs"):
+    with pytest.raises(ReplenishmentDataError, match="too few .customer, category. pairs to learn replenishment from"):
         ReplenishmentModel(horizon_days=90).fit(synth_lines, "2023-03-01")
 
 

@@ -326,9 +326,12 @@ class ReplenishmentModel:
             for origin in self.origins(cutoff)
         ]
         if self.n_origins < 2 or sum(len(f) for f in frames[:-1]) == 0 or len(frames[-1]) < 2:
+            origins = self.origins(cutoff)
             raise ReplenishmentDataError(
-                f"too few (customer, category) pairs before {self.origins(cutoff)[0]} to learn replenishment "
-                f"with a {self.horizon_days}-day horizon; use a later cutoff or a shorter horizon"
+                f"too few (customer, category) pairs to learn replenishment from: it trains at {origins[0]} to "
+                f"{origins[-1]} (a {self.horizon_days}-day horizon before {_as_date(cutoff)}, then "
+                f"{self.n_origins - 1} steps of {self.step_days} days back) and the log has too little before "
+                "those dates; use a later date or a shorter horizon"
             )
         latest = frames[-1]
         train = pd.concat(frames[:-1])
