@@ -423,17 +423,20 @@ def replenish(
     --as-of: last_purchase, next_purchase_days_p10/p50/p90 (days from --as-of, given a
     purchase within the horizon; 0 = due now), p_within_horizon, remind_on (--lead-days
     before the p50 date) and basis (own rhythm, or the category's when the customer has
-    too few purchases of it). Trained on the spot on earlier cutoffs of the same log.
+    too few purchases of it). Trained on the spot on earlier cutoffs of the same log;
+    the run is tracked in MLflow (MLFLOW_TRACKING_URI).
     Feed it to `repurchase target --replenishment FILE` for category reminders.
     """
     from features.orders import load_order_log, parse_date
     from training.jobs import replenish_job
+    from training.registry import configure_tracking
 
     day = parse_date(as_of, "--as-of")
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
+    configure_tracking(_tracking_uri())
     with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
-        result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path)
+        result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
     if result.n_future_lines_ignored:
         err.print(f"warning: ignored {result.n_future_lines_ignored:,} order lines after --as-of {day.date()}")
     _print_replenishment(result.frame)

@@ -79,7 +79,8 @@ def run_quickstart(
     replenishment = None
     if categories:
         with step("predicting when each customer is due to rebuy each category ..."):
-            replenishment = replenish_job(log, as_of, HORIZON_DAYS, out_path=out_dir / "replenishment.parquet").frame
+            replenishment = replenish_job(log, as_of, HORIZON_DAYS, out_path=out_dir / "replenishment.parquet",
+                                          log_to_mlflow=True).frame
         console.print(f"replenishment.parquet: {len(replenishment):,} customer-category pairs, "
                       f"{int((replenishment['next_purchase_days_p50'] <= 14).sum()):,} due within 14 days")
     else:

@@ -280,7 +280,7 @@ def test_backtest_beats_both_baselines(backtest_report):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_replenish_command_writes_the_contract(tmp_path, synth_lines):
+def test_replenish_command_writes_the_contract(tmp_path, synth_lines, mlflow_store):
     source = tmp_path / "lines.parquet"
     synth_lines.to_parquet(source, index=False)
     out = tmp_path / "replenishment.parquet"
@@ -290,6 +290,11 @@ def test_replenish_command_writes_the_contract(tmp_path, synth_lines):
     frame = pd.read_parquet(out)
     assert list(frame.columns) == list(OUTPUT_COLUMNS)
     assert "ignored" in result.output  # lines after --as-of are counted
+    import mlflow
+
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.data.params["job"] == "replenish" and run.data.params["horizon_days"] == "60"
+    assert run.data.metrics["pairs"] == len(frame) and run.data.metrics["timing_scale"] > 0
 
     scores = tmp_path / "scores.parquet"
     _scores_for(frame).to_parquet(scores, index=False)
@@ -327,7 +332,7 @@ def _scores_for(replenishment: pd.DataFrame) -> pd.DataFrame:
     return frame[list(SCORE_COLUMNS)].astype(SCORE_DTYPES)
 
 
-def test_replenish_on_a_log_without_categories_exits_2(tmp_path):
+def test_replenish_on_a_log_without_categories_exits_2(tmp_path, mlflow_store):
     result = runner.invoke(app, ["replenish", "--orders", "cdnow-sample", "--as-of", "1997-09-30", "--out", str(tmp_path / "r.parquet")])
     assert result.exit_code == 2
     assert "no 'category' or 'product_id'" in result.output

@@ -161,10 +161,13 @@ def replenish_job(
     lead_days: int = 7,
     out_path: Path | None = None,
     model_params: dict | None = None,
+    log_to_mlflow: bool = False,
 ) -> ReplenishResult:
     """Train the replenishment model on the lines up to ``as_of`` and predict every (customer, category).
 
     Writes ``out_path`` (Parquet, atomically) when given. Lines after ``as_of`` are ignored and counted.
+    With ``log_to_mlflow``, the run is tracked (not registered): its parameters, how the model
+    trained, what it predicted, and the output file when there is one.
     """
     from features.io import write_parquet
     from features.replenish import pair_lines
@@ -177,4 +180,30 @@ def replenish_job(
     frame = model.predict(past, as_of)
     if out_path is not None:
         write_parquet(frame, out_path)
+    if log_to_mlflow:
+        _log_replenish_run(log, as_of, model, frame, out_path)
     return ReplenishResult(frame=frame, model=model, path=out_path, n_future_lines_ignored=int(future.sum()))
+
+
+def _log_replenish_run(log: OrderLog, as_of: pd.Timestamp, model, frame: pd.DataFrame, out_path: Path | None) -> None:
+    import mlflow
+
+    params = {k: v for k, v in vars(model).items() if not k.endswith("_")}
+    likely = frame["p_within_horizon"] >= 0.5
+    with mlflow.start_run(run_name=f"replenish {log.source} {as_of.date()}"):
+        mlflow.log_params({"job": "replenish", "source": log.source, "as_of": str(as_of.date()), **params})
+        mlflow.log_metrics(
+            {
+                "pairs": float(len(frame)),
+                "customers": float(frame["customer_id"].nunique()),
+                "basis_own_share": float((frame["basis"] == "own").mean()) if len(frame) else 0.0,
+                "likely_within_horizon": float(likely.sum()),
+                "due_within_14_days_and_likely": float(((frame["next_purchase_days_p50"] <= 14) & likely).sum()),
+                "training_pairs": float(model.n_training_pairs_),
+                "best_iteration": float(model.booster_.best_iteration),
+                "timing_shift": model.timing_shift_,
+                "timing_scale": model.timing_scale_,
+            }
+        )
+        if out_path is not None:
+            mlflow.log_artifact(str(out_path))
