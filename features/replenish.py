@@ -22,7 +22,9 @@ Per category (:func:`category_expr`), from every gap of every pair before the cu
 is the "category median gap" baseline).
 
 :func:`build_pair_features` runs both on DuckDB and joins them; the shrinkage of a
-pair's own cycle toward its category's is done in :mod:`training.replenish`.
+pair's own cycle toward its category's is done in :mod:`training.replenish`. The
+expressions use only portable Ibis operations and give the same numbers on PySpark
+(tested in ``tests/test_spark.py``); ``repurchase replenish`` itself runs on DuckDB.
 """
 
 from __future__ import annotations

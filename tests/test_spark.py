@@ -275,3 +275,28 @@ def test_master_urls_choose_local_settings():
     assert _local_cores("local[2]") == 2
     assert _local_cores("local") == _local_cores("local[*]") >= 1
     assert _local_cores("spark://host:7077") is None and _local_cores("yarn") is None
+
+
+@pytest.mark.spark
+def test_replenishment_pair_expressions_on_spark_equal_duckdb(spark):
+    """The (customer, category) features and labels are portable Ibis too: Spark gives DuckDB's numbers."""
+    import ibis
+
+    from features.replenish import build_pair_features, category_expr, label_pairs_expr, pair_expr, pair_lines
+    from features.synth import generate_order_log
+
+    lines = generate_order_log(600, seed=5)
+    table = pair_lines(lines)
+    expected = build_pair_features(table, "2025-06-30", horizon_days=60)
+    con = ibis.pyspark.connect(spark)
+    spark.createDataFrame(table.to_pandas()).createOrReplaceTempView("replenish_pair_lines")
+    source = con.table("replenish_pair_lines")
+    keys = ["customer_id", "category"]
+    pairs = con.to_pyarrow(pair_expr(source, "2025-06-30")).to_pandas()
+    categories = con.to_pyarrow(category_expr(source, "2025-06-30")).to_pandas()
+    labels = con.to_pyarrow(label_pairs_expr(source, "2025-06-30", 60)).to_pandas()
+    got = pairs.merge(categories, on="category", how="left").merge(labels, on=keys, how="left")
+    got = got.sort_values(keys, ignore_index=True)[list(expected.columns)]
+    assert got[keys].equals(expected[keys])
+    for name in expected.columns.drop(keys):
+        np.testing.assert_allclose(got[name].astype(float), expected[name], rtol=1e-9, atol=1e-9, err_msg=name)
