@@ -471,14 +471,13 @@ def replenishment_backtest(lines, cutoff, horizon_days: int = 90, *, model_param
 
     Returns the backtest JSON's ``replenishment`` block: pair counts, then for ``model``,
     ``own_last_gap`` and ``category_median`` the AUC of P(a purchase within H) (the
-    baselines rank by fewest days to their due date), the p50 MAE in days and the
-    p10-p90 coverage on the pairs that did buy again within the horizon.
+    baselines rank by how far their due date lies outside the horizon window; see
+    :func:`baseline_quantiles`), the p50 MAE in days and the p10-p90 coverage on the pairs
+    that did buy again within the horizon.
     """
     table = lines if not isinstance(lines, pd.DataFrame) else pair_lines(lines)
     day = _as_date(cutoff)
-    model = ReplenishmentModel(horizon_days=horizon_days, **(model_params or {})).fit(
-        _before(table, day), day
-    )
+    model = ReplenishmentModel(horizon_days=horizon_days, **(model_params or {})).fit(_before(table, day), day)
     pairs = pair_frame(table, day, horizon_days=horizon_days, min_category_pairs=model.min_category_pairs)
     predicted = model.predict_pairs(pairs, day)
     days = pairs["label_days"].to_numpy(dtype=float)
@@ -506,6 +505,8 @@ def replenishment_backtest(lines, cutoff, horizon_days: int = 90, *, model_param
         "origins": [o.isoformat() for o in model.origins(day)],
         "pairs": model.n_training_pairs_,
         "best_iteration": int(model.booster_.best_iteration),
+        "timing_shift": model.timing_shift_,
+        "timing_scale": model.timing_scale_,
     }
     return block
 
