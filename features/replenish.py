@@ -94,8 +94,15 @@ def _past_days(lines: ir.Table, cutoff: dt.date) -> ir.Table:
 
 def pair_expr(lines: ir.Table, cutoff: object) -> ir.Table:
     """One row per (customer, category) bought on or before ``cutoff``; see the module docstring."""
-    day = _as_date(cutoff)
-    days = _past_days(lines, day)
+    return _pair_aggregates(_past_days(lines, _as_date(cutoff)))
+
+
+def category_expr(lines: ir.Table, cutoff: object) -> ir.Table:
+    """One row per category: its gap count, pair count and raw gap quantiles before ``cutoff``."""
+    return _category_aggregates(_past_days(lines, _as_date(cutoff)))
+
+
+def _pair_aggregates(days: ir.Table) -> ir.Table:
     return days.group_by(["customer_id", "category"]).agg(
         n_purchases=days.count(),
         units_total=days.units.sum(),
@@ -112,10 +119,7 @@ def pair_expr(lines: ir.Table, cutoff: object) -> ir.Table:
     )
 
 
-def category_expr(lines: ir.Table, cutoff: object) -> ir.Table:
-    """One row per category: its gap count, pair count and raw gap quantiles before ``cutoff``."""
-    day = _as_date(cutoff)
-    days = _past_days(lines, day)
+def _category_aggregates(days: ir.Table) -> ir.Table:
     return days.group_by("category").agg(
         category_pairs=days.customer_id.nunique(where=days.newest),
         category_gaps=days.gap.count(),
@@ -152,8 +156,10 @@ def build_pair_features(
     con = ibis.duckdb.connect()
     try:
         source = con.create_table("pair_lines", table, temp=True)
-        pairs = _run(con, pair_expr(source, cutoff))
-        categories = _run(con, category_expr(source, cutoff))
+        # The log-sized part (purchase days and their window) is computed once for both aggregates.
+        days = con.create_table("pair_days", _past_days(source, _as_date(cutoff)), temp=True)
+        pairs = _run(con, _pair_aggregates(days))
+        categories = _run(con, _category_aggregates(days))
         if horizon_days is not None:
             labels = _run(con, label_pairs_expr(source, cutoff, horizon_days))
     finally:
@@ -169,13 +175,12 @@ def build_pair_features(
     return frame
 
 
-
 def build_pair_labels(lines: pd.DataFrame | pa.Table, cutoff: object, horizon_days: int) -> pd.DataFrame:
     """``label_days`` per (customer, category) that bought within ``(cutoff, cutoff + H]`` (future lines only)."""
     table = lines if isinstance(lines, pa.Table) else pair_lines(lines)
     con = ibis.duckdb.connect()
     try:
-        labels = _run(con, label_pairs_expr(con.create_table("pair_lines", table, temp=True), cutoff, horizon_days))
+        labels = _run(con, label_pairs_expr(ibis.memtable(table), cutoff, horizon_days))
     finally:
         con.disconnect()
     return labels.astype({"label_days": float})
