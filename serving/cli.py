@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -75,10 +74,6 @@ def handles_errors(command: Callable) -> Callable:
 
 def _tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-
-
-def _not_yet(command: str, issue: int) -> None:
-    raise InputError(f"`repurchase {command}` is not available in this version yet (planned in issue #{issue})")
 
 
 @app.command()

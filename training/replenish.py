@@ -51,7 +51,7 @@ from sklearn.linear_model import LogisticRegression
 
 from features.errors import InputError
 from features.pipeline import _as_date
-from features.replenish import PAIR_KEYS, build_pair_features, pair_lines
+from features.replenish import build_pair_features, pair_lines
 from training.metrics import classification_metrics
 from training.model import QUANTILES
 
@@ -252,11 +252,6 @@ def pair_frame(lines, as_of, *, horizon_days: int | None = None, min_category_pa
     pairs = build_pair_features(lines, as_of, horizon_days=horizon_days)
     pairs = pd.concat([pairs, cycle_model(pairs, min_category_pairs)], axis=1)
     return _with_customer_context(pairs)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
 
 
 class ReplenishmentModel:
