@@ -795,19 +795,15 @@ def _run_compiled(arrow: pa.Table, cutoff: dt.date, core_only: bool, channel_val
         None if channel_values is None else tuple(channel_values),
         None if category_values is None else tuple(category_values),
     )
-    if arrow.num_rows <= SMALL_INPUT_ROWS:
-        con = _small_connection()
-        try:
-            con.register(_COMPILED_TABLE, arrow)
-            result = con.execute(sql).to_arrow_table()
-        finally:
+    small = arrow.num_rows <= SMALL_INPUT_ROWS
+    con = _small_connection() if small else duckdb.connect()
+    try:
+        con.register(_COMPILED_TABLE, arrow)
+        result = con.execute(sql).to_arrow_table()
+    finally:
+        if small:
             con.unregister(_COMPILED_TABLE)
-    else:
-        con = duckdb.connect()
-        try:
-            con.register(_COMPILED_TABLE, arrow)
-            result = con.execute(sql).to_arrow_table()
-        finally:
+        else:
             con.close()
     result = result.select(schema.names).cast(schema)
     result = result.take(pc.sort_indices(result, [("customer_id", "ascending")]))

@@ -22,11 +22,10 @@ import pyarrow.parquet as pq
 from features.errors import CutoffError
 from features.io import atomic_path
 from features.orders import OrderLog
-from training.contract import SCORE_COLUMNS, SCORE_DTYPES
+from training.contract import REASON_CODES, SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RepurchaseModel
 
 CHUNK_ROWS = 100_000
-REASON_CODES = "reason_codes"
 
 
 @dataclass

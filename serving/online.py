@@ -79,7 +79,6 @@ MAX_ORDERS = 100_000
 MAX_BODY_BYTES = 20_000_000
 MAX_TEXT = 200
 RULE_COLUMNS = ("action", "reason", "rule")
-REASON_CODES = "reason_codes"
 DEFAULT_MODEL_URI = "models:/repurchase@champion"
 _TOO_BIG = "too_big"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

@@ -115,7 +115,7 @@ from pydantic import (
 from features.errors import InputError
 from features.io import atomic_path
 from features.pipeline import FEATURES
-from training.contract import SCORE_COLUMNS
+from training.contract import REASON_CODES, SCORE_COLUMNS
 
 __all__ = [
     "DERIVED_COLUMNS",
@@ -484,7 +484,7 @@ def apply_rules(
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise InputError(f"scores: missing column(s) {', '.join(missing)}; expected the score contract")
-    frame = scores[[*SCORE_COLUMNS, *(["reason_codes"] if "reason_codes" in scores.columns else [])]].reset_index(drop=True)
+    frame = scores[[*SCORE_COLUMNS, *([REASON_CODES] if REASON_CODES in scores.columns else [])]].reset_index(drop=True)
     frame = _join_features(frame, features)
     frame = _add_derived(frame, rules.contact_cost, clv_reference)
     frame = _add_replenishment(frame, replenishment)
@@ -519,8 +519,8 @@ def apply_rules(
     out["action"] = pd.Series(action, dtype="str")
     out["reason"] = pd.Series(reason, dtype="str")
     out["rule"] = pd.Series(rule_name, dtype="str")
-    if "reason_codes" in frame.columns:  # the model's own explanation, when the scores carry it
-        out["reason_codes"] = frame["reason_codes"].to_numpy()
+    if REASON_CODES in frame.columns:  # the model's own explanation, when the scores carry it
+        out[REASON_CODES] = frame[REASON_CODES].to_numpy()
     for column in dict.fromkeys(used):
         out[column] = frame[column]
     out.index = scores.index

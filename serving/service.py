@@ -70,7 +70,6 @@ from starlette.responses import JSONResponse
 from serving.online import (
     DEFAULT_MODEL_URI,
     MAX_CUSTOMERS,
-    REASON_CODES,
     CustomerIn,
     RequestError,
     ScoreRequest,
@@ -81,6 +80,7 @@ from serving.online import (
     parse_day,
     score_histories,
 )
+from training.contract import REASON_CODES
 
 logger = logging.getLogger("repurchase.service")
 

@@ -32,3 +32,5 @@ SCORE_DTYPES = {
     "lifecycle_stage": "str",
     "model_version": "str",
 }
+REASON_CODES = "reason_codes"
+"""The optional column of explained scores (``score --explain``, ``"explain": true``)."""
