@@ -146,6 +146,15 @@ def rfm_scores(features: pd.DataFrame, reference: dict[str, np.ndarray]) -> dict
     return out
 
 
+def rfm_columns(features, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``RFM_SCORE_COLUMNS`` against a reference population (:func:`rfm_scores`, summed and as a cell)."""
+    rfm = rfm_scores(features, reference)
+    return {
+        "rfm_r": rfm["r"], "rfm_f": rfm["f"], "rfm_m": rfm["m"],
+        "rfm_score": rfm["r"] + rfm["f"] + rfm["m"], "rfm_cell": 100 * rfm["r"] + 10 * rfm["f"] + rfm["m"],
+    }
+
+
 def _short(value: float) -> str:
     return "missing" if not np.isfinite(value) else f"{value:.3g}"
 
@@ -508,11 +517,7 @@ class RepurchaseModel:
     def with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
         """Add the BTYD columns, and RFM scores against the training population (idempotent)."""
         features = features.drop(columns=[c for c in BTYD_FEATURES if c in features.columns])
-        rfm = rfm_scores(features, self.spec_.rfm_reference)
-        features = features.assign(
-            rfm_r=rfm["r"], rfm_f=rfm["f"], rfm_m=rfm["m"],
-            rfm_score=rfm["r"] + rfm["f"] + rfm["m"], rfm_cell=100 * rfm["r"] + 10 * rfm["f"] + rfm["m"],
-        )
+        features = features.assign(**rfm_columns(features, self.spec_.rfm_reference))
         return pd.concat([features, self._btyd_frame(features, self.bgnbd_, self.gamma_gamma_)], axis=1)
 
     def _matrix(self, features: pd.DataFrame) -> np.ndarray:
@@ -624,11 +629,7 @@ class RepurchaseModel:
         # One float64 matrix (int64 counts convert exactly) instead of a Series per column.
         matrix = features[read].to_numpy(dtype=float)
         columns = {name: matrix[:, k] for k, name in enumerate(read)}
-        rfm = rfm_scores(columns, self.spec_.rfm_reference)
-        columns.update(
-            rfm_r=rfm["r"], rfm_f=rfm["f"], rfm_m=rfm["m"],
-            rfm_score=rfm["r"] + rfm["f"] + rfm["m"], rfm_cell=100 * rfm["r"] + 10 * rfm["f"] + rfm["m"],
-        )
+        columns.update(rfm_columns(columns, self.spec_.rfm_reference))
         columns.update(self._btyd_columns(columns, self.bgnbd_, self.gamma_gamma_))
         return columns
 
