@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from features.errors import InputError, OrderLogError
+from features.io import check_output_path, clean_stale, commit_folder, temporary_name
 from features.orders import PARQUET_SUFFIXES, _resolve_columns, load_order_log, parse_column_map
 
 if TYPE_CHECKING:  # pyspark is an optional extra
@@ -488,21 +489,29 @@ def write_spark_parquet(frame: "DataFrame", target: str | os.PathLike, *, partit
     """
     spark = frame.sparkSession
     target = str(target).rstrip("/")
-    parent, _, name = target.rpartition("/")
+    writer = frame.write.mode("error")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
     if not re.match(r"^[a-zA-Z][\w+.-]*://", target):
-        local = Path(target)
-        if local.parent.exists() and not local.parent.is_dir():
-            raise InputError(f"{target}: '{local.parent}' is a file, not a folder")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        target = str(local.resolve())
-        parent, name = str(local.resolve().parent), local.name
+        # A local folder: the same ownership rules and atomic swap as every other output.
+        local = check_output_path(target, folder=True)
+        local.resolve().parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(local.resolve())
+        tmp = temporary_name(local.resolve())
+        try:
+            writer.parquet(str(tmp))
+            commit_folder(tmp, local.resolve())
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return str(local.resolve())
+    parent, _, name = target.rpartition("/")
     tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if parent else f".{name}.{uuid.uuid4().hex[:8]}.tmp"
     fs, tmp_path = _hadoop_fs(spark, tmp)
     _, target_path = _hadoop_fs(spark, target)
+    if fs.exists(target_path) and not fs.exists(_hadoop_fs(spark, f"{target}/_SUCCESS")[1]):
+        raise InputError(f"output '{target}': exists and is not a Parquet folder written by Spark; choose another path")
     try:
-        writer = frame.write.mode("error")
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
         writer.parquet(tmp)
         if fs.exists(target_path):
             fs.delete(target_path, True)

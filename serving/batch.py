@@ -10,6 +10,7 @@ temporary Parquet file that replaces the output only when every chunk is done.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.errors import CutoffError
-from features.io import atomic_path
+from features.errors import CutoffError, InputError
+from features.io import atomic_paths, read_stamp, stamp, stamped_table
 from features.orders import OrderLog
 from training.contract import REASON_CODES, SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RepurchaseModel
@@ -93,15 +94,16 @@ def score_log(
     features = model.point_in_time_features(past, as_of)
     out_path = Path(out_path)
     snapshot = snapshot_path_for(out_path)
-    with atomic_path(snapshot) as tmp:
-        features.assign(as_of=as_of).to_parquet(tmp, index=False)
+    # Scores and snapshot are one output: both are written in full under temporary names
+    # and renamed together, and both carry the same stamp, which readers compare.
+    pair = {"pair": uuid.uuid4().hex, "as_of": as_of.date().isoformat(), "model_version": model_version}
     total = len(features)
-    del features
-
-    schema = score_schema(explain)
-    with atomic_path(out_path) as tmp:
-        source = pq.ParquetFile(snapshot)
-        with pq.ParquetWriter(tmp, schema) as writer:
+    schema = score_schema(explain).with_metadata(stamp("scores", **pair))
+    with atomic_paths([snapshot, out_path]) as (snapshot_tmp, scores_tmp):
+        pq.write_table(stamped_table(features.assign(as_of=as_of), "snapshot", **pair), snapshot_tmp)
+        del features
+        source = pq.ParquetFile(snapshot_tmp)
+        with pq.ParquetWriter(scores_tmp, schema) as writer:
             done = 0
             for batch in source.iter_batches(batch_size=chunk_rows):
                 chunk = batch.to_pandas()
@@ -114,3 +116,46 @@ def score_log(
                 if progress is not None:
                     progress(done, total)
     return ScoreRun(out_path, snapshot, total, n_future)
+
+
+def check_pair(scores_path: Path, snapshot_path: Path) -> None:
+    """Refuse scores and a snapshot that were not written together by one ``score`` run."""
+    scores_stamp, snapshot_stamp = read_stamp(scores_path), read_stamp(snapshot_path)
+    if scores_stamp is None or snapshot_stamp is None:
+        return  # written by an earlier version: compared by as-of date by the caller
+    if scores_stamp.get("pair") != snapshot_stamp.get("pair"):
+        raise InputError(
+            f"{snapshot_path} does not belong to {scores_path}: the snapshot is as of {snapshot_stamp.get('as_of')} "
+            f"(model version {snapshot_stamp.get('model_version') or '-'}), the scores as of {scores_stamp.get('as_of')} "
+            f"(model version {scores_stamp.get('model_version') or '-'}); rerun `repurchase score` to write both again"
+        )
+
+
+def read_scored(scores_path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Scores written by :func:`score_log` and their feature snapshot (None when there is none), checked to match."""
+    scores = read_parquet_input(scores_path, "--scores")
+    snapshot = snapshot_path_for(scores_path)
+    if not snapshot.exists():
+        return scores, None
+    check_pair(Path(scores_path), snapshot)
+    features = read_parquet_input(snapshot, "snapshot")
+    if "as_of" in features.columns and "as_of" in scores.columns and len(scores) and len(features):
+        a, b = pd.Timestamp(features["as_of"].iloc[0]), pd.Timestamp(scores["as_of"].iloc[0])
+        if a.normalize() != b.normalize():
+            raise InputError(
+                f"{snapshot} is as of {a.date()} but {scores_path} as of {b.date()}: they are not one run; "
+                "rerun `repurchase score` to write both again"
+            )
+    return scores, features
+
+
+def read_parquet_input(path: Path, flag: str) -> pd.DataFrame:
+    """A Parquet input, or one line naming the flag and the file when it cannot be read."""
+    if not Path(path).exists():
+        raise InputError(f"{flag} {path}: no such file")
+    if Path(path).is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give the Parquet file")
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"{flag} {path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None

@@ -93,12 +93,13 @@ def synth(
     """
     import time
 
-    from features.io import write_parquet
+    from features.io import check_output_path, write_parquet
     from features.orders import parse_date
     from features.synth import generate_order_log
 
     if parse_date(end, "--end") <= parse_date(start, "--start"):
         raise InputError(f"--end {end} must be after --start {start}")
+    check_output_path(out_path)
     began = time.perf_counter()
     with err.status(f"simulating {customers:,} customers ..."):
         lines = generate_order_log(customers, seed=seed, start=start, end=end)
@@ -143,11 +144,12 @@ def features(
     one file sorted by customer_id; Spark writes a folder of part files (unsorted) that
     pandas, pyarrow, DuckDB and Spark read as one table.
     """
-    from features.io import write_parquet
+    from features.io import check_output_path, write_parquet
     from features.orders import check_cutoff, load_order_log, parse_date
 
     _check_engine(engine)
     cut = parse_date(cutoff, "--cutoff")
+    check_output_path(out_path, folder=engine == "spark")
     if engine == "spark":
         _features_on_spark(orders, cut, out_path, column_map)
         return
@@ -258,11 +260,13 @@ def backtest(
     AUC, PR-AUC, Brier, log loss, calibration error, lift; revenue Gini and decile error;
     next-order timing error and coverage; and a weekly tracking plot.
     """
+    from features.io import check_output_path
     from features.orders import load_order_log, parse_date
     from training.jobs import backtest_job
     from training.registry import configure_tracking
 
     cut = parse_date(cutoff, "--cutoff")
+    check_output_path(json_path)
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
     configure_tracking(_tracking_uri())
@@ -299,13 +303,17 @@ def score(
     lifecycle_stage (lifecycle_stage=active/part-*.parquet, ...) and the snapshot a
     folder of part files. --explain is not available with --engine spark.
     """
+    from features.io import check_output_path
     from features.orders import load_order_log, parse_date
+    from serving.batch import snapshot_path_for
     from training.registry import configure_tracking, load_scorer
 
     _check_engine(engine)
     day = parse_date(as_of, "--as-of")
     if engine == "spark" and explain:
         raise InputError("--explain: reason codes are computed by the local engine only; drop --explain or use --engine duckdb")
+    for path in (out_path, snapshot_path_for(out_path)):
+        check_output_path(path, folder=engine == "spark")
     if engine == "spark":
         configure_tracking(_tracking_uri())
         _score_on_spark(orders, day, out_path, model, column_map)
@@ -371,34 +379,20 @@ def target(
     --replenishment, the default rules remind customers of the category that is due
     ("bought coffee every 21 days; last 18 days ago; reminder due 2025-10-02").
     """
-    import pandas as pd
-
-    from serving.batch import snapshot_path_for
+    from features.io import check_output_path
+    from serving.batch import read_parquet_input, read_scored
     from serving.rules import apply_rules, load_rules, write_audiences
 
+    check_output_path(out_dir, folder=True)
     rule_set = load_rules(rules)
-    scores_frame = _read_parquet_input(scores, "--scores")
-    snapshot = snapshot_path_for(scores)
-    features = _read_parquet_input(snapshot, "snapshot") if snapshot.exists() else None
-    replenish_frame = _read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
+    scores_frame, features = read_scored(scores)
+    replenish_frame = read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
     targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame)
     summary = write_audiences(targeted, out_dir)
     for row in summary.itertuples(index=False):
         out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}), "
                   f"expected revenue {row.expected_revenue_sum:,.0f}")
     out.print(f"wrote {len(summary)} audiences and summary.csv to {out_dir}")
-
-
-def _read_parquet_input(path: Path, flag: str):
-    import pandas as pd
-    import pyarrow as pa
-
-    if not Path(path).exists():
-        raise InputError(f"{flag} {path}: no such file")
-    try:
-        return pd.read_parquet(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{flag} {path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
 @app.command()
@@ -422,11 +416,13 @@ def replenish(
     the run is tracked in MLflow (MLFLOW_TRACKING_URI).
     Feed it to `repurchase target --replenishment FILE` for category reminders.
     """
+    from features.io import check_output_path
     from features.orders import load_order_log, parse_date
     from training.jobs import replenish_job
     from training.registry import configure_tracking
 
     day = parse_date(as_of, "--as-of")
+    check_output_path(out_path)
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
     configure_tracking(_tracking_uri())
@@ -519,9 +515,17 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _stop_on_sigterm(signum, frame):
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so temporary outputs are removed and MLflow runs end.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point."""
+    import signal
+
     _quiet_libraries()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     app(prog_name="repurchase")
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from features.io import claim_folder
 from features.orders import load_order_log
 
 QUICKSTART_SOURCE = "cdnow"
@@ -40,8 +41,7 @@ def run_quickstart(
     from training.registry import configure_tracking, load_scorer
 
     began = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_folder(out_dir)
     configure_tracking(tracking_uri)
     steps = []
 

@@ -766,7 +766,7 @@ def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     )
     summary = summary.sort_values(["customers", "action"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
 
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, folder=True) as tmp:
         tmp.mkdir()
         for action in summary["action"]:
             acted.loc[actions == action, columns].to_csv(tmp / f"{action}.csv", index=False)

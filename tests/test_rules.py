@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from features.errors import InputError
+from features.io import OWNER_MARK, mark_folder
 from serving.rules import RuleSet, RulesError, apply_rules, load_rules, write_audiences
 from training.contract import SCORE_COLUMNS
 
@@ -436,7 +437,8 @@ def test_write_audiences_writes_one_file_per_action_and_a_summary(tmp_path):
     summary = write_audiences(targeted, out_dir)
 
     names = {"vip_care", "replenishment_reminder", "churn_warning", "win_back", "new_customer_nurture"}
-    assert {p.name for p in out_dir.iterdir()} == {f"{n}.csv" for n in names} | {"summary.csv"}
+    assert {p.name for p in out_dir.iterdir() if p.name != OWNER_MARK} == {f"{n}.csv" for n in names} | {"summary.csv"}
+    assert (out_dir / OWNER_MARK).exists()  # the folder is the tool's: a later run may replace what it wrote
     win_back = pd.read_csv(out_dir / "win_back.csv")
     assert list(win_back.columns[:4]) == ["customer_id", "action", "reason", "rule"]
     assert set(SCORE_COLUMNS) <= set(win_back.columns)
@@ -458,6 +460,7 @@ def test_write_audiences_failing_midway_leaves_the_old_folder_intact(tmp_path, m
     out_dir = tmp_path / "audiences"
     out_dir.mkdir()
     (out_dir / "win_back.csv").write_text("old\n")
+    mark_folder(out_dir, ["win_back.csv"])  # an earlier run's output
     real_to_csv = pd.DataFrame.to_csv
     calls = []
 
@@ -472,7 +475,7 @@ def test_write_audiences_failing_midway_leaves_the_old_folder_intact(tmp_path, m
         write_audiences(targeted_population(), out_dir)
     assert len(calls) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["audiences"]  # no temporary folder left behind
-    assert [p.name for p in out_dir.iterdir()] == ["win_back.csv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([OWNER_MARK, "win_back.csv"])
     assert (out_dir / "win_back.csv").read_text() == "old\n"
 
 
@@ -480,6 +483,7 @@ def test_write_audiences_replaces_an_existing_folder_on_success(tmp_path):
     out_dir = tmp_path / "audiences"
     out_dir.mkdir()
     (out_dir / "stale_action.csv").write_text("old\n")
+    mark_folder(out_dir, ["stale_action.csv"])  # an earlier run's output
     write_audiences(targeted_population(), out_dir)
     assert not (out_dir / "stale_action.csv").exists()
     assert (out_dir / "summary.csv").exists()
@@ -489,7 +493,7 @@ def test_write_audiences_without_any_action_writes_an_empty_summary(tmp_path):
     targeted = apply_rules(scores_frame([score_row("a")]), ruleset([{"name": "n", "when": "clv < 0", "action": "x", "reason": "r"}]))
     summary = write_audiences(targeted, tmp_path / "audiences")
     assert summary.empty
-    assert [p.name for p in (tmp_path / "audiences").iterdir()] == ["summary.csv"]
+    assert [p.name for p in (tmp_path / "audiences").iterdir() if p.name != OWNER_MARK] == ["summary.csv"]
 
 
 def test_write_audiences_refuses_a_file_as_folder(tmp_path):
