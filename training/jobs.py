@@ -20,7 +20,7 @@ from features.io import atomic_path
 from features.orders import OrderLog, check_cutoff
 from training.backtest import Backtest, run_backtest, write_report
 from training.model import RepurchaseModel
-from training.registry import LoggedModel, champion_version, load_scorer, log_run
+from training.registry import LoggedModel, champion_version, load_scorer, log_run, tracked_run
 
 
 @dataclass
@@ -73,7 +73,7 @@ def backtest_job(
 
         from training.registry import _flat_metrics
 
-        with mlflow.start_run(run_name=f"backtest {log.source} {cutoff.date()}"):
+        with tracked_run(f"backtest {log.source} {cutoff.date()}"):
             mlflow.log_params({"job": "backtest", "source": log.source, "cutoff": str(cutoff.date()), "horizon_days": horizon_days})
             mlflow.log_metrics(_flat_metrics(backtest.report))
             mlflow.log_artifact(str(json_path))
@@ -190,7 +190,7 @@ def _log_replenish_run(log: OrderLog, as_of: pd.Timestamp, model, frame: pd.Data
 
     params = {k: v for k, v in vars(model).items() if not k.endswith("_")}
     likely = frame["p_within_horizon"] >= 0.5
-    with mlflow.start_run(run_name=f"replenish {log.source} {as_of.date()}"):
+    with tracked_run(f"replenish {log.source} {as_of.date()}"):
         mlflow.log_params({"job": "replenish", "source": log.source, "as_of": str(as_of.date()), **params})
         mlflow.log_metrics(
             {

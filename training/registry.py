@@ -37,7 +37,10 @@ def configure_tracking(uri: str | None = None) -> str:
     """Point MLflow at ``uri`` (default: $MLFLOW_TRACKING_URI or the project's SQLite store).
 
     For a SQLite store the folder is created and artifacts live beside the database
-    (``<folder>/artifacts``), never in the working directory.
+    (``<folder>/artifacts``), never in the working directory. The first use of a new store
+    (MLflow creates and migrates its tables) happens under :func:`store_lock`, so two
+    commands started together on a new store do not both migrate it. Runs left RUNNING by
+    a killed process of this machine are marked KILLED (:func:`end_orphan_runs`).
     """
     import mlflow
 
@@ -48,11 +51,88 @@ def configure_tracking(uri: str | None = None) -> str:
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
         artifact_root = (db.parent / "artifacts").resolve().as_uri()
-    client = mlflow.MlflowClient()
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        client.create_experiment(EXPERIMENT, artifact_location=artifact_root)
-    mlflow.set_experiment(EXPERIMENT)
+    with store_lock(uri):
+        client = mlflow.MlflowClient()
+        if client.get_experiment_by_name(EXPERIMENT) is None:
+            client.create_experiment(EXPERIMENT, artifact_location=artifact_root)
+        mlflow.set_experiment(EXPERIMENT)
+    end_orphan_runs()
     return uri
+
+
+@contextlib.contextmanager
+def store_lock(uri: str | None = None):
+    """An exclusive lock on a local MLflow store (a file beside the SQLite database), for the
+    changes that MLflow itself cannot make atomically: first use of a store, and choosing a
+    version's alias. Remote stores get no lock; :func:`register_model` re-reads what it wrote."""
+    import fcntl
+
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+RUN_PID_TAG, RUN_HOST_TAG = "repurchase.pid", "repurchase.host"
+
+
+@contextlib.contextmanager
+def tracked_run(run_name: str | None = None):
+    """``mlflow.start_run`` with this process's id and host as tags, so a run whose process was
+    killed (``kill -9``: no chance to end it) is recognised and ended by the next command."""
+    import socket
+
+    import mlflow
+
+    with mlflow.start_run(run_name=run_name, tags={RUN_PID_TAG: str(os.getpid()), RUN_HOST_TAG: socket.gethostname()}) as run:
+        yield run
+
+
+def end_orphan_runs() -> int:
+    """Mark KILLED the RUNNING runs started on this machine by processes that no longer exist; returns how many."""
+    import socket
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return 0
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{RUN_HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    ended = 0
+    for run in runs:
+        pid = run.data.tags.get(RUN_PID_TAG, "")
+        if pid.isdigit() and not _process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended += 1
+    return ended
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _flat_metrics(report: dict) -> dict[str, float]:
@@ -132,7 +212,7 @@ def log_run(
 
     from training.backtest import write_report
 
-    with mlflow.start_run(run_name=run_name) as run:
+    with tracked_run(run_name) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(_flat_metrics(report))
         mlflow.set_tags({"cutoff": report.get("cutoff", ""), "horizon_days": str(report.get("horizon_days", ""))})
@@ -175,20 +255,30 @@ def beats(report: dict, champion_report: dict) -> bool:
 
 
 def register_model(logged: LoggedModel, report: dict, champion_report: dict | None) -> tuple[str, str]:
-    """Register a new version and give it the alias the promotion rule says."""
+    """Register a new version and give it the alias the promotion rule says.
+
+    Exactly one champion under concurrency: on a local store the check "is there a champion?"
+    and the alias write happen under :func:`store_lock`; on any store the alias is read back
+    after the write, and a version that lost the champion alias to another one becomes
+    challenger. The alias returned is the one the registry holds.
+    """
     import mlflow
 
     client = mlflow.MlflowClient()
-    had_champion = champion_version() is not None
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered ..."
-        version = mlflow.register_model(logged.model_uri, REGISTERED_MODEL).version
-    if not had_champion or (champion_report is not None and beats(report, champion_report)):
-        alias = CHAMPION
-    else:
-        alias = CHALLENGER
-    client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+        version = str(mlflow.register_model(logged.model_uri, REGISTERED_MODEL).version)
     client.set_model_version_tag(REGISTERED_MODEL, version, "auc", str(report.get("model", {}).get("auc")))
-    return str(version), alias
+    with store_lock():
+        had_champion = champion_version() is not None
+        if not had_champion or (champion_report is not None and beats(report, champion_report)):
+            alias = CHAMPION
+        else:
+            alias = CHALLENGER
+        client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+        if alias == CHAMPION and champion_version() != version:
+            alias = CHALLENGER
+            client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+    return version, alias
 
 
 def champion_version() -> str | None:
@@ -235,4 +325,6 @@ __all__ = [
     "load_scorer",
     "log_run",
     "register_model",
+    "store_lock",
+    "tracked_run",
 ]
