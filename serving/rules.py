@@ -110,6 +110,7 @@ applied, before any rule runs.
 from __future__ import annotations
 
 import ast
+import csv
 import difflib
 import math
 import re
@@ -147,6 +148,7 @@ __all__ = [
     "RulesError",
     "apply_rules",
     "load_rules",
+    "spreadsheet_safe",
     "write_audiences",
 ]
 
@@ -176,6 +178,8 @@ MAX_REASON_PLACEHOLDERS = 20
 MAX_SPEC_CHARS = 50
 MAX_SPEC_WIDTH = 50
 MAX_SPEC_PRECISION = 20
+# Spreadsheets read a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 _ALLOWED_NODES = (
     ast.Expression,
@@ -943,6 +947,13 @@ def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     folder is built under a temporary name and renamed onto ``out_dir`` only when every
     file is written, so a failure leaves an existing ``out_dir`` as it was.
 
+    The files are opened in spreadsheets, so a text cell (customer id, reason, rule, any
+    text column or header) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return is written with a leading ``'`` (OWASP's advice against CSV
+    injection): ``=cmd|' /C calc'!A0`` is written ``'=cmd|' /C calc'!A0`` and shows as
+    text. Text cells are quoted, so a line break inside one cannot start a new row; number
+    columns are written as they are, unquoted (``-3.5`` stays a number).
+
     Returns
     -------
     pandas.DataFrame
@@ -980,7 +991,34 @@ def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for action in summary["action"]:
-            acted.loc[actions == action, columns].to_csv(tmp / f"{action}.csv", index=False)
-        summary.to_csv(tmp / "summary.csv", index=False)
+            _write_csv(acted.loc[actions == action, columns], tmp / f"{action}.csv")
+        _write_csv(summary, tmp / "summary.csv")
     return summary
 
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` as CSV with every text cell safe to open in a spreadsheet."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if not (
+            pd.api.types.is_numeric_dtype(safe[column].dtype)
+            or pd.api.types.is_datetime64_any_dtype(safe[column].dtype)
+            or pd.api.types.is_timedelta64_dtype(safe[column].dtype)
+        ):
+            safe[column] = safe[column].map(spreadsheet_safe)
+    safe.columns = [spreadsheet_safe(column) for column in safe.columns]
+    # Text cells quoted, numbers not (OWASP): a carriage return inside an unquoted cell would
+    # start a new row in a spreadsheet, and that row could begin with a formula.
+    safe.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+
+
+def spreadsheet_safe(value: object) -> object:
+    """``value`` with a leading ``'`` when it is text a spreadsheet would read as a formula; anything else as it is.
+
+    Follows OWASP's advice on CSV injection: text starting with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return is prefixed with a single quote, which spreadsheets
+    show as text. Numbers are not text and are returned unchanged.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value

@@ -1,4 +1,4 @@
-"""Rules files that would exhaust memory or crash are refused at load.
+"""Rules files that would exhaust memory or crash are refused at load; audience CSVs are safe to open.
 
 Cases that could take gigabytes on a version without the checks run in a child process
 whose address space is capped at 2 GB, so a regression fails the test instead of the
@@ -7,6 +7,7 @@ machine.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import resource
@@ -279,6 +280,55 @@ def test_anchors_and_aliases_within_the_limits_still_load(tmp_path):
     assert rules.rules[0].reason == rules.rules[1].reason == ["worth {clv:.0f}", "stage {lifecycle_stage}"]
     # and a bomb next to them is still refused
     assert "YAML has more than 20,000 values" in refused_at_load(write_rules(tmp_path, text + billion_laughs(), "bomb.yaml"))
+
+
+# --------------------------------------------------------------------------- audience CSVs
+
+DANGEROUS_IDS = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1"]
+
+
+def test_audience_csv_text_cells_are_safe_to_open_and_numbers_stay_numbers(tmp_path):
+    rows = [score_row(customer_id, clv=-5.0 - i, expected_revenue=-1.5) for i, customer_id in enumerate(DANGEROUS_IDS)]
+    rows += [score_row("plain", clv=7.0), score_row("mid=dle", clv=8.0)]
+    rules = load_rules(write_rules(tmp_path, one_rule(name="-minus", when="clv < 100", reason="=HYPERLINK(\"x\") {clv:.0f}")))
+    targeted = apply_rules(scores_frame(rows), rules)
+    before = targeted.copy()
+    summary = write_audiences(targeted, tmp_path / "audiences")
+
+    pd.testing.assert_frame_equal(targeted, before)  # the caller's frame is not changed
+    assert summary["action"].tolist() == ["x"]
+    with open(tmp_path / "audiences" / "x.csv", newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))
+    assert len(records) == len(rows)  # a carriage return inside a cell does not start a row
+    by_id = {record["customer_id"]: record for record in records}
+    assert set(by_id) == {"'" + customer_id for customer_id in DANGEROUS_IDS} | {"plain", "mid=dle"}
+    for record in records:
+        assert record["reason"].startswith("'=HYPERLINK(\"x\") ")
+        assert record["rule"] == "'-minus"
+        assert record["action"] == "x"
+
+    written = pd.read_csv(tmp_path / "audiences" / "x.csv")
+    for column in ("clv", "expected_revenue", "p_repurchase", "horizon_days"):
+        assert pd.api.types.is_numeric_dtype(written[column]), column
+    assert written["clv"].tolist() == [-5.0, -6.0, -7.0, -8.0, -9.0, -10.0, 7.0, 8.0]
+    assert (written["expected_revenue"].iloc[:6] == -1.5).all()
+    assert written["customer_id"].str.startswith("'").tolist() == [True] * 6 + [False, False]
+
+    written_summary = pd.read_csv(tmp_path / "audiences" / "summary.csv")
+    assert written_summary.loc[0, "expected_revenue_sum"] == pytest.approx(-1.5 * 6 + 40.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "safe"),
+    [
+        ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@A1", "'@A1"), ("\tx", "'\tx"), ("\rx", "'\rx"),
+        ("a=1", "a=1"), ("", ""), ("'=1", "'=1"), (-1.5, -1.5), (-3, -3), (None, None),
+    ],
+)
+def test_spreadsheet_safe_escapes_only_text_that_reads_as_a_formula(value, safe):
+    from serving.rules import spreadsheet_safe
+
+    assert spreadsheet_safe(value) == safe
 
 
 # --------------------------------------------------------------------------- the command
