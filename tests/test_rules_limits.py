@@ -162,7 +162,8 @@ def test_format_spec_limits_are_inclusive_and_bounded_specs_still_render(tmp_pat
     assert "width 51" in refused_at_load(write_rules(tmp_path, one_rule(reason="{clv:51}"), "w.yaml"))
     assert "precision 21" in refused_at_load(write_rules(tmp_path, one_rule(reason="{clv:.21f}"), "p.yaml"))
     long_spec = "{replenish_remind_on:" + "%Y" * 26 + "}"
-    assert "format spec of 52 characters; at most 50" in refused_at_load(write_rules(tmp_path, one_rule(reason=long_spec), "l.yaml"))
+    refused = refused_at_load(write_rules(tmp_path, one_rule(reason=long_spec), "l.yaml"))
+    assert "format spec of 52 characters; at most 50" in refused
 
 
 def test_reasons_longer_than_a_person_writes_are_refused(tmp_path):
@@ -267,13 +268,15 @@ def test_a_device_that_never_ends_is_read_only_up_to_the_limit(huge_spec_outcome
 
 def test_too_many_rules_are_refused(tmp_path):
     rules = "".join(f"  - {{name: r{i}, when: 'clv > {i}', action: x, reason: hi}}\n" for i in range(201))
-    assert refused_at_load(write_rules(tmp_path, "rules:\n" + rules)).endswith("rules: more than 200 rules; a rules file has at most 200")
+    refused = refused_at_load(write_rules(tmp_path, "rules:\n" + rules))
+    assert refused.endswith("rules: more than 200 rules; a rules file has at most 200")
 
 
 def test_anchors_and_aliases_within_the_limits_still_load(tmp_path):
     text = (
         "rules:\n"
-        "  - name: a\n    when: clv > 100\n    action: vip_care\n    reason: &why ['worth {clv:.0f}', 'stage {lifecycle_stage}']\n"
+        "  - name: a\n    when: clv > 100\n    action: vip_care\n"
+        "    reason: &why ['worth {clv:.0f}', 'stage {lifecycle_stage}']\n"
         "  - name: b\n    when: clv > 1\n    action: win_back\n    reason: *why\n"
     )
     rules = load_rules(write_rules(tmp_path, text))
