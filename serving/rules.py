@@ -77,25 +77,47 @@ with ``expected_value > 0`` are kept, highest first, up to ``max_contacts``; all
 lose their action, reason and rule (NaN), so the audiences are the contacts worth paying
 for.
 
+Limits
+------
+A rules file is read by people and written by people, so anything far beyond what a
+person writes is refused when the file is loaded, before any value is computed: a
+hostile or mistaken file must not take the machine's memory (a format width of
+``99999999`` on a million rows is tens of gigabytes). The limits:
+
+* the file: at most 1 MB (:data:`MAX_RULES_FILE_BYTES`), YAML nested at most 32 levels
+  deep and at most 20,000 values once aliases are expanded (a rules file has about 5
+  levels and a few hundred values; the bounds stop deep nesting and alias bombs),
+  at most 200 rules;
+* ``when``: at most 2,000 characters, 500 terms (names, numbers, texts, operators) and
+  50 levels of nesting; arithmetic (``+ - * / // % & |``) only on numbers: text and
+  lists can be compared (``==``, ``in``) but not repeated, joined or %-formatted
+  (``'a' * 1000000000`` would build a gigabyte). Text constants are refused at load,
+  text columns when the rules are applied;
+* ``reason``: at most 1,000 characters and 20 placeholders over all clauses; a format
+  spec has at most 50 characters, a width of at most 50 and a precision of at most 20,
+  and no nested placeholders; a date spec (``%Y-%m-%d``) has directives without widths.
+
 Errors
 ------
 Every problem with a rules file raises :class:`RulesError` with one line naming the
 file, the rule (position from 1 and name) and the field, e.g.
 ``rules.yaml: rule 2 'win_back': when: unknown column 'clv_rank'; columns: ...``.
-Syntax, placeholders and format specs are checked when the file is loaded; column names
-and true/false results when the rules are applied, before any rule runs.
+Syntax, limits, placeholders and format specs are checked when the file is loaded;
+column names, arithmetic on text columns and true/false results when the rules are
+applied, before any rule runs.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import difflib
 import math
 import re
 import string
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 import numpy as np
 import pandas as pd
@@ -126,6 +148,7 @@ __all__ = [
     "RulesError",
     "apply_rules",
     "load_rules",
+    "spreadsheet_safe",
     "write_audiences",
 ]
 
@@ -142,6 +165,21 @@ DERIVED_COLUMNS = ("clv_pct", "expected_order_value", "expected_value", *REPLENI
 REPLENISHMENT_REQUIRED = ("customer_id", "category", "last_purchase", "next_purchase_days_p50", "p_within_horizon", "remind_on")
 SUMMARY_COLUMNS = ("action", "customers", "share_of_scored", "expected_revenue_sum", "clv_sum", "p_repurchase_mean")
 MISSING_TEXT = "unknown"
+
+MAX_RULES_FILE_BYTES = 1_000_000
+MAX_YAML_DEPTH = 32
+MAX_YAML_VALUES = 20_000
+MAX_RULES = 200
+MAX_WHEN_CHARS = 2_000
+MAX_WHEN_TERMS = 500
+MAX_WHEN_DEPTH = 50  # pandas' evaluator recurses a few frames per level: 50 stays far from the recursion limit
+MAX_REASON_CHARS = 1_000
+MAX_REASON_PLACEHOLDERS = 20
+MAX_SPEC_CHARS = 50
+MAX_SPEC_WIDTH = 50
+MAX_SPEC_PRECISION = 20
+# Spreadsheets read a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 _ALLOWED_NODES = (
     ast.Expression,
@@ -245,8 +283,12 @@ class Rule(BaseModel):
     def _check_reason(cls, reason: list[str]) -> list[str]:
         if not reason:
             raise ValueError("give a text or a list of clauses")
-        for clause in reason:
-            _parse_template(clause)
+        size = sum(len(clause) for clause in reason)
+        if size > MAX_REASON_CHARS:
+            raise ValueError(f"{size:,} characters; a reason has at most {MAX_REASON_CHARS:,} over all its clauses")
+        placeholders = sum(field is not None for clause in reason for _, field, _ in _parse_template(clause))
+        if placeholders > MAX_REASON_PLACEHOLDERS:
+            raise ValueError(f"{placeholders} placeholders; a reason has at most {MAX_REASON_PLACEHOLDERS}")
         return reason
 
     @property
@@ -267,7 +309,7 @@ class RuleSet(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rules: list[Rule] = Field(min_length=1)
+    rules: list[Rule] = Field(min_length=1, max_length=MAX_RULES)
     budget: Budget | None = None
     _source: str = PrivateAttr(default="rules")
 
@@ -314,11 +356,23 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         if path.is_dir():
             raise RulesError(f"{origin}: is a folder, not a rules file")
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as handle:  # a bounded read: the path may be a device such as /dev/zero
+                raw = handle.read(MAX_RULES_FILE_BYTES + 1)
+        except OSError as exc:
+            raise RulesError(f"{origin}: cannot be read ({exc.strerror or exc})") from None
+        if len(raw) > MAX_RULES_FILE_BYTES:
+            raise RulesError(f"{origin}: larger than {MAX_RULES_FILE_BYTES // 1_000_000} MB; a rules file is a few kilobytes")
+        try:
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise RulesError(f"{origin}: is not UTF-8 text; save the rules as UTF-8 YAML") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader with limits
+    except _YamlTooLarge as exc:
+        mark = exc.problem_mark
+        raise RulesError(f"{origin}: line {mark.line + 1}, column {mark.column + 1}: {exc.problem}") from None
+    except RecursionError:
+        raise RulesError(f"{origin}: YAML nested too deeply to read; a rules file needs about 5 levels") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -334,6 +388,64 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         raise RulesError(f"{origin}: {_validation_message(exc, data)}") from None
     ruleset._source = origin
     return ruleset
+
+
+class _YamlTooLarge(yaml.MarkedYAMLError):
+    """YAML beyond what a rules file needs: too deep, or aliases that expand too far."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing nesting deeper than :data:`MAX_YAML_DEPTH` and
+    documents over :data:`MAX_YAML_VALUES` values once aliases are expanded.
+
+    The composer builds nodes recursively, so 10,000 nested ``[`` would end in a
+    RecursionError; it stops at the depth limit instead. An alias reuses its anchor's
+    node, so a few lines of aliases of aliases ("billion laughs") describe billions of
+    values; every node's expanded size and depth is counted as it is composed, and an
+    alias that refers to the node it is inside (a loop) is refused.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nesting = 0
+        self._values = 0  # values composed so far, each alias counted as the values it stands for
+        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) with aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        is_alias = self.check_event(yaml.AliasEvent)
+        mark = self.peek_event().start_mark
+        self._nesting += 1
+        try:
+            if self._nesting > MAX_YAML_DEPTH:
+                raise _YamlTooLarge(problem=f"YAML nested more than {MAX_YAML_DEPTH} levels deep; a rules file needs about 5",
+                                    problem_mark=mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
+        if is_alias:
+            if id(node) not in self._expanded:
+                raise _YamlTooLarge(problem="YAML alias refers to the anchor it is inside (a loop)", problem_mark=mark)
+            values, depth = self._expanded[id(node)]
+            self._values += values
+        else:
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = []
+            sizes = [self._expanded[id(child)] for child in children]
+            values = 1 + sum(size for size, _ in sizes)
+            depth = 1 + max((deep for _, deep in sizes), default=0)
+            self._expanded[id(node)] = (values, depth)
+            self._values += 1
+        if self._values > MAX_YAML_VALUES:
+            raise _YamlTooLarge(problem=f"YAML has more than {MAX_YAML_VALUES:,} values once aliases are expanded; "
+                                "a rules file has a few hundred", problem_mark=mark)
+        if self._nesting + depth > MAX_YAML_DEPTH:
+            raise _YamlTooLarge(problem=f"YAML nested more than {MAX_YAML_DEPTH} levels deep once aliases are expanded; "
+                                "a rules file needs about 5", problem_mark=mark)
+        return node
 
 
 def _kind(value: object) -> str:
@@ -374,6 +486,8 @@ def _validation_message(exc: ValidationError, data: dict) -> str:
         message = "expected a mapping with name, when, action and reason"
     elif error["type"] == "too_short" and loc == ["rules"]:
         message = "no rules; give at least one"
+    elif error["type"] == "too_long" and loc == ["rules"]:
+        message = f"more than {MAX_RULES} rules; a rules file has at most {MAX_RULES}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return ": ".join([*where, message]).replace("\n", " ") + more
 
@@ -385,13 +499,22 @@ def _expression(when: str) -> str:
 
 def _condition_columns(when: str) -> list[str]:
     """Column names in a condition, after checking it only uses the allowed syntax."""
+    return list(dict.fromkeys(node.id for node in ast.walk(_condition_tree(when)) if isinstance(node, ast.Name)))
+
+
+def _condition_tree(when: str) -> ast.Expression:
+    """The syntax tree of a condition, checked: size, allowed syntax, no arithmetic on text constants."""
     when = _expression(when)
+    if len(when) > MAX_WHEN_CHARS:
+        raise ValueError(f"{len(when):,} characters; a condition has at most {MAX_WHEN_CHARS:,}")
     try:
         tree = ast.parse(when, mode="eval")
     except SyntaxError as exc:
         where = f" at column {exc.offset}" if exc.offset else ""
         raise ValueError(f"invalid syntax{where} in '{when}' ({exc.msg})") from None
-    names: list[str] = []
+    except (RecursionError, MemoryError):
+        raise ValueError(f"nested too deeply to read; a condition has at most {MAX_WHEN_DEPTH} levels") from None
+    _check_condition_size(tree)
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             shown = ast.unparse(node) if isinstance(node, ast.expr) else _OPERATORS.get(type(node), type(node).__name__)
@@ -401,9 +524,70 @@ def _condition_columns(when: str) -> list[str]:
             )
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str, bool)):
             raise ValueError(f"constant {node.value!r} is not allowed; use numbers, 'text', True or False")
-        if isinstance(node, ast.Name):
-            names.append(node.id)
-    return list(dict.fromkeys(names))
+    _check_arithmetic(tree.body, lambda name: "unknown")
+    return tree
+
+
+def _check_condition_size(tree: ast.Expression) -> None:
+    """Refuse conditions with more terms or deeper nesting than the limits (iteratively: no recursion)."""
+    terms = 0
+    stack = [(tree.body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        terms += 1
+        if terms > MAX_WHEN_TERMS:
+            raise ValueError(f"more than {MAX_WHEN_TERMS} terms (names, numbers, texts, operators); "
+                             f"a condition has at most {MAX_WHEN_TERMS}")
+        if depth > MAX_WHEN_DEPTH:
+            raise ValueError(f"nested more than {MAX_WHEN_DEPTH} levels deep (as in 'not not not ...' or a long chain "
+                             f"of + or |); a condition has at most {MAX_WHEN_DEPTH}")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr))
+
+
+def _check_arithmetic(node: ast.expr, column_kind: Callable[[str], str]) -> str:
+    """The kind of value ``node`` gives ('number', 'text', 'list' or 'unknown'); raise on arithmetic on text or lists.
+
+    Repetition (``'a' * 1000000000``, ``[0] * 10**9``, ``customer_id * 1000``) and
+    %-formatting (``'%.999999999f' % 1``) build values as large as a number in the
+    condition says, so arithmetic is only for numbers. ``column_kind`` tells a column's
+    kind; 'unknown' (at load time, before the data is known) lets a column through.
+    """
+    if isinstance(node, ast.Constant):
+        return "text" if isinstance(node.value, str) else "number"
+    if isinstance(node, ast.Name):
+        return column_kind(node.id)
+    if isinstance(node, ast.BinOp):
+        kinds = {_check_arithmetic(node.left, column_kind), _check_arithmetic(node.right, column_kind)}
+        if kinds & {"text", "list"}:
+            raise ValueError(
+                f"'{ast.unparse(node)}' is arithmetic on {' and '.join(sorted(kinds & {'text', 'list'}))}, which could "
+                "build huge values; arithmetic is for numbers, text and lists can only be compared (==, !=, in)"
+            )
+        return "unknown" if "unknown" in kinds else "number"
+    if isinstance(node, ast.UnaryOp):
+        kind = _check_arithmetic(node.operand, column_kind)
+        return "number" if isinstance(node.op, ast.Not) else kind
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.expr):
+            _check_arithmetic(child, column_kind)
+    return "list" if isinstance(node, (ast.List, ast.Tuple)) else "number"
+
+
+def _column_kind(column: pd.Series) -> str:
+    """'number' for numbers, true/false, dates and durations; 'text' for anything else."""
+    dtype = column.dtype
+    if (
+        pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_numeric_dtype(dtype)
+        or pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+    ):
+        return "number"
+    if dtype == object and pd.api.types.infer_dtype(column, skipna=True) in (
+        "integer", "floating", "mixed-integer-float", "decimal", "boolean", "empty",
+    ):
+        return "number"
+    return "text"
 
 
 def _parse_template(clause: str) -> list[tuple[str, str | None, str]]:
@@ -424,10 +608,37 @@ def _parse_template(clause: str) -> list[tuple[str, str | None, str]]:
             raise ValueError(f"placeholder {shown}: conversions (!{conversion}) are not supported; use a format spec")
         if "{" in spec:
             raise ValueError(f"placeholder {shown}: nested placeholders are not supported")
-        if spec and not _spec_works(spec):
-            raise ValueError(f"placeholder {shown}: bad format spec '{spec}' (e.g. '.0f', '.0%', ',.2f', '%Y-%m-%d')")
+        problem = _spec_problem(spec) if spec else None
+        if problem:
+            raise ValueError(f"placeholder {shown}: {problem}")
         out.append((literal, field, spec))
     return out
+
+
+# Python's format spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
+_NUMBER_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d+))?[bcdeEfFgGnosxX%]?", re.DOTALL
+)
+# A date spec goes to strftime: text and %-directives (with an optional glibc flag such as
+# %-d), but no field widths (%1000000000Y).
+_DATE_SPEC = re.compile(r"(?:[^%]|%[-_0^#]?[A-Za-z%])*", re.DOTALL)
+
+
+def _spec_problem(spec: str) -> str | None:
+    """Why a placeholder's format spec cannot be used, or None; checked without formatting anything large."""
+    bad = f"bad format spec '{spec}' (e.g. '.0f', '.0%', ',.2f', '%Y-%m-%d')"
+    if len(spec) > MAX_SPEC_CHARS:
+        return f"format spec of {len(spec):,} characters; at most {MAX_SPEC_CHARS}"
+    number = _NUMBER_SPEC.fullmatch(spec)
+    if number is not None:
+        width, precision = number["width"], number["precision"]
+        if width and int(width) > MAX_SPEC_WIDTH:
+            return f"width {int(width)} in format spec '{spec}' is too large; at most {MAX_SPEC_WIDTH}"
+        if precision and int(precision) > MAX_SPEC_PRECISION:
+            return f"precision {int(precision)} in format spec '{spec}' is too large; at most {MAX_SPEC_PRECISION}"
+    elif "%" not in spec or _DATE_SPEC.fullmatch(spec) is None:
+        return bad
+    return None if _spec_works(spec) else bad
 
 
 def _spec_works(spec: str) -> bool:
@@ -490,13 +701,12 @@ def apply_rules(
     frame = _add_replenishment(frame, replenishment)
 
     n = len(frame)
-    conditions = [_evaluate_when(frame, rule, position, rules.source) for position, rule in enumerate(rules.rules, start=1)]
+    chosen = np.full(n, -1)
+    for index, rule in enumerate(rules.rules):  # one true/false array at a time, not one per rule at once
+        matches = _evaluate_when(frame, rule, index + 1, rules.source)
+        chosen[(chosen < 0) & matches] = index
     for position, rule in enumerate(rules.rules, start=1):
         _check_reason_columns(frame, rule, position, rules.source)
-
-    chosen = np.full(n, -1)
-    for index, matches in enumerate(conditions):
-        chosen[(chosen < 0) & matches] = index
     if rules.budget is not None:
         chosen = _within_budget(chosen, frame["expected_value"].to_numpy(dtype=float), rules.budget)
 
@@ -630,9 +840,14 @@ def _unknown_column(frame: pd.DataFrame, name: str, label: str) -> str:
 
 def _evaluate_when(frame: pd.DataFrame, rule: Rule, position: int, source: str) -> np.ndarray:
     where = f"{source}: rule {position} '{rule.name}': when"
-    for name in _condition_columns(rule.when):
+    tree = _condition_tree(rule.when)
+    for name in dict.fromkeys(node.id for node in ast.walk(tree) if isinstance(node, ast.Name)):
         if name not in frame.columns:
             raise RulesError(f"{where}: " + _unknown_column(frame, name, f"column '{name}'"))
+    try:
+        _check_arithmetic(tree.body, lambda name: _column_kind(frame[name]))
+    except ValueError as exc:
+        raise RulesError(f"{where}: {exc}") from None
     if frame.empty:
         return np.zeros(0, dtype=bool)
     try:
@@ -732,6 +947,13 @@ def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     folder is built under a temporary name and renamed onto ``out_dir`` only when every
     file is written, so a failure leaves an existing ``out_dir`` as it was.
 
+    The files are opened in spreadsheets, so a text cell (customer id, reason, rule, any
+    text column or header) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return is written with a leading ``'`` (OWASP's advice against CSV
+    injection): ``=cmd|' /C calc'!A0`` is written ``'=cmd|' /C calc'!A0`` and shows as
+    text. Text cells are quoted, so a line break inside one cannot start a new row; number
+    columns are written as they are, unquoted (``-3.5`` stays a number).
+
     Returns
     -------
     pandas.DataFrame
@@ -769,6 +991,34 @@ def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     with atomic_path(out_dir, folder=True) as tmp:
         tmp.mkdir()
         for action in summary["action"]:
-            acted.loc[actions == action, columns].to_csv(tmp / f"{action}.csv", index=False)
-        summary.to_csv(tmp / "summary.csv", index=False)
+            _write_csv(acted.loc[actions == action, columns], tmp / f"{action}.csv")
+        _write_csv(summary, tmp / "summary.csv")
     return summary
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` as CSV with every text cell safe to open in a spreadsheet."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if not (
+            pd.api.types.is_numeric_dtype(safe[column].dtype)
+            or pd.api.types.is_datetime64_any_dtype(safe[column].dtype)
+            or pd.api.types.is_timedelta64_dtype(safe[column].dtype)
+        ):
+            safe[column] = safe[column].map(spreadsheet_safe)
+    safe.columns = [spreadsheet_safe(column) for column in safe.columns]
+    # Text cells quoted, numbers not (OWASP): a carriage return inside an unquoted cell would
+    # start a new row in a spreadsheet, and that row could begin with a formula.
+    safe.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+
+
+def spreadsheet_safe(value: object) -> object:
+    """``value`` with a leading ``'`` when it is text a spreadsheet would read as a formula; anything else as it is.
+
+    Follows OWASP's advice on CSV injection: text starting with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return is prefixed with a single quote, which spreadsheets
+    show as text. Numbers are not text and are returned unchanged.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
