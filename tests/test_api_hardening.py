@@ -155,6 +155,10 @@ def test_api_key_guards_the_api_and_metrics_not_the_probes_or_docs(server):
                 assert answer_headers.get("www-authenticate", "").startswith("Bearer")
     for path in ("/healthz", "/livez", "/readyz", "/", "/docs.json"):
         assert _status(port, path) == 200, path
+    import bentoml  # its own client sends the key as a bearer token
+
+    with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", token=KEY, timeout=30) as client:
+        assert client.score(json.loads(HISTORY))["scores"][0]["customer_id"] == "c1"
     assert _status(port, "/metrics") == 401
     assert _status(port, "/metrics", AUTH) == 200
 
