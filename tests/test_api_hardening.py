@@ -396,6 +396,15 @@ def _drive(guard: RequestGuard, method: str = "POST", path: str = "/score", head
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
+def test_a_blank_api_key_is_refused_before_the_server_starts(monkeypatch):
+    from features.errors import InputError
+    from serving.online import serve_command
+
+    monkeypatch.setenv("REPURCHASE_API_KEY", "  ")
+    with pytest.raises(InputError, match="REPURCHASE_API_KEY is set but empty"):
+        serve_command("models:/nothing@here", _free_port(), None)
+
+
 def test_every_path_that_is_not_a_route_is_one_metrics_label():
     guard = RequestGuard(_ok_app, api_key="")
     for path in ("/score", "/target", "/healthz", "/readyz", "/livez", "/metrics", "/", "/docs", "/docs.json"):
