@@ -470,7 +470,8 @@ def serve(
     POST /score and POST /target take {"customer_ids": [...]} (looked up in the snapshot)
     or {"customers": [{"customer_id": ..., "orders": [{"order_ts": ..., "amount": ...}]}]}
     (scored from the history by the same feature code as batch). GET /healthz, /readyz;
-    OpenAPI docs at /docs. Ctrl-C stops it.
+    API docs (Swagger UI) at /, the OpenAPI document at /docs.json. With REPURCHASE_API_KEY
+    set, requests need "Authorization: Bearer <key>". Ctrl-C stops it.
     """
     from serving.online import serve_command
     from training.registry import configure_tracking

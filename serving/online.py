@@ -30,6 +30,8 @@ today, orders after ``as_of`` (or after today), non-finite numbers, and negative
 each order's net value, 0 or more). Status codes: 400 for a bad request, 413 above the
 limits (:data:`MAX_CUSTOMERS` customers or ids, :data:`MAX_ORDERS` orders,
 :data:`MAX_BODY_BYTES` bytes per request), 409 for ids when the service has no snapshot.
+Over HTTP, :mod:`serving.guard` adds 401 (API key), 408 (body too slow), 413 (body
+refused while it is read), 415 (form or multipart body) and 429 (too many at once).
 
 Answers
 -------
@@ -528,10 +530,16 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
 
     Checks first that the model loads and the snapshot reads (an :class:`InputError` with
     one line if not), then runs ``bentoml serve serving.service:RepurchaseService`` with
-    ``REPURCHASE_MODEL_URI``, ``REPURCHASE_SNAPSHOT`` and ``MLFLOW_TRACKING_URI`` set.
+    ``REPURCHASE_MODEL_URI``, ``REPURCHASE_SNAPSHOT`` and ``MLFLOW_TRACKING_URI`` set,
+    ``REPURCHASE_API_KEY`` passed on, and BentoML's usage tracking off
+    (``BENTOML_DO_NOT_TRACK=True``). On Linux the server dies with this process, even when
+    this one is killed with SIGKILL (:data:`_DIE_WITH_PARENT`).
     """
     if not 1 <= int(port) <= 65535:
         raise InputError(f"--port {port}: give a port between 1 and 65535")
+    api_key = os.environ.get("REPURCHASE_API_KEY")
+    if api_key is not None and not api_key.strip():
+        raise InputError("REPURCHASE_API_KEY is set but empty: set it to the key clients must send, or unset it")
     if snapshot is not None:
         loaded = Snapshot.load(snapshot)
         snapshot_note = f"snapshot {snapshot}: {len(loaded):,} customers as of {loaded.as_of.date()}"
@@ -541,6 +549,7 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
     version = check_model(model_uri)
     env = dict(os.environ)
     env["REPURCHASE_MODEL_URI"] = model_uri
+    env["BENTOML_DO_NOT_TRACK"] = "True"  # BentoML otherwise reports each serve to t.bentoml.com
     env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or _tracking_uri()
     if snapshot is not None:
         env["REPURCHASE_SNAPSHOT"] = str(Path(snapshot).resolve())
@@ -558,8 +567,18 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
         "--working-dir",
         str(project),
     ]
+    if sys.platform.startswith("linux"):
+        command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
     print(f"model {model_uri} (version {version or '-'}); {snapshot_note}", flush=True)
-    print(f"serving on http://{host}:{port} (POST /score, POST /target, GET /healthz, GET /readyz, docs at /docs); Ctrl-C stops", flush=True)
+    if api_key is not None:
+        print("API key required on /score, /target and /metrics (REPURCHASE_API_KEY)", flush=True)
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: no API key and listening on {host}: anyone who reaches the port can score; set REPURCHASE_API_KEY", flush=True)
+    print(
+        f"serving on http://{host}:{port} (POST /score, POST /target, GET /healthz, GET /readyz, "
+        f"API docs at / and /docs.json); Ctrl-C stops",
+        flush=True,
+    )
     # Same process group as ours: Ctrl-C in the terminal reaches the server too.
     process = subprocess.Popen(command, env=env)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -572,6 +591,21 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
         signal.signal(signal.SIGTERM, previous)
     if code not in (0, -signal.SIGINT, -signal.SIGTERM, 130, 143):
         raise InputError(f"the server stopped with exit code {code}; see its messages above")
+
+
+# Run as `python -c _DIE_WITH_PARENT <launcher pid> bentoml serve ...`: asks Linux to send
+# the server SIGTERM (BentoML then stops its workers and frees the port) when the launcher
+# dies, by any signal, then becomes the server (exec keeps the pid and the death signal).
+# Done in a fresh process rather than in Popen's preexec_fn, which is unsafe in a process
+# with threads (the launcher has MLflow's). If the launcher died before prctl, exit at once.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+PR_SET_PDEATHSIG = 1
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def _raise_interrupt(signum, frame):

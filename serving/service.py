@@ -9,6 +9,18 @@ Configuration (environment, read when the service starts, not at import)
 ``REPURCHASE_SNAPSHOT``   feature snapshot Parquet (``<scores>.features.parquet``); optional:
                           without it, ids get 409 "no snapshot loaded", histories still work
 ``MLFLOW_TRACKING_URI``   MLflow store (default ``sqlite:///mlruns/mlflow.db``)
+``REPURCHASE_API_KEY``    when set, every path but the health probes and the API docs needs
+                          ``Authorization: Bearer <key>`` (401 otherwise)
+
+HTTP guard
+----------
+:class:`serving.guard.RequestGuard` stands in front of the routes: the API key, the body
+limit enforced while the body is read (413), body-read timeouts (408) so that stalled
+clients cannot hold the 64 request slots, 415 for form and multipart bodies, ``/metrics``
+labelled by route, ``/docs`` redirected to BentoML's Swagger UI at ``/`` (the OpenAPI
+document is ``/docs.json``). Started by hand (``bentoml serve``), set
+``BENTOML_DO_NOT_TRACK=True`` to keep BentoML from sending usage statistics;
+``repurchase serve`` sets it.
 
 Start-up and probes
 -------------------
@@ -67,6 +79,7 @@ import bentoml
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
+from serving.guard import RequestGuard
 from serving.online import (
     DEFAULT_MODEL_URI,
     MAX_CUSTOMERS,
@@ -103,7 +116,11 @@ class HistoryItem(BaseModel):
     name="repurchase",
     workers=1,
     threads=2,
-    traffic={"timeout": 60, "max_concurrency": 64},
+    # The concurrency limit (64) and the metrics are the guard's (serving.guard): it limits
+    # after the key check, so unauthenticated requests take no slot, counts what it refuses,
+    # and labels metrics by route where BentoML labels them by raw path.
+    traffic={"timeout": 60},
+    metrics={"enabled": False},
 )
 class RepurchaseService:
     """Repurchase scores online, from the feature snapshot (by id) or from order histories."""
@@ -282,3 +299,6 @@ class RepurchaseService:
             for p, row in zip(positions, rows):
                 out[p] = row
         return out
+
+
+RepurchaseService.add_asgi_middleware(RequestGuard, api_paths=tuple(api.route for api in RepurchaseService.apis.values()))
