@@ -547,6 +547,8 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
     else:
         snapshot_note = "no snapshot: POST /score answers customer histories only (ids need --snapshot)"
     version = check_model(model_uri)
+    if snapshot is not None:
+        check_snapshot_model(snapshot, version)
     env = dict(os.environ)
     env["REPURCHASE_MODEL_URI"] = model_uri
     env["BENTOML_DO_NOT_TRACK"] = "True"  # BentoML otherwise reports each serve to t.bentoml.com
@@ -606,6 +608,18 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit(0)
 os.execvp(sys.argv[2], sys.argv[2:])
 """
+
+
+def check_snapshot_model(path: str | os.PathLike, model_version: str) -> None:
+    """Refuse a snapshot that `repurchase score` wrote with another model version than the one served."""
+    from features.io import read_stamp
+
+    written_by = (read_stamp(path) or {}).get("model_version") or ""
+    if written_by and model_version and written_by != model_version:
+        raise InputError(
+            f"snapshot {path} was written with model version {written_by}, but version {model_version} is served; "
+            "rerun `repurchase score` with this model, or serve --model models:/repurchase/" + written_by
+        )
 
 
 def _raise_interrupt(signum, frame):

@@ -88,6 +88,7 @@ from serving.online import (
     ScoreRequest,
     Snapshot,
     apply_targeting,
+    check_snapshot_model,
     dedupe,
     json_rows,
     parse_day,
@@ -151,6 +152,7 @@ class RepurchaseService:
             self.model, self.model_version = model, version
             logger.info("model %s loaded (version %s)", self.model_uri, version or "-")
             if self.snapshot_path:
+                check_snapshot_model(self.snapshot_path, version)
                 snapshot = Snapshot.load(self.snapshot_path)
                 snapshot.score_all(model, version)
                 self.snapshot = snapshot
