@@ -513,3 +513,104 @@ def _frame(lines: dict, n_customers: int, start_day: pd.Timestamp) -> pd.DataFra
         },
         columns=COLUMNS,
     )
+
+
+#: Non-product lines a messy export mixes among the products (Online Retail's codes).
+FEE_PRODUCTS = {"POST": ("postage", 18.0), "DOT": ("postage", 45.0), "M": ("manual", 12.0), "BANK CHARGES": ("fees", 15.0)}
+
+
+def make_messy(lines: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The same shop as an export from a real shop system, with the mess such exports have.
+
+    Added on purpose, each at a known rate so that tests can check the loader's rules:
+
+    * **Cancellation invoices.** 3% of orders are cancelled in full 1-14 days later by a
+      credit invoice of their own (``order_id`` ``C`` + the order's id), every line negated
+      (amount and quantity); 2% more lose one line that way. A fully cancelled order is not
+      a purchase.
+    * **Refund lines.** 1% of orders carry a negative line with the order's own id (a
+      partial refund of its first line, 30-100% of it).
+    * **Non-product lines.** Postage (``POST``, ``DOT``), manual adjustments (``M``) and bank
+      charges on about 12% of orders, category ``postage``, ``manual`` or ``fees``.
+    * **Exact duplicate rows.** 1% of lines appear twice.
+    * **Wholesale outliers.** One order is 1,000 times the median order value; one new
+      customer (``wholesale-01``) places an order on most days of the last year.
+    * **Extra columns.** ``description``, ``country`` and ``unit_price``, which the order-log
+      contract does not use; timestamps are cut to the minute, as exports print them.
+
+    Returns a frame in the same columns plus the extra ones, in time order.
+    """
+    rng = np.random.default_rng(seed + 7919)
+    lines = lines.copy()
+    lines["order_ts"] = lines["order_ts"].dt.floor("min")
+    orders = lines.drop_duplicates("order_id")[["order_id", "customer_id", "order_ts", "channel"]].reset_index(drop=True)
+    n_orders = len(orders)
+    parts = [lines]
+
+    cancelled = orders.sample(frac=0.03, random_state=int(rng.integers(2**31)))
+    later = pd.to_timedelta(rng.integers(1, 15, len(cancelled)), unit="D")
+    credit = lines[lines["order_id"].isin(cancelled["order_id"])].merge(
+        pd.DataFrame({"order_id": cancelled["order_id"].to_numpy(), "_later": later}), on="order_id"
+    )
+    one_line = orders[~orders["order_id"].isin(cancelled["order_id"])].sample(
+        frac=0.02, random_state=int(rng.integers(2**31))
+    )
+    partial = lines[lines["order_id"].isin(one_line["order_id"])].drop_duplicates("order_id")
+    partial = partial.assign(_later=pd.to_timedelta(rng.integers(1, 15, len(partial)), unit="D"))
+    for frame in (credit, partial):
+        parts.append(
+            frame.assign(
+                order_id="C" + frame["order_id"],
+                order_ts=frame["order_ts"] + frame.pop("_later"),
+                amount=-frame["amount"],
+                quantity=-frame["quantity"],
+            )
+        )
+
+    refunded = lines.drop_duplicates("order_id").sample(frac=0.01, random_state=int(rng.integers(2**31)))
+    parts.append(refunded.assign(amount=-(refunded["amount"] * rng.uniform(0.3, 1.0, len(refunded))).round(2)))
+
+    with_fee = orders.sample(frac=0.12, random_state=int(rng.integers(2**31)))
+    codes = np.array(list(FEE_PRODUCTS))
+    picked = codes[rng.choice(len(codes), len(with_fee), p=[0.6, 0.2, 0.1, 0.1])]
+    parts.append(
+        with_fee.assign(
+            product_id=picked,
+            category=[FEE_PRODUCTS[c][0] for c in picked],
+            amount=np.round([FEE_PRODUCTS[c][1] * rng.uniform(0.6, 1.4) for c in picked], 2),
+            quantity=1.0,
+        )
+    )
+
+    parts.append(lines.sample(frac=0.01, random_state=int(rng.integers(2**31))))
+
+    order_values = lines.groupby("order_id")["amount"].sum()
+    giant = lines[lines["order_id"] == order_values.index[int(rng.integers(n_orders))]].head(1)
+    parts.append(
+        giant.assign(order_id="W" + giant["order_id"], amount=round(float(order_values.median()) * 1000, 2), quantity=500.0)
+    )
+    last_day = lines["order_ts"].max().normalize()
+    days = pd.date_range(max(lines["order_ts"].min().normalize(), last_day - pd.Timedelta(days=364)), last_day, freq="D")
+    days = days[rng.random(len(days)) < 0.8]
+    parts.append(
+        pd.DataFrame(
+            {
+                "customer_id": "wholesale-01",
+                "order_id": [f"WH{k:05d}" for k in range(len(days))],
+                "order_ts": days + pd.to_timedelta(rng.integers(8 * 60, 18 * 60, len(days)), unit="min"),
+                "amount": np.round(rng.gamma(4.0, 150.0, len(days)), 2),
+                "quantity": 24.0,
+                "product_id": "snacks-000",
+                "category": "snacks",
+                "channel": "storefront",
+            }
+        )
+    )
+
+    messy = pd.concat(parts, ignore_index=True)
+    messy = messy[messy["order_ts"] < last_day + pd.Timedelta(days=1)]  # the export ends with the log
+    messy = messy.astype({c: "str" for c in ("customer_id", "order_id", "product_id", "category", "channel")})
+    messy["description"] = messy["product_id"].str.replace("-", " ", regex=False).str.upper()
+    messy["country"] = np.where(rng.random(len(messy)) < 0.9, "China", "Hong Kong")
+    messy["unit_price"] = (messy["amount"] / messy["quantity"].abs().clip(lower=1)).round(2)
+    return messy.sort_values(["order_ts", "order_id"], kind="stable").reset_index(drop=True)

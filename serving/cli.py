@@ -82,34 +82,58 @@ def synth(
     customers: int = typer.Option(..., "--customers", min=1, help="How many customers to simulate."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same log."),
     out_path: Path = typer.Option(..., "--out", help="Parquet file to write (order lines)."),
-    start: str = typer.Option("2023-01-01", "--start", help="First day of the log."),
+    start: Optional[str] = typer.Option(None, "--start", help="First day of the log (default 2023-01-01, or --months before --end)."),
     end: str = typer.Option("2025-12-31", "--end", help="Last day of the log."),
+    months: Optional[int] = typer.Option(
+        None, "--months", min=1, max=240, help="A young shop: the log covers only the last M months up to --end."
+    ),
+    messy: bool = typer.Option(
+        False, "--messy", help="Export it the way real shop systems do: cancellation invoices, refund lines, postage "
+        "and fee lines, duplicate rows, a wholesale order and a wholesale customer, extra columns, minute timestamps."
+    ),
 ) -> None:
     """Write a realistic synthetic order log for tests and benchmarks.
 
     Heterogeneous purchase rates with dropout, replenishment customers on regular
     cycles, 6.18 and 11.11 peaks, a quiet Spring Festival, community vs storefront
     channels, categories and products, order values with customer-level means.
+    --months 7 makes a shop that opened seven months before --end; --messy adds what real
+    exports carry (see features.synth.make_messy), for trying the loader's rules.
     """
     import time
 
     from features.io import check_output_path, write_parquet
     from features.orders import parse_date
-    from features.synth import generate_order_log
+    from features.synth import generate_order_log, make_messy
 
-    if parse_date(end, "--end") <= parse_date(start, "--start"):
+    if months is not None and start is not None:
+        raise InputError("give --start or --months, not both")
+    last = parse_date(end, "--end")
+    if months is not None:
+        first = last - _months(months) + _days(1)
+        start = str(first.date())
+    start = start or "2023-01-01"
+    if last <= parse_date(start, "--start"):
         raise InputError(f"--end {end} must be after --start {start}")
     check_output_path(out_path)
     began = time.perf_counter()
     with err.status(f"simulating {customers:,} customers ..."):
         lines = generate_order_log(customers, seed=seed, start=start, end=end)
+        if messy:
+            lines = make_messy(lines, seed=seed)
     with err.status(f"writing {out_path} ..."):
-        write_parquet(lines, out_path)
+        write_parquet(lines, out_path, kind="synth")
     n_orders = lines["order_id"].nunique()
     out.print(
-        f"wrote {out_path}: {customers:,} customers, {n_orders:,} orders, {len(lines):,} lines "
-        f"in {time.perf_counter() - began:.1f} s"
+        f"wrote {out_path}: {lines['customer_id'].nunique():,} customers, {n_orders:,} orders{' (messy export)' if messy else ''}, "
+        f"{len(lines):,} lines from {start} to {end} in {time.perf_counter() - began:.1f} s"
     )
+
+
+def _months(n: int):
+    import pandas as pd
+
+    return pd.DateOffset(months=n)
 
 
 ENGINES = ("duckdb", "spark")

@@ -214,3 +214,42 @@ def test_small_populations_work():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(InputError, match=message):
         generate_order_log(**kwargs)
+
+
+def test_messy_export_carries_each_kind_of_mess_at_its_rate():
+    from features.synth import FEE_PRODUCTS, make_messy
+
+    clean = generate_order_log(2000, seed=5)
+    messy = make_messy(clean, seed=5)
+    n_orders = clean["order_id"].nunique()
+    credit = messy[messy["order_id"].str.startswith("C")]
+    assert (credit["amount"] < 0).all() and (credit["quantity"] < 0).all()
+    fully = credit.groupby("order_id").size().reindex("C" + clean["order_id"].unique()).dropna()
+    assert 0.01 < credit["order_id"].nunique() / n_orders < 0.08
+    assert len(fully) > 0
+    refunds = messy[(messy["amount"] < 0) & ~messy["order_id"].str.startswith("C")]
+    assert 0.005 < refunds["order_id"].nunique() / n_orders < 0.02
+    fees = messy[messy["product_id"].isin(list(FEE_PRODUCTS))]
+    assert 0.08 < fees["order_id"].nunique() / n_orders < 0.16
+    assert messy.duplicated().sum() >= 0.005 * len(clean)
+    order_values = messy[messy["amount"] > 0].groupby("order_id")["amount"].sum()
+    assert order_values.max() > 500 * order_values.median()
+    assert (messy["customer_id"] == "wholesale-01").sum() > 200
+    assert {"description", "country", "unit_price"} <= set(messy.columns)
+    assert (messy["order_ts"].dt.second == 0).all()
+    assert messy["order_ts"].max() < clean["order_ts"].max().normalize() + pd.Timedelta(days=1)
+
+
+def test_synth_months_makes_a_young_shop(tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    out = tmp_path / "young.parquet"
+    result = CliRunner().invoke(app, ["synth", "--customers", "300", "--months", "7", "--end", "2025-12-31", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    log = pd.read_parquet(out)
+    assert log["order_ts"].min() >= pd.Timestamp("2025-06-01")
+    assert log["order_ts"].max() < pd.Timestamp("2026-01-01")
+    refused = CliRunner().invoke(app, ["synth", "--customers", "3", "--months", "7", "--start", "2024-01-01", "--out", str(out)])
+    assert refused.exit_code == 2
