@@ -672,6 +672,7 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_esc(_content_security_policy())}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="repurchase">
 <title>{_esc(title)}</title>
 <style>{CSS}</style>
 </head>

@@ -280,10 +280,11 @@ def test_untargeted_rows_are_not_an_audience(rendered):
 def test_written_atomically(tmp_path, plot_paths, scores, targeted):
     out, _ = _render(tmp_path, _report(), plot_paths, scores, targeted)
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]
-    out.write_text("previous report")
+    previous = '<!DOCTYPE html><meta name="generator" content="repurchase">previous report'
+    out.write_text(previous)
     with pytest.raises(ValueError, match="no 'action' column"):
         render_report(_report(), plot_paths, scores, targeted.drop(columns="action"), out)
-    assert out.read_text() == "previous report"
+    assert out.read_text() == previous
     render_report(_report(), plot_paths, scores, targeted, out)
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]
