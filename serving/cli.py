@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from features.errors import InputError
 
@@ -29,8 +31,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# Text printed here comes from users' files and flags ("[/bold]" is a fine product name),
+# so it is never read as Rich markup; styled parts are built as Text.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, markup=False)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -44,6 +48,11 @@ MapOption = typer.Option(
 )
 
 
+def _error_line(label: str, message: str) -> Text:
+    """``label: message`` on one line, the message shown as written (never as markup)."""
+    return Text.assemble((f"{label}:", "bold red"), " ", " ".join(message.split("\n")))
+
+
 def handles_errors(command: Callable) -> Callable:
     """Turn input errors into one line and exit code 2; bugs into one line and exit code 1."""
 
@@ -52,7 +61,7 @@ def handles_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except InputError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            err.print(_error_line("error", str(exc)))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
@@ -62,11 +71,10 @@ def handles_errors(command: Callable) -> Callable:
         except Exception as exc:  # a bug: say so in one line unless asked for the traceback
             if os.environ.get("REPURCHASE_DEBUG"):
                 raise
-            err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
-                "(this is a bug; rerun with REPURCHASE_DEBUG=1 for the traceback)",
-                markup=True,
-            )
+            err.print(_error_line(
+                "internal error",
+                f"{type(exc).__name__}: {exc} (this is a bug; rerun with REPURCHASE_DEBUG=1 for the traceback)",
+            ))
             raise typer.Exit(1) from None
 
     return wrapper
@@ -102,7 +110,7 @@ def synth(
     began = time.perf_counter()
     with err.status(f"simulating {customers:,} customers ..."):
         lines = generate_order_log(customers, seed=seed, start=start, end=end)
-    with err.status(f"writing {out_path} ..."):
+    with err.status(f"writing {escape(str(out_path))} ..."):
         write_parquet(lines, out_path)
     n_orders = lines["order_id"].nunique()
     out.print(
