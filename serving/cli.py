@@ -321,9 +321,14 @@ def score(
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
     configure_tracking(_tracking_uri())
-    with err.status(f"loading model {model} ..."):
+    with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
     run = _score_with_progress(scorer, log, day, out_path, version, explain)
+    if run.defaults_used:
+        shown = ", ".join(f"{name} {value!r}" if isinstance(value, str) else f"{name} {value:g}"
+                          for name, value in run.defaults_used.items())
+        err.print(f"warning: {log.source} has no {', '.join(run.defaults_used)} column, which the model was trained "
+                  f"with; scored with the order-log contract's defaults ({shown})")
     if run.n_future_orders_ignored:
         err.print(f"warning: ignored {run.n_future_orders_ignored:,} orders after --as-of {day.date()}")
     out.print(f"wrote {run.scores_path} ({run.n_customers:,} customers, model version {version or 'unregistered'}) "
