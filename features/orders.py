@@ -787,8 +787,11 @@ def parse_date(text: str | pd.Timestamp, flag: str = "date") -> pd.Timestamp:
     except (ValueError, TypeError):
         value = pd.NaT
     if pd.isna(value):
-        raise InputError(f"{flag}: '{text}' is not a date; use YYYY-MM-DD, e.g. 1997-09-30")
-    return value.tz_localize(None).normalize() if value.tzinfo else value.normalize()
+        raise InputError(f"{flag}: {_shown(text)} is not a date; use YYYY-MM-DD, e.g. 1997-09-30")
+    value = value.tz_localize(None).normalize() if value.tzinfo else value.normalize()
+    if not EARLIEST_ORDER <= value < LATEST_ORDER:
+        raise InputError(f"{flag}: {_shown(text)} is out of range; use a date in the years 1900 to 2200")
+    return value
 
 
 def check_cutoff(log: OrderLog, cutoff: pd.Timestamp, *, horizon_days: int | None = None, flag: str = "--cutoff") -> None:

@@ -37,6 +37,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, markup=False)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MAX_DAYS = 3650  # horizons and lead times: ten years is already more than any log supports
 
 OrdersOption = typer.Option(
     ..., "--orders", help="Order log: CSV/Parquet path, FILE.duckdb:TABLE, or a built-in name (cdnow, cdnow-sample)."
@@ -194,7 +195,7 @@ def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[st
 def train(
     orders: str = OrdersOption,
     cutoff: str = typer.Option(..., "--cutoff", help="Training cutoff YYYY-MM-DD: the model sees only orders up to it."),
-    horizon_days: int = typer.Option(90, "--horizon-days", min=1, help="Prediction horizon in days."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Prediction horizon in days."),
     register: bool = typer.Option(False, "--register", help="Register the model as a new version of 'repurchase'."),
     column_map: Optional[str] = MapOption,
 ) -> None:
@@ -256,7 +257,7 @@ def _print_comparison(report: dict, champion: dict | None = None) -> None:
 def backtest(
     orders: str = OrdersOption,
     cutoff: str = typer.Option(..., "--cutoff", help="Backtest cutoff YYYY-MM-DD; truth is the orders in (cutoff, cutoff + horizon]."),
-    horizon_days: int = typer.Option(90, "--horizon-days", min=1, help="Horizon in days."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Horizon in days."),
     json_path: Path = typer.Option(..., "--json", help="Where to write the metrics JSON; plots go beside it as <name>.<plot>.png."),
     column_map: Optional[str] = MapOption,
 ) -> None:
@@ -420,8 +421,10 @@ def replenish(
     orders: str = OrdersOption,
     as_of: str = typer.Option(..., "--as-of", help="As-of date YYYY-MM-DD."),
     out_path: Path = typer.Option(..., "--out", help="Parquet file: one row per (customer, category)."),
-    lead_days: int = typer.Option(7, "--lead-days", min=0, help="Send the reminder this many days before the expected reorder."),
-    horizon_days: int = typer.Option(90, "--horizon-days", min=7, help="p_within_horizon is P(a purchase within this many days)."),
+    lead_days: int = typer.Option(7, "--lead-days", min=0, max=MAX_DAYS,
+                                  help="Send the reminder this many days before the expected reorder."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=7, max=MAX_DAYS,
+                                     help="p_within_horizon is P(a purchase within this many days)."),
     column_map: Optional[str] = MapOption,
 ) -> None:
     """Predict when each customer is due to rebuy each category they buy.

@@ -301,6 +301,29 @@ def test_cut_gzip_through_the_command_is_exit_2_and_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.csv.gz"]
 
 
+@pytest.mark.parametrize("value", ["0001-01-01", "1677-09-21", "9999-12-31"])
+def test_command_line_dates_outside_1900_to_2200_are_refused(value):
+    from features.orders import parse_date
+
+    with pytest.raises(InputError, match=rf"--cutoff: '{value}' is out of range; use a date in the years 1900 to 2200"):
+        parse_date(value, "--cutoff")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--orders", "cdnow-sample", "--cutoff", "0001-01-01"],
+        ["backtest", "--orders", "cdnow-sample", "--cutoff", "1997-09-30", "--horizon-days", "1000000000", "--json", "b.json"],
+    ],
+    ids=["year_1", "huge_horizon"],
+)
+def test_flags_that_overflow_dates_are_exit_2(tmp_path, mlflow_store, args):
+    result = runner.invoke(app, [a if a != "b.json" else str(tmp_path / a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "internal error" not in result.output
+    assert not (tmp_path / "b.json").exists()
+
+
 # --------------------------------------------------------------------------- optional columns at scoring
 
 
