@@ -43,6 +43,8 @@ Rules
   23:30 stays on its day. The rule holds row by row, so a log may mix offsets (summer
   and winter time, ``Z`` and ``+01:00``, shops in several zones) and zone-less values.
   DuckDB ``TIMESTAMPTZ`` values carry no zone of their own and are read in UTC.
+* **Amounts and quantities** beyond 10^15 (either sign) are errors: no order is worth
+  that, and sums of such values overflow.
 * **Dates** must lie in the years 1900 to 2200; anything else (``0001-01-01``, a
   ``1677`` typo, ``9999-12-31`` placeholders) is an error naming the row. Words that
   name the moment of reading (``now``, ``today``) are not dates.
@@ -78,6 +80,7 @@ OPTIONAL_DEFAULTS = {"quantity": 1.0, "category": "unknown", "channel": "unknown
 
 EARLIEST_ORDER = pd.Timestamp("1900-01-01")
 LATEST_ORDER = pd.Timestamp("2201-01-01")  # exclusive: the year 2200 is the last allowed
+LARGEST_VALUE = 1e15  # amounts and quantities beyond it are not orders, and their sums overflow
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -574,6 +577,11 @@ def _fail_unparsed(origin, column, source: pd.Series, parsed: pd.Series, rows: _
     _fail(origin, column, bad, rows, lambda first: f"{_shown(source.iloc[first])} {what}", fix)
 
 
+def _fail_too_large(origin, column, source: pd.Series, parsed: pd.Series, rows: _Rows) -> None:
+    _fail(origin, column, (parsed.abs() > LARGEST_VALUE).to_numpy(dtype=bool, na_value=False), rows,
+          lambda first: f"{_shown(source.iloc[first])} is too large", f"values beyond {LARGEST_VALUE:g} are not orders")
+
+
 def _as_string(values: pd.Series) -> pd.Series:
     """Ids as strings: integers stay integers ("17", not "17.0")."""
     text = values.astype("str").where(values.notna())
@@ -703,6 +711,7 @@ def validate_order_lines(
     _fail_unparsed(origin, "amount", source_amount, amount, rows, "is not a number",
                    "write plain numbers like 12.50, no currency signs")
     _fail(origin, "amount", ~np.isfinite(amount.to_numpy()), rows, "is infinite")
+    _fail_too_large(origin, "amount", source_amount, amount, rows)
     out["amount"] = amount
 
     if "order_id" in resolved:
@@ -716,6 +725,7 @@ def validate_order_lines(
         qty = _parse_numbers(source_qty)
         _fail_unparsed(origin, "quantity", source_qty, qty, rows, "is not a number")
         _fail(origin, "quantity", ~np.isfinite(qty.fillna(1.0).to_numpy()), rows, "is infinite")
+        _fail_too_large(origin, "quantity", source_qty, qty, rows)
         out["quantity"] = qty.fillna(OPTIONAL_DEFAULTS["quantity"])
     for name in ("product_id", "category", "channel"):
         if name in resolved:
