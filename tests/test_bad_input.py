@@ -87,6 +87,16 @@ def test_words_for_the_moment_of_reading_are_not_dates(tmp_path, word):
     one_line_error(path, match=rf"words.csv: column 'order_ts' line 2: '{word}' is not a date")
 
 
+def test_a_log_spanning_the_whole_date_range_gets_features(tmp_path):
+    """Gaps over 46,340 days overflowed DuckDB's INT32 squares (an exit 1 from a valid log)."""
+    from features.pipeline import build_features
+
+    path = write(tmp_path, "span.csv", HEADER + "A,1900-01-01,1\nA,1900-01-11,1\nA,2200-12-31,1\nB,2024-01-01,2\n")
+    features = build_features(load_order_log(path).orders, pd.Timestamp("2200-12-31")).set_index("customer_id")
+    gaps = np.array([10.0, (pd.Timestamp("2200-12-31") - pd.Timestamp("1900-01-11")).days])
+    assert features.loc["A", "gap_std"] == pytest.approx(gaps.std(ddof=1))
+
+
 # --------------------------------------------------------------------------- compressed files
 
 
