@@ -17,9 +17,12 @@ Required columns: ``customer_id``, ``order_ts`` (a date or timestamp), ``amount`
 value of the order or line). Optional: ``order_id``, ``quantity``, ``product_id``,
 ``category``, ``channel``. Other names are mapped with ``--map
 customer_id=cust,order_ts=date``; headers are matched ignoring case and surrounding
-spaces. Anything that breaks the contract raises :class:`OrderLogError` with one line
-naming the source, the column, the row (CSV: the line number in the file, header = line
-1; Parquet and DuckDB: the 1-based row) and the fix.
+spaces, so two headers the log uses may not differ only in those (``customer_id`` and
+``Customer_ID``): that is an error naming both, since either could be meant. Anything
+that breaks the contract raises :class:`OrderLogError` with one line naming the source,
+the column, the row (CSV: the line number in the file, header = line 1, counting blank
+lines and line breaks inside quoted values; Parquet and DuckDB: the 1-based row) and the
+fix.
 
 Rules
 -----
@@ -34,9 +37,20 @@ Rules
   dropped (it is not a purchase). Without ``order_id`` a return cannot be matched to
   what it returns, so it is dropped and counted in :attr:`OrderLog.n_returns_dropped`.
   Zero amounts (free samples, fully discounted orders) are kept as orders.
-* **Time zones.** Timestamps with a zone keep their local wall-clock time: the
-  customer's calendar day is what counts.
-* Missing ``quantity`` is 1; missing ``category`` and ``channel`` are ``"unknown"``.
+* **Time zones.** Every timestamp keeps the wall-clock time written in it and its
+  offset or zone is dropped: ``2024-01-01T23:30+08:00`` is 23:30 on 1 January, not
+  15:30 UTC. The customer's (or shop's) calendar day is what counts, so an order at
+  23:30 stays on its day. The rule holds row by row, so a log may mix offsets (summer
+  and winter time, ``Z`` and ``+01:00``, shops in several zones) and zone-less values.
+  DuckDB ``TIMESTAMPTZ`` values carry no zone of their own and are read in UTC.
+* **Amounts and quantities** beyond 10^15 (either sign) are errors: no order is worth
+  that, and sums of such values overflow.
+* **Dates** must lie in the years 1900 to 2200; anything else (``0001-01-01``, a
+  ``1677`` typo, ``9999-12-31`` placeholders) is an error naming the row. Words that
+  name the moment of reading (``now``, ``today``) are not dates.
+* Missing ``quantity`` is 1; missing ``category`` and ``channel`` are ``"unknown"``
+  (:data:`OPTIONAL_DEFAULTS`). A model trained on a log with these columns scores a log
+  without them with these values.
 """
 
 from __future__ import annotations
@@ -45,10 +59,12 @@ import difflib
 import gzip
 import os
 import re
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -60,6 +76,11 @@ REQUIRED_COLUMNS = ("customer_id", "order_ts", "amount")
 OPTIONAL_COLUMNS = ("order_id", "quantity", "product_id", "category", "channel")
 CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 STRING_COLUMNS = ("customer_id", "order_id", "product_id", "category", "channel")
+OPTIONAL_DEFAULTS = {"quantity": 1.0, "category": "unknown", "channel": "unknown"}
+
+EARLIEST_ORDER = pd.Timestamp("1900-01-01")
+LATEST_ORDER = pd.Timestamp("2201-01-01")  # exclusive: the year 2200 is the last allowed
+LARGEST_VALUE = 1e15  # amounts and quantities beyond it are not orders, and their sums overflow
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -72,6 +93,8 @@ _MAGIC = {
     b"PK\x03\x04": "a zip archive (an Excel workbook?)",
     b"SQLite format 3": "an SQLite database",
     b"\xd0\xcf\x11\xe0": "an old Excel/Office file",
+    b"\xff\xfe": "UTF-16 text",
+    b"\xfe\xff": "UTF-16 text",
 }
 
 
@@ -159,8 +182,8 @@ def load_order_log(source: str | os.PathLike, column_map: Mapping[str, str] | st
             raise InputError(f"--map: the built-in log '{source}' needs no mapping")
         lines = load_cdnow(source)
         return _finish(lines, source, has_order_id=False)
-    raw, origin, row_base, row_word = _read_source(source)
-    lines = validate_order_lines(raw, origin, column_map, row_base=row_base, row_word=row_word)
+    raw, origin, rows = _read_source(source)
+    lines = validate_order_lines(raw, origin, column_map, rows=rows)
     return _finish(lines, origin, has_order_id="order_id" in lines.columns)
 
 
@@ -184,8 +207,23 @@ def _finish(lines: pd.DataFrame, origin: str, *, has_order_id: bool) -> OrderLog
 # --------------------------------------------------------------------------- reading
 
 
-def _read_source(source: str) -> tuple[pd.DataFrame, str, int, str]:
-    """Read a source into a raw frame; returns (frame, origin, first row number, row word)."""
+class _Rows:
+    """How messages name a row of the raw frame: "line 17" of a CSV file, "row 3" of a table.
+
+    ``line_of`` (CSV) gives the file line a row starts on; it is called only when a
+    message needs it, since it reads the file again.
+    """
+
+    def __init__(self, word: str = "row", base: int = 1, line_of: Callable[[int], int | None] | None = None):
+        self.word, self.base, self._line_of = word, base, line_of
+
+    def name(self, position: int) -> str:
+        number = self._line_of(position) if self._line_of is not None else None
+        return f"{self.word} {position + self.base if number is None else number}"
+
+
+def _read_source(source: str) -> tuple[pd.DataFrame, str, _Rows]:
+    """Read a source into a raw frame; returns (frame, origin, how its rows are named)."""
     table = None
     path_text = source
     match = re.match(r"^(.*\.(?:duckdb|ddb|db)):([A-Za-z_][\w.]*)$", source)
@@ -195,26 +233,45 @@ def _read_source(source: str) -> tuple[pd.DataFrame, str, int, str]:
     origin = path.name or path_text
     if not path.exists():
         hint = f" (built-in logs: {', '.join(BUILTIN_SOURCES)})" if os.sep not in path_text else ""
-        raise OrderLogError(f"{path_text}: no such file or folder{hint}")
+        raise OrderLogError(f"{_shown(path_text, quote=False)}: no such file or folder{hint}")
+    origin = _shown(origin, quote=False)
     suffixes = [s.lower() for s in path.suffixes]
     suffix = suffixes[-1] if suffixes else ""
     if suffix == ".gz" and len(suffixes) >= 2:
         suffix = suffixes[-2]
-    if path.is_dir():
-        return _read_parquet(path, origin), origin, 1, "row"
-    if path.stat().st_size == 0:
-        raise OrderLogError(f"{origin}: the file is empty (0 bytes)")
-    if suffix in DUCKDB_SUFFIXES:
-        if table is None:
-            raise OrderLogError(f"{origin}: name the table too, as {path_text}:TABLE")
-        return _read_duckdb(path, table, origin), f"{origin}:{table}", 1, "row"
-    if suffix in PARQUET_SUFFIXES:
-        return _read_parquet(path, origin), origin, 1, "row"
-    if suffix in CSV_SUFFIXES:
-        return _read_csv(path, origin), origin, 2, "line"
+    try:
+        if path.is_dir():
+            _check_parquet_folder(path, origin)
+            return _read_parquet(path, origin), origin, _Rows()
+        if not path.is_file():
+            raise OrderLogError(f"{origin}: is not a regular file (a device or a pipe?); give a file, a folder of Parquet files or a built-in name")
+        if path.stat().st_size == 0:
+            raise OrderLogError(f"{origin}: the file is empty (0 bytes)")
+        if suffix in DUCKDB_SUFFIXES:
+            if table is None:
+                raise OrderLogError(f"{origin}: name the table too, as {path_text}:TABLE")
+            return _read_duckdb(path, table, origin), f"{origin}:{table}", _Rows()
+        if suffix in PARQUET_SUFFIXES:
+            return _read_parquet(path, origin), origin, _Rows()
+        if suffix in CSV_SUFFIXES:
+            frame, rows = _read_csv(path, origin)
+            return frame, origin, rows
+    except OSError as exc:  # permissions, a file that vanished or cannot be read
+        raise OrderLogError(f"{origin}: cannot be read ({exc.strerror or exc})") from None
     raise OrderLogError(
         f"{origin}: unsupported file type '{suffix or 'none'}'; use .csv, .parquet, or a DuckDB table as FILE.duckdb:TABLE"
     )
+
+
+def _check_parquet_folder(path: Path, origin: str) -> None:
+    """A folder is read as a Parquet data set; say so when it holds something else."""
+    files = [f for f in path.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))]
+    if not files:
+        raise OrderLogError(f"{origin}: is an empty folder; --orders takes a file, a folder of Parquet files, "
+                            "FILE.duckdb:TABLE or a built-in name")
+    if not any(f.suffix.lower() in PARQUET_SUFFIXES for f in files):
+        raise OrderLogError(f"{origin}: is a folder without Parquet files (it holds e.g. "
+                            f"{_shown(files[0].name)}); give the file itself, or a folder of .parquet files")
 
 
 def _sniff_binary(head: bytes) -> str | None:
@@ -226,53 +283,138 @@ def _sniff_binary(head: bytes) -> str | None:
     return None
 
 
-def _read_csv(path: Path, origin: str) -> pd.DataFrame:
+def _unreadable(origin: str, exc: BaseException, compressed: bool) -> OrderLogError:
+    """The one-line error for a file that breaks off or cannot be decompressed."""
+    if compressed and isinstance(exc, EOFError):
+        return OrderLogError(f"{origin}: the gzip file is cut short (it ends before its end marker: a partial "
+                             "download or copy?); download or export it again")
+    if compressed and isinstance(exc, (zlib.error, gzip.BadGzipFile)) and "Not a gzipped file" not in str(exc):
+        return OrderLogError(f"{origin}: the gzip data is corrupt ({_shown(exc, quote=False, limit=120)}); download or export it again")
+    if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):
+        return OrderLogError(f"{origin}: cannot be read ({exc.strerror or exc})")
+    return OrderLogError(f"{origin}: cannot be read as {'gzip' if compressed else 'a file'} ({_shown(exc, quote=False, limit=120)})")
+
+
+def _clean_header(name) -> str:
+    return str(name).strip().lstrip("\ufeff").strip()
+
+
+def _read_csv(path: Path, origin: str) -> tuple[pd.DataFrame, _Rows]:
     compressed = path.suffix.lower() == ".gz"
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as handle:
             head = handle.read(65536)
-    except (OSError, EOFError) as exc:
-        raise OrderLogError(f"{origin}: cannot be read as {'gzip' if compressed else 'a file'} ({exc})") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _unreadable(origin, exc, compressed) from None
     what = _sniff_binary(head)
+    if what == "UTF-16 text":
+        raise OrderLogError(f"{origin}: is UTF-16 text; save the file as UTF-8")
     if what is not None:
         hint = {"a Parquet file": "rename it to .parquet", "gzip-compressed": "name it .csv.gz"}.get(what, "export it as CSV")
         raise OrderLogError(f"{origin}: is {what}, not CSV text; {hint}")
     if not head.strip():
         raise OrderLogError(f"{origin}: the file has no header and no rows")
-    first_line = head.splitlines()[0].decode("utf-8", errors="replace").lstrip("\ufeff")
+    first_line = next(line for line in head.splitlines() if line.strip())
+    first_line = first_line.decode("utf-8", errors="replace").lstrip("\ufeff")
     sep = max(DELIMITERS, key=first_line.count)
     if first_line.count(sep) == 0:
         sep = ","
+    options = dict(sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True,
+                   index_col=False)  # never take the first column as an index when rows are one field longer
+    rows = _Rows("line", 2, _CsvLines(path, compressed, sep))
     try:
-        frame = pd.read_csv(
-            path,
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            encoding="utf-8-sig",
-            skipinitialspace=True,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, na_values=[""], **options)
+        header = pd.read_csv(path, header=None, nrows=1, **options)
     except UnicodeDecodeError as exc:
         raise OrderLogError(f"{origin}: {_locate_bad_utf8(path, compressed, exc)}; save the file as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise OrderLogError(f"{origin}: the file has no header and no rows") from None
     except pd.errors.ParserError as exc:
-        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
-        if found:
-            expected, line, saw = found.groups()
-            raise OrderLogError(
-                f"{origin}: line {line} has {saw} fields but the header has {expected}; "
-                f"quote values that contain '{sep}'"
-            ) from None
-        raise OrderLogError(f"{origin}: not readable as CSV ({str(exc).strip().splitlines()[-1]})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    _check_row_delimiters(frame, origin, sep)
-    return frame
+        raise _parser_error(origin, exc, sep) from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _unreadable(origin, exc, compressed) from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) and "Length of header" in str(w.message) for w in caught):
+        raise OrderLogError(f"{origin}: {rows.name(0)} has more fields than the header ({frame.shape[1]}); "
+                            f"quote values that contain '{sep}'")
+    names = [_clean_header(c) for c in header.iloc[0]] if len(header) else []
+    frame.columns = names if len(names) == frame.shape[1] else [_clean_header(c) for c in frame.columns]
+    _check_one_column_header(frame, origin)
+    _check_row_delimiters(frame, origin, sep, rows)
+    return frame, rows
 
 
-def _check_row_delimiters(frame: pd.DataFrame, origin: str, sep: str) -> None:
+def _parser_error(origin: str, exc: pd.errors.ParserError, sep: str) -> OrderLogError:
+    text = str(exc)
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
+    if found:
+        expected, line, saw = found.groups()
+        return OrderLogError(
+            f"{origin}: line {line} has {saw} fields but the header has {expected}; quote values that contain '{sep}'"
+        )
+    found = re.search(r"EOF inside string starting at row (\d+)", text)
+    if found:
+        return OrderLogError(f"{origin}: line {int(found.group(1)) + 1} opens a quoted value (\") that is never "
+                             "closed; close the quote or remove it")
+    return OrderLogError(f"{origin}: not readable as CSV ({_shown(text.strip().splitlines()[-1], quote=False, limit=120)})")
+
+
+def _check_one_column_header(frame: pd.DataFrame, origin: str) -> None:
+    """A header joined by another character ('customer_id:order_ts:amount') reads as one column."""
+    if frame.shape[1] != 1:
+        return
+    name = str(frame.columns[0])
+    inside = [c for c in REQUIRED_COLUMNS if c in name.lower()]
+    if len(inside) >= 2:
+        raise OrderLogError(
+            f"{origin}: the header is one column {_shown(name)}; separate the columns with ',' ';' tab or '|'"
+        )
+
+
+class _CsvLines:
+    """The file line each data row of a CSV file starts on, as pandas reads the rows.
+
+    Row ``k`` is line ``k + 2`` only when the file has no blank lines and no line breaks
+    inside quoted values; this reads the file (as far as needed) to count them.
+    """
+
+    def __init__(self, path: Path, compressed: bool, sep: str):
+        self.path, self.compressed, self.sep = path, compressed, sep
+        self._starts: list[int] | None = None
+        self._complete = False
+
+    def __call__(self, position: int) -> int | None:
+        if self._starts is None or (position >= len(self._starts) and not self._complete):
+            self._scan(position)
+        return self._starts[position] if position < len(self._starts) else None
+
+    def _scan(self, position: int) -> None:
+        import csv
+
+        self._starts, self._complete = [], False
+        opener = gzip.open if self.compressed else open
+        try:
+            with opener(self.path, "rt", encoding="utf-8-sig", newline="") as handle:
+                reader = csv.reader(handle, delimiter=self.sep, skipinitialspace=True)
+                header_seen, previous = False, 0
+                for record in reader:
+                    start, previous = previous + 1, reader.line_num
+                    if len(record) <= 1 and not "".join(record).strip():
+                        continue  # pandas skips blank lines
+                    if not header_seen:
+                        header_seen = True
+                        continue
+                    self._starts.append(start)
+                    if len(self._starts) > position:
+                        return
+                self._complete = True
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error):
+            self._complete = True
+
+
+def _check_row_delimiters(frame: pd.DataFrame, origin: str, sep: str, rows: _Rows) -> None:
     """A header split by one delimiter over rows split by another leaves all but the first column empty."""
     if frame.shape[1] < 2 or frame.empty:
         return
@@ -285,20 +427,23 @@ def _check_row_delimiters(frame: pd.DataFrame, origin: str, sep: str) -> None:
     if other is not None:
         shown = "tab" if other == "\t" else f"'{other}'"
         raise OrderLogError(
-            f"{origin}: line {position + 2} is separated by {shown} but the header by "
+            f"{origin}: {rows.name(position)} is separated by {shown} but the header by "
             f"{'tab' if sep == chr(9) else repr(sep)}; use one delimiter throughout"
         )
 
 
 def _locate_bad_utf8(path: Path, compressed: bool, exc: UnicodeDecodeError) -> str:
     opener = gzip.open if compressed else open
-    with opener(path, "rb") as handle:
-        for number, raw_line in enumerate(handle, start=1):
-            try:
-                raw_line.decode("utf-8")
-            except UnicodeDecodeError as bad:
-                byte = raw_line[bad.start]
-                return f"line {number} is not UTF-8 text (byte 0x{byte:02x} at character {bad.start + 1})"
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw_line in enumerate(handle, start=1):
+                try:
+                    raw_line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    byte = raw_line[bad.start]
+                    return f"line {number} is not UTF-8 text (byte 0x{byte:02x} at character {bad.start + 1})"
+    except (OSError, EOFError, zlib.error):
+        pass
     return f"is not UTF-8 text ({exc.reason})"
 
 
@@ -315,9 +460,11 @@ def _read_parquet(path: Path, origin: str) -> pd.DataFrame:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise OrderLogError(f"{origin}: cannot be read as Parquet ({str(exc).splitlines()[0]})") from None
+        if "Multiple matches for FieldRef" in str(exc) and path.is_file():
+            _check_duplicate_names([_clean_header(n) for n in pq.read_schema(path).names], origin, {})
+        raise OrderLogError(f"{origin}: cannot be read as Parquet ({_shown(str(exc).splitlines()[0], quote=False, limit=120)})") from None
     frame = table.to_pandas()
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [_clean_header(c) for c in frame.columns]
     return frame
 
 
@@ -327,96 +474,179 @@ def _read_duckdb(path: Path, table: str, origin: str) -> pd.DataFrame:
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
-        raise OrderLogError(f"{origin}: is not a DuckDB database ({str(exc).splitlines()[0]})") from None
+        raise OrderLogError(f"{origin}: is not a DuckDB database ({_shown(str(exc).splitlines()[0], quote=False, limit=120)})") from None
     try:
         tables = [row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()]
         if table not in tables:
             raise OrderLogError(
                 f"{origin}: has no table '{table}' (tables: {', '.join(sorted(tables)) or 'none'})"
             )
-        frame = con.execute(f'select * from "{table}"').df()
+        try:
+            frame = con.execute(f'select * from "{table}"').df()
+        except duckdb.Error as exc:
+            raise OrderLogError(f"{origin}: table '{table}' cannot be read ({_shown(str(exc).splitlines()[0], quote=False, limit=120)})") from None
     finally:
         con.close()
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [_clean_header(c) for c in frame.columns]
     return frame
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _resolve_columns(frame: pd.DataFrame, origin: str, column_map: Mapping[str, str]) -> dict[str, str]:
+def _shown(value, *, quote: bool = True, limit: int = 60) -> str:
+    """A value from the data as it may appear in a one-line message: control characters
+    (line breaks in quoted CSV values, escape codes) written as escapes, long values cut."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return f"'{text}'" if quote else text
+
+
+def _shown_columns(names: list[str]) -> str:
+    shown = [_shown(n, quote=False) if n else "(no name)" for n in names[:12]]
+    return ", ".join(shown) + (", ..." if len(names) > 12 else "")
+
+
+def _check_duplicate_names(present: list[str], origin: str, column_map: Mapping[str, str]) -> None:
+    """Refuse headers the log uses that are written twice, exactly or differing only in case or spaces."""
+    groups: dict[str, list[str]] = {}
+    for name in present:
+        groups.setdefault(name.strip().lower(), []).append(name)
+    # the names that will be looked up: --map's, and contract names that --map does not replace
+    wanted = {yours.strip().lower() for yours in column_map}
+    wanted |= {c for c in CONTRACT_COLUMNS if c not in column_map.values()}
+    mapped = set(column_map)
+    for key, names in groups.items():
+        if len(names) < 2 or key not in wanted:
+            continue
+        exact = [n for n in names if n in mapped]
+        if len(exact) == 1 and names.count(exact[0]) == 1:
+            continue  # --map names one of them exactly
+        first, second = names[0], names[1]
+        if first == second:
+            raise OrderLogError(f"{origin}: the header has two columns named {_shown(first)}; rename or drop one")
+        pick = f", or choose one with --map {key}={_shown(second, quote=False)}" if key in CONTRACT_COLUMNS else ""
+        raise OrderLogError(
+            f"{origin}: the header has both {_shown(first)} and {_shown(second)}, which differ only in case or spaces; "
+            f"rename or drop one{pick}"
+        )
+
+
+def _resolve_columns(frame, origin: str, column_map: Mapping[str, str]) -> dict[str, str]:
     """Map the frame's columns onto contract names: explicit --map first, then case-insensitive names."""
-    present = list(frame.columns)
+    present = [str(c) for c in frame.columns]
+    _check_duplicate_names(present, origin, column_map)
     resolved: dict[str, str] = {}
     for yours, contract in column_map.items():
         if yours not in present:
             close = difflib.get_close_matches(yours, present, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (columns: {', '.join(present)})"
+            hint = f"; did you mean {_shown(close[0])}?" if close else f" (columns: {_shown_columns(present)})"
             raise OrderLogError(f"{origin}: --map {contract}={yours}: there is no column '{yours}'{hint}")
         resolved[contract] = yours
-    by_lower = {c.lower(): c for c in present}
+    by_lower = {c.strip().lower(): c for c in present}
     for contract in CONTRACT_COLUMNS:
         if contract not in resolved and contract in by_lower and by_lower[contract] not in resolved.values():
             resolved[contract] = by_lower[contract]
     missing = [c for c in REQUIRED_COLUMNS if c not in resolved]
     if missing:
         name = missing[0]
-        unused = [c for c in present if c not in resolved.values()]
+        unused = [c for c in present if c not in resolved.values() and c]
         close = difflib.get_close_matches(name, unused, n=1, cutoff=0.5)
-        hint = f"; if it is '{close[0]}', add --map {name}={close[0]}" if close else f"; map yours with --map {name}=YOUR_COLUMN"
-        shown = ", ".join(present) if len(present) <= 12 else ", ".join(present[:12]) + ", ..."
-        raise OrderLogError(f"{origin}: missing required column '{name}' (columns: {shown}){hint}")
+        hint = (f"; if it is {_shown(close[0])}, add --map {name}={_shown(close[0], quote=False)}" if close
+                else f"; map yours with --map {name}=YOUR_COLUMN")
+        raise OrderLogError(f"{origin}: missing required column '{name}' (columns: {_shown_columns(present)}){hint}")
     return resolved
 
 
-def _where(mask: np.ndarray, row_base: int) -> tuple[int, int]:
-    """First offending row number and how many others there are."""
-    positions = np.flatnonzero(mask)
-    return int(positions[0]) + row_base, len(positions) - 1
-
-
-def _fail(origin: str, column: str, mask, row_word: str, row_base: int, what: str, fix: str = "") -> None:
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
+def _fail(origin: str, column: str, mask, rows: _Rows, what: str | Callable[[int], str], fix: str = "") -> None:
+    """Raise for the first row in ``mask``; ``what`` may depend on that row's position."""
+    positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+    if not len(positions):
         return
-    row, others = _where(mask, row_base)
-    more = f" (and {others} more)" if others else ""
-    raise OrderLogError(f"{origin}: column '{column}' {row_word} {row}{more}: {what}{'; ' + fix if fix else ''}")
+    first = int(positions[0])
+    more = f" (and {len(positions) - 1} more)" if len(positions) > 1 else ""
+    what = what(first) if callable(what) else what
+    raise OrderLogError(f"{origin}: column '{column}' {rows.name(first)}{more}: {what}{'; ' + fix if fix else ''}")
 
 
-def _fail_unparsed(origin, column, source: pd.Series, parsed: pd.Series, row_word, row_base, what: str, fix: str = "") -> None:
+def _fail_unparsed(origin, column, source: pd.Series, parsed: pd.Series, rows: _Rows, what: str, fix: str = "") -> None:
     """Name the first value that was given but could not be parsed (empty values are checked apart)."""
     bad = (parsed.isna() & source.notna()).to_numpy()
-    if bad.any():
-        row, _ = _where(bad, row_base)
-        _fail(origin, column, bad, row_word, row_base, f"'{source.iloc[row - row_base]}' {what}", fix)
+    _fail(origin, column, bad, rows, lambda first: f"{_shown(source.iloc[first])} {what}", fix)
+
+
+def _fail_too_large(origin, column, source: pd.Series, parsed: pd.Series, rows: _Rows) -> None:
+    _fail(origin, column, (parsed.abs() > LARGEST_VALUE).to_numpy(dtype=bool, na_value=False), rows,
+          lambda first: f"{_shown(source.iloc[first])} is too large", f"values beyond {LARGEST_VALUE:g} are not orders")
 
 
 def _as_string(values: pd.Series) -> pd.Series:
     """Ids as strings: integers stay integers ("17", not "17.0")."""
+    text = values.astype("str").where(values.notna())
     if pd.api.types.is_float_dtype(values):
-        whole = values.dropna()
-        if (whole == np.floor(whole)).all():
-            values = values.astype("Int64")
-    return values.astype("str").where(values.notna())
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(numbers) & (np.abs(numbers) < 2**53) & (numbers == np.floor(numbers))
+        if whole.any():
+            text = text.mask(whole, pd.Series(numbers, index=values.index).where(whole, 0).astype("int64").astype("str"))
+    return text
+
+
+# A time of day and what follows it: an offset, Z, or a zone name (group 1).
+_ZONE_SUFFIX = r"(?i)\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(Z|[+-]\d{2}(?::?\d{2})?|[A-Za-z][\w/+-]*)?$"
+
+
+def _wall_clock(parsed: pd.Series) -> pd.Series:
+    return parsed.dt.tz_localize(None) if isinstance(parsed.dtype, pd.DatetimeTZDtype) else parsed
+
+
+def _parse_text_timestamps(text: pd.Series, format: str) -> pd.Series:
+    """Parse text as dates, each value keeping the wall-clock time written in it.
+
+    pandas parses one zone at a time, so values are parsed in groups that share an
+    offset (summer and winter time, or several zones, are two groups); values that still
+    mix zones are parsed one by one.
+    """
+    try:
+        return _wall_clock(pd.to_datetime(text, format=format, errors="coerce"))
+    except (ValueError, TypeError):  # offsets that differ, or offsets beside zone-less values
+        pass
+    zone = text.str.extract(_ZONE_SUFFIX, expand=False).fillna("").str.upper()
+    if zone.nunique() > 1:
+        parts = [_parse_text_timestamps(text[zone == key], format) for key in zone.unique()]
+        return pd.concat(parts).reindex(text.index)
+
+    def one(value):
+        try:
+            stamp = pd.to_datetime(value, format=format)
+        except (ValueError, TypeError, OverflowError):
+            return pd.NaT
+        return stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
+
+    return pd.Series([one(v) if isinstance(v, str) else pd.NaT for v in text], index=text.index, dtype="datetime64[us]")
 
 
 def _parse_timestamps(values: pd.Series) -> pd.Series:
+    """Dates and timestamps as naive wall-clock times (module docstring), NaT where unparsed.
+
+    The result keeps pandas' resolution for what it read, so that dates outside the
+    nanosecond range (year 1677 and before) can still be named; the caller converts.
+    """
     if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        text = values.astype("str").str.strip().where(values.notna())
-        sample = text.dropna()
-        if len(sample) and sample.str.fullmatch(r"\d{8}").all():
-            parsed = pd.to_datetime(text, format="%Y%m%d", errors="coerce")
-        else:
-            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-            failed = parsed.isna() & text.notna()
-            if failed.any():
-                parsed = parsed.where(~failed, pd.to_datetime(text.where(failed), format="mixed", errors="coerce"))
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        parsed = parsed.dt.tz_localize(None)
-    return parsed.astype("datetime64[ns]")
+        return _wall_clock(values)
+    text = values.astype("str").str.strip().where(values.notna())
+    # "now" and "today" parse as the moment of reading: no order date is written without a digit.
+    text = text.where(text.str.contains(r"\d", regex=True) == True)  # noqa: E712 (NaN stays out)
+    sample = text.dropna()
+    if len(sample) and sample.str.fullmatch(r"\d{8}").all():
+        return pd.to_datetime(text, format="%Y%m%d", errors="coerce")
+    parsed = _parse_text_timestamps(text, "ISO8601")
+    failed = parsed.isna() & text.notna()
+    if failed.any():
+        parsed = parsed.where(~failed, _parse_text_timestamps(text.where(failed), "mixed"))
+    return parsed
 
 
 def _parse_numbers(values: pd.Series) -> pd.Series:
@@ -433,6 +663,7 @@ def validate_order_lines(
     *,
     row_base: int = 1,
     row_word: str = "row",
+    rows: _Rows | None = None,
 ) -> pd.DataFrame:
     """Check a raw frame against the order-log contract and return canonical lines.
 
@@ -446,12 +677,15 @@ def validate_order_lines(
         Your column name -> contract name.
     row_base, row_word : int, str
         How rows are numbered in messages (CSV: line numbers starting at 2).
+    rows : optional
+        How the reader names rows (it knows the file's lines); overrides the two above.
 
     Raises
     ------
     OrderLogError
         On the first broken rule, naming column and row.
     """
+    rows = rows or _Rows(row_word, row_base)
     resolved = _resolve_columns(raw, origin, column_map or {})
     if raw.empty:
         raise OrderLogError(f"{origin}: has a header but no rows")
@@ -459,21 +693,25 @@ def validate_order_lines(
 
     ids = _as_string(raw[resolved["customer_id"]])
     blank = ids.isna() | (ids.str.strip() == "")
-    _fail(origin, "customer_id", blank, row_word, row_base, "is empty", "every order needs a customer")
+    _fail(origin, "customer_id", blank, rows, "is empty", "every order needs a customer")
     out["customer_id"] = ids.str.strip().astype("str")
 
     source_ts = raw[resolved["order_ts"]]
     ts = _parse_timestamps(source_ts)
-    _fail(origin, "order_ts", source_ts.isna(), row_word, row_base, "is empty", "every order needs a date")
-    _fail_unparsed(origin, "order_ts", source_ts, ts, row_word, row_base, "is not a date", "use YYYY-MM-DD or ISO 8601")
-    out["order_ts"] = ts
+    _fail(origin, "order_ts", source_ts.isna(), rows, "is empty", "every order needs a date")
+    _fail_unparsed(origin, "order_ts", source_ts, ts, rows, "is not a date", "use YYYY-MM-DD or ISO 8601")
+    outside = ((ts < EARLIEST_ORDER) | (ts >= LATEST_ORDER)).to_numpy(dtype=bool, na_value=False)
+    _fail(origin, "order_ts", outside, rows, lambda first: f"{_shown(source_ts.iloc[first])} is out of range",
+          "order dates must lie in the years 1900 to 2200")
+    out["order_ts"] = ts.astype("datetime64[ns]")
 
     source_amount = raw[resolved["amount"]]
     amount = _parse_numbers(source_amount)
-    _fail(origin, "amount", source_amount.isna(), row_word, row_base, "is empty", "every order needs a value")
-    _fail_unparsed(origin, "amount", source_amount, amount, row_word, row_base, "is not a number",
+    _fail(origin, "amount", source_amount.isna(), rows, "is empty", "every order needs a value")
+    _fail_unparsed(origin, "amount", source_amount, amount, rows, "is not a number",
                    "write plain numbers like 12.50, no currency signs")
-    _fail(origin, "amount", ~np.isfinite(amount.to_numpy()), row_word, row_base, "is infinite")
+    _fail(origin, "amount", ~np.isfinite(amount.to_numpy()), rows, "is infinite")
+    _fail_too_large(origin, "amount", source_amount, amount, rows)
     out["amount"] = amount
 
     if "order_id" in resolved:
@@ -485,13 +723,14 @@ def validate_order_lines(
     if "quantity" in resolved:
         source_qty = raw[resolved["quantity"]]
         qty = _parse_numbers(source_qty)
-        _fail_unparsed(origin, "quantity", source_qty, qty, row_word, row_base, "is not a number")
-        _fail(origin, "quantity", ~np.isfinite(qty.fillna(1.0).to_numpy()), row_word, row_base, "is infinite")
-        out["quantity"] = qty.fillna(1.0)
+        _fail_unparsed(origin, "quantity", source_qty, qty, rows, "is not a number")
+        _fail(origin, "quantity", ~np.isfinite(qty.fillna(1.0).to_numpy()), rows, "is infinite")
+        _fail_too_large(origin, "quantity", source_qty, qty, rows)
+        out["quantity"] = qty.fillna(OPTIONAL_DEFAULTS["quantity"])
     for name in ("product_id", "category", "channel"):
         if name in resolved:
             values = _as_string(raw[resolved[name]]).str.strip()
-            fill = None if name == "product_id" else "unknown"
+            fill = OPTIONAL_DEFAULTS.get(name)
             out[name] = values.fillna(fill).astype("str") if fill else values.astype("str")
     lines = pd.DataFrame(out)
     return lines[[c for c in CONTRACT_COLUMNS if c in lines.columns]].reset_index(drop=True)
@@ -558,8 +797,11 @@ def parse_date(text: str | pd.Timestamp, flag: str = "date") -> pd.Timestamp:
     except (ValueError, TypeError):
         value = pd.NaT
     if pd.isna(value):
-        raise InputError(f"{flag}: '{text}' is not a date; use YYYY-MM-DD, e.g. 1997-09-30")
-    return value.tz_localize(None).normalize() if value.tzinfo else value.normalize()
+        raise InputError(f"{flag}: {_shown(text)} is not a date; use YYYY-MM-DD, e.g. 1997-09-30")
+    value = value.tz_localize(None).normalize() if value.tzinfo else value.normalize()
+    if not EARLIEST_ORDER <= value < LATEST_ORDER:
+        raise InputError(f"{flag}: {_shown(text)} is out of range; use a date in the years 1900 to 2200")
+    return value
 
 
 def check_cutoff(log: OrderLog, cutoff: pd.Timestamp, *, horizon_days: int | None = None, flag: str = "--cutoff") -> None:

@@ -395,7 +395,10 @@ def _customer_aggregates(
         # latest / earliest purchase day: an arg-min without an ordered aggregate
         age_gap=orders.age.cast("int64") * _PACK + orders.gap,
     )
-    gap = orders.gap.cast("int64")
+    # Ibis types int32 differences as int64 and would drop a cast to int64, so DuckDB
+    # squared INT32 gaps and overflowed past 46,340 days; float64 is exact here (gaps
+    # < 2**17 days, sums < 2**53) and the cast is kept.
+    gap = orders.gap.cast("float64")
     metrics: dict[str, ir.Value] = {
         "frequency": orders.gap.count(),
         "T": orders.age.max(),
@@ -535,9 +538,10 @@ def feature_expr(
     frequency = agg.frequency
     recency = agg.T - agg.days_since_last
     no_repeat = frequency == 0
-    # Gaps are whole days, so these sums are exact integers and the textbook
+    # Gaps are whole days, so these sums are exact integers (in float64 too: n <= recency,
+    # so n * sum(x^2) <= recency^3 < 2**53 for any log within 1900-2200) and the textbook
     # n * sum(x^2) - (sum x)^2 variance formula loses nothing to cancellation.
-    gap_var_num = frequency.cast("int64") * agg.gap_sq_sum - recency.cast("int64") * recency
+    gap_var_num = frequency.cast("float64") * agg.gap_sq_sum - recency.cast("float64") * recency.cast("float64")
     gap_var = gap_var_num.cast("float64") / (frequency * (frequency - 1)).cast("float64")
     btyd = {
         "monetary_value": ibis.ifelse(no_repeat, 0.0, agg.repeat_spend.cast("float64") / frequency),

@@ -11,7 +11,7 @@ temporary Parquet file that replaces the output only when every chunk is done.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,8 @@ class ScoreRun:
     snapshot_path: Path
     n_customers: int
     n_future_orders_ignored: int
+    defaults_used: dict[str, object] = field(default_factory=dict)
+    """Optional columns the model was trained with that the log lacks, and the default each took."""
 
 
 def snapshot_path_for(scores_path: Path) -> Path:
@@ -80,7 +82,9 @@ def score_log(
     """Score every customer with an order on or before ``as_of``; later orders are ignored.
 
     ``progress(done, total)`` is called after each chunk. With ``explain``, the scores gain
-    a ``reason_codes`` column (:meth:`RepurchaseModel.reason_codes`).
+    a ``reason_codes`` column (:meth:`RepurchaseModel.reason_codes`). Optional columns the
+    model was trained with but the log lacks take the contract's defaults
+    (:meth:`RepurchaseModel.missing_inputs`) and are reported in ``defaults_used``.
     """
     as_of = pd.Timestamp(as_of).normalize()
     if as_of < log.first_order_date:
@@ -115,7 +119,7 @@ def score_log(
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
-    return ScoreRun(out_path, snapshot, total, n_future)
+    return ScoreRun(out_path, snapshot, total, n_future, model.missing_inputs(orders.columns))
 
 
 def check_pair(scores_path: Path, snapshot_path: Path) -> None:

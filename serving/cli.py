@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from features.errors import InputError
 
@@ -29,10 +31,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# Text printed here comes from users' files and flags ("[/bold]" is a fine product name),
+# so it is never read as Rich markup; styled parts are built as Text.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, markup=False)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MAX_DAYS = 3650  # horizons and lead times: ten years is already more than any log supports
 
 OrdersOption = typer.Option(
     ..., "--orders", help="Order log: CSV/Parquet path, FILE.duckdb:TABLE, or a built-in name (cdnow, cdnow-sample)."
@@ -44,6 +49,11 @@ MapOption = typer.Option(
 )
 
 
+def _error_line(label: str, message: str) -> Text:
+    """``label: message`` on one line, the message shown as written (never as markup)."""
+    return Text.assemble((f"{label}:", "bold red"), " ", " ".join(message.split("\n")))
+
+
 def handles_errors(command: Callable) -> Callable:
     """Turn input errors into one line and exit code 2; bugs into one line and exit code 1."""
 
@@ -52,7 +62,7 @@ def handles_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except InputError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            err.print(_error_line("error", str(exc)))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
@@ -62,11 +72,10 @@ def handles_errors(command: Callable) -> Callable:
         except Exception as exc:  # a bug: say so in one line unless asked for the traceback
             if os.environ.get("REPURCHASE_DEBUG"):
                 raise
-            err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
-                "(this is a bug; rerun with REPURCHASE_DEBUG=1 for the traceback)",
-                markup=True,
-            )
+            err.print(_error_line(
+                "internal error",
+                f"{type(exc).__name__}: {exc} (this is a bug; rerun with REPURCHASE_DEBUG=1 for the traceback)",
+            ))
             raise typer.Exit(1) from None
 
     return wrapper
@@ -121,7 +130,7 @@ def synth(
         lines = generate_order_log(customers, seed=seed, start=start, end=end)
         if messy:
             lines = make_messy(lines, seed=seed)
-    with err.status(f"writing {out_path} ..."):
+    with err.status(f"writing {escape(str(out_path))} ..."):
         write_parquet(lines, out_path, kind="synth")
     n_orders = lines["order_id"].nunique()
     out.print(
@@ -212,7 +221,7 @@ def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[st
 def train(
     orders: str = OrdersOption,
     cutoff: str = typer.Option(..., "--cutoff", help="Training cutoff YYYY-MM-DD: the model sees only orders up to it."),
-    horizon_days: int = typer.Option(90, "--horizon-days", min=1, help="Prediction horizon in days."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Prediction horizon in days."),
     register: bool = typer.Option(False, "--register", help="Register the model as a new version of 'repurchase'."),
     column_map: Optional[str] = MapOption,
 ) -> None:
@@ -274,7 +283,7 @@ def _print_comparison(report: dict, champion: dict | None = None) -> None:
 def backtest(
     orders: str = OrdersOption,
     cutoff: str = typer.Option(..., "--cutoff", help="Backtest cutoff YYYY-MM-DD; truth is the orders in (cutoff, cutoff + horizon]."),
-    horizon_days: int = typer.Option(90, "--horizon-days", min=1, help="Horizon in days."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Horizon in days."),
     json_path: Path = typer.Option(..., "--json", help="Where to write the metrics JSON; plots go beside it as <name>.<plot>.png."),
     column_map: Optional[str] = MapOption,
 ) -> None:
@@ -345,9 +354,14 @@ def score(
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
     configure_tracking(_tracking_uri())
-    with err.status(f"loading model {model} ..."):
+    with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
     run = _score_with_progress(scorer, log, day, out_path, version, explain)
+    if run.defaults_used:
+        shown = ", ".join(f"{name} {value!r}" if isinstance(value, str) else f"{name} {value:g}"
+                          for name, value in run.defaults_used.items())
+        err.print(f"warning: {log.source} has no {', '.join(run.defaults_used)} column, which the model was trained "
+                  f"with; scored with the order-log contract's defaults ({shown})")
     if run.n_future_orders_ignored:
         err.print(f"warning: ignored {run.n_future_orders_ignored:,} orders after --as-of {day.date()}")
     out.print(f"wrote {run.scores_path} ({run.n_customers:,} customers, model version {version or 'unregistered'}) "
@@ -425,8 +439,10 @@ def replenish(
     orders: str = OrdersOption,
     as_of: str = typer.Option(..., "--as-of", help="As-of date YYYY-MM-DD."),
     out_path: Path = typer.Option(..., "--out", help="Parquet file: one row per (customer, category)."),
-    lead_days: int = typer.Option(7, "--lead-days", min=0, help="Send the reminder this many days before the expected reorder."),
-    horizon_days: int = typer.Option(90, "--horizon-days", min=7, help="p_within_horizon is P(a purchase within this many days)."),
+    lead_days: int = typer.Option(7, "--lead-days", min=0, max=MAX_DAYS,
+                                  help="Send the reminder this many days before the expected reorder."),
+    horizon_days: int = typer.Option(90, "--horizon-days", min=7, max=MAX_DAYS,
+                                     help="p_within_horizon is P(a purchase within this many days)."),
     column_map: Optional[str] = MapOption,
 ) -> None:
     """Predict when each customer is due to rebuy each category they buy.

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from features.io import claim_folder
@@ -49,12 +50,13 @@ def run_quickstart(
         steps.append((message, time.perf_counter()))
         return console.status(message)
 
-    with step(f"loading and validating the order log {source} ..."):
+    with step(f"loading and validating the order log {escape(str(source))} ..."):
         log = load_order_log(source, column_map)
     summary = log.summary()
     console.print(
-        f"[bold]order log[/] {summary['source']}: {summary['customers']:,} customers, {summary['orders']:,} orders, "
-        f"{summary['first_order']} to {summary['last_order']}, revenue {summary['revenue']:,.2f}"
+        f"[bold]order log[/] {escape(summary['source'])}: {summary['customers']:,} customers, {summary['orders']:,} orders, "
+        f"{summary['first_order']} to {summary['last_order']}, revenue {summary['revenue']:,.2f}",
+        markup=True,
     )
     cutoff = BACKTEST_CUTOFF if source == QUICKSTART_SOURCE else log.last_order_date - pd.Timedelta(days=HORIZON_DAYS)
     categories = has_categories(log)
@@ -68,7 +70,7 @@ def run_quickstart(
     as_of = log.last_order_date
     with step(f"training on all orders up to {as_of.date()} and registering ..."):
         trained = train_job(log, as_of, HORIZON_DAYS, register=True)
-    console.print(f"registered [bold]repurchase[/] version {trained.logged.version} as {trained.logged.alias}")
+    console.print(f"registered [bold]repurchase[/] version {trained.logged.version} as {trained.logged.alias}", markup=True)
 
     with step("scoring every customer with the champion ..."):
         champion, version = load_scorer()
@@ -98,9 +100,10 @@ def run_quickstart(
     _print_audiences(console, audiences)
     elapsed = time.perf_counter() - began
     console.print(
-        f"\n[bold]done in {elapsed:.0f} s.[/] In {out_dir}/: scores.parquet ({len(scores):,} customers), "
+        f"\n[bold]done in {elapsed:.0f} s.[/] In {escape(str(out_dir))}/: scores.parquet ({len(scores):,} customers), "
         f"backtest.json (+ plots), report.html, audiences/{', replenishment.parquet' if categories else ''}. MLflow: "
-        f"{tracking_uri} (browse with `uv run mlflow ui --backend-store-uri {tracking_uri}`)."
+        f"{escape(tracking_uri)} (browse with `uv run mlflow ui --backend-store-uri {escape(tracking_uri)}`).",
+        markup=True,
     )
     return {"summary": summary, "backtest": backtest.report, "audiences": audiences, "seconds": elapsed}
 

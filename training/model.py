@@ -44,6 +44,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from features.errors import InputError
+from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values, training_cutoffs
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.btyd import BGNBD, BTYDDataError, BTYDFitError, GammaGamma, clv
@@ -502,13 +503,34 @@ class RepurchaseModel:
         """Point-in-time features as of ``as_of`` plus the BTYD answers, in the trained layout."""
         return self.with_btyd(self.point_in_time_features(orders, as_of))
 
+    def missing_inputs(self, columns) -> dict[str, object]:
+        """Optional order-log columns the model was trained with that ``columns`` lack.
+
+        Returns each with the contract's default (quantity 1, category and channel
+        ``"unknown"``), which is what scoring uses for them: a log without ``quantity`` is
+        scored as one unit per order, not refused.
+        """
+        trained_with = {
+            "quantity": any(name in self.spec_.model_features for name in ("total_quantity", "avg_quantity")),
+            "category": self.spec_.category_values is not None,
+            "channel": self.spec_.channel_values is not None,
+        }
+        return {name: OPTIONAL_DEFAULTS[name] for name, used in trained_with.items() if used and name not in columns}
+
     def point_in_time_features(self, orders: pd.DataFrame, as_of) -> pd.DataFrame:
         """The pipeline's features with the trained mix columns; mix columns the model was
-        trained without are left out of the input (they would only add unused columns)."""
+        trained without are left out of the input (they would only add unused columns), and
+        optional columns it was trained with but the log lacks take the contract's defaults
+        (:meth:`missing_inputs`)."""
         unused = [c for c, values in (("channel", self.spec_.channel_values), ("category", self.spec_.category_values))
                   if values is None and c in orders.columns]
+        defaults = self.missing_inputs(orders.columns)
+        if unused:
+            orders = orders.drop(columns=unused)
+        if defaults:
+            orders = orders.assign(**defaults)
         return build_features(
-            orders.drop(columns=unused) if unused else orders,
+            orders,
             as_of,
             channel_values=self.spec_.channel_values,
             category_values=self.spec_.category_values,
