@@ -154,11 +154,10 @@ def read_scored(scores_path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
 
 def read_parquet_input(path: Path, flag: str) -> pd.DataFrame:
-    """A Parquet input, or one line naming the flag and the file when it cannot be read."""
+    """A Parquet input (a file, or a folder of part files as Spark writes them), or one line naming
+    the flag and the file when it cannot be read."""
     if not Path(path).exists():
         raise InputError(f"{flag} {path}: no such file")
-    if Path(path).is_dir():
-        raise InputError(f"{flag} {path}: is a folder; give the Parquet file")
     try:
         return pd.read_parquet(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
