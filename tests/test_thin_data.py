@@ -115,6 +115,28 @@ def test_too_little_history_gives_a_btyd_only_model_that_keeps_the_score_contrac
     assert model.reason_codes(features.head(2))[0].startswith("BTYD-only: repeat purchase days=")
 
 
+def test_a_btyd_only_model_scores_online_and_targets_like_any_other(four_month_orders):
+    from serving.batch import add_reason_codes
+    from serving.online import CustomerIn, apply_targeting, score_histories
+
+    model = RepurchaseModel().fit(four_month_orders, LAST_DAY)
+    assert model.is_btyd_only()
+    batch = model.score(four_month_orders, LAST_DAY)
+    some = four_month_orders[four_month_orders["customer_id"].isin(batch["customer_id"].head(3))]
+    customers = [
+        CustomerIn(customer_id=cid, orders=[{"order_ts": str(ts), "amount": float(a)} for ts, a in zip(g["order_ts"], g["amount"])])
+        for cid, g in some.groupby("customer_id", sort=True)
+    ]
+    online, features = score_histories(model, customers, pd.Timestamp(LAST_DAY).date(), "1", with_features=True)
+    expected = batch.set_index("customer_id").loc[online["customer_id"]]
+    np.testing.assert_allclose(online["p_repurchase"], expected["p_repurchase"], rtol=1e-9)
+    np.testing.assert_allclose(online["expected_revenue"], expected["expected_revenue"], rtol=1e-9)
+    targeted = apply_targeting(model, batch, model.features(four_month_orders, LAST_DAY))
+    assert targeted["action"].notna().any()
+    explained = add_reason_codes(targeted, model, model.point_in_time_features(four_month_orders, LAST_DAY))
+    assert explained["reason_codes"].str.startswith("BTYD-only: ").all()
+
+
 def test_a_young_shop_trains_and_registers_a_labelled_btyd_only_model(mlflow_store, tmp_path):
     import mlflow
 

@@ -84,8 +84,8 @@ _GRADIENT_TOLERANCE = 1e-5
 INTERIOR = "interior"
 NO_DROPOUT = "boundary: no measurable drop-out yet"
 DROPOUT_NOT_IDENTIFIED = "boundary: drop-out not identified, fitted without it"
+MEAN_SPEND = "boundary: mean spend"  # Gamma-Gamma's last resort
 PENALIZER_LADDER = (0.001, 0.01, 0.1)
-MEAN_SPEND = "boundary: mean spend"
 # Half the 5% point of chi-square with 2 degrees of freedom (5.99): two drop-out parameters
 # that gain less log-likelihood than this over "nobody drops out" measure nothing.
 MEASURABLE_GAIN = 3.0
@@ -392,8 +392,8 @@ def fit_status_meaning(status: str) -> str:
     if status in FIT_STATUS_MEANING:
         return FIT_STATUS_MEANING[status]
     if status.startswith("penalized"):
-        return (f"{status}: the likelihood has no interior optimum (drop-out is measurable, its spread across "
-                "customers is not), so a small L2 penalty on the parameters, as lifetimes applies it, picks the fit")
+        return (f"{status}: the likelihood has no interior optimum (for BG/NBD: drop-out is measurable, its spread "
+                "across customers is not), so a small L2 penalty on the parameters, as lifetimes applies it, picks the fit")
     if status == MEAN_SPEND:
         return ("mean spend: Gamma-Gamma has no optimum on this data, so each repeat customer's own mean "
                 "order value, and the mean over repeat customers for one-time buyers")
@@ -594,7 +594,8 @@ class BGNBD:
     log_likelihood_ : float
         Total log-likelihood over customers in ``time_unit_days`` (the paper's -9582.4).
     fit_status_ : str
-        ``"interior"``; ``"boundary: no measurable drop-out yet"`` (the NBD limit);
+        ``"interior"`` (the fit asked for, with ``penalizer_coef``, has an interior optimum);
+        ``"boundary: no measurable drop-out yet"`` (the NBD limit);
         ``"penalized 0.001"`` (the smallest penalizer in ``PENALIZER_LADDER`` that gives an
         interior optimum); or ``"boundary: drop-out not identified, fitted without it"``.
         :func:`fit_status_meaning` says it in words.
@@ -651,7 +652,7 @@ class BGNBD:
         _check_supports_fit(table, MODEL_TITLES[self.model])
         attempt = self._attempt(table, self.penalizer_coef)
         if attempt.problem is None:
-            status, detail = (INTERIOR if self.penalizer_coef == 0 else f"penalized {self.penalizer_coef:g}"), ""
+            status, detail = INTERIOR, ""
         else:
             attempt, status, detail = self._resolve_boundary(table, attempt)
         self.params_ = attempt.params
@@ -893,7 +894,7 @@ class GammaGamma:
                 f"(first: {m[bad][0]:g}); Gamma-Gamma needs positive spend: drop or net out returns first"
             )
         params, problem = self._attempt(x, m, self.penalizer_coef)
-        status, detail = (INTERIOR if self.penalizer_coef == 0 else f"penalized {self.penalizer_coef:g}"), ""
+        status, detail = INTERIOR, ""
         if problem is not None:
             status, detail = MEAN_SPEND, f"{problem}; no penalizer up to {PENALIZER_LADDER[-1]:g} helps"
             for penalizer in PENALIZER_LADDER:
