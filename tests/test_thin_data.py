@@ -275,7 +275,7 @@ def test_the_papers_split_reports_bgnbd_with_the_published_parameters_and_an_emp
 @pytest.mark.slow
 def test_a_seven_month_shop_trains_registers_and_scores_from_the_command_line(tmp_path):
     """Seven months of a young shop (plus ten days past the cutoff): `train --register`, then `score`."""
-    lines = young_lines(2000, 7, seed=11, end="2026-01-10")
+    lines = young_lines(1500, 7, seed=11, end="2026-01-10")
     path = tmp_path / "young.parquet"
     lines.to_parquet(path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
