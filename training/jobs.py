@@ -22,7 +22,7 @@ from features.orders import OrderLog, check_cutoff
 from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_report
 from training.btyd import BTYDDataError
 from training.model import RepurchaseModel
-from training.registry import LoggedModel, champion_version, load_scorer, log_run
+from training.registry import LoggedModel, champion_version, load_scorer, log_run, model_kind
 
 
 @dataclass
@@ -123,15 +123,17 @@ def train_job(
     check_cutoff(log, cutoff)
     split = cutoff - pd.Timedelta(days=horizon_days)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            if split >= log.last_order_date:
-                raise BTYDDataError(f"its {horizon_days} days of truth lie after the last order ({log.last_order_date.date()})")
-            backtest = run_backtest(
-                log.orders, split, horizon_days, model_params=model_params, plot_dir=Path(plot_dir or tmp),
-                source=log.source,
-            )
-        except BTYDDataError as exc:
-            backtest = Backtest(report=no_backtest_report(log, split, horizon_days, str(exc)), frame=pd.DataFrame())
+        if split >= log.last_order_date:
+            reason = f"its {horizon_days} days of truth lie after the last order ({log.last_order_date.date()})"
+            backtest = Backtest(report=no_backtest_report(log, split, horizon_days, reason), frame=pd.DataFrame())
+        else:
+            try:
+                backtest = run_backtest(
+                    log.orders, split, horizon_days, model_params=model_params, plot_dir=Path(plot_dir or tmp),
+                    source=log.source,
+                )
+            except BTYDDataError as exc:  # no repeat buyers (or no customers) before the split
+                backtest = Backtest(report=no_backtest_report(log, split, horizon_days, str(exc)), frame=pd.DataFrame())
         if "backtest_note" in backtest.report or not register:
             champion_backtest = None
         else:
@@ -151,11 +153,6 @@ def train_job(
             run_name=f"train {log.source} {cutoff.date()}",
         )
     return TrainResult(model=model, backtest=backtest, logged=logged, champion_backtest=champion_backtest)
-
-
-def model_kind(model: RepurchaseModel) -> str:
-    """``"btyd_only"`` or ``"full"`` (LightGBM on BTYD): the label in MLflow, the CLI and the report."""
-    return "btyd_only" if model.is_btyd_only() else "full"
 
 
 def no_backtest_report(log: OrderLog, split: pd.Timestamp, horizon_days: int, reason: str) -> dict:

@@ -105,11 +105,16 @@ with contextlib.redirect_stderr(io.StringIO()):
             return self.model.score_features(pd.DataFrame(model_input), as_of, str(params.get("model_version", "")))
 
 
+def model_kind(model: RepurchaseModel) -> str:
+    """``"btyd_only"`` or ``"full"`` (LightGBM on BTYD): the label in MLflow, the CLI and the report."""
+    return "btyd_only" if model.is_btyd_only() else "full"
+
+
 def model_tags(model: RepurchaseModel) -> dict[str, str]:
     """What kind of model this is and how its BTYD fits ended, as MLflow tags."""
     gamma_gamma = model.gamma_gamma_
     tags = {
-        "model_kind": "btyd_only" if model.is_btyd_only() else "full",
+        "model_kind": model_kind(model),
         "bgnbd_fit_status": getattr(model.bgnbd_, "fit_status_", "interior"),
         "gamma_gamma_fit_status": getattr(gamma_gamma, "fit_status_", "interior") if gamma_gamma is not None
         else "not fitted: mean order value used",
@@ -272,6 +277,7 @@ __all__ = [
     "configure_tracking",
     "load_scorer",
     "log_run",
+    "model_kind",
     "model_tags",
     "register_model",
 ]
