@@ -804,10 +804,22 @@ def parse_date(text: str | pd.Timestamp, flag: str = "date") -> pd.Timestamp:
     return value
 
 
-def check_cutoff(log: OrderLog, cutoff: pd.Timestamp, *, horizon_days: int | None = None, flag: str = "--cutoff") -> None:
-    """The cutoff must leave history before it and, with a horizon, a fully observed future.
+def check_cutoff(
+    log: OrderLog,
+    cutoff: pd.Timestamp,
+    *,
+    horizon_days: int | None = None,
+    flag: str = "--cutoff",
+    stale_after_days: int | None = None,
+) -> str | None:
+    """Any date on or after the first order is an as-of date; a backtest's also needs its future.
 
-    Raises :class:`CutoffError` naming the valid range.
+    A date after the last order is normal (the daily run on an export that ends yesterday):
+    the history simply ends earlier. With ``horizon_days`` (a backtest), ``cutoff +
+    horizon_days`` must lie on or before the last order. With ``stale_after_days``, a date
+    more than that many days after the last order gives a warning line (a stale export?).
+
+    Raises :class:`CutoffError` naming the valid range; returns the warning line, or None.
     """
     first, last = log.first_order_date, log.last_order_date
     day = lambda ts: ts.date().isoformat()  # noqa: E731
@@ -822,7 +834,8 @@ def check_cutoff(log: OrderLog, cutoff: pd.Timestamp, *, horizon_days: int | Non
                 f"{flag} {day(cutoff)} + {horizon_days} days runs past the last order in {log.source} "
                 f"({day(last)}); choose a cutoff on or before {day(latest)}"
             )
-    elif cutoff > last:
-        raise CutoffError(
-            f"{flag} {day(cutoff)} is after the last order in {log.source} ({day(last)}); choose a date up to {day(last)}"
-        )
+    quiet_days = (cutoff.normalize() - last).days
+    if stale_after_days is not None and quiet_days > stale_after_days:
+        return (f"{flag} {day(cutoff)} is {quiet_days} days after the last order in {log.source} ({day(last)}), "
+                f"more than the {stale_after_days}-day horizon: is the export stale?")
+    return None

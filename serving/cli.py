@@ -38,6 +38,7 @@ out = Console(highlight=False, markup=False)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_DAYS = 3650  # horizons and lead times: ten years is already more than any log supports
+DEFAULT_HORIZON_DAYS = 90  # what "stale" means for commands without a horizon of their own
 
 OrdersOption = typer.Option(
     ..., "--orders", help="Order log: CSV/Parquet path, FILE.duckdb:TABLE, or a built-in name (cdnow, cdnow-sample)."
@@ -83,6 +84,20 @@ def handles_errors(command: Callable) -> Callable:
 
 def _tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def _check_as_of(log, day, flag: str, horizon_days: int, *, count_orders: bool = True) -> None:
+    """Refuse a date before the first order; warn (one line) about a stale export, or count the
+    orders after the date, which are ignored."""
+    from features.orders import check_cutoff
+
+    stale = check_cutoff(log, day, flag=flag, stale_after_days=horizon_days)
+    if stale:
+        err.print(f"warning: {stale}")
+    if count_orders and log.last_order_date > day:
+        n_after = int((log.orders["order_ts"] >= day + _days(1)).sum())
+        if n_after:
+            err.print(f"warning: ignored {n_after:,} orders after {flag} {day.date()}")
 
 
 @app.command()
@@ -173,12 +188,14 @@ def features(
 ) -> None:
     """Compute point-in-time features per customer as of a cutoff.
 
+    Any date on or after the first order works; orders after it are ignored (and counted),
+    and a date more than 90 days after the last order gets a warning (a stale export?).
     Both engines run the same feature definitions and give the same values. DuckDB writes
     one file sorted by customer_id; Spark writes a folder of part files (unsorted) that
     pandas, pyarrow, DuckDB and Spark read as one table.
     """
     from features.io import check_output_path, write_parquet
-    from features.orders import check_cutoff, load_order_log, parse_date
+    from features.orders import load_order_log, parse_date
 
     _check_engine(engine)
     cut = parse_date(cutoff, "--cutoff")
@@ -188,7 +205,7 @@ def features(
         return
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
-    check_cutoff(log, cut)
+    _check_as_of(log, cut, "--cutoff", DEFAULT_HORIZON_DAYS)
     from features.pipeline import build_features
 
     with err.status(f"computing features as of {cut.date()} ..."):
@@ -207,7 +224,16 @@ def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[st
     with err.status("starting Spark ...") as status, open_spark() as spark:
         status.update("reading and checking orders on Spark ...")
         log = read_orders(spark, orders, column_map)
-        check_cutoff(log, cut)
+        stale = check_cutoff(log, cut, stale_after_days=DEFAULT_HORIZON_DAYS)
+        if stale:
+            err.print(f"warning: {stale}")
+        elif log.last_order_date > cut:
+            from pyspark.sql import functions as F
+
+            day_after = F.lit((cut + _days(1)).to_pydatetime()).cast("timestamp")
+            n_after = log.orders.filter(F.col("order_ts") >= day_after).count()
+            if n_after:
+                err.print(f"warning: ignored {n_after:,} orders after --cutoff {cut.date()}")
         status.update(f"computing features as of {cut.date()} on Spark ...")
         frame = feature_frame(log.orders, cut.date())
         written = write_spark_parquet(frame, out_path)
@@ -231,6 +257,10 @@ def train(
     and recency-only; then the final fit on all orders up to the cutoff. With --register
     the model becomes 'champion' when there is none, else 'challenger' unless it beats the
     champion on that same backtest.
+
+    Any cutoff on or after the first order works. A young log trains a BTYD-only model
+    (BG/NBD + Gamma-Gamma; the output says what more history would unlock LightGBM), and a
+    BG/NBD fit that finds no drop-out yet is a labelled answer, not an error.
     """
     from features.orders import load_order_log, parse_date
     from training.jobs import train_job
@@ -239,12 +269,29 @@ def train(
     cut = parse_date(cutoff, "--cutoff")
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
+    _check_as_of(log, cut, "--cutoff", horizon_days)
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
         result = train_job(log, cut, horizon_days, register=register)
     _print_comparison(result.backtest.report, champion=result.champion_backtest.report if result.champion_backtest else None)
+    _print_model(result.model)
     registered = f"; registered version {result.logged.version} as {result.logged.alias}" if result.logged.version else ""
     out.print(f"MLflow run {result.logged.run_id}{registered}")
+
+
+def _print_model(model) -> None:
+    """What was trained, in a line or two: BTYD-only or the full model, and a BTYD fit that ran to a boundary."""
+    from training.btyd import INTERIOR, fit_status_meaning
+
+    cutoff = model.spec_.training_cutoff
+    if model.is_btyd_only():
+        out.print(f"model at {cutoff}: {model.btyd_only_reason_}")
+    else:
+        origins = model.spec_.origins
+        out.print(f"model at {cutoff}: LightGBM on BTYD features, {len(origins)} training origins ({origins[0]} to {origins[-1]})")
+    status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
+    if status != INTERIOR:
+        out.print(f"BG/NBD at {cutoff}: {fit_status_meaning(status)}")
 
 
 def _days(n: int):
@@ -257,6 +304,11 @@ def _print_comparison(report: dict, champion: dict | None = None) -> None:
     """The backtest's headline numbers, the model beside its baselines."""
     from rich.table import Table
 
+    from training.btyd import INTERIOR, fit_status_meaning
+
+    if report.get("backtest_note"):
+        out.print(report["backtest_note"])
+        return
     table = Table(title=f"backtest at {report['cutoff']}, horizon {report['horizon_days']} days, "
                         f"{report['n_customers']:,} customers, base rate {report['base_rate']:.3f}")
     table.add_column("p_repurchase")
@@ -272,10 +324,15 @@ def _print_comparison(report: dict, champion: dict | None = None) -> None:
             cells.append("" if value is None or value != value else f"{value:.4f}")
         table.add_row(metric, *cells)
     out.print(table)
+    if report.get("model_note"):
+        out.print(f"model column empty: {report['model_note']}")
     holdout = report.get("holdout_orders", {})
     if holdout:
-        parts = ", ".join(f"{k} {v:,.0f}" for k, v in holdout.items())
+        parts = ", ".join(f"{k} {v:,.0f}" for k, v in holdout.items() if v is not None)
         out.print(f"orders in the horizon: {parts}")
+    status = (report.get("bgnbd") or {}).get("fit_status", INTERIOR)
+    if status != INTERIOR:
+        out.print(f"BG/NBD at {report['cutoff']}: {fit_status_meaning(status)}")
 
 
 @app.command()
@@ -291,7 +348,10 @@ def backtest(
 
     Reports the model against BG/NBD alone and a recency-only baseline on the same split:
     AUC, PR-AUC, Brier, log loss, calibration error, lift; revenue Gini and decile error;
-    next-order timing error and coverage; and a weekly tracking plot.
+    next-order timing error and coverage; and a weekly tracking plot. cutoff + horizon must
+    lie within the log. When the history before the cutoff is too short to train the model,
+    its column is empty (nulls in the JSON) and one line says why; BG/NBD and recency-only
+    are still reported.
     """
     from features.io import check_output_path
     from features.orders import load_order_log, parse_date
@@ -356,6 +416,7 @@ def score(
     configure_tracking(_tracking_uri())
     with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
+    _check_as_of(log, day, "--as-of", scorer.horizon_days, count_orders=False)
     run = _score_with_progress(scorer, log, day, out_path, version, explain)
     if run.defaults_used:
         shown = ", ".join(f"{name} {value!r}" if isinstance(value, str) else f"{name} {value:g}"
@@ -465,6 +526,7 @@ def replenish(
     check_output_path(out_path)
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map)
+    _check_as_of(log, day, "--as-of", horizon_days, count_orders=False)
     configure_tracking(_tracking_uri())
     with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)

@@ -10,6 +10,10 @@
    (replenishment.parquet); apply the default targeting rules: one CSV per action under
    audiences/ (category reminders among them);
 6. write report.html and print a short summary.
+
+A young log changes the steps, never stops them: a backtest cutoff without repeat buyers
+before it gives a backtest.json that says so, a model that cannot be trained for lack of
+history is BTYD-only, and the report and the console say both.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ def run_quickstart(
     """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
     audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``."""
     from serving.batch import add_reason_codes, score_log
-    from serving.report import render_report
+    from serving.report import model_notes, render_report
     from serving.rules import apply_rules, load_rules, write_audiences
-    from training.jobs import backtest_job, has_categories, replenish_job, train_job
+    from training.backtest import Backtest, write_report
+    from training.btyd import BTYDDataError
+    from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
     from training.registry import configure_tracking, load_scorer
 
     began = time.perf_counter()
@@ -62,7 +68,11 @@ def run_quickstart(
     categories = has_categories(log)
     with step(f"backtest at {cutoff.date()} over {HORIZON_DAYS} days"
               f"{' (customers, and categories for replenishment)' if categories else ''} ..."):
-        backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json")
+        try:
+            backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json")
+        except BTYDDataError as exc:
+            backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc)), frame=pd.DataFrame())
+            write_report(backtest.report, out_dir / "backtest.json")
     _print_backtest(console, backtest.report)
     if "replenishment" in backtest.report:
         _print_replenishment_backtest(console, backtest.report["replenishment"])
@@ -71,6 +81,8 @@ def run_quickstart(
     with step(f"training on all orders up to {as_of.date()} and registering ..."):
         trained = train_job(log, as_of, HORIZON_DAYS, register=True)
     console.print(f"registered [bold]repurchase[/] version {trained.logged.version} as {trained.logged.alias}", markup=True)
+    for note in model_notes(trained.model):
+        console.print(note)
 
     with step("scoring every customer with the champion ..."):
         champion, version = load_scorer()
@@ -80,11 +92,17 @@ def run_quickstart(
 
     replenishment = None
     if categories:
-        with step("predicting when each customer is due to rebuy each category ..."):
-            replenishment = replenish_job(log, as_of, HORIZON_DAYS, out_path=out_dir / "replenishment.parquet",
-                                          log_to_mlflow=True).frame
-        console.print(f"replenishment.parquet: {len(replenishment):,} customer-category pairs, "
-                      f"{int((replenishment['next_purchase_days_p50'] <= 14).sum()):,} due within 14 days")
+        from training.replenish import ReplenishmentDataError
+
+        try:
+            with step("predicting when each customer is due to rebuy each category ..."):
+                replenishment = replenish_job(log, as_of, HORIZON_DAYS, out_path=out_dir / "replenishment.parquet",
+                                              log_to_mlflow=True).frame
+        except ReplenishmentDataError as exc:
+            console.print(f"product-level replenishment skipped: {exc}")
+        else:
+            console.print(f"replenishment.parquet: {len(replenishment):,} customer-category pairs, "
+                          f"{int((replenishment['next_purchase_days_p50'] <= 14).sum()):,} due within 14 days")
     else:
         console.print("no categories in this log: product-level replenishment skipped")
 
@@ -95,13 +113,13 @@ def run_quickstart(
         audiences = write_audiences(targeted, out_dir / "audiences")
     with step("writing the report ..."):
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",
-                      title=f"Repurchase report: {log.source} as of {as_of.date()}")
+                      title=f"Repurchase report: {log.source} as of {as_of.date()}", model_notes=model_notes(champion))
 
     _print_audiences(console, audiences)
     elapsed = time.perf_counter() - began
     console.print(
         f"\n[bold]done in {elapsed:.0f} s.[/] In {escape(str(out_dir))}/: scores.parquet ({len(scores):,} customers), "
-        f"backtest.json (+ plots), report.html, audiences/{', replenishment.parquet' if categories else ''}. MLflow: "
+        f"backtest.json (+ plots), report.html, audiences/{', replenishment.parquet' if replenishment is not None else ''}. MLflow: "
         f"{escape(tracking_uri)} (browse with `uv run mlflow ui --backend-store-uri {escape(tracking_uri)}`).",
         markup=True,
     )
@@ -113,6 +131,9 @@ def _fmt(value) -> str:
 
 
 def _print_backtest(console: Console, report: dict) -> None:
+    if report.get("backtest_note"):
+        console.print(report["backtest_note"])
+        return
     table = Table(title=f"backtest: {report['n_customers']:,} customers at {report['cutoff']}, "
                         f"{report['horizon_days']}-day horizon, base rate {report['base_rate']:.3f}")
     for column in ("p_repurchase", "model", "BG/NBD", "recency only"):
@@ -121,9 +142,12 @@ def _print_backtest(console: Console, report: dict) -> None:
     for metric in ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10"):
         table.add_row(metric, _fmt(model.get(metric)), _fmt(bgnbd.get(metric)), _fmt(recency.get(metric)))
     holdout = report["holdout_orders"]
-    table.add_row("orders in horizon", f"{holdout['model']:,.0f}", f"{holdout['bgnbd']:,.0f}", f"actual {holdout['actual']:,}")
-    table.add_row("revenue gini", _fmt(model["revenue"]["gini"]), _fmt(bgnbd["revenue"]["gini"]), "")
+    orders = lambda value: "–" if value is None else f"{value:,.0f}"  # noqa: E731
+    table.add_row("orders in horizon", orders(holdout["model"]), orders(holdout["bgnbd"]), f"actual {holdout['actual']:,}")
+    table.add_row("revenue gini", _fmt((model.get("revenue") or {}).get("gini")), _fmt(bgnbd["revenue"]["gini"]), "")
     console.print(table)
+    if report.get("model_note"):
+        console.print(f"model column empty: {report['model_note']}")
 
 
 def _print_replenishment_backtest(console: Console, block: dict) -> None:

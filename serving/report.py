@@ -315,7 +315,8 @@ def _audience(targeted: pd.DataFrame | None) -> pd.DataFrame | None:
     return targeted.loc[action.notna() & (action != "")].assign(action=action)
 
 
-def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame | None) -> str:
+def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame | None,
+                     model_notes: tuple[str, ...] = ()) -> str:
     n = len(scores)
     horizon = _horizon_days(scores, report)
     horizon_text = f"{fmt_count(horizon)} days" if horizon is not None else "the horizon"
@@ -355,6 +356,9 @@ def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame 
         elif b_auc is not None:
             sentences.append(f"{split}, BG/NBD alone was evaluated: AUC {fmt_metric(b_auc)}, "
                              f"lift at the top 10% {fmt_metric(_get(bgnbd, 'lift_top10'), 2)}×.")
+        for key in ("backtest_note", "model_note"):
+            if report.get(key):
+                sentences.append(f"{'Model column empty: ' if key == 'model_note' else ''}{report[key]}.")
         holdout = report.get("holdout_orders") or {}
         actual, predicted = _number(holdout.get("actual")), _number(holdout.get("model"))
         if actual and predicted is not None:
@@ -371,7 +375,8 @@ def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame 
                          f"action{'s' if len(sizes) != 1 else ''} (largest: {top}).")
     cards_html = "".join(f'<div class="card"><div class="value">{_esc(v)}</div><div class="label">{_esc(k)}</div></div>'
                          for k, v in cards)
-    return f'<div class="cards">{cards_html}</div>' + "".join(f"<p>{_esc(s)}</p>" for s in sentences)
+    notes = "".join(f'<p class="model-note">{_esc(note)}</p>' for note in model_notes)
+    return f'<div class="cards">{cards_html}</div>' + notes + "".join(f"<p>{_esc(s)}</p>" for s in sentences)
 
 
 # (label, keys into a scorer's block, formatter, which way is better)
@@ -422,6 +427,9 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
         cells = [_Html(f"<b>{_esc(formatter(v))}</b>") if i == best else formatter(v) for i, v in enumerate(values)]
         rows.append([label, *cells, better])
     parts.append(_table(["metric", *(name for _, name in SCORERS), "better when"], rows, css_class="metrics"))
+    for key, lead in (("backtest_note", ""), ("model_note", "The model column is empty. ")):
+        if report.get(key):
+            parts.append(f'<p class="note">{_esc(lead + report[key])}.</p>')
 
     holdout = report.get("holdout_orders") or {}
     actual = _number(holdout.get("actual"))
@@ -440,12 +448,18 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
         unit = bgnbd.get("time_unit")
         rows = [[k, fmt_metric(params.get(k))] for k in ("r", "alpha", "a", "b")]
         rows.append(["log-likelihood", fmt_metric(bgnbd.get("log_likelihood"), 1)])
+        if bgnbd.get("fit_status"):
+            rows.append(["fit", bgnbd["fit_status"]])
         for k, v in (bgnbd.get("gamma_gamma_params") or {}).items():
             rows.append([f"Gamma-Gamma {k}", fmt_metric(v)])
+        if bgnbd.get("gamma_gamma_fit_status"):
+            rows.append(["Gamma-Gamma fit", bgnbd["gamma_gamma_fit_status"]])
+        meaning = bgnbd.get("fit_meaning") if bgnbd.get("fit_status") not in (None, "interior") else None
         parts.append(
             "<h3>BG/NBD parameters</h3>"
             + (f"<p class=note>{_esc(f'Time unit: {unit}. r and alpha shape how often customers buy, a and b how soon they drop out.')}</p>"
                if unit else "")
+            + (f'<p class="note fit-status">{_esc(f"The BG/NBD fit: {meaning}.")}</p>' if meaning else "")
             + _table(["parameter", "value"], rows, css_class="narrow")
         )
 
@@ -582,6 +596,7 @@ h2 { font-size: 21px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 1
 h3 { font-size: 16px; margin: 22px 0 8px; }
 .muted, .note, header p { color: var(--muted); }
 .note { font-size: 13px; }
+.model-note { background: var(--soft); border-left: 3px solid var(--accent); padding: 6px 10px; }
 nav { font-size: 13px; margin: 6px 0 0; }
 nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; margin: 14px 0 16px; }
@@ -644,14 +659,14 @@ def _content_security_policy() -> str:
 
 
 def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.DataFrame, targeted: pd.DataFrame | None,
-                      *, title: str = "Repurchase report") -> str:
+                      *, title: str = "Repurchase report", model_notes=()) -> str:
     """The report page as a string (see :func:`render_report`)."""
     report = report or {}
     audience = _audience(targeted)
     horizon_days = _horizon_days(scores, report)
     horizon = f"{fmt_count(horizon_days)} d" if horizon_days is not None else "horizon"
     bodies = {
-        "summary": _summary_section(report, scores, audience),
+        "summary": _summary_section(report, scores, audience, tuple(model_notes)),
         "backtest": _backtest_section(report, plot_paths or {}),
         "segments": _group_section_body(group_summary(scores, "rfm_segment", RFM_SEGMENTS), scores, "RFM segment", horizon),
         "lifecycle": _group_section_body(group_summary(scores, "lifecycle_stage", LIFECYCLE_STAGES, keep_empty=True),
@@ -687,6 +702,19 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
 """
 
 
+def model_notes(model) -> list[str]:
+    """What a reader of the report must know about the model that scored, one line each."""
+    from training.btyd import INTERIOR, fit_status_meaning
+
+    notes = []
+    if model.is_btyd_only():
+        notes.append(f"Scores come from BG/NBD and Gamma-Gamma alone ({model.btyd_only_reason_}).")
+    status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
+    if status != INTERIOR:
+        notes.append(f"BG/NBD at {model.spec_.training_cutoff}: {fit_status_meaning(status)}.")
+    return notes
+
+
 def render_report(
     report: dict,
     plot_paths: dict[str, Path],
@@ -695,6 +723,7 @@ def render_report(
     out_path: Path,
     *,
     title: str = "Repurchase report",
+    model_notes=(),
 ) -> Path:
     """Write the self-contained HTML report and return its path.
 
@@ -712,8 +741,11 @@ def render_report(
         no rules were applied. Rows without an action are not in any audience.
     out_path : Path
         Where the HTML goes; written atomically.
+    model_notes : sequence of str
+        One line each about the model that scored (:func:`model_notes`): BTYD-only and what
+        more data would unlock, a BG/NBD fit that found no drop-out yet. Shown at the top.
     """
-    page = build_report_html(report, plot_paths, scores, targeted, title=title)
+    page = build_report_html(report, plot_paths, scores, targeted, title=title, model_notes=model_notes)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_text(page, encoding="utf-8")

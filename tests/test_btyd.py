@@ -14,14 +14,18 @@ from scipy.optimize import check_grad
 
 from training.btyd import (
     BGNBD,
+    INTERIOR,
+    MEAN_SPEND,
     MIN_REPEAT_CUSTOMERS,
+    NO_DROPOUT,
+    PENALIZER_LADDER,
     BTYDDataError,
-    BTYDFitError,
     GammaGamma,
     NotFittedError,
     bgnbd_negative_log_likelihood,
     clv,
     compress_rfm,
+    fit_status_meaning,
     simulate_customers,
 )
 
@@ -445,15 +449,81 @@ def test_invalid_summaries_are_data_errors(frequency, recency, T, message):
         BGNBD().fit(frequency, recency, T)
 
 
+DROPOUT_PARAMS = {"bgnbd": ("a", "b"), "mbgnbd": ("a", "b"), "pareto": ("s", "beta")}
+
+
 @pytest.mark.parametrize("model_name", ["bgnbd", "mbgnbd", "pareto"])
-def test_a_likelihood_without_an_optimum_is_a_fit_error_not_nan(model_name):
+def test_a_likelihood_without_an_optimum_is_a_labelled_answer_not_an_error(model_name):
     # Everybody keeps buying right up to the cutoff: nobody drops out, so the drop-out
-    # parameters run off to the boundary.
+    # parameters run off to the boundary. The answer is the no-drop-out limit (the NBD),
+    # said so in fit_status_ (this used to raise BTYDFitError and stop the job).
     rng = np.random.default_rng(1)
     T = rng.uniform(100, 700, 500).round()
     frequency = rng.integers(1, 10, 500)
-    with pytest.raises(BTYDFitError, match="fit (has no interior optimum|did not converge)"):
-        BGNBD(model=model_name).fit(frequency, T, T)
+    model = BGNBD(model=model_name).fit(frequency, T, T)
+    dropout, undefined = DROPOUT_PARAMS[model_name]
+    assert model.fit_status_ == NO_DROPOUT
+    assert "drop-out adds" in model.fit_detail_
+    assert model.params_[dropout] == 0.0 and np.isnan(model.params_[undefined])
+    assert model.params_["r"] > 0 and model.params_["alpha"] > 0 and np.isfinite(model.log_likelihood_)
+    np.testing.assert_array_equal(model.p_alive(frequency, T, T), 1.0)
+    # NBD: lambda ~ Gamma(r + x, alpha + T) a posteriori.
+    r, alpha = model.params_["r"], model.params_["alpha"] * WEEK
+    expected = -np.expm1(-(r + frequency) * np.log1p(30.0 / (alpha + T)))
+    np.testing.assert_allclose(model.p_repurchase(30, frequency, T, T), expected, rtol=1e-12)
+    np.testing.assert_allclose(model.expected_orders(30, frequency, T, T), 30.0 * (r + frequency) / (alpha + T), rtol=1e-12)
+
+
+@pytest.mark.parametrize("model_name", ["bgnbd", "mbgnbd", "pareto"])
+def test_the_no_dropout_limit_is_where_vanishing_dropout_leads(model_name):
+    dropout, undefined = DROPOUT_PARAMS[model_name]
+    limit = BGNBD.from_params({"r": 0.8, "alpha": 5.0, dropout: 0.0, undefined: None}, model=model_name)
+    near = BGNBD.from_params({"r": 0.8, "alpha": 5.0, dropout: 1e-9, undefined: 2.0}, model=model_name)
+    x, recency, T = np.array([0.0, 1, 3, 10]), np.array([0.0, 50, 200, 300]), np.array([100.0, 300, 300, 400])
+    assert limit.fit_status_ == NO_DROPOUT
+    np.testing.assert_allclose(limit.p_alive(x, recency, T), near.p_alive(x, recency, T), rtol=1e-7)
+    for t in (7.0, 90.0):
+        np.testing.assert_allclose(limit.p_repurchase(t, x, recency, T), near.p_repurchase(t, x, recency, T), rtol=1e-7)
+        np.testing.assert_allclose(limit.expected_orders(t, x, recency, T), near.expected_orders(t, x, recency, T), rtol=1e-7)
+    simulated = simulate_customers(model_name, limit.params_, np.full(20000, 20.0), horizon=4.0, rng=np.random.default_rng(0))
+    predicted = limit.expected_orders(28.0, simulated["frequency"], simulated["recency"] * WEEK, 140.0)
+    assert simulated["future_orders"].mean() == pytest.approx(predicted.mean(), rel=0.03)
+
+
+def test_measurable_dropout_without_an_optimum_takes_the_smallest_penalizer_that_works():
+    # One drop-out probability for everybody (a, b -> infinity at a fixed ratio): drop-out is
+    # measurable, its spread is not, so no interior optimum; the penalizer ladder picks the fit.
+    rng = np.random.default_rng(0)
+    T = rng.uniform(4, 30, 1000)
+    data = simulate_customers("bgnbd", {"r": 1.0, "alpha": 3.0, "a": 1e6, "b": 9e6}, T, rng=rng, resolution=1 / 7)
+    args = (data["frequency"], data["recency"] * WEEK, data["T"] * WEEK)
+    model = BGNBD().fit(*args)
+    assert model.fit_status_ == f"penalized {PENALIZER_LADDER[0]:g}"
+    assert model.params_ == pytest.approx(BGNBD(penalizer_coef=PENALIZER_LADDER[0]).fit(*args).params_, rel=1e-9)
+    assert "penalized 0.001: the likelihood has no interior optimum" in fit_status_meaning(model.fit_status_)
+    assert np.all((model.p_alive(*args) > 0) & (model.p_alive(*args) <= 1))
+
+
+def test_an_interior_fit_says_so(fitted_on_cdnow):
+    assert fitted_on_cdnow.fit_status_ == INTERIOR and fitted_on_cdnow.fit_detail_ == ""
+
+
+def test_gamma_gamma_without_an_optimum_falls_back_to_a_penalizer_then_to_mean_spend():
+    # Every customer spends the same on every order: no spread for q and v to measure.
+    frequency = np.arange(40.0) % 4 + 1
+    model = GammaGamma().fit(frequency, np.full(40, 25.0))
+    assert model.fit_status_ == "penalized 0.001" and model.params_["q"] > 1
+    assert model.expected_order_value([0, 2], [0.0, 25.0]) == pytest.approx([25.0, 25.0], rel=0.15)
+    # Heavy-tailed spend (a few huge orders): q <= 1 or no optimum at any small penalty.
+    rng = np.random.default_rng(0)
+    frequency = rng.integers(1, 6, 200).astype(float)
+    spend = 10 / rng.uniform(0, 1, 200) ** 1.5
+    model = GammaGamma().fit(frequency, spend)
+    assert model.fit_status_ == MEAN_SPEND and "mean spend" in fit_status_meaning(MEAN_SPEND)
+    assert model.mean_order_value_ == pytest.approx(frequency @ spend / frequency.sum())
+    np.testing.assert_allclose(model.expected_order_value([0, 3], [0.0, 42.0]), [model.mean_order_value_, 42.0])
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.expected_order_value(frequency, spend), model.expected_order_value(frequency, spend))
 
 
 def test_gamma_gamma_data_errors():

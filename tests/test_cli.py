@@ -63,9 +63,11 @@ def test_bad_input_is_one_line_exit_2_no_traceback_no_output(tmp_path):
 
 
 def test_bad_cutoff_is_exit_2(tmp_path):
-    result = runner.invoke(app, ["features", "--orders", "cdnow-sample", "--cutoff", "2030-01-01", "--out", str(tmp_path / "f.parquet")])
+    # A date after the last order is a valid as-of date now (with a warning when stale);
+    # one before the first order is still bad input.
+    result = runner.invoke(app, ["features", "--orders", "cdnow-sample", "--cutoff", "1996-12-31", "--out", str(tmp_path / "f.parquet")])
     assert result.exit_code == 2
-    assert "is after the last order in cdnow-sample (1998-06-30)" in result.output
+    assert "is before the first order in cdnow-sample (1997-01-01)" in result.output
     assert not (tmp_path / "f.parquet").exists()
 
 

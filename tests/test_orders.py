@@ -192,8 +192,13 @@ def test_dates_and_cutoffs():
     check_cutoff(log, pd.Timestamp("1997-09-30"), horizon_days=90)
     with pytest.raises(CutoffError, match=r"--cutoff 1996-01-01 is before the first order in cdnow-sample \(1997-01-01\)"):
         check_cutoff(log, pd.Timestamp("1996-01-01"))
-    with pytest.raises(CutoffError, match=r"--cutoff 1999-01-01 is after the last order in cdnow-sample \(1998-06-30\)"):
-        check_cutoff(log, pd.Timestamp("1999-01-01"))
+    # A date after the last order is an as-of date like any other (it used to be refused);
+    # more than the horizon after it, it comes with one warning line.
+    assert check_cutoff(log, pd.Timestamp("1998-07-01"), stale_after_days=90) is None
+    assert check_cutoff(log, pd.Timestamp("1999-01-01"), stale_after_days=90) == (
+        "--cutoff 1999-01-01 is 185 days after the last order in cdnow-sample (1998-06-30), "
+        "more than the 90-day horizon: is the export stale?"
+    )
     with pytest.raises(CutoffError, match=r"1998-05-01 \+ 90 days runs past the last order .* on or before 1998-04-01"):
         check_cutoff(log, pd.Timestamp("1998-05-01"), horizon_days=90)
 

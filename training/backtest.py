@@ -4,6 +4,11 @@ The models see only orders on or before the cutoff ``c``; the truth is what the 
 customers did in ``(c, c + H]``. Baselines on the same customers: BG/NBD alone (its own
 horizon probability, expected orders, and with Gamma-Gamma expected revenue) and
 recency-only (fewer days since the last order ranks higher).
+
+A split that leaves the composite model no training origin (a young log, or the paper's
+39-week holdout on CDNOW) still reports BG/NBD and recency-only: the model's block keeps its
+keys with nulls and ``model_note`` says in one line why. A BG/NBD or Gamma-Gamma fit that
+runs to a boundary is reported with its ``fit_status`` (see ``training.btyd``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from scipy.special import hyp2f1
 from features.io import atomic_path
 from features.pipeline import build_features, build_labels
 from training import plots
-from training.btyd import BGNBD, GammaGamma
+from training.btyd import BGNBD, fit_status_meaning
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
-from training.model import QUANTILES, RepurchaseModel, quantiles_from_cdf
+from training.model import RepurchaseModel, fit_gamma_gamma, quantiles_from_cdf
+
+# The model block's classification metrics, null when the model could not be trained.
+MODEL_METRICS = ("n", "base_rate", "auc", "pr_auc", "lift_top10", "capture_top10", "brier", "log_loss", "ece")
 
 
 @dataclass
@@ -36,9 +44,14 @@ class Backtest:
 
 
 def bgnbd_unconditional_expected(params: dict, t_units) -> np.ndarray:
-    """E[X(t)] for a new customer, t in the parameters' time unit (Fader, Hardie & Lee 2005, eq. 7)."""
+    """E[X(t)] for a new customer, t in the parameters' time unit (Fader, Hardie & Lee 2005, eq. 7).
+
+    In the no-drop-out limit (a = 0) the NBD's r t / alpha.
+    """
     r, alpha, a, b = (params[k] for k in ("r", "alpha", "a", "b"))
     t = np.asarray(t_units, dtype=float)
+    if a == 0:
+        return r * t / alpha
     z = t / (alpha + t)
     return (a + b - 1) / (a - 1) * (1 - (alpha / (alpha + t)) ** r * hyp2f1(r, b, a + b - 1, z))
 
@@ -132,9 +145,11 @@ def run_backtest(
     bgnbd = BGNBD().fit(f, r, T)
     frame["bgnbd_p_repurchase"] = bgnbd.p_repurchase(horizon_days, f, r, T)
     frame["bgnbd_expected_orders"] = bgnbd.expected_orders(horizon_days, f, r, T)
-    repeat = (frame["frequency"] > 0) & (frame["monetary_value"] > 0)
-    gamma_gamma = GammaGamma().fit(frame.loc[repeat, "frequency"], frame.loc[repeat, "monetary_value"])
-    order_value = gamma_gamma.expected_order_value(f, np.where(f > 0, frame["monetary_value"], 0.0))
+    gamma_gamma = fit_gamma_gamma(frame)
+    if gamma_gamma is None:
+        order_value = frame["avg_order_value"].to_numpy(dtype=float)
+    else:
+        order_value = gamma_gamma.expected_order_value(f, np.where(f > 0, frame["monetary_value"], 0.0))
     frame["bgnbd_expected_revenue"] = frame["bgnbd_expected_orders"] * order_value
     frame["recency_score"] = -frame["days_since_last"].to_numpy(dtype=float)
 
@@ -150,7 +165,11 @@ def run_backtest(
         params=bgnbd.params_,
         time_unit="week" if bgnbd.time_unit_days == 7 else f"{bgnbd.time_unit_days:g} days",
         log_likelihood=bgnbd.log_likelihood_,
-        gamma_gamma_params=gamma_gamma.params_,
+        fit_status=bgnbd.fit_status_,
+        fit_meaning=fit_status_meaning(bgnbd.fit_status_),
+        fit_detail=bgnbd.fit_detail_,
+        gamma_gamma_params=gamma_gamma.params_ if gamma_gamma is not None else None,
+        gamma_gamma_fit_status=gamma_gamma.fit_status_ if gamma_gamma is not None else "not fitted: too few repeat buyers",
         orders=regression_metrics(frame["label_orders"], frame["bgnbd_expected_orders"]),
         revenue=regression_metrics(frame["label_revenue"], frame["bgnbd_expected_revenue"]),
     )
@@ -168,6 +187,13 @@ def run_backtest(
             model = fitted_model
         else:
             model = RepurchaseModel(horizon_days=horizon_days, **(model_params or {})).fit(past, cutoff)
+    if model is not None and model.is_btyd_only():
+        # Its answers are BG/NBD's (the column beside it): an empty column and the reason say more.
+        report["model"] = dict.fromkeys(MODEL_METRICS)
+        report["model_note"] = model.btyd_only_reason_
+        report["holdout_orders"]["model"] = None
+        grid = model.timing_grid_
+    elif model is not None:
         if model.spec_.channel_values or model.spec_.category_values:  # the model's own mix columns
             features = build_features(
                 past, cutoff, channel_values=model.spec_.channel_values, category_values=model.spec_.category_values
@@ -218,7 +244,8 @@ def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path) -> dict
     frame, report = backtest.frame, backtest.report
     y = frame["label_repurchase"].to_numpy()
     probabilities = {"bgnbd": frame["bgnbd_p_repurchase"].to_numpy()}
-    if backtest.model is not None:
+    with_model = backtest.model is not None and not backtest.model.is_btyd_only()
+    if with_model:
         probabilities = {"model": frame["model_p_repurchase"].to_numpy(), **probabilities}
     rankers = {**probabilities, "recency_only": frame["recency_score"].to_numpy()}
     out = {
@@ -227,7 +254,7 @@ def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path) -> dict
         "gain": plots.gain_plot(y, rankers, plot_dir / "gain.png"),
     }
     revenue = {"bgnbd": frame["bgnbd_expected_revenue"].to_numpy()}
-    if backtest.model is not None:
+    if with_model:
         revenue = {"model": frame["model_expected_revenue"].to_numpy(), **revenue}
         reordered = frame["label_censored"].to_numpy() == 0
         out["timing"] = plots.timing_plot(

@@ -9,8 +9,16 @@ Hardie & Lee 2005), which changes no prediction.
 BG/NBD is fitted by its own vectorised log-likelihood with an analytic gradient on
 compressed sufficient statistics, and reproduces ``lifetimes.BetaGeoFitter`` (same
 objective, same time scaling, same penalizer, same optimiser and start). MBG/NBD and
-Pareto/NBD delegate the fit to ``lifetimes``' fitters and keep only their parameters, so
-every fitted model holds plain numbers and pickles.
+Pareto/NBD minimise ``lifetimes``' own objectives with its start and optimiser, and keep
+only their parameters, so every fitted model holds plain numbers and pickles.
+
+When the data are thin (a young shop) the likelihood can have no interior optimum: the
+drop-out parameters run off to a boundary (a -> 0: nobody has been seen to leave yet).
+That is an answer, not an error. The fit then becomes, in this order, the no-drop-out
+limit (the NBD: P(alive) = 1) when drop-out adds less than ``MEASURABLE_GAIN`` to the
+log-likelihood; else the smallest penalizer in ``PENALIZER_LADDER`` with an interior
+optimum; else the NBD anyway. ``fit_status_`` says which; Gamma-Gamma likewise falls back
+to a penalizer, then to mean spend.
 
 References
 ----------
@@ -24,8 +32,6 @@ Fader, Hardie & Lee (2005b), "RFM and CLV", JMR 42; brucehardie.com/notes/025. [
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from dataclasses import dataclass
 
@@ -65,10 +71,33 @@ DAYS_PER_YEAR = 365.0
 _LOG_PARAM_LIMIT = math.log(1e5)
 # Gamma-Gamma's v is in money units, so only absurd values count as runaway there.
 _GAMMA_GAMMA_LOG_PARAM_LIMIT = 25.0
-_RUNAWAY_MEANING = {name: " (almost nobody seems to drop out)" for name in ("a", "b", "s", "beta")}
 # Gradient norm (of the mean negative log-likelihood in log-parameters) accepted as converged
 # when BFGS stops on "precision loss" at the optimum.
 _GRADIENT_TOLERANCE = 1e-5
+
+# What a fit that ran to a boundary becomes (``fit_status_``), tried in this order:
+# 1. the no-drop-out limit (NBD: a = 0, or s = 0 for Pareto/NBD) when the drop-out parameters
+#    add less than ``MEASURABLE_GAIN`` to the log-likelihood (a young log: nobody has been
+#    seen to leave yet);
+# 2. the lifetimes L2 penalizer, smallest first, until the optimum is interior;
+# 3. the no-drop-out limit anyway, labelled as drop-out that the data cannot identify.
+INTERIOR = "interior"
+NO_DROPOUT = "boundary: no measurable drop-out yet"
+DROPOUT_NOT_IDENTIFIED = "boundary: drop-out not identified, fitted without it"
+MEAN_SPEND = "boundary: mean spend"  # Gamma-Gamma's last resort
+PENALIZER_LADDER = (0.001, 0.01, 0.1)
+# Half the 5% point of chi-square with 2 degrees of freedom (5.99): two drop-out parameters
+# that gain less log-likelihood than this over "nobody drops out" measure nothing.
+MEASURABLE_GAIN = 3.0
+# The parameter that is 0 in the no-drop-out limit, and the one that then means nothing.
+_DROPOUT_PARAMS = {"bgnbd": ("a", "b"), "mbgnbd": ("a", "b"), "pareto": ("s", "beta")}
+FIT_STATUS_MEANING = {
+    INTERIOR: "an interior optimum: the usual fit",
+    NO_DROPOUT: "no measurable drop-out yet: almost every customer is still buying, so P(alive) = 1 "
+                "and purchase rates alone (NBD) predict; drop-out becomes measurable as the log grows",
+    DROPOUT_NOT_IDENTIFIED: "drop-out is not identified by this data and no small penalty pins it down: "
+                            "fitted without drop-out (NBD), P(alive) = 1",
+}
 _QUADRATURE_NODES, _QUADRATURE_WEIGHTS = roots_legendre(48)
 _QUADRATURE_CHUNK = 65536
 
@@ -244,6 +273,39 @@ def _check_supports_fit(table: RFMTable, title: str) -> None:
 # BG/NBD log-likelihood (Fader, Hardie & Lee 2005a, eq. 6, in the form of section 7)
 
 
+def _nbd_log_likelihood(r: float, alpha: float, table: RFMTable, T: np.ndarray):
+    """The purchase-rate part every BTYD likelihood shares, summed over customers.
+
+    sum over customers of log Gamma(r + x) - log Gamma(r) + r log(alpha) - (r + x) log(alpha + T):
+    the whole log-likelihood of the NBD (nobody drops out; FHL 2005a, eq. 6 with a = 0),
+    summed per distinct x and per distinct T. Returns it, its gradient in (r, alpha), and
+    log(alpha + T) and 1 / (alpha + T) for the caller's per-row terms.
+    """
+    x = table.x_values
+    W_x = table.x_weight
+    W = W_x.sum()
+    log_alpha = math.log(alpha)
+    log_alpha_T = np.log(alpha + T)
+    inv_alpha_T = 1.0 / (alpha + T)
+    T_coef = r * table.T_weight + table.T_xweight
+    ll = W_x @ (gammaln(r + x) - gammaln(r)) + W * r * log_alpha - T_coef @ log_alpha_T
+    grad = np.array(
+        [
+            W_x @ (digamma(r + x) - digamma(r)) + W * log_alpha - table.T_weight @ log_alpha_T,
+            W * r / alpha - T_coef @ inv_alpha_T,
+        ]
+    )
+    return ll, grad, log_alpha_T, inv_alpha_T
+
+
+def nbd_negative_log_likelihood(log_params: np.ndarray, table: RFMTable, time_scale: float) -> tuple[float, np.ndarray]:
+    """Mean negative log-likelihood of the NBD (BG/NBD's a = 0 limit) and its gradient in log (r, alpha)."""
+    params = np.exp(log_params)
+    ll, grad, _, _ = _nbd_log_likelihood(params[0], params[1], table, table.T_values * time_scale)
+    W = table.n_customers
+    return float(-ll / W), -grad / W * params
+
+
 def bgnbd_negative_log_likelihood(
     log_params: np.ndarray, table: RFMTable, time_scale: float, penalizer_coef: float = 0.0
 ) -> tuple[float, np.ndarray]:
@@ -267,24 +329,11 @@ def bgnbd_negative_log_likelihood(
     T = table.T_values * time_scale
     recency = table.recency_values * time_scale
 
-    per_x = gammaln(r + x) - gammaln(r) + gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
-    digamma_r = digamma(r + x) - digamma(r)
+    nbd_ll, nbd_grad, log_alpha_T, inv_alpha_T = _nbd_log_likelihood(r, alpha, table, T)
     digamma_ab = digamma(a + b) - digamma(a + b + x)
     digamma_b = digamma(b + x) - digamma(b)
-    log_alpha = math.log(alpha)
-    log_alpha_T = np.log(alpha + T)
-    inv_alpha_T = 1.0 / (alpha + T)
-    T_coef = r * table.T_weight + table.T_xweight
-
-    ll = W_x @ per_x + W * r * log_alpha - T_coef @ log_alpha_T
-    grad = np.array(
-        [
-            W_x @ digamma_r + W * log_alpha - table.T_weight @ log_alpha_T,
-            W * r / alpha - T_coef @ inv_alpha_T,
-            W_x @ digamma_ab,
-            W_x @ (digamma_ab + digamma_b),
-        ]
-    )
+    ll = nbd_ll + W_x @ (gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x))
+    grad = np.concatenate([nbd_grad, [W_x @ digamma_ab, W_x @ (digamma_ab + digamma_b)]])
 
     if table.repeat_weight.size:
         w = table.repeat_weight
@@ -310,28 +359,45 @@ def bgnbd_negative_log_likelihood(
     return float(value), gradient
 
 
-def _minimize(objective, x0, args, title: str, names, log_param_limit: float = _LOG_PARAM_LIMIT) -> np.ndarray:
-    # BFGS from lifetimes' start with its tolerance (gtol = 1e-7), so both land on one optimum.
+@dataclass(frozen=True)
+class _Attempt:
+    """One optimisation: where it stopped, in the reported units, and why that is no optimum (None if it is)."""
+
+    params: dict
+    log_likelihood: float
+    problem: str | None
+
+
+def _bfgs(objective, x0, args) -> tuple[np.ndarray, str | None]:
+    """BFGS from lifetimes' start with its tolerance (gtol = 1e-7), so both land on one optimum."""
     result = optimize.minimize(objective, x0, args=args, jac=True, method="BFGS", tol=1e-7)
-    hint = "try penalizer_coef=0.001 (or larger) or a longer order history"
     if not np.all(np.isfinite(result.x)) or not np.isfinite(result.fun):
-        raise BTYDFitError(f"{title} fit did not converge (the likelihood became NaN); {hint}")
+        return result.x, "the likelihood became NaN"
     gradient_norm = float(np.max(np.abs(result.jac)))
     if not result.success and gradient_norm > _GRADIENT_TOLERANCE:
-        reason = f"{result.message.strip()}; gradient {gradient_norm:.1e}"
-        raise BTYDFitError(f"{title} fit did not converge ({reason}); {hint}")
-    _check_no_runaway(dict(zip(names, np.exp(result.x))), title, log_param_limit)
-    return result.x
+        return result.x, f"did not converge ({result.message.strip()}; gradient {gradient_norm:.1e})"
+    return result.x, None
 
 
-def _check_no_runaway(scaled_params: dict, title: str, log_param_limit: float = _LOG_PARAM_LIMIT) -> None:
+def _runaway(scaled_params: dict, log_param_limit: float = _LOG_PARAM_LIMIT) -> str | None:
+    """Which parameter ran off towards 0 or infinity (the data cannot pin it down), if any."""
     for name, value in scaled_params.items():
         if not (np.isfinite(value) and value > 0 and abs(math.log(value)) <= log_param_limit):
-            # An L2 penalizer pulls towards 0 and cannot stop a, s running off to 0 (no drop-out).
-            raise BTYDFitError(
-                f"{title} fit has no interior optimum: {name} ran off to {value:.3g}, which the data cannot pin down"
-                f"{_RUNAWAY_MEANING.get(name, '')}; use a longer order history or more customers"
-            )
+            return f"{name} ran off to {value:.3g}"
+    return None
+
+
+def fit_status_meaning(status: str) -> str:
+    """What a ``fit_status_`` means, in a sentence for the report and the CLI."""
+    if status in FIT_STATUS_MEANING:
+        return FIT_STATUS_MEANING[status]
+    if status.startswith("penalized"):
+        return (f"{status}: the likelihood has no interior optimum (for BG/NBD: drop-out is measurable, its spread "
+                "across customers is not), so a small L2 penalty on the parameters, as lifetimes applies it, picks the fit")
+    if status == MEAN_SPEND:
+        return ("mean spend: Gamma-Gamma has no optimum on this data, so each repeat customer's own mean "
+                "order value, and the mean over repeat customers for one-time buyers")
+    return status
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,12 +417,23 @@ def _hyp2f1(a, b, c, z):
     return value
 
 
+def _float(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _no_dropout(model: str, params: dict) -> bool:
+    """The no-drop-out limit (a = 0, or s = 0): P(alive) = 1 and the model is the NBD."""
+    return params[_DROPOUT_PARAMS[model][0]] == 0.0
+
+
 def _log_ratio(T, recency, alpha):
     """log((alpha + T) / (alpha + recency)), accurate when recency is close to T."""
     return np.log1p((T - recency) / (alpha + recency))
 
 
 def _p_alive(model: str, params: dict, x, recency, T):
+    if _no_dropout(model, params):
+        return np.ones(np.broadcast(x, recency, T).shape)
     if model == "pareto":
         return expit(-_pareto_log_odds_dead(params, x, recency, T))
     r, alpha, a, b = (params[k] for k in PARAM_NAMES[model])
@@ -369,6 +446,10 @@ def _p_alive(model: str, params: dict, x, recency, T):
 
 
 def _expected_orders(model: str, params: dict, t, x, recency, T):
+    if _no_dropout(model, params):
+        # NBD: lambda ~ Gamma(r + x, alpha + T) a posteriori, E[Y(t)] = t E[lambda].
+        r, alpha = params["r"], params["alpha"]
+        return np.broadcast_to(t * (r + x) / (alpha + T), np.broadcast(t, x, recency, T).shape).copy()
     p_alive = _p_alive(model, params, x, recency, T)
     if model == "pareto":
         # E[Y(t) | alive] = E[lambda] E[(1 - exp(-mu t)) / mu] with lambda ~ Gamma(r+x, alpha+T)
@@ -401,7 +482,7 @@ def _expected_orders(model: str, params: dict, t, x, recency, T):
 
 def _p_repurchase(model: str, params: dict, t, x, recency, T):
     p_alive = _p_alive(model, params, x, recency, T)
-    if model == "pareto":
+    if model == "pareto" and not _no_dropout(model, params):
         return p_alive * _pareto_p_buy_if_alive(params, t, x, T)
     # Alive at T, one stays alive until the next purchase and lambda ~ Gamma(r + x, alpha + T),
     # so P(no purchase in t | alive) = E[exp(-lambda t)] = ((alpha + T) / (alpha + T + t)) ** (r + x).
@@ -509,8 +590,17 @@ class BGNBD:
     params_ : dict
         {"r", "alpha", "a", "b"} ({"r", "alpha", "s", "beta"} for Pareto/NBD), alpha and
         beta in ``time_unit_days``.
+        In the no-drop-out limit a (s) is 0 and b (beta), which then means nothing, NaN.
     log_likelihood_ : float
         Total log-likelihood over customers in ``time_unit_days`` (the paper's -9582.4).
+    fit_status_ : str
+        ``"interior"`` (the fit asked for, with ``penalizer_coef``, has an interior optimum);
+        ``"boundary: no measurable drop-out yet"`` (the NBD limit);
+        ``"penalized 0.001"`` (the smallest penalizer in ``PENALIZER_LADDER`` that gives an
+        interior optimum); or ``"boundary: drop-out not identified, fitted without it"``.
+        :func:`fit_status_meaning` says it in words.
+    fit_detail_ : str
+        Where a boundary fit ran to and why the fallback was chosen ("" for an interior fit).
     n_customers_, n_distinct_ : int
         Customers fitted, and distinct (frequency, recency, T) rows they collapse to.
     """
@@ -525,7 +615,9 @@ class BGNBD:
         """A model with known parameters (in ``time_unit_days``), e.g. to score or simulate."""
         estimator = cls(model=model, time_unit_days=time_unit_days)
         estimator._check_hyperparameters()
-        estimator.params_ = {name: float(params[name]) for name in PARAM_NAMES[model]}
+        # JSON null is NaN: the drop-out parameter that the no-drop-out limit leaves undefined.
+        estimator.params_ = {name: _float(params[name]) for name in PARAM_NAMES[model]}
+        estimator.fit_status_ = NO_DROPOUT if _no_dropout(model, estimator.params_) else "given"
         return estimator
 
     def __repr__(self) -> str:
@@ -544,76 +636,130 @@ class BGNBD:
     def fit(self, frequency, recency, T, weights=None) -> BGNBD:
         """Fit on a BTYD summary in days; identical rows are collapsed into weights first.
 
+        A likelihood without an interior optimum is not an error: the fit becomes the
+        no-drop-out limit, or a penalized fit, and says so in ``fit_status_`` (see the
+        module's ``INTERIOR``, ``NO_DROPOUT``, ``PENALIZER_LADDER``).
+
         Raises
         ------
         BTYDDataError
             Invalid values, or too few repeat customers to estimate the model.
         BTYDFitError
-            The likelihood has no interior optimum the optimiser can reach.
+            Not even the no-drop-out limit (NBD) has an optimum: every customer buys at one rate.
         """
         self._check_hyperparameters()
-        title = MODEL_TITLES[self.model]
         table = compress_rfm(frequency, recency, T, weights)
-        _check_supports_fit(table, title)
-        names = PARAM_NAMES[self.model]
-        unit_per_day = 1.0 / self.time_unit_days
-        max_T_units = table.T_values.max() * unit_per_day
-        if self.model == "bgnbd":
-            # lifetimes fits in time scaled to max T = 1; doing the same makes the fit (and
-            # the penalizer) identical to BetaGeoFitter's and independent of the time unit.
-            time_scale = 1.0 / table.T_values.max()
-            log_params = _minimize(
-                bgnbd_negative_log_likelihood, np.full(4, 0.1), (table, time_scale, self.penalizer_coef), title, names
-            )
-            scaled = dict(zip(names, np.exp(log_params)))
-            unpenalized, _ = bgnbd_negative_log_likelihood(log_params, table, time_scale, 0.0)
-            # The likelihood is a density of x purchase times: rescaling time by k shifts it by -x log k.
-            total_frequency = table.x_weight @ table.x_values
-            log_likelihood = -unpenalized * table.n_customers - total_frequency * math.log(max_T_units)
-            params = {name: float(scaled[name]) for name in names}
-            params["alpha"] = float(params["alpha"] * max_T_units)
+        _check_supports_fit(table, MODEL_TITLES[self.model])
+        attempt = self._attempt(table, self.penalizer_coef)
+        if attempt.problem is None:
+            status, detail = INTERIOR, ""
         else:
-            params, log_likelihood = self._fit_with_lifetimes(table, unit_per_day, title)
-        self.params_ = params
-        self.log_likelihood_ = float(log_likelihood)
+            attempt, status, detail = self._resolve_boundary(table, attempt)
+        self.params_ = attempt.params
+        self.log_likelihood_ = float(attempt.log_likelihood)
+        self.fit_status_ = status
+        self.fit_detail_ = detail
         self.n_customers_ = int(round(table.n_customers))
         self.n_distinct_ = table.n_distinct
         return self
 
-    def _fit_with_lifetimes(self, table: RFMTable, unit_per_day: float, title: str) -> tuple[dict, float]:
+    def _resolve_boundary(self, table: RFMTable, boundary: _Attempt) -> tuple[_Attempt, str, str]:
+        """The answer when the fit runs to a boundary: NBD, else the smallest penalty that works, else NBD."""
+        title = MODEL_TITLES[self.model]
+        nbd = self._fit_nbd(table)
+        gain = boundary.log_likelihood - nbd.log_likelihood
+        if nbd.problem is None and np.isfinite(gain) and gain < MEASURABLE_GAIN:
+            detail = (f"{boundary.problem}; drop-out adds {max(gain, 0.0):.2f} to the log-likelihood "
+                      f"(< {MEASURABLE_GAIN:g}): fitted as NBD, P(alive) = 1")
+            return nbd, NO_DROPOUT, detail
+        for penalizer in PENALIZER_LADDER:
+            if penalizer > self.penalizer_coef:
+                penalized = self._attempt(table, penalizer)
+                if penalized.problem is None:
+                    return penalized, f"penalized {penalizer:g}", f"{boundary.problem}; penalizer_coef {penalizer:g} gives an interior optimum"
+        if nbd.problem is not None:
+            raise BTYDFitError(
+                f"{title} fit has no interior optimum ({boundary.problem}), nor has its no-drop-out limit NBD "
+                f"({nbd.problem}: every customer seems to buy at one rate); use a longer order history or more customers"
+            )
+        return nbd, DROPOUT_NOT_IDENTIFIED, f"{boundary.problem}; no penalizer up to {PENALIZER_LADDER[-1]:g} helps"
+
+    def _attempt(self, table: RFMTable, penalizer_coef: float) -> _Attempt:
+        """One fit of the transaction model with this penalizer, wherever it stops."""
+        names = PARAM_NAMES[self.model]
+        max_T_units = table.T_values.max() / self.time_unit_days
+        if self.model != "bgnbd":
+            return self._attempt_with_lifetimes(table, penalizer_coef)
+        # lifetimes fits in time scaled to max T = 1; doing the same makes the fit (and
+        # the penalizer) identical to BetaGeoFitter's and independent of the time unit.
+        time_scale = 1.0 / table.T_values.max()
+        log_params, problem = _bfgs(bgnbd_negative_log_likelihood, np.full(4, 0.1), (table, time_scale, penalizer_coef))
+        scaled = dict(zip(names, np.exp(log_params)))
+        problem = problem or _runaway(scaled)
+        unpenalized, _ = bgnbd_negative_log_likelihood(log_params, table, time_scale, 0.0)
+        params = {name: float(scaled[name]) for name in names}
+        params["alpha"] = float(params["alpha"] * max_T_units)
+        return _Attempt(params, self._in_units(-unpenalized * table.n_customers, table), problem)
+
+    def _in_units(self, scaled_log_likelihood: float, table: RFMTable) -> float:
+        """A total log-likelihood with time scaled to max T = 1, in ``time_unit_days`` instead.
+
+        The likelihood is a density of x purchase times: rescaling time by k shifts it by -x log k.
+        """
+        max_T_units = table.T_values.max() / self.time_unit_days
+        return float(scaled_log_likelihood - (table.x_weight @ table.x_values) * math.log(max_T_units))
+
+    def _fit_nbd(self, table: RFMTable) -> _Attempt:
+        """The no-drop-out limit shared by all three models: NBD purchase rates, drop-out parameter 0."""
+        time_scale = 1.0 / table.T_values.max()
+        log_params, problem = _bfgs(nbd_negative_log_likelihood, np.full(2, 0.1), (table, time_scale))
+        r, alpha = np.exp(log_params)
+        problem = problem or _runaway({"r": r, "alpha": alpha})
+        value, _ = nbd_negative_log_likelihood(log_params, table, time_scale)
+        rate, dropout = PARAM_NAMES[self.model][:2], _DROPOUT_PARAMS[self.model]
+        params = {rate[0]: float(r), rate[1]: float(alpha * table.T_values.max() / self.time_unit_days),
+                  dropout[0]: 0.0, dropout[1]: math.nan}
+        return _Attempt(params, self._in_units(-value * table.n_customers, table), problem)
+
+    def _attempt_with_lifetimes(self, table: RFMTable, penalizer_coef: float) -> _Attempt:
+        """MBG/NBD and Pareto/NBD: lifetimes' own objective, start, optimiser and tolerance.
+
+        Minimised here rather than through the fitter's ``fit`` so that a fit that stops at a
+        boundary still says where it stopped (lifetimes raises, or keeps it silently).
+        """
+        from autograd import value_and_grad
         from lifetimes import ModifiedBetaGeoFitter, ParetoNBDFitter
-        from lifetimes.utils import ConvergenceError
 
         frequency, recency, T, weights = table.distinct_rows()
+        unit_per_day = 1.0 / self.time_unit_days
         recency, T = recency * unit_per_day, T * unit_per_day
+        scale = 1.0 / T.max()
+        args = (frequency.astype(int), recency * scale, T * scale, weights, penalizer_coef)
         names = PARAM_NAMES[self.model]
-        fitter_class = ModifiedBetaGeoFitter if self.model == "mbgnbd" else ParetoNBDFitter
-        fitter = fitter_class(penalizer_coef=self.penalizer_coef)
-        hint = "try penalizer_coef=0.001 (or larger) or a longer order history"
-        try:
-            # lifetimes prints the optimiser's state when it gives up; the exception says it.
-            with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):
-                # lifetimes draws its starting point from the global numpy RNG
-                # (normal(1, 0.05)) unless given one; its mean makes fits reproducible.
-                fitter.fit(frequency, recency, T, weights=weights, initial_params=np.ones(len(names)))
-        except ConvergenceError:
-            raise BTYDFitError(f"{title} fit did not converge (lifetimes' optimiser gave up); {hint}") from None
-        except np.linalg.LinAlgError:
-            raise BTYDFitError(f"{title} fit did not converge (singular Hessian at the optimum); {hint}") from None
-        params = {name: float(fitter.params_[name]) for name in names}
-        values = np.array([params[name] for name in names])
-        max_T_units = T.max()
-        _check_no_runaway({k: v / max_T_units if k in ("alpha", "beta") else v for k, v in params.items()}, title)
-        if self.model == "mbgnbd":
-            per_customer = -ModifiedBetaGeoFitter._negative_log_likelihood(
-                np.log(values), frequency, recency, T, weights, 0.0
-            )
-            log_likelihood = per_customer * weights.sum()
-        else:
-            log_likelihood = weights @ ParetoNBDFitter._conditional_log_likelihood(values, frequency, recency, T)
+        with np.errstate(all="ignore"):
+            if self.model == "mbgnbd":
+                result = optimize.minimize(value_and_grad(ModifiedBetaGeoFitter._negative_log_likelihood), np.ones(4),
+                                           args=args, jac=True, tol=1e-7, options={"disp": False})
+                scaled = np.exp(result.x)
+                problem = None if result.success else f"did not converge ({result.message.strip()})"
+            else:
+                result = optimize.minimize(ParetoNBDFitter._negative_log_likelihood, np.ones(4), args=args,
+                                           method="Nelder-Mead", tol=1e-4, options={"disp": False, "maxiter": 2000})
+                scaled = np.asarray(result.x, dtype=float)
+                problem = None
+            if not np.all(np.isfinite(scaled)) or not np.isfinite(result.fun):
+                problem = "the likelihood became NaN"
+            problem = problem or _runaway(dict(zip(names, scaled)))
+            params = {name: float(value / (scale if name in ("alpha", "beta") else 1.0)) for name, value in zip(names, scaled)}
+            values = np.array([params[name] for name in names])
+            if self.model == "mbgnbd":
+                per_customer = -ModifiedBetaGeoFitter._negative_log_likelihood(np.log(values), frequency, recency, T, weights, 0.0)
+                log_likelihood = per_customer * weights.sum()
+            else:
+                log_likelihood = weights @ ParetoNBDFitter._conditional_log_likelihood(values, frequency, recency, T)
         if not np.isfinite(log_likelihood):
-            raise BTYDFitError(f"{title} fit did not converge (log-likelihood is not finite); {hint}")
-        return params, float(log_likelihood)
+            problem = problem or "the log-likelihood is not finite"
+        return _Attempt(params, float(log_likelihood), problem)
 
     def _prepare(self, frequency, *times_in_days):
         """Broadcast inputs; frequency is a count, the rest are days turned into model units."""
@@ -647,12 +793,22 @@ class GammaGamma:
     """Gamma-Gamma model of spend per order (Fader, Hardie & Lee 2005b; note 025).
 
     Fits ``lifetimes.GammaGammaFitter``'s objective (same start, optimiser and penalizer)
-    by an analytic gradient, on customers with frequency > 0.
+    by an analytic gradient, on customers with frequency > 0. When that has no interior
+    optimum with q > 1, the smallest penalizer in ``PENALIZER_LADDER`` that gives one is
+    used; failing that, mean spend (p -> infinity, the limit in which every customer always
+    spends their own mean: each repeat customer's mean order value, and the mean repeat
+    order value of all repeat customers for one-time buyers).
 
     Attributes
     ----------
     params_ : dict
-        {"p", "q", "v"}.
+        {"p", "q", "v"}; with mean spend, p is infinite and q, v NaN.
+    fit_status_ : str
+        ``"interior"``, ``"penalized 0.001"`` (and so on) or ``"boundary: mean spend"``.
+    fit_detail_ : str
+        Why the fallback was chosen ("" for an interior fit).
+    mean_order_value_ : float
+        Mean repeat order value over repeat customers (what mean spend gives one-time buyers).
     n_customers_ : int
         Repeat customers the fit used.
     """
@@ -665,12 +821,21 @@ class GammaGamma:
         """A model with known parameters."""
         estimator = cls()
         estimator.params_ = {name: float(params[name]) for name in ("p", "q", "v")}
+        estimator.fit_status_ = "given"
         return estimator
 
     def __repr__(self) -> str:
         fitted = getattr(self, "params_", None)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in fitted.items()) if fitted else "not fitted"
         return f"GammaGamma({shown})"
+
+    def _attempt(self, x: np.ndarray, m: np.ndarray, penalizer_coef: float) -> tuple[dict, str | None]:
+        log_params, problem = _bfgs(self.negative_log_likelihood, np.full(3, 0.1), (x, m, penalizer_coef))
+        params = dict(zip(("p", "q", "v"), map(float, np.exp(log_params))))
+        problem = problem or _runaway(params, _GAMMA_GAMMA_LOG_PARAM_LIMIT)
+        if problem is None and params["q"] <= 1.0:
+            problem = f"q = {params['q']:.3g} <= 1, so mean spend per order is undefined"
+        return params, problem
 
     @staticmethod
     def negative_log_likelihood(log_params, frequency, monetary_value, penalizer_coef=0.0):
@@ -703,8 +868,6 @@ class GammaGamma:
         ------
         BTYDDataError
             Fewer than ``MIN_REPEAT_CUSTOMERS`` repeat customers, or non-positive spend.
-        BTYDFitError
-            No optimum, or q <= 1 (mean spend undefined).
         """
         frequency = _as_float_array("frequency", frequency)
         monetary_value = _as_float_array("monetary_value", monetary_value)
@@ -730,21 +893,23 @@ class GammaGamma:
                 f"monetary_value: {bad.sum()} repeat customers have a mean order value <= 0 "
                 f"(first: {m[bad][0]:g}); Gamma-Gamma needs positive spend: drop or net out returns first"
             )
-        log_params = _minimize(
-            self.negative_log_likelihood,
-            np.full(3, 0.1),
-            (x, m, self.penalizer_coef),
-            "Gamma-Gamma",
-            ("p", "q", "v"),
-            _GAMMA_GAMMA_LOG_PARAM_LIMIT,
-        )
-        params = dict(zip(("p", "q", "v"), map(float, np.exp(log_params))))
-        if params["q"] <= 1.0:
-            raise BTYDFitError(
-                f"Gamma-Gamma fit gave q = {params['q']:.3g} <= 1, so mean spend per order is undefined: "
-                "cap outlier order values or use more repeat customers"
-            )
+        params, problem = self._attempt(x, m, self.penalizer_coef)
+        status, detail = INTERIOR, ""
+        if problem is not None:
+            status, detail = MEAN_SPEND, f"{problem}; no penalizer up to {PENALIZER_LADDER[-1]:g} helps"
+            for penalizer in PENALIZER_LADDER:
+                if penalizer > self.penalizer_coef:
+                    penalized, still = self._attempt(x, m, penalizer)
+                    if still is None:
+                        params, status = penalized, f"penalized {penalizer:g}"
+                        detail = f"{problem}; penalizer_coef {penalizer:g} gives an interior optimum"
+                        break
+            if status == MEAN_SPEND:
+                params = {"p": math.inf, "q": math.nan, "v": math.nan}
         self.params_ = params
+        self.fit_status_ = status
+        self.fit_detail_ = detail
+        self.mean_order_value_ = float(x @ m / x.sum())
         self.n_customers_ = n_repeat
         return self
 
@@ -754,6 +919,8 @@ class GammaGamma:
             raise NotFittedError("this GammaGamma model is not fitted yet: call fit(frequency, monetary_value) first")
         p, q, v = self.params_["p"], self.params_["q"], self.params_["v"]
         x, m = np.broadcast_arrays(np.asarray(frequency, dtype=float), np.asarray(monetary_value, dtype=float))
+        if getattr(self, "fit_status_", INTERIOR) == MEAN_SPEND:
+            return np.where(x > 0, m, self.mean_order_value_)
         individual_weight = p * x / (p * x + q - 1.0)
         population_mean = v * p / (q - 1.0)
         return (1.0 - individual_weight) * population_mean + individual_weight * m
@@ -828,9 +995,11 @@ def simulate_customers(
     n = T.size
     r, alpha = params["r"], params["alpha"]
     rate = rng.gamma(r, 1.0 / alpha, n)
-    if model == "pareto":
+    if model == "pareto" and not _no_dropout(model, params):
         death = rng.exponential(1.0, n) / rng.gamma(params["s"], 1.0 / params["beta"], n)
         p_death = np.zeros(n)
+    elif _no_dropout(model, params):
+        death, p_death = np.full(n, np.inf), np.zeros(n)
     else:
         death = np.full(n, np.inf)
         p_death = rng.beta(params["a"], params["b"], n)

@@ -3,7 +3,9 @@
 ``backtest_job``: one honest temporal backtest, written as JSON with its plots beside it.
 ``train_job``: backtest at ``cutoff - H`` (a split whose truth is known by the cutoff), then
 the final fit on everything up to ``cutoff``, logged to MLflow and optionally registered,
-compared with the champion on the same split.
+compared with the champion on the same split. Any cutoff on or after the first order
+trains: a log too short for the split is trained without a backtest (the report says
+why), and one too short for the LightGBM model gives a BTYD-only model.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.errors import CutoffError
 from features.io import atomic_path
 from features.orders import OrderLog, check_cutoff
-from training.backtest import Backtest, run_backtest, write_report
+from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_report
+from training.btyd import BTYDDataError
 from training.model import RepurchaseModel
-from training.registry import LoggedModel, champion_version, load_scorer, log_run, tracked_run
+from training.registry import LoggedModel, champion_version, load_scorer, log_run, model_kind, tracked_run
 
 
 @dataclass
@@ -51,22 +53,29 @@ def backtest_job(
     model_params: dict | None = None,
     log_to_mlflow: bool = True,
 ) -> Backtest:
-    """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it."""
+    """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it.
+
+    Nothing is written unless the whole backtest succeeds. A log with categories but too
+    little history to learn replenishment gets ``replenishment_note`` instead of its block.
+    """
     check_cutoff(log, cutoff, horizon_days=horizon_days)
     json_path = Path(json_path)
     with tempfile.TemporaryDirectory() as tmp:
         backtest = run_backtest(
             log.orders, cutoff, horizon_days, model_params=model_params, plot_dir=Path(tmp), source=log.source
         )
+        if has_categories(log):
+            from training.replenish import ReplenishmentDataError, replenishment_backtest
+
+            try:
+                backtest.report["replenishment"] = replenishment_backtest(
+                    log.lines[log.lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)], cutoff, horizon_days
+                )
+            except ReplenishmentDataError as exc:
+                backtest.report["replenishment_note"] = str(exc)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         backtest.plots = _move_plots(backtest, json_path.parent, json_path.stem)
     backtest.report["plots"] = {k: v.name for k, v in backtest.plots.items()}
-    if has_categories(log):
-        from training.replenish import replenishment_backtest
-
-        backtest.report["replenishment"] = replenishment_backtest(
-            log.lines[log.lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)], cutoff, horizon_days
-        )
     write_report(backtest.report, json_path)
     if log_to_mlflow:
         import mlflow
@@ -104,19 +113,31 @@ def train_job(
     model_params: dict | None = None,
     plot_dir: Path | None = None,
 ) -> TrainResult:
-    """Backtest at ``cutoff - H``, fit at ``cutoff``, log to MLflow, register if asked."""
+    """Backtest at ``cutoff - H``, fit at ``cutoff``, log to MLflow, register if asked.
+
+    Orders after ``cutoff`` are ignored. When the split has too little history for a
+    backtest (no repeat buyers before it, say), the model is trained all the same and the
+    report carries ``backtest_note`` instead of metrics; when the cutoff has too little for
+    LightGBM, the model is BTYD-only (``model.btyd_only_``).
+    """
     check_cutoff(log, cutoff)
     split = cutoff - pd.Timedelta(days=horizon_days)
-    if split < log.first_order_date + pd.Timedelta(days=horizon_days):
-        raise CutoffError(
-            f"--cutoff {cutoff.date()}: training needs at least two horizons ({2 * horizon_days} days) of history "
-            f"after the first order ({log.first_order_date.date()}); choose a later cutoff or a shorter --horizon-days"
-        )
     with tempfile.TemporaryDirectory() as tmp:
-        backtest = run_backtest(
-            log.orders, split, horizon_days, model_params=model_params, plot_dir=Path(plot_dir or tmp), source=log.source
-        )
-        champion_backtest = champion_on_split(log.orders, split, horizon_days) if register else None
+        if split >= log.last_order_date:
+            reason = f"its {horizon_days} days of truth lie after the last order ({log.last_order_date.date()})"
+            backtest = Backtest(report=no_backtest_report(log, split, horizon_days, reason), frame=pd.DataFrame())
+        else:
+            try:
+                backtest = run_backtest(
+                    log.orders, split, horizon_days, model_params=model_params, plot_dir=Path(plot_dir or tmp),
+                    source=log.source,
+                )
+            except BTYDDataError as exc:  # no repeat buyers (or no customers) before the split
+                backtest = Backtest(report=no_backtest_report(log, split, horizon_days, str(exc)), frame=pd.DataFrame())
+        if "backtest_note" in backtest.report or not register:
+            champion_backtest = None
+        else:
+            champion_backtest = champion_on_split(log.orders, split, horizon_days)
         past = log.orders[log.orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
         model = RepurchaseModel(horizon_days=horizon_days, **(model_params or {})).fit(past, cutoff)
         example = model.features(past, cutoff).head(5)
@@ -124,7 +145,7 @@ def train_job(
             model,
             backtest.report,
             params={"job": "train", "source": log.source, "cutoff": str(cutoff.date()), "backtest_cutoff": str(split.date()),
-                    **model.get_params()},
+                    "model_kind": model_kind(model), **model.get_params()},
             plot_paths=backtest.plots,
             example_features=example,
             register=register,
@@ -132,6 +153,23 @@ def train_job(
             run_name=f"train {log.source} {cutoff.date()}",
         )
     return TrainResult(model=model, backtest=backtest, logged=logged, champion_backtest=champion_backtest)
+
+
+def no_backtest_report(log: OrderLog, split: pd.Timestamp, horizon_days: int, reason: str) -> dict:
+    """The backtest report's keys, with nulls, when the split has too little history to backtest."""
+    return {
+        "source": log.source,
+        "cutoff": split.date().isoformat(),
+        "horizon_days": int(horizon_days),
+        "n_customers": None,
+        "base_rate": None,
+        "model": dict.fromkeys(MODEL_METRICS),
+        "bgnbd": {**dict.fromkeys(("auc", "pr_auc", "brier")), "params": dict.fromkeys(("r", "alpha", "a", "b")),
+                  "time_unit": None, "log_likelihood": None},
+        "recency_only": {"auc": None},
+        "holdout_orders": {"actual": None, "bgnbd": None, "model": None},
+        "backtest_note": f"no backtest at {split.date()} ({horizon_days} days before the cutoff): {reason}",
+    }
 
 
 @dataclass
@@ -176,7 +214,9 @@ def replenish_job(
     check_cutoff(log, as_of, flag="--as-of")
     future = log.lines["order_ts"] >= as_of + pd.Timedelta(days=1)
     past = pair_lines(log.lines.loc[~future.to_numpy()])
-    model = ReplenishmentModel(horizon_days=horizon_days, lead_days=lead_days, **(model_params or {})).fit(past, as_of)
+    # It learns from origins whose label windows lie within the log, which may end before as_of.
+    learn_until = min(as_of, log.last_order_date)
+    model = ReplenishmentModel(horizon_days=horizon_days, lead_days=lead_days, **(model_params or {})).fit(past, learn_until)
     frame = model.predict(past, as_of)
     if out_path is not None:
         write_parquet(frame, out_path)

@@ -4,7 +4,8 @@ How it learns (all temporal, never a random split over time)
 -------------------------------------------------------------
 Given orders and a training cutoff ``C`` with horizon ``H``, the model builds features and
 labels at ``n_origins`` earlier origins ``c_1 < ... < c_k = C - H`` (``step_days`` apart),
-whose labels ``(c, c + H]`` all end on or before ``C``. At each origin a BG/NBD model is
+whose labels ``(c, c + H]`` all end on or before ``C`` (or the last order, when the log ends
+before ``C``). At each origin a BG/NBD model is
 fitted on that origin's own BTYD summary (so no origin sees population information from
 after it) and its answers (``btyd_p_alive``, ``btyd_p_repurchase``, ``btyd_expected_orders``)
 join the features.
@@ -30,6 +31,19 @@ join the features.
 
 At scoring time the BG/NBD and Gamma-Gamma fitted at the training cutoff ``C`` supply the
 BTYD features, so one customer can be scored alone (online) exactly as in batch.
+
+When the data are thin
+----------------------
+The origins adapt to the history (:func:`training_origins`): each needs
+``MIN_ORIGIN_HISTORY_DAYS`` of orders before it and ``MIN_ORIGIN_REPEAT_BUYERS`` repeat
+buyers; when the user's ``step_days`` leaves fewer than two, the step shrinks (down to
+``MIN_STEP_DAYS``) to fit two in. With fewer than two usable origins the model is
+*BTYD-only* (``btyd_only_``; ``btyd_only_reason_`` says what more data would unlock): the
+same score contract from BG/NBD and Gamma-Gamma alone: ``p_repurchase`` is BG/NBD's
+P(at least one order in (T, T+H]), ``expected_orders`` its expectation, the next-order
+quantiles are read off its CDF P(an order within h days) on the same grid (NaN where not
+reached within H), ``expected_revenue`` is expected orders x Gamma-Gamma's expected order
+value (the customer's mean order value where Gamma-Gamma cannot be fitted).
 """
 
 from __future__ import annotations
@@ -45,9 +59,9 @@ from sklearn.linear_model import LogisticRegression
 
 from features.errors import InputError
 from features.orders import OPTIONAL_DEFAULTS
-from features.pipeline import LABELS, build_features, build_training_frame, mix_values, training_cutoffs
+from features.pipeline import LABELS, build_features, build_training_frame, mix_values
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
-from training.btyd import BGNBD, BTYDDataError, BTYDFitError, GammaGamma, clv
+from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma, clv
 from training.segments import lifecycle_stage, rfm_segment
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
@@ -62,6 +76,11 @@ RFM_BASIS = {"r": "days_since_last", "f": "n_orders", "m": "total_spend"}
 REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 1001)
 TIMING_FRACTIONS = (1 / 12, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
 QUANTILES = (0.1, 0.5, 0.9)
+# What a training origin needs: history before it, repeat buyers for its own BTYD fit, and
+# (when the step shrinks to fit two origins in) a week between origins at the least.
+MIN_ORIGIN_HISTORY_DAYS = 30
+MIN_ORIGIN_REPEAT_BUYERS = 20
+MIN_STEP_DAYS = 7
 # What scoring reads besides the model's features: the BTYD summary, RFM bases, lifecycle.
 _SCORING_INPUTS = ("frequency", "recency", "T", "monetary_value", *RFM_BASIS.values())
 
@@ -102,6 +121,33 @@ def _score_frame(values: dict, n: int) -> pd.DataFrame:
         else:
             columns[name] = np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy()
     return pd.DataFrame(columns, copy=False)
+
+
+def training_origins(
+    first_order: dt.date, cutoff: dt.date, horizon_days: int, n_origins: int = 6, step_days: int = 30
+) -> list[dt.date]:
+    """Training origins for a cutoff, oldest first, adapted to the history the log has.
+
+    The latest is ``cutoff - horizon_days`` (its labels end at the cutoff); the others go
+    back ``step_days`` at a time, at most ``n_origins`` in all, none earlier than
+    ``MIN_ORIGIN_HISTORY_DAYS`` after the first order. When ``step_days`` leaves room for
+    only one, the step shrinks to fit two, down to ``MIN_STEP_DAYS``; with less room there
+    are none (the model is then BTYD-only).
+    """
+    latest = cutoff - dt.timedelta(days=horizon_days)
+    earliest = first_order + dt.timedelta(days=MIN_ORIGIN_HISTORY_DAYS)
+    room = (latest - earliest).days
+    if room < min(step_days, MIN_STEP_DAYS):
+        return []
+    if room < step_days:
+        n_origins, step_days = 2, room
+    count = min(n_origins, room // step_days + 1)
+    return [latest - dt.timedelta(days=step_days * k) for k in reversed(range(count))]
+
+
+def earliest_full_cutoff(first_order: dt.date, horizon_days: int) -> dt.date:
+    """The first cutoff at which :func:`training_origins` gives two origins."""
+    return first_order + dt.timedelta(days=MIN_ORIGIN_HISTORY_DAYS + MIN_STEP_DAYS + horizon_days)
 
 
 class LeakageError(InputError):
@@ -154,6 +200,20 @@ def rfm_columns(features, reference: dict[str, np.ndarray]) -> dict[str, np.ndar
         "rfm_r": rfm["r"], "rfm_f": rfm["f"], "rfm_m": rfm["m"],
         "rfm_score": rfm["r"] + rfm["f"] + rfm["m"], "rfm_cell": 100 * rfm["r"] + 10 * rfm["f"] + rfm["m"],
     }
+
+
+def fit_gamma_gamma(features: pd.DataFrame) -> GammaGamma | None:
+    """Gamma-Gamma on the repeat customers with positive spend; None when they are too few
+    (then each customer's mean order value stands in for the expected one)."""
+    repeat = (features["frequency"] > 0) & (features["monetary_value"] > 0)
+    if repeat.sum() < MIN_REPEAT_CUSTOMERS:
+        return None
+    try:
+        return GammaGamma().fit(
+            features.loc[repeat, "frequency"].to_numpy(float), features.loc[repeat, "monetary_value"].to_numpy(float)
+        )
+    except BTYDDataError:
+        return None
 
 
 def _short(value: float) -> str:
@@ -227,6 +287,21 @@ class RepurchaseModel:
         Cap on (customer, h) rows for the timing model (customers are sampled).
     random_state : int
         Seed for sampling and LightGBM.
+
+    Attributes
+    ----------
+    btyd_only_ : bool
+        Too little history for two training origins: every answer comes from BG/NBD and
+        Gamma-Gamma (see "When the data are thin" above); the boosters are None.
+    btyd_only_reason_ : str
+        One line: why, and what more data would unlock the LightGBM model ("" when not BTYD-only).
+    bgnbd_, gamma_gamma_ : BGNBD, GammaGamma or None
+        The BTYD fits at the training cutoff; their ``fit_status_`` says whether the fit was
+        interior or ran to a boundary.
+    classifier_, calibrator_, orders_model_, revenue_model_, timing_model_
+        The LightGBM boosters and the Platt calibrator.
+    spec_ : FeatureSpec
+        What scoring needs to rebuild the features.
     """
 
     def __init__(
@@ -326,28 +401,19 @@ class RepurchaseModel:
         bgnbd = BGNBD(model=self.btyd_model).fit(
             features["frequency"].to_numpy(float), features["recency"].to_numpy(float), features["T"].to_numpy(float)
         )
-        repeat = (features["frequency"] > 0) & (features["monetary_value"] > 0)
-        gamma_gamma = None
-        if repeat.sum() >= 10:
-            try:
-                gamma_gamma = GammaGamma().fit(
-                    features.loc[repeat, "frequency"].to_numpy(float), features.loc[repeat, "monetary_value"].to_numpy(float)
-                )
-            except (BTYDDataError, BTYDFitError):
-                gamma_gamma = None
-        return bgnbd, gamma_gamma
+        return bgnbd, fit_gamma_gamma(features)
 
-    def _origin_frame(self, orders: pd.DataFrame, cutoff: dt.date, channel_values, category_values) -> pd.DataFrame:
-        origins = training_cutoffs(cutoff, self.horizon_days, self.n_origins, self.step_days)
+    def _origin_frame(self, orders: pd.DataFrame, origins: list[dt.date], channel_values, category_values) -> pd.DataFrame:
+        """Features, labels and BTYD answers stacked over the origins that have enough repeat buyers."""
+        if not origins:
+            return pd.DataFrame()
         frame = build_training_frame(
             orders, origins, self.horizon_days, channel_values=channel_values, category_values=category_values
         )
-        if frame.empty:
-            raise InputError("no customers at any training origin: the log is too short for this cutoff and horizon")
         parts = []
         for origin, part in frame.groupby("cutoff", sort=True):
             part = part.reset_index(drop=True)
-            if (part["frequency"] > 0).sum() < 20:
+            if (part["frequency"] > 0).sum() < MIN_ORIGIN_REPEAT_BUYERS:
                 continue  # too young to fit BTYD: skip the origin rather than invent numbers
             try:
                 bgnbd, gamma_gamma = self._fit_btyd(part)
@@ -357,20 +423,75 @@ class RepurchaseModel:
             if len(part) > self.max_rows_per_origin:
                 part = part.sample(self.max_rows_per_origin, random_state=self.random_state)
             parts.append(part)
-        if len(parts) < 2:
-            raise InputError(
-                f"only {len(parts)} training origin(s) have enough repeat buyers; use an earlier horizon, "
-                "a later cutoff or more history"
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def _btyd_only_reason(self, first_order: dt.date, cutoff: dt.date, origins: list[dt.date], n_usable: int) -> str:
+        """Why the LightGBM model cannot be trained, and what more data would unlock it, in one line."""
+        if len(origins) < 2:
+            unlock = earliest_full_cutoff(first_order, self.horizon_days)
+            return (
+                f"BTYD-only: {(cutoff - first_order).days} days of orders before {cutoff}; the LightGBM model needs two "
+                f"training origins, each with {MIN_ORIGIN_HISTORY_DAYS} days of history and a whole {self.horizon_days}-day "
+                f"label window before the cutoff; a cutoff from {unlock} ({(unlock - cutoff).days} more days of orders) "
+                "would unlock it"
             )
-        return pd.concat(parts, ignore_index=True)
+        return (
+            f"BTYD-only: only {n_usable} of {len(origins)} training origins ({origins[0]} to {origins[-1]}) have "
+            f"{MIN_ORIGIN_REPEAT_BUYERS} repeat buyers; more customers or a later cutoff would unlock the LightGBM model"
+        )
 
     def fit(self, orders: pd.DataFrame, cutoff) -> "RepurchaseModel":
-        """Learn from ``orders`` up to ``cutoff`` (a date); nothing after it is read."""
+        """Learn from ``orders`` up to ``cutoff`` (a date); nothing after it is read.
+
+        With too little history for two training origins the model is BTYD-only
+        (``btyd_only_``), not an error.
+        """
         cutoff = pd.Timestamp(cutoff).date()
         orders = orders[orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+        if orders.empty:
+            raise InputError(f"no orders on or before the cutoff {cutoff}: nothing to learn from")
         channel_values = self._mix(orders, cutoff, "channel")
         category_values = self._mix(orders, cutoff, "category")
-        frame = self._origin_frame(orders, cutoff, channel_values, category_values)
+        first_order = orders["order_ts"].min().date()
+        # Training origins are backtests: their label windows must lie within the log, which
+        # may end before the cutoff (a quiet spell, a stale export).
+        learn_until = min(cutoff, orders["order_ts"].max().date())
+        origins = training_origins(first_order, learn_until, self.horizon_days, self.n_origins, self.step_days)
+        frame = self._origin_frame(orders, origins, channel_values, category_values)
+        usable = [] if frame.empty else sorted(frame["cutoff"].unique())
+        self.timing_grid_ = np.unique(np.round(np.array(TIMING_FRACTIONS) * self.horizon_days)).astype(float)
+        self.btyd_only_ = len(usable) < 2
+        if self.btyd_only_:
+            self.btyd_only_reason_ = self._btyd_only_reason(first_order, cutoff, origins, len(usable))
+            self.classifier_ = self.calibrator_ = self.orders_model_ = self.revenue_model_ = self.timing_model_ = None
+            features = []
+        else:
+            self.btyd_only_reason_ = ""
+            features = self._fit_boosters(frame)
+        self.timing_feature_names_ = features + ["horizon_h"] if features else []
+
+        at_cutoff = build_features(
+            orders,
+            cutoff,
+            channel_values=channel_values,
+            category_values=category_values,
+        )
+        self.bgnbd_, self.gamma_gamma_ = self._fit_btyd(at_cutoff)
+        rfm_reference = {letter: reference_quantiles(at_cutoff[column]) for letter, column in RFM_BASIS.items()}
+        self.spec_ = FeatureSpec(
+            horizon_days=self.horizon_days,
+            model_features=features,
+            channel_values=channel_values,
+            category_values=category_values,
+            training_cutoff=cutoff.isoformat(),
+            origins=[pd.Timestamp(c).date().isoformat() for c in usable],
+            rfm_reference=rfm_reference,
+        )
+        self.spec_.clv_reference = reference_quantiles(self._clv(self.with_btyd(at_cutoff)))
+        return self
+
+    def _fit_boosters(self, frame: pd.DataFrame) -> list[str]:
+        """Train the LightGBM models and the calibrator on the stacked origins; returns the model features."""
         candidates = [c for c in frame.columns if c not in NOT_FEATURES]
         varies = frame.groupby("cutoff")[candidates].nunique(dropna=False).max() > 1
         features = [c for c in candidates if varies[c]]
@@ -413,7 +534,6 @@ class RepurchaseModel:
             self._init_score("revenue", train),
             self._init_score("revenue", valid),
         )
-        self.timing_grid_ = np.unique(np.round(np.array(TIMING_FRACTIONS) * self.horizon_days)).astype(float)
         timing_features = features + ["horizon_h"]
         constraints = [0] * len(features) + [1]
         Xt, yt = self._timing_rows(train, features)
@@ -425,27 +545,7 @@ class RepurchaseModel:
             Xv,
             yv,
         )
-
-        at_cutoff = build_features(
-            orders,
-            cutoff,
-            channel_values=channel_values,
-            category_values=category_values,
-        )
-        self.bgnbd_, self.gamma_gamma_ = self._fit_btyd(at_cutoff)
-        rfm_reference = {letter: reference_quantiles(at_cutoff[column]) for letter, column in RFM_BASIS.items()}
-        self.spec_ = FeatureSpec(
-            horizon_days=self.horizon_days,
-            model_features=features,
-            channel_values=channel_values,
-            category_values=category_values,
-            training_cutoff=cutoff.isoformat(),
-            origins=[pd.Timestamp(c).date().isoformat() for c in sorted(frame["cutoff"].unique())],
-            rfm_reference=rfm_reference,
-        )
-        self.timing_feature_names_ = timing_features
-        self.spec_.clv_reference = reference_quantiles(self._clv(self.with_btyd(at_cutoff)))
-        return self
+        return features
 
     def _clv(self, features: pd.DataFrame) -> np.ndarray:
         f, r, T, m = (_values(features, c) for c in ("frequency", "recency", "T", "monetary_value"))
@@ -548,16 +648,28 @@ class RepurchaseModel:
             raise InputError(f"feature frame lacks columns the model was trained on: {', '.join(missing[:5])}")
         return features[self.spec_.model_features].to_numpy(dtype=np.float32)
 
+    def is_btyd_only(self) -> bool:
+        """Whether every answer comes from BG/NBD and Gamma-Gamma (too little history for LightGBM)."""
+        return getattr(self, "btyd_only_", False)  # models pickled before BTYD-only existed are full
+
     def p_repurchase(self, features: pd.DataFrame) -> np.ndarray:
-        """Calibrated probability of at least one order within the horizon."""
+        """Calibrated probability of at least one order within the horizon (BG/NBD's when BTYD-only)."""
+        if self.is_btyd_only():
+            return _values(features, "btyd_p_repurchase")
         raw = self._from_btyd(self.classifier_.predict(self._matrix(features), raw_score=True), "binary", features)
         return self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
 
     def next_order_cdf(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
         """F(h) on ``timing_grid_``: P(next order within h days), one row per customer."""
+        if self.is_btyd_only():
+            return self._btyd_cdf(*(_values(features, c) for c in ("frequency", "recency", "T")))
         if p_repurchase is None:
             p_repurchase = self.p_repurchase(features)
         return self._cdf(self._matrix(features), p_repurchase)
+
+    def _btyd_cdf(self, frequency, recency, T) -> np.ndarray:
+        """BG/NBD's P(an order within h days) on ``timing_grid_``: the timing distribution it implies."""
+        return np.column_stack([self.bgnbd_.p_repurchase(h, frequency, recency, T) for h in self.timing_grid_])
 
     def _cdf(self, X: np.ndarray, p_repurchase: np.ndarray) -> np.ndarray:
         grid = self.timing_grid_
@@ -572,10 +684,14 @@ class RepurchaseModel:
 
     def expected_orders(self, features: pd.DataFrame) -> np.ndarray:
         """Expected number of orders within the horizon."""
+        if self.is_btyd_only():
+            return _values(features, "btyd_expected_orders")
         return self._regress(self.orders_model_, "orders", features)
 
     def expected_revenue(self, features: pd.DataFrame) -> np.ndarray:
-        """Expected revenue within the horizon."""
+        """Expected revenue within the horizon (BTYD-only: expected orders x expected order value)."""
+        if self.is_btyd_only():
+            return _values(features, "btyd_expected_orders") * _values(features, "btyd_expected_order_value")
         return self._regress(self.revenue_model_, "revenue", features)
 
     def _regress(self, booster: lgb.Booster, target: str, features: pd.DataFrame) -> np.ndarray:
@@ -587,8 +703,13 @@ class RepurchaseModel:
         From LightGBM's own ``pred_contrib`` (SHAP values of the classifier, in log-odds
         before calibration), largest magnitude first, each as ``name=value (+0.62)``: a
         positive number raised the chance of a repurchase, a negative one lowered it.
+        A BTYD-only model has no booster to explain: it names the summary BG/NBD answers from.
         """
         features = self.with_btyd(features)
+        if self.is_btyd_only():
+            f, d, p = (_values(features, c) for c in ("frequency", "days_since_last", "btyd_p_alive"))
+            return [f"BTYD-only: repeat purchase days={_short(f[i])}; days_since_last={_short(d[i])}; "
+                    f"p_alive={_short(p[i])}" for i in range(len(features))]
         X = self._matrix(features)
         contrib = self.classifier_.predict(X, pred_contrib=True)[:, :-1]
         names = self.spec_.model_features
@@ -609,16 +730,10 @@ class RepurchaseModel:
         if features.empty:
             return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
         columns = self._scoring_columns(features)
-        X = np.column_stack([columns[c] for c in self.spec_.model_features]).astype(np.float32)
-        raw = self._from_btyd(self.classifier_.predict(X, raw_score=True), "binary", columns)
-        p = self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
-        # The CDF tops out at p_repurchase, so no quantile exists below min(QUANTILES):
-        # the timing model (one prediction per grid point) runs only where one can.
-        quantiles = np.full((len(features), len(QUANTILES)), np.nan)
-        reachable = p >= min(QUANTILES)
-        if reachable.any():
-            quantiles[reachable] = quantiles_from_cdf(self.timing_grid_, self._cdf(X[reachable], p[reachable]))
-        regress = lambda booster, target: np.exp(self._from_btyd(booster.predict(X, raw_score=True), target, columns))  # noqa: E731
+        if self.is_btyd_only():
+            p, orders, revenue, quantiles = self._btyd_answers(columns)
+        else:
+            p, orders, revenue, quantiles = self._booster_answers(columns, len(features))
         return _score_frame(
             {
                 "customer_id": features["customer_id"].astype("str").to_numpy(),
@@ -626,8 +741,8 @@ class RepurchaseModel:
                 "horizon_days": self.horizon_days,
                 "p_alive": columns["btyd_p_alive"],
                 "p_repurchase": p,
-                "expected_orders": regress(self.orders_model_, "orders"),
-                "expected_revenue": regress(self.revenue_model_, "revenue"),
+                "expected_orders": orders,
+                "expected_revenue": revenue,
                 "clv": self._clv(columns),
                 "next_order_days_p10": quantiles[:, 0],
                 "next_order_days_p50": quantiles[:, 1],
@@ -639,6 +754,31 @@ class RepurchaseModel:
             },
             len(features),
         )
+
+    def _booster_answers(self, columns: dict[str, np.ndarray], n: int):
+        """p_repurchase, expected orders and revenue, next-order quantiles from the boosters."""
+        X = np.column_stack([columns[c] for c in self.spec_.model_features]).astype(np.float32)
+        raw = self._from_btyd(self.classifier_.predict(X, raw_score=True), "binary", columns)
+        p = self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
+        # The CDF tops out at p_repurchase, so no quantile exists below min(QUANTILES):
+        # the timing model (one prediction per grid point) runs only where one can.
+        quantiles = np.full((n, len(QUANTILES)), np.nan)
+        reachable = p >= min(QUANTILES)
+        if reachable.any():
+            quantiles[reachable] = quantiles_from_cdf(self.timing_grid_, self._cdf(X[reachable], p[reachable]))
+        regress = lambda booster, target: np.exp(self._from_btyd(booster.predict(X, raw_score=True), target, columns))  # noqa: E731
+        return p, regress(self.orders_model_, "orders"), regress(self.revenue_model_, "revenue"), quantiles
+
+    def _btyd_answers(self, columns: dict[str, np.ndarray]):
+        """The same answers from BG/NBD and Gamma-Gamma alone (a BTYD-only model)."""
+        p = columns["btyd_p_repurchase"]
+        orders = columns["btyd_expected_orders"]
+        quantiles = np.full((len(p), len(QUANTILES)), np.nan)
+        reachable = p >= min(QUANTILES)
+        if reachable.any():
+            f, r, T = (columns[c][reachable] for c in ("frequency", "recency", "T"))
+            quantiles[reachable] = quantiles_from_cdf(self.timing_grid_, self._btyd_cdf(f, r, T))
+        return p, orders, orders * columns["btyd_expected_order_value"], quantiles
 
     def _scoring_columns(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
         """The columns scoring reads, as arrays: what :meth:`with_btyd` would add, computed alike."""

@@ -4,7 +4,12 @@
 Promotion rule: a new version becomes ``champion`` when there is none. Otherwise it
 becomes ``challenger`` unless, on the same backtest split (same orders, cutoff and horizon),
 its ``p_repurchase`` AUC is higher than the champion's and its Brier score no worse
-(within 0.001); then it becomes ``champion`` and the old champion keeps its version.
+(within 0.001); then it becomes ``champion`` and the old champion keeps its version. A
+model that could not be trained at the split (BTYD-only there) is scored by what it then
+answers, BG/NBD's ``p_repurchase``; with no backtest at all, nothing beats the champion.
+
+Every run and registered version is tagged ``model_kind`` (``full`` or ``btyd_only``) and
+with how its BG/NBD and Gamma-Gamma fits ended (``bgnbd_fit_status``, ...).
 """
 
 from __future__ import annotations
@@ -180,6 +185,27 @@ with contextlib.redirect_stderr(io.StringIO()):
             return self.model.score_features(pd.DataFrame(model_input), as_of, str(params.get("model_version", "")))
 
 
+def model_kind(model: RepurchaseModel) -> str:
+    """``"btyd_only"`` or ``"full"`` (LightGBM on BTYD): the label in MLflow, the CLI and the report."""
+    return "btyd_only" if model.is_btyd_only() else "full"
+
+
+def model_tags(model: RepurchaseModel) -> dict[str, str]:
+    """What kind of model this is and how its BTYD fits ended, as MLflow tags."""
+    gamma_gamma = model.gamma_gamma_
+    tags = {
+        "model_kind": model_kind(model),
+        "bgnbd_fit_status": getattr(model.bgnbd_, "fit_status_", "interior"),
+        "gamma_gamma_fit_status": getattr(gamma_gamma, "fit_status_", "interior") if gamma_gamma is not None
+        else "not fitted: mean order value used",
+    }
+    if model.is_btyd_only():
+        tags["btyd_only_reason"] = model.btyd_only_reason_
+    if getattr(model.bgnbd_, "fit_detail_", ""):
+        tags["bgnbd_fit_detail"] = model.bgnbd_.fit_detail_
+    return tags
+
+
 def _pip_requirements() -> list[str]:
     return [f"{name}=={package_version(name)}" for name in _REQUIREMENTS] + [f"mlflow=={package_version('mlflow')}"]
 
@@ -215,11 +241,16 @@ def log_run(
     with tracked_run(run_name) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(_flat_metrics(report))
-        mlflow.set_tags({"cutoff": report.get("cutoff", ""), "horizon_days": str(report.get("horizon_days", ""))})
+        notes = {k: report[k] for k in ("model_note", "backtest_note") if report.get(k)}
+        backtest_status = (report.get("bgnbd") or {}).get("fit_status")
+        mlflow.set_tags({"cutoff": report.get("cutoff", ""), "horizon_days": str(report.get("horizon_days", "")),
+                         **model_tags(model), **notes,
+                         **({"backtest_bgnbd_fit_status": backtest_status} if backtest_status else {})})
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             write_report(report, tmp / "backtest.json")
-            (tmp / "features.txt").write_text("\n".join(model.spec_.model_features) + "\n")
+            features = model.spec_.model_features or ["(none: BTYD-only model, BG/NBD and Gamma-Gamma on the BTYD summary)"]
+            (tmp / "features.txt").write_text("\n".join(features) + "\n")
             mlflow.log_artifact(str(tmp / "backtest.json"))
             mlflow.log_artifact(str(tmp / "features.txt"))
             for path in (plot_paths or {}).values():
@@ -241,7 +272,7 @@ def log_run(
             )
     logged = LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
     if register:
-        logged.version, logged.alias = register_model(logged, report, champion_report)
+        logged.version, logged.alias = register_model(logged, report, champion_report, tags=model_tags(model))
     return logged
 
 
@@ -250,12 +281,22 @@ def beats(report: dict, champion_report: dict) -> bool:
     same_split = all(report.get(k) == champion_report.get(k) for k in ("cutoff", "horizon_days", "n_customers"))
     if not same_split:
         raise ValueError("champion and challenger must be compared on the same backtest split")
-    new, old = report["model"], champion_report["model"]
+    new, old = _scored(report), _scored(champion_report)
+    if any(block.get(k) is None for block in (new, old) for k in ("auc", "brier")):
+        return False
     return new["auc"] > old["auc"] and new["brier"] <= old["brier"] + BRIER_TOLERANCE
 
 
-def register_model(logged: LoggedModel, report: dict, champion_report: dict | None) -> tuple[str, str]:
-    """Register a new version and give it the alias the promotion rule says.
+def _scored(report: dict) -> dict:
+    """The metrics a model earned on a backtest: its own, or BG/NBD's when it was BTYD-only there."""
+    model = report.get("model") or {}
+    return model if model.get("auc") is not None else (report.get("bgnbd") or {})
+
+
+def register_model(
+    logged: LoggedModel, report: dict, champion_report: dict | None, *, tags: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """Register a new version, tag it and give it the alias the promotion rule says.
 
     Exactly one champion under concurrency: on a local store the check "is there a champion?"
     and the alias write happen under :func:`store_lock`; on any store the alias is read back
@@ -267,7 +308,9 @@ def register_model(logged: LoggedModel, report: dict, champion_report: dict | No
     client = mlflow.MlflowClient()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered ..."
         version = str(mlflow.register_model(logged.model_uri, REGISTERED_MODEL).version)
-    client.set_model_version_tag(REGISTERED_MODEL, version, "auc", str(report.get("model", {}).get("auc")))
+    client.set_model_version_tag(REGISTERED_MODEL, version, "auc", str(_scored(report).get("auc")))
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
     with store_lock():
         had_champion = champion_version() is not None
         if not had_champion or (champion_report is not None and beats(report, champion_report)):
@@ -324,6 +367,8 @@ __all__ = [
     "configure_tracking",
     "load_scorer",
     "log_run",
+    "model_kind",
+    "model_tags",
     "register_model",
     "store_lock",
     "tracked_run",
