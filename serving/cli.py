@@ -393,8 +393,16 @@ def target(
     replenishment: Optional[Path] = typer.Option(
         None, "--replenishment", help="Parquet written by `repurchase replenish`: category reminders (replenish_* columns)."
     ),
+    contacts: Optional[Path] = typer.Option(
+        None, "--contacts", help="Contacts file (CSV or Parquet: customer_id, action, contacted_at, group) of past "
+        "campaigns, for the rules' cooldown_days and the file's contact_cap."
+    ),
+    campaign_date: Optional[str] = typer.Option(
+        None, "--campaign-date", help="Date YYYY-MM-DD of this campaign, for the holdout draw and the cooldowns "
+        "(default: the scores' as_of date)."
+    ),
 ) -> None:
-    """Apply targeting rules to scores: audiences with actions and reasons.
+    """Apply targeting rules to scores: audiences with actions, reasons and holdouts.
 
     Rules (YAML) are tried in order; the first that matches gives the customer its action
     and a reason in words. Writes one CSV per action and summary.csv to --out. The feature
@@ -402,21 +410,51 @@ def target(
     joined automatically, so rules and reasons can use feature columns too. With
     --replenishment, the default rules remind customers of the category that is due
     ("bought coffee every 21 days; last 18 days ago; reminder due 2025-10-02").
+
+    Every action keeps a random holdout (10%, or the rule's `holdout:`; 0.0 turns it off):
+    each audience row has group = treatment or holdout, drawn from a hash of the customer
+    id, the action and the campaign date (--campaign-date, default the scores' as_of), so a
+    rerun on the same day gives the same groups and no score influences them. --out/send/
+    holds, per action, the treatment rows only: what goes to the messaging tool. With
+    --contacts, customers in a rule's cooldown or over the contact cap are held back: they
+    stay in the audience file with held_back saying why ("contacted 3 days ago for
+    replenishment_reminder") and are not sent. Record the audience rows without held_back
+    (both groups; contacted_at = campaign_date) as contacts for `repurchase measure`.
     """
+    from features.contacts import load_contacts
     from features.io import check_output_path
+    from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
-    from serving.rules import apply_rules, load_rules, write_audiences
+    from serving.rules import Campaign, apply_rules, load_rules, write_audiences
 
     check_output_path(out_dir, folder=True)
+    day = parse_date(campaign_date, "--campaign-date") if campaign_date is not None else None
     rule_set = load_rules(rules)
+    past = load_contacts(contacts) if contacts is not None else None
     scores_frame, features = read_scored(scores)
     replenish_frame = read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
-    targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame)
+    targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame,
+                           campaign=Campaign(date=day, contacts=past))
     summary = write_audiences(targeted, out_dir)
+    counts = _group_counts(targeted)
     for row in summary.itertuples(index=False):
-        out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}), "
-                  f"expected revenue {row.expected_revenue_sum:,.0f}")
-    out.print(f"wrote {len(summary)} audiences and summary.csv to {out_dir}")
+        treatment, holdout, held = counts.get(row.action, (0, 0, 0))
+        held_text = f", {held:,} held back" if past is not None else ""
+        out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}; {treatment:,} to send, "
+                  f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}")
+    out.print(f"wrote {len(summary)} audiences, summary.csv and send/ (treatment only) to {out_dir}")
+
+
+def _group_counts(targeted) -> dict[str, tuple[int, int, int]]:
+    """Per action: customers to send, in the holdout, and held back."""
+    acted = targeted[targeted["action"].notna()]
+    held = acted["held_back"].notna() if "held_back" in acted.columns else acted["action"].isna()
+    counts = {}
+    for action, rows in acted.groupby("action"):
+        kept = ~held.loc[rows.index]
+        counts[str(action)] = (int(((rows["group"] == "treatment") & kept).sum()),
+                               int(((rows["group"] == "holdout") & kept).sum()), int((~kept).sum()))
+    return counts
 
 
 @app.command()

@@ -500,20 +500,47 @@ def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizo
         return "<p>Targeting rules were applied but selected no customers.</p>"
     summary = group_summary(audience, "action")
     summary["share"] = summary["customers"] / max(len(scores), 1)
-    rows = [[_label(a), fmt_count(r.customers), fmt_pct(r.share), fmt_metric(r.mean_p_repurchase),
-             fmt_count(r.expected_revenue), fmt_count(r.clv)] for a, r in summary.iterrows()]
-    footer = ["all actions", fmt_count(summary["customers"].sum()), fmt_pct(summary["customers"].sum() / max(len(scores), 1)),
+    groups = _group_counts(audience, summary.index)
+    group_headers = [] if groups is None else [g for g in groups.columns]
+    rows = [[_label(a), fmt_count(r.customers), *([] if groups is None else [fmt_count(v) for v in groups.loc[a]]),
+             fmt_pct(r.share), fmt_metric(r.mean_p_repurchase), fmt_count(r.expected_revenue), fmt_count(r.clv)]
+            for a, r in summary.iterrows()]
+    footer = ["all actions", fmt_count(summary["customers"].sum()),
+              *([] if groups is None else [fmt_count(v) for v in groups.sum()]),
+              fmt_pct(summary["customers"].sum() / max(len(scores), 1)),
               fmt_metric(_score_column(audience, "p_repurchase").mean()), fmt_count(summary["expected_revenue"].sum()),
               fmt_count(summary["clv"].sum())]
-    table = _table(["action", "customers", "share of scored", "mean p_repurchase",
+    table = _table(["action", "customers", *group_headers, "share of scored", "mean p_repurchase",
                     f"revenue at stake ({horizon})", "CLV at stake"], rows, footer=footer)
     chart = _bar_chart(summary.index, {"customers": summary["customers"].to_numpy(),
                                        f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
                                        "CLV": summary["clv"].to_numpy()}, "Audiences and revenue at stake by action")
     note = ("<p>Revenue at stake is the sum of the audience's expected revenue over the horizon and of its "
             "customer lifetime value: what the action protects or grows, not what it is certain to add.</p>")
+    if groups is not None:
+        note += ("<p>Each action keeps a random holdout: customers drawn by chance (a hash of customer, action and "
+                 "date, never a score) who are not contacted, so that comparing them with the treatment group "
+                 "after the campaign shows what the action really added (<code>repurchase measure</code>). "
+                 "Only the treatment group is sent (send/)"
+                 + ("; customers held back by a cooldown or the contact cap are in neither group" if "held back" in
+                    groups.columns else "") + ".</p>")
     return note + table + _figure_html(_png_data_uri(chart), "By action",
                                        "Audience size, expected revenue and CLV of each action.", wide=True)
+
+
+def _group_counts(audience: pd.DataFrame, actions) -> pd.DataFrame | None:
+    """Per action: customers in the treatment group (to send), in the holdout, and held back; None without groups."""
+    if "group" not in audience:
+        return None
+    group = audience["group"].astype("string")
+    held = (audience["held_back"].astype("string").fillna("") != "") if "held_back" in audience else None
+    counts = pd.DataFrame(index=pd.Index(actions))
+    kept = ~held if held is not None else pd.Series(True, index=audience.index)
+    counts["treatment (sent)"] = (group.eq("treatment") & kept).groupby(audience["action"]).sum()
+    counts["holdout"] = (group.eq("holdout") & kept).groupby(audience["action"]).sum()
+    if held is not None:
+        counts["held back"] = held.groupby(audience["action"]).sum()
+    return counts.fillna(0).astype(int)
 
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
