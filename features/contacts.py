@@ -116,7 +116,9 @@ def load_contacts(source: str | os.PathLike, known_actions=None) -> pd.DataFrame
         raw, origin, row_base, row_word = _read_source(str(source))
     except InputError as exc:
         raise ContactsError(str(exc)) from None
-    return validate_contacts(raw, origin, known_actions=known_actions, row_base=row_base, row_word=row_word)
+    frame = validate_contacts(raw, origin, known_actions=known_actions, row_base=row_base, row_word=row_word)
+    frame.attrs.update(origin=origin, row_base=row_base, row_word=row_word)  # for later messages about rows
+    return frame
 
 
 def validate_contacts(

@@ -29,6 +29,7 @@ from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS
 
 DASH = "–"
 SECTIONS = ("summary", "backtest", "segments", "lifecycle", "actions", "reasons")
+MEASURED = "did_it_work"  # the section added when a campaign measurement is given
 PLOT_ORDER = ("roc", "gain", "calibration", "revenue_deciles", "timing", "tracking", "importance")
 PLOT_CAPTIONS = {
     "roc": ("Who reorders: ROC",
@@ -596,6 +597,110 @@ def _reasons_section(audience: pd.DataFrame | None, horizon_days) -> str:
     return "".join(parts)
 
 
+# --- did it work? -----------------------------------------------------------------------------
+
+VERDICT_LABELS = {"significant": "significant", "not_significant": "not significant", "too_small": "too small to tell"}
+
+
+def fmt_points(value, decimals: int = 1) -> str:
+    """A difference of rates in percentage points: ``0.034`` -> ``+3.4 pts``."""
+    number = _number(value)
+    return DASH if number is None else f"{100 * number:+,.{decimals}f} pts"
+
+
+def _interval(values, fmt) -> str:
+    if not isinstance(values, (list, tuple)) or len(values) != 2:
+        return DASH
+    return f"{fmt(values[0])} to {fmt(values[1])}"
+
+
+def _p_text(value) -> str:
+    number = _number(value)
+    if number is None:
+        return DASH
+    return "< 0.001" if number < 0.001 else f"{number:.3f}"
+
+
+def measurement_section(measurement: dict) -> str:
+    """The "Did it work?" section: per action, treatment against holdout, in words, tables and a chart."""
+    blocks = {**{a: b for a, b in (measurement.get("actions") or {}).items()}}
+    if not blocks:
+        return "<p>No contacts to measure.</p>"
+    window = fmt_count(measurement.get("window_days"))
+    cost = _number(measurement.get("contact_cost"))
+    parts = [
+        f"<p>Each action kept a random holdout: customers chosen by chance and not contacted. Comparing who ordered "
+        f"within {_esc(window)} days after the contact in each group shows what the contact itself added; the "
+        "difference is significant when its 95% interval leaves out zero (p &lt; 0.05). Every contacted customer "
+        "counts, with or without an order.</p>"
+    ]
+    rows = [*blocks.items(), ("all actions", measurement.get("overall") or {})]
+    parts.append("<ul>" + "".join(f"<li><b>{_esc(_label(name))}</b> ({_esc(VERDICT_LABELS.get(b.get('verdict'), DASH))}):"
+                                  f" {_esc(b.get('summary', ''))}</li>" for name, b in rows) + "</ul>")
+    group_rows = []
+    for name, block in rows:
+        group_rows.append(_Group(_label(name)))
+        for group in ("treatment", "holdout"):
+            g = block.get(group) or {}
+            group_rows.append([group, fmt_count(g.get("customers")), fmt_count(g.get("buyers")), fmt_pct(g.get("rate")),
+                               fmt_metric(g.get("orders_per_customer")), fmt_metric(g.get("revenue_per_customer"), 2)])
+    parts.append(_table(["group", "customers", "buyers", "repurchase rate", "orders per customer",
+                         "revenue per customer"], group_rows))
+    lift_rows = [[_label(name), fmt_points(b.get("rate_diff")), _interval(b.get("rate_diff_ci95"), fmt_points),
+                  _p_text(b.get("p_value")), fmt_signed_pct(b.get("rel_lift")), fmt_count(b.get("incremental_orders")),
+                  fmt_count(b.get("incremental_revenue")), fmt_signed_pct(b.get("roi"), 0), fmt_points(b.get("mde")),
+                  VERDICT_LABELS.get(b.get("verdict"), DASH)] for name, b in rows]
+    parts.append(_table(["action", "rate difference", "95% interval", "p-value", "relative lift", "incremental orders",
+                         "incremental revenue", "ROI", "detectable (80% power)", "verdict"], lift_rows,
+                        text_columns=(0, 9)))
+    mismatched = [name for name, b in rows if (b.get("srm") or {}).get("mismatch")]
+    if mismatched:
+        parts.append(f"<p><b>Sample-ratio mismatch</b> in {_esc(', '.join(_label(n) for n in mismatched))}: the groups "
+                     "are not the planned split, so something other than chance decided who was held out; do not trust "
+                     "those results until that is explained.</p>")
+    cost_text = f"{cost:,.2f} per contact" if cost is not None else DASH
+    parts.append(f"<p class=note>Incremental orders and revenue: the per-customer difference times the treatment group. "
+                 f"ROI = (incremental revenue - contact cost) / contact cost at {_esc(cost_text)}, on revenue, not "
+                 "margin. Detectable: the smallest difference in the rate these group sizes find 4 times out of 5.</p>")
+    chart = _lift_chart(rows)
+    if chart is not None:
+        parts.append(_figure_html(_png_data_uri(chart), "Measured lift",
+                                  "Difference in repurchase rate, treatment minus holdout, with its 95% interval; "
+                                  "an interval crossing the dotted zero line may be chance.", wide=True))
+    return "".join(parts)
+
+
+def _lift_chart(rows) -> bytes | None:
+    measured = [(name, b) for name, b in rows if _number(b.get("rate_diff")) is not None
+                and isinstance(b.get("rate_diff_ci95"), (list, tuple))]
+    if not measured:
+        return None
+    labels = [_label(name) for name, _ in measured]
+    diff = np.array([100 * float(b["rate_diff"]) for _, b in measured])
+    low = np.array([100 * float(b["rate_diff_ci95"][0]) for _, b in measured])
+    high = np.array([100 * float(b["rate_diff_ci95"][1]) for _, b in measured])
+    fig = Figure(figsize=(9, 1.2 + 0.45 * len(labels)))
+    ax = fig.subplots()
+    y = np.arange(len(labels))
+    ax.errorbar(diff, y, xerr=[diff - low, high - diff], fmt="o", color=BAR_COLOR, capsize=4)
+    ax.axvline(0, color="#888", linestyle=":")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("treatment minus holdout, percentage points", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _figure_png(fig)
+
+
+def render_measurement(measurement: dict, out_path: Path) -> Path:
+    """Write the "Did it work?" page (:func:`build_measurement_html`) atomically."""
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(build_measurement_html(measurement), encoding="utf-8")
+    return out_path
+
+
 # --- the page ------------------------------------------------------------------------------------
 
 CSS = """
@@ -661,6 +766,7 @@ SECTION_TITLES = {
     "lifecycle": "Lifecycle stages",
     "actions": "Actions and revenue at stake",
     "reasons": "Why these customers",
+    MEASURED: "Did it work? Campaigns against their holdouts",
 }
 
 
@@ -671,7 +777,7 @@ def _content_security_policy() -> str:
 
 
 def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.DataFrame, targeted: pd.DataFrame | None,
-                      *, title: str = "Repurchase report") -> str:
+                      *, title: str = "Repurchase report", measurement: dict | None = None) -> str:
     """The report page as a string (see :func:`render_report`)."""
     report = report or {}
     audience = _audience(targeted)
@@ -686,13 +792,32 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
         "actions": _actions_section(scores, audience, horizon),
         "reasons": _reasons_section(audience, horizon_days),
     }
+    order = SECTIONS
+    if measurement is not None:
+        bodies[MEASURED] = measurement_section(measurement)
+        order = (*SECTIONS, MEASURED)
     versions = sorted({str(v) for v in scores.get("model_version", pd.Series(dtype=object)).dropna() if str(v)})
     subtitle = f"{fmt_count(len(scores))} customers as of {_as_of(scores)}"
     if versions:
         subtitle += f", model version {', '.join(versions)}"
-    nav = "".join(f'<a href="#{s}">{_esc(SECTION_TITLES[s].split(":")[0].split("?")[0])}</a>' for s in SECTIONS)
-    sections = "\n".join(f'<section id="{s}"><h2>{_esc(SECTION_TITLES[s])}</h2>{bodies[s]}</section>' for s in SECTIONS)
     source = f" Source: {report['source']}." if report.get("source") else ""
+    return _page(title, subtitle, order, bodies,
+                 f"Expected values are sums of per-customer predictions; {DASH} means not measured.{source} "
+                 "This page is self-contained and works offline.")
+
+
+def build_measurement_html(measurement: dict, *, title: str = "Repurchase report: did it work?") -> str:
+    """A page with the "Did it work?" section only (what ``repurchase measure`` writes beside its JSON)."""
+    subtitle = (f"{fmt_count(measurement.get('contacts'))} contacts from {measurement.get('first_contact', DASH)} to "
+                f"{measurement.get('last_contact', DASH)}, {fmt_count(measurement.get('window_days'))}-day window")
+    return _page(title, subtitle, (MEASURED,), {MEASURED: measurement_section(measurement)},
+                 f"Measured by repurchase measure; {DASH} means not measurable. This page is self-contained and works "
+                 "offline.")
+
+
+def _page(title: str, subtitle: str, order, bodies: dict[str, str], footer: str) -> str:
+    nav = "".join(f'<a href="#{s}">{_esc(SECTION_TITLES[s].split(":")[0].split("?")[0])}</a>' for s in order)
+    sections = "\n".join(f'<section id="{s}"><h2>{_esc(SECTION_TITLES[s])}</h2>{bodies[s]}</section>' for s in order)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -705,8 +830,7 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
 <body>
 <header><h1>{_esc(title)}</h1><p>{_esc(subtitle)}</p><nav>{nav}</nav></header>
 {sections}
-<footer>{_esc(f"Expected values are sums of per-customer predictions; {DASH} means not measured.{source} "
-              "This page is self-contained and works offline.")}</footer>
+<footer>{_esc(footer)}</footer>
 <script>{IMAGE_CHECK_SCRIPT}</script>
 </body>
 </html>
@@ -721,6 +845,7 @@ def render_report(
     out_path: Path,
     *,
     title: str = "Repurchase report",
+    measurement: dict | None = None,
 ) -> Path:
     """Write the self-contained HTML report and return its path.
 
@@ -738,8 +863,11 @@ def render_report(
         no rules were applied. Rows without an action are not in any audience.
     out_path : Path
         Where the HTML goes; written atomically.
+    measurement : dict, optional
+        A campaign measurement (``training.measure.measure_campaigns``); adds the
+        "Did it work?" section after the others.
     """
-    page = build_report_html(report, plot_paths, scores, targeted, title=title)
+    page = build_report_html(report, plot_paths, scores, targeted, title=title, measurement=measurement)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_text(page, encoding="utf-8")
