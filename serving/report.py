@@ -648,11 +648,10 @@ def measurement_section(measurement: dict) -> str:
                          "revenue per customer"], group_rows))
     lift_rows = [[_label(name), fmt_points(b.get("rate_diff")), _interval(b.get("rate_diff_ci95"), fmt_points),
                   _p_text(b.get("p_value")), fmt_signed_pct(b.get("rel_lift")), fmt_count(b.get("incremental_orders")),
-                  fmt_count(b.get("incremental_revenue")), fmt_signed_pct(b.get("roi"), 0), fmt_points(b.get("mde")),
-                  VERDICT_LABELS.get(b.get("verdict"), DASH)] for name, b in rows]
+                  fmt_count(b.get("incremental_revenue")), fmt_signed_pct(b.get("roi"), 0), fmt_points(b.get("mde"))]
+                 for name, b in rows]
     parts.append(_table(["action", "rate difference", "95% interval", "p-value", "relative lift", "incremental orders",
-                         "incremental revenue", "ROI", "detectable (80% power)", "verdict"], lift_rows,
-                        text_columns=(0, 9)))
+                         "incremental revenue", "ROI", "detectable"], lift_rows))
     mismatched = [name for name, b in rows if (b.get("srm") or {}).get("mismatch")]
     if mismatched:
         parts.append(f"<p><b>Sample-ratio mismatch</b> in {_esc(', '.join(_label(n) for n in mismatched))}: the groups "

@@ -82,17 +82,19 @@ for.
 
 Holdouts and contact hygiene
 ----------------------------
-Every action keeps a random holdout (``DESIGN.md``, "Campaigns"): each customer given an
-action gets ``group`` ``treatment`` or ``holdout`` by :func:`features.contacts.holdout_draw`
-of (customer id, action, campaign date), below the rule's ``holdout`` share (default
-:data:`~features.contacts.DEFAULT_HOLDOUT_SHARE`, 10%) meaning holdout. The draw is a hash,
-so it is the same on every rerun of the same day, uniform, and independent of every score.
-The campaign date is each score row's ``as_of`` unless ``campaign_date`` is given
-(``repurchase target --campaign-date``). Audience rows carry ``group``, ``campaign_date``
-and ``holdout_share``: with ``customer_id`` and ``action`` they are the rows of the contacts
-file that ``repurchase measure`` reads (``contacted_at`` = ``campaign_date``).
+Every action keeps a random holdout (``DESIGN.md``, "Campaigns"). Applied with a
+:class:`Campaign` (as ``repurchase target``, quickstart and ``/target`` do), each customer
+given an action gets ``group`` ``treatment`` or ``holdout`` by
+:func:`features.contacts.holdout_draw` of (customer id, action, campaign date), below the
+rule's ``holdout`` share (default :data:`~features.contacts.DEFAULT_HOLDOUT_SHARE`, 10%)
+meaning holdout. The draw is a hash, so it is the same on every rerun of the same day,
+uniform, and independent of every score. The campaign date is each score row's ``as_of``
+unless ``Campaign.date`` is given (``repurchase target --campaign-date``). Audience rows
+carry ``group``, ``campaign_date`` and ``holdout_share``: with ``customer_id`` and
+``action`` they are the rows of the contacts file that ``repurchase measure`` reads
+(``contacted_at`` = ``campaign_date``). Without a campaign, only the decisions are made.
 
-With past ``contacts`` (the contacts file, :func:`features.contacts.load_contacts`), two
+With past contacts (``Campaign.contacts``, :func:`features.contacts.load_contacts`), two
 rules hold customers back; a held-back customer keeps the action in its audience file,
 with ``held_back`` saying why, and is not sent (nor counted in the holdout: record only rows
 without ``held_back`` as contacts, so both groups lose the same customers):

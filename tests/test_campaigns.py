@@ -320,3 +320,15 @@ def test_simulated_truth_matches_the_potential_outcomes():
     reminded = units[(units["action"] == "replenishment_reminder") & ~units["bought_without"]]
     share = reminded.groupby("channel")["type"].apply(lambda t: (t == "persuadable").mean())
     assert share["community"] > share["storefront"]
+
+
+def test_the_reports_actions_section_shows_both_groups():
+    from serving.report import build_report_html
+
+    targeted = apply_rules(score_rows(400), one_rule(), campaign=Campaign())
+    page = build_report_html({}, {}, targeted, targeted)
+    actions = page.split('<section id="actions">')[1].split("</section>")[0]
+    treatment, holdout = (targeted["group"] == "treatment").sum(), (targeted["group"] == "holdout").sum()
+    assert "treatment (sent)" in actions and "<th class=num>holdout</th>" in actions
+    assert f"<td class=num>{treatment:,}</td><td class=num>{holdout:,}</td>" in actions
+    assert "random holdout" in actions

@@ -228,6 +228,13 @@ def test_the_report_gets_a_did_it_work_section_only_when_measured(tiny):
     assert "Did it work? Campaigns against their holdouts" in page
 
 
+def test_measure_explains_itself():
+    result = runner.invoke(app, ["measure", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--contacts", "--orders", "--window-days", "--contact-cost", "--holdout-share", "--json"):
+        assert flag in result.output
+
+
 HEADER = "customer_id,action,contacted_at,group\n"
 GOOD = "h1,win_back,2025-01-10,holdout\n"
 

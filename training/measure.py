@@ -263,8 +263,8 @@ def _verdict(block: dict) -> tuple[str, str]:
         return "too_small", ("Too little to tell: nobody in either group ordered in the window; a longer window or "
                              "more customers may show something." + warning)
     low, high = block["rate_diff_ci95"]
-    numbers = (f"{_points(block['rate_diff'])} in the repurchase rate (95% interval {_points(low)} to "
-               f"{_points(high)}, p = {block['p_value']:.2g})")
+    numbers = (f"{_points(block['rate_diff'])} in the repurchase rate (95% interval {100 * low:+.1f} to "
+               f"{100 * high:+.1f}, p = {block['p_value']:.2g})")
     if block["p_value"] < ALPHA:
         if block["rate_diff"] > 0:
             return "significant", (f"It worked: {numbers}, about {block['incremental_orders']:,.0f} orders and "
