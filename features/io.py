@@ -8,7 +8,7 @@ The rules (``DESIGN.md``, "Outputs lose nothing"):
   :class:`~features.errors.InputError` (exit 2) before anything is written.
 * A command replaces only its own previous output. Files are recognised by their content
   (Parquet written here carries a ``repurchase`` stamp in its key-value metadata; the
-  backtest JSON, the report and the plots by their shape); a folder by the marker file
+  backtest and measure JSON, the report and the plots by their shape); a folder by the marker file
   :data:`OWNER_MARK`, which lists the names the tool wrote. Anything else is refused, and
   files a user added to an owned folder are kept when the folder is replaced.
 * Everything is written under a hidden temporary name in the target's folder
@@ -141,7 +141,10 @@ def file_is_ours(path: Path) -> bool:
             report = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError):
             return False
-        return isinstance(report, dict) and "cutoff" in report and "horizon_days" in report
+        return isinstance(report, dict) and (
+            ("cutoff" in report and "horizon_days" in report)  # backtest
+            or ("window_days" in report and "actions" in report and "overall" in report)  # measure
+        )
     text = head.decode("utf-8", "ignore")
     return '<meta name="generator" content="repurchase' in text or "<title>Repurchase report" in text
 

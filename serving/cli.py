@@ -115,6 +115,11 @@ def synth(
         False, "--messy", help="Export it the way real shop systems do: cancellation invoices, refund lines, postage "
         "and fee lines, duplicate rows, a wholesale order and a wholesale customer, extra columns, minute timestamps."
     ),
+    campaigns: bool = typer.Option(
+        False, "--campaigns", help="Add a year of past monthly campaigns (replenishment_reminder, churn_warning, "
+        "win_back) with a random 10% holdout and a known effect, and write their contacts file beside --out as "
+        "<name>.contacts.parquet (customer_id, action, contacted_at, group, holdout_share), for `repurchase measure`."
+    ),
 ) -> None:
     """Write a realistic synthetic order log for tests and benchmarks.
 
@@ -123,6 +128,12 @@ def synth(
     channels, categories and products, order values with customer-level means.
     --months 7 makes a shop that opened seven months before --end; --messy adds what real
     exports carry (see features.synth.make_messy), for trying the loader's rules.
+
+    --campaigns runs past campaigns on the simulated shop (see features.campaigns): some
+    customers buy only if contacted, some buy anyway, some never buy, and a few are put
+    off by a contact; the log holds what the treatment group then did, the contacts file
+    who was sent and who was held out. The true lift of each action is printed (and kept
+    in the contacts file's metadata), so `repurchase measure` can be checked against it.
     """
     import time
 
@@ -132,6 +143,8 @@ def synth(
 
     if months is not None and start is not None:
         raise InputError("give --start or --months, not both")
+    if campaigns and messy:
+        raise InputError("--campaigns and --messy: give one; a messy export would blur the campaigns' known effect")
     last = parse_date(end, "--end")
     if months is not None:
         first = last - _months(months) + _days(1)
@@ -141,6 +154,9 @@ def synth(
         raise InputError(f"--end {end} must be after --start {start}")
     check_output_path(out_path)
     began = time.perf_counter()
+    if campaigns:
+        _synth_campaigns(customers, seed, start, end, out_path)
+        return
     with err.status(f"simulating {customers:,} customers ..."):
         lines = generate_order_log(customers, seed=seed, start=start, end=end)
         if messy:
@@ -152,6 +168,42 @@ def synth(
         f"wrote {out_path}: {lines['customer_id'].nunique():,} customers, {n_orders:,} orders{' (messy export)' if messy else ''}, "
         f"{len(lines):,} lines from {start} to {end} in {time.perf_counter() - began:.1f} s"
     )
+
+
+def contacts_path_for(out_path: Path) -> Path:
+    """Where `synth --campaigns` writes the contacts file: beside the log, as <name>.contacts.parquet."""
+    return out_path.with_name(f"{out_path.stem}.contacts.parquet")
+
+
+def _synth_campaigns(customers: int, seed: int, start: str, end: str, out_path: Path) -> None:
+    import json
+    import time
+
+    import pyarrow.parquet as pq
+
+    from features.campaigns import simulate_campaigns
+    from features.io import atomic_paths, check_output_path, stamped_table
+
+    contacts_path = contacts_path_for(out_path)
+    check_output_path(contacts_path)
+    began = time.perf_counter()
+    with err.status(f"simulating {customers:,} customers and a year of campaigns ..."):
+        simulated = simulate_campaigns(customers, seed=seed, start=start, end=end)
+    truth = json.dumps(simulated.true_effects)
+    with err.status(f"writing {out_path} and {contacts_path} ..."), atomic_paths([out_path, contacts_path]) as (log_tmp, contacts_tmp):
+        pq.write_table(stamped_table(simulated.lines, "synth", campaigns=True), log_tmp)
+        pq.write_table(stamped_table(simulated.contacts, "contacts", window_days=simulated.window_days,
+                                     true_effects=truth), contacts_tmp)
+    lines = simulated.lines
+    out.print(
+        f"wrote {out_path}: {lines['customer_id'].nunique():,} customers, {lines['order_id'].nunique():,} orders, "
+        f"{len(lines):,} lines from {start} to {end}; and {contacts_path}: {len(simulated.contacts):,} contacts in "
+        f"{simulated.contacts['contacted_at'].nunique()} campaigns, in {time.perf_counter() - began:.1f} s"
+    )
+    for action, truth_block in simulated.true_effects.items():
+        out.print(f"true lift over {simulated.window_days} days, {action}: {100 * truth_block['rate_diff']:+.1f} points "
+                  f"on {truth_block['customers']:,} contacts ({truth_block['holdout']:,} held out), "
+                  f"{truth_block['incremental_orders']:,.0f} incremental orders")
 
 
 def _months(n: int):
@@ -468,8 +520,16 @@ def target(
     replenishment: Optional[Path] = typer.Option(
         None, "--replenishment", help="Parquet written by `repurchase replenish`: category reminders (replenish_* columns)."
     ),
+    contacts: Optional[Path] = typer.Option(
+        None, "--contacts", help="Contacts file (CSV or Parquet: customer_id, action, contacted_at, group) of past "
+        "campaigns, for the rules' cooldown_days and the file's contact_cap."
+    ),
+    campaign_date: Optional[str] = typer.Option(
+        None, "--campaign-date", help="Date YYYY-MM-DD of this campaign, for the holdout draw and the cooldowns "
+        "(default: the scores' as_of date)."
+    ),
 ) -> None:
-    """Apply targeting rules to scores: audiences with actions and reasons.
+    """Apply targeting rules to scores: audiences with actions, reasons and holdouts.
 
     Rules (YAML) are tried in order; the first that matches gives the customer its action
     and a reason in words. Writes one CSV per action and summary.csv to --out. The feature
@@ -477,21 +537,154 @@ def target(
     joined automatically, so rules and reasons can use feature columns too. With
     --replenishment, the default rules remind customers of the category that is due
     ("bought coffee every 21 days; last 18 days ago; reminder due 2025-10-02").
+
+    Every action keeps a random holdout (10%, or the rule's `holdout:`; 0.0 turns it off):
+    each audience row has group = treatment or holdout, drawn from a hash of the customer
+    id, the action and the campaign date (--campaign-date, default the scores' as_of), so a
+    rerun on the same day gives the same groups and no score influences them. --out/send/
+    holds, per action, the treatment rows only: what goes to the messaging tool. With
+    --contacts, customers in a rule's cooldown or over the contact cap are held back: they
+    stay in the audience file with held_back saying why ("contacted 3 days ago for
+    replenishment_reminder") and are not sent. Record the audience rows without held_back
+    (both groups; contacted_at = campaign_date) as contacts for `repurchase measure`.
     """
+    from features.contacts import load_contacts
     from features.io import check_output_path
+    from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
-    from serving.rules import apply_rules, load_rules, write_audiences
+    from serving.rules import Campaign, apply_rules, load_rules, write_audiences
 
     check_output_path(out_dir, folder=True)
+    day = parse_date(campaign_date, "--campaign-date") if campaign_date is not None else None
     rule_set = load_rules(rules)
+    past = load_contacts(contacts) if contacts is not None else None
     scores_frame, features = read_scored(scores)
     replenish_frame = read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
-    targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame)
+    targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame,
+                           campaign=Campaign(date=day, contacts=past))
     summary = write_audiences(targeted, out_dir)
+    counts = _group_counts(targeted)
     for row in summary.itertuples(index=False):
-        out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}), "
-                  f"expected revenue {row.expected_revenue_sum:,.0f}")
-    out.print(f"wrote {len(summary)} audiences and summary.csv to {out_dir}")
+        treatment, holdout, held = counts.get(row.action, (0, 0, 0))
+        held_text = f", {held:,} held back" if past is not None else ""
+        out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}; {treatment:,} to send, "
+                  f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}")
+    out.print(f"wrote {len(summary)} audiences, summary.csv and send/ (treatment only) to {out_dir}")
+
+
+def _group_counts(targeted) -> dict[str, tuple[int, int, int]]:
+    """Per action: customers to send, in the holdout, and held back."""
+    acted = targeted[targeted["action"].notna()]
+    held = acted["held_back"].notna() if "held_back" in acted.columns else acted["action"].isna()
+    counts = {}
+    for action, rows in acted.groupby("action"):
+        kept = ~held.loc[rows.index]
+        counts[str(action)] = (int(((rows["group"] == "treatment") & kept).sum()),
+                               int(((rows["group"] == "holdout") & kept).sum()), int((~kept).sum()))
+    return counts
+
+
+@app.command()
+@handles_errors
+def measure(
+    contacts: Path = typer.Option(
+        ..., "--contacts", help="Contacts file (CSV or Parquet): customer_id, action, contacted_at (date), group "
+        "(treatment or holdout); optional holdout_share (the planned share, per action)."
+    ),
+    orders: str = OrdersOption,
+    json_path: Path = typer.Option(..., "--json", help="Where to write the results JSON; the 'Did it work?' page "
+                                   "goes beside it as <name>.html."),
+    window_days: int = typer.Option(30, "--window-days", min=1, max=365,
+                                    help="Count orders on the days 1 to N after each contact."),
+    contact_cost: float = typer.Option(0.5, "--contact-cost", min=0.0, help="Cost of one contact, for ROI."),
+    holdout_share: float = typer.Option(
+        0.1, "--holdout-share", help="Planned holdout share, for the sample-ratio test of actions whose contacts "
+        "have no holdout_share column."
+    ),
+    rules: Optional[Path] = typer.Option(
+        None, "--rules", help="Rules YAML whose actions the contacts may name (default: the shipped rules)."
+    ),
+    column_map: Optional[str] = MapOption,
+) -> None:
+    """Did it work? Compare each action's treatment group with its holdout after the contact.
+
+    For every contact, counts the customer's orders in the window (the days 1 to
+    --window-days after contacted_at; a contacted customer without an order is a
+    non-buyer, never dropped). Per action and overall, for both groups: customers, buyers,
+    repurchase rate, orders and revenue per customer; then the rate difference with its 95%
+    interval (Newcombe) and p-value (score test), relative lift, incremental orders and
+    revenue, ROI at --contact-cost, the smallest difference the group sizes can detect (80%
+    power), and a sample-ratio test of the groups against the planned holdout share. It
+    says plainly when an effect is not significant or the groups are too small to tell.
+    Writes --json, the 'Did it work?' page beside it (<name>.html), and an MLflow run.
+    Every window must lie inside the order log.
+    """
+    from features.contacts import load_contacts
+    from features.io import check_output_path
+    from features.orders import load_order_log
+    from serving.rules import load_rules
+    from training.measure import check_contact_windows, log_measurement, measure_campaigns
+    from training.registry import configure_tracking
+
+    if not 0 < holdout_share < 1:
+        raise InputError(f"--holdout-share: {holdout_share} is not a share between 0 and 1 (e.g. 0.1)")
+    if json_path.suffix.lower() == ".html":
+        raise InputError(f"--json: '{json_path}' names an HTML file; give a .json path (the page goes beside it)")
+    report_path = json_path.with_suffix(".html")
+    check_output_path(json_path)
+    check_output_path(report_path)
+    actions = {rule.action for rule in load_rules(rules).rules}
+    past = load_contacts(contacts, known_actions=actions)
+    with err.status("loading orders ..."):
+        log = load_order_log(orders, column_map)
+    check_contact_windows(past, log.first_order_date, log.last_order_date, window_days, origin=past.attrs["origin"])
+    with err.status(f"measuring {len(past):,} contacts over {window_days}-day windows ..."):
+        result = measure_campaigns(past, log.orders, window_days=window_days, contact_cost=contact_cost,
+                                   holdout_share=holdout_share)
+    _write_measurement(result, json_path, report_path)
+    configure_tracking(_tracking_uri())
+    run_id = log_measurement(result, json_path, report_path, orders_source=log.source, contacts_source=str(contacts))
+    _print_measurement(result)
+    if result["contacts_without_any_order"]:
+        err.print(f"note: {result['contacts_without_any_order']:,} contacted customers have no order at all in "
+                  f"{log.source}; they count as non-buyers")
+    out.print(f"wrote {json_path} and {report_path}; MLflow run {run_id}")
+
+
+def _write_measurement(result: dict, json_path: Path, report_path: Path) -> None:
+    """The JSON and its page, both complete before either replaces an earlier one."""
+    import json
+
+    from features.io import atomic_paths
+    from serving.report import build_measurement_html
+
+    page = build_measurement_html(result)
+    with atomic_paths([json_path, report_path]) as (json_tmp, page_tmp):
+        json_tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        page_tmp.write_text(page, encoding="utf-8")
+
+
+def _print_measurement(result: dict) -> None:
+    from rich.table import Table
+
+    def pct(value, signed=False):
+        return "-" if value is None else (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%")
+
+    table = Table(title=f"did it work? {result['window_days']}-day window, treatment against holdout")
+    for column in ("action", "treatment", "holdout", "diff (pts)", "95% interval", "p", "verdict"):
+        table.add_column(column, justify="left" if column in ("action", "verdict") else "right")
+    for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
+        interval = block["rate_diff_ci95"]
+        table.add_row(
+            name, f"{block['treatment']['customers']:,} {pct(block['treatment']['rate'])}",
+            f"{block['holdout']['customers']:,} {pct(block['holdout']['rate'])}", pct(block["rate_diff"], True),
+            "-" if interval is None else f"{pct(interval[0], True)} to {pct(interval[1], True)}",
+            "-" if block["p_value"] is None else f"{block['p_value']:.2g}",
+            block["verdict"].replace("_", " "),
+        )
+    out.print(table)
+    for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
+        out.print(f"{name}: {block['summary']}")
 
 
 @app.command()

@@ -37,8 +37,10 @@ Answers
 -------
 ``{"scores": [row, ...], "unknown_ids": [...], "model_version": "..."}``; a row is the
 score contract (:data:`training.contract.SCORE_COLUMNS`) with dates as ``YYYY-MM-DD``
-and missing values (NaN) as ``null``. ``/target`` rows add ``action``, ``reason`` and
-``rule`` (``null`` when no rule fires). With ``"explain": true`` in the request, every
+and missing values (NaN) as ``null``. ``/target`` rows add ``action``, ``reason``,
+``rule`` and ``group`` (``treatment`` or ``holdout``: the action's random holdout, drawn as
+``repurchase target`` draws it with the request's as-of date as the campaign date; all
+four ``null`` when no rule fires). With ``"explain": true`` in the request, every
 row adds ``reason_codes``: the three features that moved the customer's ``p_repurchase``
 most, as ``name=value (+log-odds)`` (:meth:`training.model.RepurchaseModel.reason_codes`).
 Rows come in request order, one per distinct customer (an id asked for twice is answered
@@ -80,7 +82,7 @@ MAX_CUSTOMERS = 1_000
 MAX_ORDERS = 100_000
 MAX_BODY_BYTES = 20_000_000
 MAX_TEXT = 200
-RULE_COLUMNS = ("action", "reason", "rule")
+RULE_COLUMNS = ("action", "reason", "rule", "group")
 DEFAULT_MODEL_URI = "models:/repurchase@champion"
 _TOO_BIG = "too_big"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -405,14 +407,27 @@ def score_histories(
     return scores, (model.with_btyd(features) if with_features else None)
 
 
-def apply_targeting(model, scores: pd.DataFrame, features: pd.DataFrame | None, rules=None) -> pd.DataFrame:
-    """Score rows plus ``action``, ``reason`` and ``rule`` from the rules (default rules when none)."""
-    from serving.rules import apply_rules, load_rules
+def apply_targeting(
+    model, scores: pd.DataFrame, features: pd.DataFrame | None, rules=None, *, customer_ids: list[str] | None = None
+) -> pd.DataFrame:
+    """Score rows plus ``action``, ``reason``, ``rule`` and ``group`` from the rules (default rules when none).
+
+    ``group`` is the holdout draw of each customer with an action (``treatment`` or
+    ``holdout``), with the row's ``as_of`` as the campaign date, exactly as ``repurchase
+    target`` draws it. ``customer_ids`` are the ids to draw with when the rows carry stand-in
+    ids (history batches score under unique keys).
+    """
+    from features.contacts import assign_groups
+    from serving.rules import Campaign, apply_rules, load_rules
 
     rules = rules if rules is not None else load_rules(None)
     reference = getattr(getattr(model, "spec_", None), "clv_reference", None)
     kwargs = {"clv_reference": reference} if reference is not None else {}
-    targeted = apply_rules(scores, rules, features=features, **kwargs)
+    targeted = apply_rules(scores, rules, features=features, campaign=Campaign(), **kwargs)
+    if customer_ids is not None:
+        groups = assign_groups(customer_ids, targeted["action"].to_numpy(dtype=object),
+                               targeted["campaign_date"].fillna(pd.Timestamp(0)), targeted["holdout_share"])
+        targeted["group"] = pd.Series(groups, index=targeted.index, dtype="str")
     return targeted[[*SCORE_COLUMNS, *RULE_COLUMNS]]
 
 

@@ -8,7 +8,8 @@
 4. score all customers with the champion as of the last order day;
 5. with categories, predict each customer's next purchase of each category
    (replenishment.parquet); apply the default targeting rules: one CSV per action under
-   audiences/ (category reminders among them);
+   audiences/ (category reminders among them), every row in the action's treatment or
+   random holdout group, and send/ beside it with the treatment rows only;
 6. write report.html and print a short summary.
 
 A young log changes the steps, never stops them: a backtest cutoff without repeat buyers
@@ -41,7 +42,7 @@ def run_quickstart(
     audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``."""
     from serving.batch import add_reason_codes, score_log
     from serving.report import model_notes, render_report
-    from serving.rules import apply_rules, load_rules, write_audiences
+    from serving.rules import Campaign, apply_rules, load_rules, write_audiences
     from training.backtest import Backtest, write_report
     from training.btyd import BTYDDataError
     from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
@@ -108,18 +109,18 @@ def run_quickstart(
 
     with step("applying the default targeting rules ..."):
         targeted = apply_rules(scores, load_rules(None), features=features, replenishment=replenishment,
-                               clv_reference=champion.spec_.clv_reference)
+                               clv_reference=champion.spec_.clv_reference, campaign=Campaign())
         targeted = add_reason_codes(targeted, champion, features, rows=targeted["action"].notna().to_numpy())
-        audiences = write_audiences(targeted, out_dir / "audiences")
+        audiences = write_audiences(targeted, out_dir / "audiences", send_dir=out_dir / "send")
     with step("writing the report ..."):
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",
                       title=f"Repurchase report: {log.source} as of {as_of.date()}", model_notes=model_notes(champion))
 
-    _print_audiences(console, audiences)
+    _print_audiences(console, audiences, targeted)
     elapsed = time.perf_counter() - began
     console.print(
         f"\n[bold]done in {elapsed:.0f} s.[/] In {escape(str(out_dir))}/: scores.parquet ({len(scores):,} customers), "
-        f"backtest.json (+ plots), report.html, audiences/{', replenishment.parquet' if replenishment is not None else ''}. MLflow: "
+        f"backtest.json (+ plots), report.html, audiences/, send/{', replenishment.parquet' if replenishment is not None else ''}. MLflow: "
         f"{escape(tracking_uri)} (browse with `uv run mlflow ui --backend-store-uri {escape(tracking_uri)}`).",
         markup=True,
     )
@@ -161,11 +162,14 @@ def _print_replenishment_backtest(console: Console, block: dict) -> None:
     console.print(table)
 
 
-def _print_audiences(console: Console, audiences: pd.DataFrame) -> None:
-    table = Table(title="audiences (default rules)")
-    for column in ("action", "customers", "share", "expected revenue", "CLV at stake", "mean p_repurchase"):
+def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.DataFrame) -> None:
+    table = Table(title="audiences (default rules; send/ has the treatment group)")
+    for column in ("action", "customers", "treatment", "holdout", "share", "expected revenue", "CLV at stake",
+                   "mean p_repurchase"):
         table.add_column(column, justify="left" if column == "action" else "right")
+    groups = targeted.groupby(["action", "group"]).size()
     for row in audiences.itertuples(index=False):
-        table.add_row(row.action, f"{row.customers:,}", f"{row.share_of_scored:.1%}", f"{row.expected_revenue_sum:,.0f}",
-                      f"{row.clv_sum:,.0f}", f"{row.p_repurchase_mean:.3f}")
+        table.add_row(row.action, f"{row.customers:,}", f"{int(groups.get((row.action, 'treatment'), 0)):,}",
+                      f"{int(groups.get((row.action, 'holdout'), 0)):,}", f"{row.share_of_scored:.1%}",
+                      f"{row.expected_revenue_sum:,.0f}", f"{row.clv_sum:,.0f}", f"{row.p_repurchase_mean:.3f}")
     console.print(table)

@@ -29,6 +29,7 @@ from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS
 
 DASH = "–"
 SECTIONS = ("summary", "backtest", "segments", "lifecycle", "actions", "reasons")
+MEASURED = "did_it_work"  # the section added when a campaign measurement is given
 PLOT_ORDER = ("roc", "gain", "calibration", "revenue_deciles", "timing", "tracking", "importance")
 PLOT_CAPTIONS = {
     "roc": ("Who reorders: ROC",
@@ -514,20 +515,47 @@ def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizo
         return "<p>Targeting rules were applied but selected no customers.</p>"
     summary = group_summary(audience, "action")
     summary["share"] = summary["customers"] / max(len(scores), 1)
-    rows = [[_label(a), fmt_count(r.customers), fmt_pct(r.share), fmt_metric(r.mean_p_repurchase),
-             fmt_count(r.expected_revenue), fmt_count(r.clv)] for a, r in summary.iterrows()]
-    footer = ["all actions", fmt_count(summary["customers"].sum()), fmt_pct(summary["customers"].sum() / max(len(scores), 1)),
+    groups = _group_counts(audience, summary.index)
+    group_headers = [] if groups is None else [g for g in groups.columns]
+    rows = [[_label(a), fmt_count(r.customers), *([] if groups is None else [fmt_count(v) for v in groups.loc[a]]),
+             fmt_pct(r.share), fmt_metric(r.mean_p_repurchase), fmt_count(r.expected_revenue), fmt_count(r.clv)]
+            for a, r in summary.iterrows()]
+    footer = ["all actions", fmt_count(summary["customers"].sum()),
+              *([] if groups is None else [fmt_count(v) for v in groups.sum()]),
+              fmt_pct(summary["customers"].sum() / max(len(scores), 1)),
               fmt_metric(_score_column(audience, "p_repurchase").mean()), fmt_count(summary["expected_revenue"].sum()),
               fmt_count(summary["clv"].sum())]
-    table = _table(["action", "customers", "share of scored", "mean p_repurchase",
+    table = _table(["action", "customers", *group_headers, "share of scored", "mean p_repurchase",
                     f"revenue at stake ({horizon})", "CLV at stake"], rows, footer=footer)
     chart = _bar_chart(summary.index, {"customers": summary["customers"].to_numpy(),
                                        f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
                                        "CLV": summary["clv"].to_numpy()}, "Audiences and revenue at stake by action")
     note = ("<p>Revenue at stake is the sum of the audience's expected revenue over the horizon and of its "
             "customer lifetime value: what the action protects or grows, not what it is certain to add.</p>")
+    if groups is not None:
+        note += ("<p>Each action keeps a random holdout: customers drawn by chance (a hash of customer, action and "
+                 "date, never a score) who are not contacted, so that comparing them with the treatment group "
+                 "after the campaign shows what the action really added (<code>repurchase measure</code>). "
+                 "Only the treatment group is sent (send/)"
+                 + ("; customers held back by a cooldown or the contact cap are in neither group" if "held back" in
+                    groups.columns else "") + ".</p>")
     return note + table + _figure_html(_png_data_uri(chart), "By action",
                                        "Audience size, expected revenue and CLV of each action.", wide=True)
+
+
+def _group_counts(audience: pd.DataFrame, actions) -> pd.DataFrame | None:
+    """Per action: customers in the treatment group (to send), in the holdout, and held back; None without groups."""
+    if "group" not in audience:
+        return None
+    group = audience["group"].astype("string")
+    held = (audience["held_back"].astype("string").fillna("") != "") if "held_back" in audience else None
+    counts = pd.DataFrame(index=pd.Index(actions))
+    kept = ~held if held is not None else pd.Series(True, index=audience.index)
+    counts["treatment (sent)"] = (group.eq("treatment") & kept).groupby(audience["action"]).sum()
+    counts["holdout"] = (group.eq("holdout") & kept).groupby(audience["action"]).sum()
+    if held is not None:
+        counts["held back"] = held.groupby(audience["action"]).sum()
+    return counts.fillna(0).astype(int)
 
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -581,6 +609,109 @@ def _reasons_section(audience: pd.DataFrame | None, horizon_days) -> str:
         parts.append(_table(["customer", "p_repurchase", "next order p50 (days)", "CLV", "reason"], example_rows,
                             text_columns=(0, 4), css_class="examples"))
     return "".join(parts)
+
+
+# --- did it work? -----------------------------------------------------------------------------
+
+VERDICT_LABELS = {"significant": "significant", "not_significant": "not significant", "too_small": "too small to tell"}
+
+
+def fmt_points(value, decimals: int = 1) -> str:
+    """A difference of rates in percentage points: ``0.034`` -> ``+3.4 pts``."""
+    number = _number(value)
+    return DASH if number is None else f"{100 * number:+,.{decimals}f} pts"
+
+
+def _interval(values, fmt) -> str:
+    if not isinstance(values, (list, tuple)) or len(values) != 2:
+        return DASH
+    return f"{fmt(values[0])} to {fmt(values[1])}"
+
+
+def _p_text(value) -> str:
+    number = _number(value)
+    if number is None:
+        return DASH
+    return "< 0.001" if number < 0.001 else f"{number:.3f}"
+
+
+def measurement_section(measurement: dict) -> str:
+    """The "Did it work?" section: per action, treatment against holdout, in words, tables and a chart."""
+    blocks = {**{a: b for a, b in (measurement.get("actions") or {}).items()}}
+    if not blocks:
+        return "<p>No contacts to measure.</p>"
+    window = fmt_count(measurement.get("window_days"))
+    cost = _number(measurement.get("contact_cost"))
+    parts = [
+        f"<p>Each action kept a random holdout: customers chosen by chance and not contacted. Comparing who ordered "
+        f"within {_esc(window)} days after the contact in each group shows what the contact itself added; the "
+        "difference is significant when its 95% interval leaves out zero (p &lt; 0.05). Every contacted customer "
+        "counts, with or without an order.</p>"
+    ]
+    rows = [*blocks.items(), ("all actions", measurement.get("overall") or {})]
+    parts.append("<ul>" + "".join(f"<li><b>{_esc(_label(name))}</b> ({_esc(VERDICT_LABELS.get(b.get('verdict'), DASH))}):"
+                                  f" {_esc(b.get('summary', ''))}</li>" for name, b in rows) + "</ul>")
+    group_rows = []
+    for name, block in rows:
+        group_rows.append(_Group(_label(name)))
+        for group in ("treatment", "holdout"):
+            g = block.get(group) or {}
+            group_rows.append([group, fmt_count(g.get("customers")), fmt_count(g.get("buyers")), fmt_pct(g.get("rate")),
+                               fmt_metric(g.get("orders_per_customer")), fmt_metric(g.get("revenue_per_customer"), 2)])
+    parts.append(_table(["group", "customers", "buyers", "repurchase rate", "orders per customer",
+                         "revenue per customer"], group_rows))
+    lift_rows = [[_label(name), fmt_points(b.get("rate_diff")), _interval(b.get("rate_diff_ci95"), fmt_points),
+                  _p_text(b.get("p_value")), fmt_signed_pct(b.get("rel_lift")), fmt_count(b.get("incremental_orders")),
+                  fmt_count(b.get("incremental_revenue")), fmt_signed_pct(b.get("roi"), 0), fmt_points(b.get("mde"))]
+                 for name, b in rows]
+    parts.append(_table(["action", "rate difference", "95% interval", "p-value", "relative lift", "incremental orders",
+                         "incremental revenue", "ROI", "detectable"], lift_rows))
+    mismatched = [name for name, b in rows if (b.get("srm") or {}).get("mismatch")]
+    if mismatched:
+        parts.append(f"<p><b>Sample-ratio mismatch</b> in {_esc(', '.join(_label(n) for n in mismatched))}: the groups "
+                     "are not the planned split, so something other than chance decided who was held out; do not trust "
+                     "those results until that is explained.</p>")
+    cost_text = f"{cost:,.2f} per contact" if cost is not None else DASH
+    parts.append(f"<p class=note>Incremental orders and revenue: the per-customer difference times the treatment group. "
+                 f"ROI = (incremental revenue - contact cost) / contact cost at {_esc(cost_text)}, on revenue, not "
+                 "margin. Detectable: the smallest difference in the rate these group sizes find 4 times out of 5.</p>")
+    chart = _lift_chart(rows)
+    if chart is not None:
+        parts.append(_figure_html(_png_data_uri(chart), "Measured lift",
+                                  "Difference in repurchase rate, treatment minus holdout, with its 95% interval; "
+                                  "an interval crossing the dotted zero line may be chance.", wide=True))
+    return "".join(parts)
+
+
+def _lift_chart(rows) -> bytes | None:
+    measured = [(name, b) for name, b in rows if _number(b.get("rate_diff")) is not None
+                and isinstance(b.get("rate_diff_ci95"), (list, tuple))]
+    if not measured:
+        return None
+    labels = [_label(name) for name, _ in measured]
+    diff = np.array([100 * float(b["rate_diff"]) for _, b in measured])
+    low = np.array([100 * float(b["rate_diff_ci95"][0]) for _, b in measured])
+    high = np.array([100 * float(b["rate_diff_ci95"][1]) for _, b in measured])
+    fig = Figure(figsize=(9, 1.2 + 0.45 * len(labels)))
+    ax = fig.subplots()
+    y = np.arange(len(labels))
+    ax.errorbar(diff, y, xerr=[diff - low, high - diff], fmt="o", color=BAR_COLOR, capsize=4)
+    ax.axvline(0, color="#888", linestyle=":")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("treatment minus holdout, percentage points", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _figure_png(fig)
+
+
+def render_measurement(measurement: dict, out_path: Path) -> Path:
+    """Write the "Did it work?" page (:func:`build_measurement_html`) atomically."""
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(build_measurement_html(measurement), encoding="utf-8")
+    return out_path
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -649,6 +780,7 @@ SECTION_TITLES = {
     "lifecycle": "Lifecycle stages",
     "actions": "Actions and revenue at stake",
     "reasons": "Why these customers",
+    MEASURED: "Did it work? Campaigns against their holdouts",
 }
 
 
@@ -659,7 +791,7 @@ def _content_security_policy() -> str:
 
 
 def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.DataFrame, targeted: pd.DataFrame | None,
-                      *, title: str = "Repurchase report", model_notes=()) -> str:
+                      *, title: str = "Repurchase report", model_notes=(), measurement: dict | None = None) -> str:
     """The report page as a string (see :func:`render_report`)."""
     report = report or {}
     audience = _audience(targeted)
@@ -674,13 +806,32 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
         "actions": _actions_section(scores, audience, horizon),
         "reasons": _reasons_section(audience, horizon_days),
     }
+    order = SECTIONS
+    if measurement is not None:
+        bodies[MEASURED] = measurement_section(measurement)
+        order = (*SECTIONS, MEASURED)
     versions = sorted({str(v) for v in scores.get("model_version", pd.Series(dtype=object)).dropna() if str(v)})
     subtitle = f"{fmt_count(len(scores))} customers as of {_as_of(scores)}"
     if versions:
         subtitle += f", model version {', '.join(versions)}"
-    nav = "".join(f'<a href="#{s}">{_esc(SECTION_TITLES[s].split(":")[0].split("?")[0])}</a>' for s in SECTIONS)
-    sections = "\n".join(f'<section id="{s}"><h2>{_esc(SECTION_TITLES[s])}</h2>{bodies[s]}</section>' for s in SECTIONS)
     source = f" Source: {report['source']}." if report.get("source") else ""
+    return _page(title, subtitle, order, bodies,
+                 f"Expected values are sums of per-customer predictions; {DASH} means not measured.{source} "
+                 "This page is self-contained and works offline.")
+
+
+def build_measurement_html(measurement: dict, *, title: str = "Repurchase report: did it work?") -> str:
+    """A page with the "Did it work?" section only (what ``repurchase measure`` writes beside its JSON)."""
+    subtitle = (f"{fmt_count(measurement.get('contacts'))} contacts from {measurement.get('first_contact', DASH)} to "
+                f"{measurement.get('last_contact', DASH)}, {fmt_count(measurement.get('window_days'))}-day window")
+    return _page(title, subtitle, (MEASURED,), {MEASURED: measurement_section(measurement)},
+                 f"Measured by repurchase measure; {DASH} means not measurable. This page is self-contained and works "
+                 "offline.")
+
+
+def _page(title: str, subtitle: str, order, bodies: dict[str, str], footer: str) -> str:
+    nav = "".join(f'<a href="#{s}">{_esc(SECTION_TITLES[s].split(":")[0].split("?")[0])}</a>' for s in order)
+    sections = "\n".join(f'<section id="{s}"><h2>{_esc(SECTION_TITLES[s])}</h2>{bodies[s]}</section>' for s in order)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -694,8 +845,7 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
 <body>
 <header><h1>{_esc(title)}</h1><p>{_esc(subtitle)}</p><nav>{nav}</nav></header>
 {sections}
-<footer>{_esc(f"Expected values are sums of per-customer predictions; {DASH} means not measured.{source} "
-              "This page is self-contained and works offline.")}</footer>
+<footer>{_esc(footer)}</footer>
 <script>{IMAGE_CHECK_SCRIPT}</script>
 </body>
 </html>
@@ -724,6 +874,7 @@ def render_report(
     *,
     title: str = "Repurchase report",
     model_notes=(),
+    measurement: dict | None = None,
 ) -> Path:
     """Write the self-contained HTML report and return its path.
 
@@ -744,8 +895,12 @@ def render_report(
     model_notes : sequence of str
         One line each about the model that scored (:func:`model_notes`): BTYD-only and what
         more data would unlock, a BG/NBD fit that found no drop-out yet. Shown at the top.
+    measurement : dict, optional
+        A campaign measurement (``training.measure.measure_campaigns``); adds the
+        "Did it work?" section after the others.
     """
-    page = build_report_html(report, plot_paths, scores, targeted, title=title, model_notes=model_notes)
+    page = build_report_html(report, plot_paths, scores, targeted, title=title, model_notes=model_notes,
+                             measurement=measurement)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -10,9 +10,12 @@ A rules file is YAML::
         reason:                             # one clause, or a list of clauses
           - "no order for {days_since_last:.0f} days"
           - "lifetime value {clv:,.0f}"
+        holdout: 0.1                        # share kept back to measure the action (default 0.1; 0.0 = none)
+        cooldown_days: 30                   # optional: skip customers in a campaign within 30 days
     budget:                                 # optional
       max_contacts: 5000                    # optional; no cap when left out
       contact_cost: 0.5                     # default 0
+    contact_cap: {days: 30, contacts: 2}    # optional: at most 2 contacts per customer in 30 days
 
 Evaluation
 ----------
@@ -77,6 +80,36 @@ with ``expected_value > 0`` are kept, highest first, up to ``max_contacts``; all
 lose their action, reason and rule (NaN), so the audiences are the contacts worth paying
 for.
 
+Holdouts and contact hygiene
+----------------------------
+Every action keeps a random holdout (``DESIGN.md``, "Campaigns"). Applied with a
+:class:`Campaign` (as ``repurchase target``, quickstart and ``/target`` do), each customer
+given an action gets ``group`` ``treatment`` or ``holdout`` by
+:func:`features.contacts.holdout_draw` of (customer id, action, campaign date), below the
+rule's ``holdout`` share (default :data:`~features.contacts.DEFAULT_HOLDOUT_SHARE`, 10%)
+meaning holdout. The draw is a hash, so it is the same on every rerun of the same day,
+uniform, and independent of every score. The campaign date is each score row's ``as_of``
+unless ``Campaign.date`` is given (``repurchase target --campaign-date``). Audience rows
+carry ``group``, ``campaign_date`` and ``holdout_share``: with ``customer_id`` and
+``action`` they are the rows of the contacts file that ``repurchase measure`` reads
+(``contacted_at`` = ``campaign_date``). Without a campaign, only the decisions are made.
+
+With past contacts (``Campaign.contacts``, :func:`features.contacts.load_contacts`), two
+rules hold customers back; a held-back customer keeps the action in its audience file,
+with ``held_back`` saying why, and is not sent (nor counted in the holdout: record only rows
+without ``held_back`` as contacts, so both groups lose the same customers):
+
+* ``cooldown_days`` on a rule: not when the customer was in any campaign (sent, or held
+  out: a later message would spoil that measurement) fewer than that many days before the
+  campaign date: "contacted 3 days ago for replenishment_reminder (cooldown 14 days)",
+  "in the holdout of win_back 3 days ago (cooldown 30 days)";
+* ``contact_cap: {days: D, contacts: N}`` for the file: not when the customer was sent N
+  messages or more in the D days before the campaign date (holdouts were sent nothing and
+  do not count): "contacted 2 times in the last 30 days (cap 2)".
+
+Contacts dated after the campaign date are ignored. A budget ranks only customers who are
+not held back; the holdout is drawn from the customers the budget keeps.
+
 Limits
 ------
 A rules file is read by people and written by people, so anything far beyond what a
@@ -115,6 +148,7 @@ import difflib
 import math
 import re
 import string
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Callable
@@ -134,15 +168,19 @@ from pydantic import (
     model_validator,
 )
 
+from features.contacts import DEFAULT_HOLDOUT_SHARE, TREATMENT, assign_groups
 from features.errors import InputError
-from features.io import atomic_path
+from features.io import atomic_paths
 from features.pipeline import FEATURES
 from training.contract import REASON_CODES, SCORE_COLUMNS
 
 __all__ = [
+    "CAMPAIGN_COLUMNS",
     "DERIVED_COLUMNS",
     "REPLENISH_COLUMNS",
     "Budget",
+    "Campaign",
+    "ContactCap",
     "Rule",
     "RuleSet",
     "RulesError",
@@ -163,6 +201,9 @@ REPLENISH_COLUMNS = (
 )
 DERIVED_COLUMNS = ("clv_pct", "expected_order_value", "expected_value", *REPLENISH_COLUMNS)
 REPLENISHMENT_REQUIRED = ("customer_id", "category", "last_purchase", "next_purchase_days_p50", "p_within_horizon", "remind_on")
+CAMPAIGN_COLUMNS = ("group", "campaign_date", "holdout_share")
+HELD_BACK = "held_back"
+SEND_FOLDER = "send"
 SUMMARY_COLUMNS = ("action", "customers", "share_of_scored", "expected_revenue_sum", "clv_sum", "p_repurchase_mean")
 MISSING_TEXT = "unknown"
 
@@ -229,6 +270,15 @@ _FEATURE_PATTERNS = tuple(
 )
 
 
+@dataclass(frozen=True)
+class Campaign:
+    """What :func:`apply_rules` needs to plan a campaign: the date of the holdout draw (each
+    score row's ``as_of`` when None) and the past contacts for cooldowns and the cap (none when None)."""
+
+    date: pd.Timestamp | str | None = None
+    contacts: pd.DataFrame | None = None
+
+
 class RulesError(InputError):
     """A rules file (or rule set) that cannot be loaded or applied as it is."""
 
@@ -243,6 +293,15 @@ def _as_clauses(value: object) -> object:
 
 Name = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=100)]
 Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
+
+
+class ContactCap(BaseModel):
+    """At most ``contacts`` messages per customer in any ``days`` days (``contact_cap`` in a rules file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    days: int = Field(ge=1, le=3650)
+    contacts: int = Field(ge=1)
 
 
 class Budget(BaseModel):
@@ -264,6 +323,8 @@ class Rule(BaseModel):
     action: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     reason: Annotated[list[Text], BeforeValidator(_as_clauses)]
     description: str | None = None
+    holdout: float = Field(default=DEFAULT_HOLDOUT_SHARE, ge=0, lt=1, allow_inf_nan=False)
+    cooldown_days: int | None = Field(default=None, ge=1, le=3650)
 
     @field_validator("when")
     @classmethod
@@ -311,6 +372,7 @@ class RuleSet(BaseModel):
 
     rules: list[Rule] = Field(min_length=1, max_length=MAX_RULES)
     budget: Budget | None = None
+    contact_cap: ContactCap | None = None
     _source: str = PrivateAttr(default="rules")
 
     @model_validator(mode="after")
@@ -664,6 +726,7 @@ def apply_rules(
     replenishment: pd.DataFrame | None = None,
     *,
     clv_reference: np.ndarray | None = None,
+    campaign: Campaign | None = None,
 ) -> pd.DataFrame:
     """Give every scored customer at most one action (first matching rule wins) with a reason.
 
@@ -680,6 +743,10 @@ def apply_rules(
         Optional product-level replenishment frame; feeds the ``replenish_*`` columns.
     clv_reference
         Sorted CLV values of a reference population (the model's), for ``clv_pct``.
+    campaign
+        Plan a campaign: draw each action's holdout and, with past contacts, hold back
+        customers by cooldowns and the contact cap (see "Holdouts and contact hygiene" in
+        the module docs). Without it, only the decisions are made.
 
     Returns
     -------
@@ -689,6 +756,9 @@ def apply_rules(
         the scores have them (``repurchase score --explain``), then the other columns
         the rules name (``replenish_*`` only when a replenishment frame is given;
         ``expected_value`` always with a budget); same rows, order and index as ``scores``.
+        With ``campaign``, last: ``group`` (``treatment`` or ``holdout``),
+        ``campaign_date`` and ``holdout_share`` (missing without an action), and with its
+        contacts ``held_back`` (why a customer is not sent, missing when sent).
     """
     if not isinstance(rules, RuleSet):
         raise TypeError("rules must be a RuleSet (see load_rules)")
@@ -707,8 +777,15 @@ def apply_rules(
         chosen[(chosen < 0) & matches] = index
     for position, rule in enumerate(rules.rules, start=1):
         _check_reason_columns(frame, rule, position, rules.source)
+    held_back = np.full(n, None, dtype=object)
+    if campaign is not None:
+        dates = _campaign_dates(frame, campaign.date)
+        if campaign.contacts is not None:
+            held_back = _held_back(frame["customer_id"].astype(str).to_numpy(), chosen, dates, rules, campaign.contacts)
     if rules.budget is not None:
-        chosen = _within_budget(chosen, frame["expected_value"].to_numpy(dtype=float), rules.budget)
+        held = np.array([h is not None for h in held_back], dtype=bool)
+        kept = _within_budget(np.where(held, -1, chosen), frame["expected_value"].to_numpy(dtype=float), rules.budget)
+        chosen = np.where(held, chosen, kept)
 
     action = np.full(n, None, dtype=object)
     reason = np.full(n, None, dtype=object)
@@ -733,7 +810,69 @@ def apply_rules(
         out[REASON_CODES] = frame[REASON_CODES].to_numpy()
     for column in dict.fromkeys(used):
         out[column] = frame[column]
+    if campaign is not None:
+        shares = np.array([rules.rules[i].holdout if i >= 0 else np.nan for i in chosen], dtype=float)
+        acted = chosen >= 0
+        out["group"] = pd.Series(assign_groups(frame["customer_id"].to_numpy(), action, dates, shares), dtype="str")
+        out["campaign_date"] = pd.Series(dates, dtype="datetime64[ns]").where(acted)
+        out["holdout_share"] = shares
+        if campaign.contacts is not None:
+            out[HELD_BACK] = pd.Series(np.where(acted, held_back, None), dtype="str")
     out.index = scores.index
+    return out
+
+
+def _campaign_dates(frame: pd.DataFrame, campaign_date) -> np.ndarray:
+    """The campaign date of every row: ``campaign_date`` when given, else the row's ``as_of`` (midnight)."""
+    if campaign_date is not None:
+        day = pd.Timestamp(campaign_date).normalize()
+        return np.full(len(frame), day.to_datetime64().astype("datetime64[ns]"))
+    as_of = pd.to_datetime(frame["as_of"], errors="coerce").astype("datetime64[ns]").dt.normalize()
+    if as_of.isna().any():
+        raise InputError(f"scores: as_of is empty in row {int(np.flatnonzero(as_of.isna().to_numpy())[0]) + 1}; "
+                         "give a campaign date")
+    return as_of.to_numpy()
+
+
+def _days_text(days: int) -> str:
+    return "today" if days == 0 else f"{days} day{'s' if days != 1 else ''} ago"
+
+
+def _held_back(
+    customer_ids: np.ndarray, chosen: np.ndarray, dates: np.ndarray, rules: RuleSet, contacts: pd.DataFrame
+) -> np.ndarray:
+    """Why each customer with an action is not sent (None when sent): cooldowns and the contact cap."""
+    out = np.full(len(chosen), None, dtype=object)
+    cooldown = np.array([rules.rules[i].cooldown_days or 0 if i >= 0 else 0 for i in chosen], dtype=np.int64)
+    cap = rules.contact_cap
+    candidates = (chosen >= 0) & ((cooldown > 0) | (cap is not None))
+    if not candidates.any() or contacts.empty:
+        return out
+    rows = pd.DataFrame(
+        {"row": np.flatnonzero(candidates), "customer_id": customer_ids[candidates], "day": dates[candidates],
+         "cooldown": cooldown[candidates]}
+    )
+    past = contacts[["customer_id", "action", "contacted_at", "group"]].astype({"customer_id": "str"})
+    pairs = rows.merge(past, on="customer_id", how="inner")
+    pairs["days_ago"] = (pairs["day"] - pairs["contacted_at"]).dt.days
+    pairs = pairs[pairs["days_ago"] >= 0]  # contacts after the campaign date do not count
+
+    reasons: dict[int, list[str]] = {}
+    cooling = pairs[pairs["days_ago"] < pairs["cooldown"]].sort_values(["row", "days_ago"], kind="mergesort")
+    for record in cooling.drop_duplicates("row").itertuples(index=False):
+        when = _days_text(int(record.days_ago))
+        text = (f"contacted {when} for {record.action}" if record.group == TREATMENT
+                else f"in the holdout of {record.action} {when}")
+        reasons.setdefault(int(record.row), []).append(f"{text} (cooldown {int(record.cooldown)} days)")
+    if cap is not None:
+        sent = pairs[(pairs["group"] == TREATMENT) & (pairs["days_ago"] < cap.days)]
+        counts = sent.groupby("row").size()
+        for row, count in counts[counts >= cap.contacts].items():
+            reasons.setdefault(int(row), []).append(
+                f"contacted {int(count)} time{'s' if count != 1 else ''} in the last {cap.days} days (cap {cap.contacts})"
+            )
+    for row, texts in reasons.items():
+        out[row] = "; ".join(texts)
     return out
 
 
@@ -937,11 +1076,17 @@ def _render_reasons(rows: pd.DataFrame, rule: Rule, position: int, source: str) 
 # --------------------------------------------------------------------------- writing
 
 
-def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
-    """Write ``<action>.csv`` per action and ``summary.csv`` into ``out_dir``, atomically.
+def write_audiences(targeted: pd.DataFrame, out_dir: Path, *, send_dir: Path | None = None) -> pd.DataFrame:
+    """Write ``<action>.csv`` per action, ``summary.csv`` and ``send/<action>.csv`` into ``out_dir``, atomically.
 
-    Each audience file has ``customer_id``, ``action``, ``reason``, ``rule``, then the
-    other score columns and the columns the rules used. ``summary.csv`` has one row per
+    Each audience file has ``customer_id``, ``action``, ``reason``, ``rule``, ``group``
+    (and ``held_back`` when contacts were applied), then the other score columns and the
+    columns the rules used: both groups, and the customers held back. When the rows carry
+    ``group`` (rules applied with a campaign), ``send/`` holds what goes to the messaging
+    tool: per action, the ``treatment`` rows that are not held back, in the same columns
+    (a file with the header only when nobody is to be sent).
+    ``send_dir`` puts that folder elsewhere (quickstart: beside ``audiences/``); both
+    folders are then complete before either replaces its old version. ``summary.csv`` has one row per
     action (most customers first): ``customers``, ``share_of_scored`` (of all rows in
     ``targeted``), ``expected_revenue_sum``, ``clv_sum`` and ``p_repurchase_mean``. The
     folder is built under a temporary name and renamed onto ``out_dir`` only when every
@@ -972,7 +1117,7 @@ def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     if bad:
         raise InputError(f"targeted: action '{bad[0]}' cannot be a file name; use lower-case letters, digits, _ and -")
 
-    first = ["customer_id", "action", "reason", "rule"]
+    first = ["customer_id", "action", "reason", "rule", "group", HELD_BACK]
     columns = [c for c in first if c in targeted.columns] + [c for c in targeted.columns if c not in first]
     grouped = acted.groupby(actions, sort=False)
     summary = pd.DataFrame(
@@ -988,11 +1133,25 @@ def write_audiences(targeted: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     )
     summary = summary.sort_values(["customers", "action"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
 
-    with atomic_path(out_dir, folder=True) as tmp:
-        tmp.mkdir()
+    planned = "group" in acted.columns
+    if send_dir is not None and not planned:
+        raise InputError("targeted: no group column to choose what to send; apply the rules with a campaign")
+    sent = (acted["group"] == TREATMENT).to_numpy(dtype=bool) if planned else np.zeros(len(acted), dtype=bool)
+    if HELD_BACK in acted.columns:
+        sent = sent & acted[HELD_BACK].isna().to_numpy(dtype=bool)
+    targets = [out_dir] if send_dir is None else [out_dir, Path(send_dir)]
+    with atomic_paths(targets, folder=True) as tmps:
+        tmps[0].mkdir()
+        send = None
+        if planned:
+            send = tmps[0] / SEND_FOLDER if send_dir is None else tmps[1]
+            send.mkdir()
         for action in summary["action"]:
-            _write_csv(acted.loc[actions == action, columns], tmp / f"{action}.csv")
-        _write_csv(summary, tmp / "summary.csv")
+            rows = (actions == action).to_numpy()
+            _write_csv(acted.loc[rows, columns], tmps[0] / f"{action}.csv")
+            if send is not None:
+                _write_csv(acted.loc[rows & sent, columns], send / f"{action}.csv")
+        _write_csv(summary, tmps[0] / "summary.csv")
     return summary
 
 

@@ -293,7 +293,8 @@ class RepurchaseService:
                 self.model, customers, date.fromisoformat(as_of), self.model_version, with_features=target or explain
             )
             if target:
-                scores = apply_targeting(self.model, scores, features)
+                real_ids = [items[p].customer.customer_id for p in positions]
+                scores = apply_targeting(self.model, scores, features, customer_ids=real_ids)
             if explain:
                 scores[REASON_CODES] = self.model.reason_codes(features)
             scores["customer_id"] = [items[p].customer.customer_id for p in positions]
