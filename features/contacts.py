@@ -113,9 +113,10 @@ def load_contacts(source: str | os.PathLike, known_actions=None) -> pd.DataFrame
     if path.is_dir():
         raise ContactsError(f"{source}: is a folder; give the contacts file (CSV or Parquet)")
     try:
-        raw, origin, row_base, row_word = _read_source(str(source))
+        raw, origin, rows = _read_source(str(source))
     except InputError as exc:
         raise ContactsError(str(exc)) from None
+    row_base, row_word = rows.base, rows.word
     frame = validate_contacts(raw, origin, known_actions=known_actions, row_base=row_base, row_word=row_word)
     frame.attrs.update(origin=origin, row_base=row_base, row_word=row_word)  # for later messages about rows
     return frame
