@@ -197,7 +197,8 @@ def temporary_name(target: Path, suffix: str = "tmp") -> Path:
     return target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.{suffix}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine is still running (this one always is)."""
     if pid == os.getpid():
         return True
     try:
@@ -227,7 +228,7 @@ def clean_stale(target: Path) -> None:
             _replay_journal(parent / entry)
     for entry in os.listdir(parent):
         match = _TMP.match(entry)
-        if match and match["name"] == target.name and not _alive(int(match["pid"])):
+        if match and match["name"] == target.name and not process_alive(int(match["pid"])):
             _remove(parent / entry)
 
 
@@ -238,7 +239,7 @@ def _replay_journal(journal: Path) -> None:
     except (OSError, ValueError):
         moves = []
     match = re.search(r"\.(\d+)-[0-9a-f]{8}\.commit$", journal.name)
-    if match and _alive(int(match.group(1))):
+    if match and process_alive(int(match.group(1))):
         return
     for tmp, target in moves:
         if Path(tmp).exists():

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
+from features.io import process_alive
 from training.contract import SCORE_COLUMNS
 from training.model import RepurchaseModel
 
@@ -122,22 +123,10 @@ def end_orphan_runs() -> int:
     ended = 0
     for run in runs:
         pid = run.data.tags.get(RUN_PID_TAG, "")
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             client.set_terminated(run.info.run_id, status="KILLED")
             ended += 1
     return ended
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _flat_metrics(report: dict) -> dict[str, float]:
