@@ -63,12 +63,14 @@ def pair_lines(lines: pd.DataFrame) -> pa.Table:
     """The narrow Arrow table the pair expressions read: customer_id, order_ts, units, category."""
     key = pair_key_column(lines)
     units = lines["quantity"].astype(float) if "quantity" in lines.columns else pd.Series(1.0, index=lines.index)
-    keep = lines[key].notna()
+    # A purchase of the category is a line that bought something: returns and cancellation
+    # lines (negative amount or units) are not purchase days of it.
+    keep = lines[key].notna() & (units > 0) & (lines["amount"] >= 0)
     frame = pd.DataFrame(
         {
             "customer_id": lines["customer_id"].astype("str"),
             "order_ts": lines["order_ts"],
-            "units": units.clip(lower=0.0),
+            "units": units,
             "category": lines[key].astype("str"),
         }
     )[keep.to_numpy()]

@@ -45,6 +45,8 @@ import datetime as dt
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.optimize import minimize
 from scipy.special import log_ndtr, ndtri_exp
 from sklearn.linear_model import LogisticRegression
@@ -53,7 +55,7 @@ from features.errors import InputError
 from features.pipeline import _as_date
 from features.replenish import build_pair_features, pair_lines
 from training.metrics import classification_metrics
-from training.model import QUANTILES
+from training.model import QUANTILES, earliest_full_cutoff, training_origins
 
 OUTPUT_COLUMNS = (
     "customer_id",
@@ -300,10 +302,18 @@ class ReplenishmentModel:
 
     # ------------------------------------------------------------------ training
 
-    def origins(self, cutoff) -> list[dt.date]:
-        """Training origins, oldest first; the last one's labels end on the cutoff."""
-        last = _as_date(cutoff) - dt.timedelta(days=self.horizon_days)
-        return [last - dt.timedelta(days=self.step_days * j) for j in range(self.n_origins - 1, -1, -1)]
+    def origins(self, cutoff, first_purchase=None) -> list[dt.date]:
+        """Training origins, oldest first; the last one's labels end on the cutoff.
+
+        With the log's first purchase day, the origins adapt to the history as the customer
+        model's do (:func:`training.model.training_origins`): none before there is a month of
+        history, and a shorter step when the log is young.
+        """
+        if first_purchase is None:
+            last = _as_date(cutoff) - dt.timedelta(days=self.horizon_days)
+            return [last - dt.timedelta(days=self.step_days * j) for j in range(self.n_origins - 1, -1, -1)]
+        return training_origins(_as_date(first_purchase), _as_date(cutoff), self.horizon_days,
+                                n_origins=self.n_origins, step_days=self.step_days)
 
     def _matrix(self, pairs: pd.DataFrame) -> np.ndarray:
         prior = cycle_cdf(pairs["cycle_location"], pairs["cycle_scale"], pairs["days_since_last"], self.horizon_days)
@@ -316,12 +326,20 @@ class ReplenishmentModel:
     def fit(self, lines, cutoff) -> "ReplenishmentModel":
         """Train on pairs at the origins before ``cutoff`` (orders after the cutoff are never read)."""
         table = lines if not isinstance(lines, pd.DataFrame) else pair_lines(lines)
+        first = pc.min(table["order_ts"]).as_py() if isinstance(table, pa.Table) and table.num_rows else None
+        origins = self.origins(cutoff, first)
         frames = [
             self._sample(pair_frame(table, origin, horizon_days=self.horizon_days, min_category_pairs=self.min_category_pairs))
-            for origin in self.origins(cutoff)
+            for origin in origins
         ]
-        if self.n_origins < 2 or sum(len(f) for f in frames[:-1]) == 0 or len(frames[-1]) < 2:
-            origins = self.origins(cutoff)
+        if not origins and first is not None:
+            raise ReplenishmentDataError(
+                f"too few (customer, category) pairs to learn replenishment from before {_as_date(cutoff)}: the log starts "
+                f"{_as_date(first)}, and learning needs a {self.horizon_days}-day horizon after a month of purchases; "
+                f"use a date from {earliest_full_cutoff(_as_date(first), self.horizon_days)} on"
+            )
+        if len(origins) < 2 or sum(len(f) for f in frames[:-1]) == 0 or len(frames[-1]) < 2:
+            origins = origins or self.origins(cutoff)
             raise ReplenishmentDataError(
                 f"too few (customer, category) pairs to learn replenishment from: it trains at {origins[0]} to "
                 f"{origins[-1]} (a {self.horizon_days}-day horizon before {_as_date(cutoff)}, then "
@@ -358,6 +376,7 @@ class ReplenishmentModel:
         self.calibrator_ = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), bought(calib))
         self.timing_shift_, self.timing_scale_ = fit_timing_calibration(calib, self.horizon_days)
         self.feature_names_ = names
+        self.origins_ = [o.isoformat() for o in origins]
         self.training_cutoff_ = _as_date(cutoff).isoformat()
         self.n_training_pairs_ = int(len(train))
         return self
@@ -497,7 +516,7 @@ def replenishment_backtest(lines, cutoff, horizon_days: int = 90, *, model_param
     if np.isfinite(best) and block["model"]["p50_mae_days"] is not None:
         block["p50_mae_vs_best_baseline"] = float(block["model"]["p50_mae_days"] / best - 1.0)
     block["training"] = {
-        "origins": [o.isoformat() for o in model.origins(day)],
+        "origins": list(model.origins_),
         "pairs": model.n_training_pairs_,
         "best_iteration": int(model.booster_.best_iteration),
         "timing_shift": model.timing_shift_,
