@@ -28,6 +28,26 @@ join the features.
   fit for the many customers who spend nothing.
 * ``clv``: BTYD CLV (BG/NBD x Gamma-Gamma, discounted) over ``clv_horizon_days``.
 * ``churn_risk`` = 1 - ``p_repurchase``: the probability of no order within the horizon.
+* ``p_alive``: the probability that the customer has not dropped out (:meth:`RepurchaseModel.p_alive`).
+  MBG/NBD's P(alive | x, t_x, T) (Batislam et al. 2007), fitted at the training cutoff on
+  the same compressed statistics as BG/NBD (``alive_model_``). BG/NBD cannot answer this
+  question for one-time buyers: it lets a customer drop out only after a repeat purchase,
+  so its P(alive) is 1 for everyone without one, however long ago the only order was (on
+  CDNOW as of 1998-06-30, 12,054 customers; MBG/NBD gives them 0.29 on average). MBG/NBD
+  lets every purchase, the first included, be the last, so a one-time buyer's p_alive
+  falls as the order ages. It is closed-form: scoring a million customers costs
+  milliseconds. ``p_alive`` is then raised to ``p_repurchase`` where that is higher (an
+  order within the horizon needs a customer who is alive), so 1 - p_alive <= churn_risk;
+  ``lifecycle_stage`` calls a customer churned only when p_alive < 0.5
+  (``training.segments``). When MBG/NBD finds no measurable drop-out (a young log, fit
+  status "boundary: no measurable drop-out yet") nobody has been seen to leave, p_alive
+  is 1 for everyone and nobody is churned; the report, the CLI and MLflow say so. With
+  ``btyd_model`` "mbgnbd" or "pareto" that model gives p_alive. BG/NBD's own P(alive)
+  remains the model input ``btyd_p_alive``; models pickled before ``alive_model_`` existed
+  fall back to it (one-time buyers then read 1 and are never churned; the report says so).
+* ``rfm_r``, ``rfm_f``, ``rfm_m``: the RFM scores of ``training.segments`` (R and F on fixed
+  scales, M against the training population's spend), which ``rfm_segment`` follows from.
+  The population ranks ``rfm_rank_*`` are model inputs only.
 
 At scoring time the BG/NBD and Gamma-Gamma fitted at the training cutoff ``C`` supply the
 BTYD features, so one customer can be scored alone (online) exactly as in batch.
@@ -286,7 +306,8 @@ class RepurchaseModel:
     n_origins, step_days : int
         Stacked training origins, ``step_days`` apart, the latest at ``cutoff - H``.
     btyd_model : {"bgnbd", "mbgnbd", "pareto"}
-        The BTYD model whose answers become features and give ``p_alive`` and ``clv``.
+        The BTYD model whose answers become features and give ``clv``; with "mbgnbd" or
+        "pareto" it also gives ``p_alive`` (with "bgnbd", MBG/NBD does: see above).
     learning_rate, num_leaves, min_child_samples, max_rounds, early_stopping_rounds
         LightGBM settings shared by the boosters.
     max_rows_per_origin : int
@@ -311,6 +332,9 @@ class RepurchaseModel:
     bgnbd_, gamma_gamma_ : BGNBD, GammaGamma or None
         The BTYD fits at the training cutoff; their ``fit_status_`` says whether the fit was
         interior or ran to a boundary.
+    alive_model_ : BGNBD or None
+        The model behind ``p_alive``: MBG/NBD fitted at the training cutoff (``bgnbd_`` itself
+        when ``btyd_model`` is "mbgnbd" or "pareto"); None when it has no fit (BG/NBD answers).
     classifier_, calibrator_, orders_model_, revenue_model_, timing_model_
         The LightGBM boosters and the Platt calibrator.
     spec_ : FeatureSpec
