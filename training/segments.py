@@ -60,11 +60,12 @@ checked in this order:
 * ``churned``: probably dropped out: ``p_alive`` < 0.5, ``p_repurchase`` < 0.05 and no order
   for more than H days. ``p_alive`` is the probability that the customer has not dropped
   out (``training.model``), so a churned customer never reads "chance still active" above
-  50%; a customer as quiet whom the model still thinks alive is lapsed, not churned;
+  50%; a customer as quiet whom the model still thinks alive is lapsed (or, within their
+  rhythm, active or at risk), not churned;
 * ``new``: a single purchase day, within the last H days;
 * ``active``: a repeat buyer at most 1.5 usual gaps since the last order;
 * ``at_risk``: a repeat buyer 1.5 to 3 usual gaps since the last order;
-* ``lapsed``: everyone else (over 3 usual gaps, or a one-time buyer older than H).
+* ``lapsed``: everyone else (over 3 usual gaps, or a one-time buyer older than H, and not churned).
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def stage_meanings(horizon_days, thresholds: LifecycleThresholds = LifecycleThre
         "new": f"a single purchase day, within the last {h}",
         "active": f"repeat buyer, at most {t.active_max_overdue:g} usual gaps since the last order",
         "at_risk": f"repeat buyer, {t.active_max_overdue:g} to {t.at_risk_max_overdue:g} usual gaps since the last order",
-        "lapsed": f"over {t.at_risk_max_overdue:g} usual gaps since the last order, or a one-time buyer older than {h}; "
-                  "quiet, but not judged gone",
+        "lapsed": f"over {t.at_risk_max_overdue:g} usual gaps since the last order, or a one-time buyer older than {h}, "
+                  "and not churned",
         "churned": f"probably dropped out: chance still active (p_alive) under {t.churned_max_p_alive:.0%}, "
                    f"p_repurchase under {t.churned_max_p_repurchase:.0%} and no order within {h}",
     }
