@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.io import atomic_path
-from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, stage_meanings
+from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
 
 DASH = "–"
 SECTIONS = ("summary", "backtest", "segments", "lifecycle", "actions", "reasons")
@@ -54,10 +54,8 @@ PLOT_CAPTIONS = {
                    "not cause and effect."),
 }
 GROUP_NOTES = {
-    "RFM segment": ("Segments follow from each row's RFM scores: R counts days since the last order "
-                    "(5: within 30, 4: 31-90, 3: 91-180, 2: 181-365, 1: longer), F counts orders "
-                    "(1, 2, 3-4, 5-9, 10+); M (spend against the training population) is in the scores "
-                    "but does not move the segment."),
+    "RFM segment": (f"Segments follow from each row's RFM scores: {rfm_scales()}; M (spend against the training "
+                    "population) is in the scores but does not move the segment."),
     "lifecycle stage": ("Stages follow each customer's own rhythm (usual gap = mean days between their purchase "
                         "days) and the model's answers; p_alive is the chance the customer has not dropped out."),
 }

@@ -136,6 +136,16 @@ def stage_meanings(horizon_days, thresholds: LifecycleThresholds = LifecycleThre
     }
 
 
+def rfm_scales() -> str:
+    """The R and F scales in words, one line (from :data:`RFM_RECENCY_DAYS` and :data:`RFM_FREQUENCY_ORDERS`)."""
+    days = sorted(RFM_RECENCY_DAYS)
+    recency = [f"5: within {days[0]}"] + [f"{4 - k}: {lo + 1}-{hi}" for k, (lo, hi) in enumerate(zip(days, days[1:]))]
+    orders = [1, *sorted(RFM_FREQUENCY_ORDERS)]
+    counts = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(orders, orders[1:])] + [f"{orders[-1]}+"]
+    return (f"R counts days since the last order ({', '.join(recency)}, 1: longer), "
+            f"F counts orders ({', '.join(counts)} for 1 to 5)")
+
+
 def monetary_cut_points(reference) -> np.ndarray:
     """The four spend thresholds that score M against a reference population.
 
