@@ -93,7 +93,7 @@ SALES_DAYS: tuple[tuple[int, int], ...] = ((6, 18), (11, 11))
 """(month, day) of the big yearly sales days (618 and Singles' Day)."""
 
 RFM_CUTS = (0.2, 0.4, 0.6, 0.8)
-"""Percentiles of the cutoff's population that separate the RFM scores 1-5."""
+"""Percentiles of the cutoff's population that separate the RFM ranks 1-5."""
 
 MIX_TOP = 5
 """Channel / category values that get their own share column (most frequent first)."""
@@ -140,12 +140,13 @@ FEATURES: dict[str, str] = {
     "orders_trend": f"(orders_{TREND_DAYS}d - prev) / (orders_{TREND_DAYS}d + prev), 0 when both 0",
     "spend_trend": f"(spend_{TREND_DAYS}d - prev) / (spend_{TREND_DAYS}d + prev), 0 when both 0",
     "spend_share_365d": "spend_365d / total_spend",
-    # RFM
-    "rfm_r": "recency score 1-5: days_since_last against the population's quintile cut points (5 = most recent)",
-    "rfm_f": "frequency score 1-5: n_orders against the population's quintile cut points (5 = most)",
-    "rfm_m": "monetary score 1-5: total_spend against the population's quintile cut points (5 = most)",
-    "rfm_score": "rfm_r + rfm_f + rfm_m (3-15)",
-    "rfm_cell": "RFM cell code 100 * r + 10 * f + m (111-555)",
+    # RFM ranks within the population (model inputs; the RFM scores and segments of the
+    # score rows, rfm_r / rfm_f / rfm_m, are training.segments' fixed scales)
+    "rfm_rank_r": "recency rank 1-5: days_since_last against the population's quintile cut points (5 = most recent)",
+    "rfm_rank_f": "frequency rank 1-5: n_orders against the population's quintile cut points (5 = most)",
+    "rfm_rank_m": "monetary rank 1-5: total_spend against the population's quintile cut points (5 = most)",
+    "rfm_rank_sum": "rfm_rank_r + rfm_rank_f + rfm_rank_m (3-15)",
+    "rfm_rank_cell": "RFM rank cell code 100 * r + 10 * f + m (111-555)",
     # calendar position of the cutoff
     "days_to_next_sales_day": "days from the cutoff to the next 06-18 or 11-11 (strictly after)",
     "days_since_sales_day": "days since the last 06-18 or 11-11 (0 on the day)",
@@ -190,11 +191,11 @@ _INT_FEATURES = frozenset(
         "first_day_orders",
         *(f"orders_{w}d" for w in WINDOWS),
         f"orders_prev_{TREND_DAYS}d",
-        "rfm_r",
-        "rfm_f",
-        "rfm_m",
-        "rfm_score",
-        "rfm_cell",
+        "rfm_rank_r",
+        "rfm_rank_f",
+        "rfm_rank_m",
+        "rfm_rank_sum",
+        "rfm_rank_cell",
         "cutoff_month",
         "cutoff_weekday",
         "n_categories",
@@ -444,10 +445,15 @@ def _category_mix(past: ir.Table) -> ir.Table:
     )
 
 
-def _with_rfm_scores(agg: ir.Table) -> ir.Table:
-    """RFM quintile scores from the population's 20/40/60/80th percentiles.
+def _with_rfm_ranks(agg: ir.Table) -> ir.Table:
+    """RFM quintile ranks from the population's 20/40/60/80th percentiles.
 
-    A score is 1 + the number of cut points the value beats (is above; for recency, is
+    How a customer compares with the others at the cutoff, which is what the model learns
+    from at every training origin (relative recency transfers across origins better than
+    raw days). Not the RFM scores of the score rows: ranks within a population dominated by
+    one-time buyers tie and reach back too far to name segments (``training.segments``).
+
+    A rank is 1 + the number of cut points the value beats (is above; for recency, is
     below), so equal values always score alike. Cut points are exact, linearly
     interpolated percentiles (DuckDB ``percentile_cont``, Spark ``percentile``): one
     aggregation over the customers instead of a sort per score. Interpolating between two
@@ -457,9 +463,9 @@ def _with_rfm_scores(agg: ir.Table) -> ir.Table:
     """
     cuts = list(RFM_CUTS)
     thresholds = agg.aggregate(
-        rfm_r_cuts=agg.days_since_last.quantile(cuts),
-        rfm_f_cuts=agg.n_orders.quantile(cuts),
-        rfm_m_cuts=agg.total_spend.quantile(cuts),
+        rank_r_cuts=agg.days_since_last.quantile(cuts),
+        rank_f_cuts=agg.n_orders.quantile(cuts),
+        rank_m_cuts=agg.total_spend.quantile(cuts),
     )
     both = agg.cross_join(thresholds)
 
@@ -471,10 +477,10 @@ def _with_rfm_scores(agg: ir.Table) -> ir.Table:
         return sum((b.cast("int64") for b in beaten), ibis.literal(1, type="int64"))
 
     return both.mutate(
-        rfm_r=score(both.days_since_last, both.rfm_r_cuts, lower_is_better=True),
-        rfm_f=score(both.n_orders, both.rfm_f_cuts),
-        rfm_m=score(both.total_spend, both.rfm_m_cuts),
-    ).drop("rfm_r_cuts", "rfm_f_cuts", "rfm_m_cuts")
+        rfm_rank_r=score(both.days_since_last, both.rank_r_cuts, lower_is_better=True),
+        rfm_rank_f=score(both.n_orders, both.rank_f_cuts),
+        rfm_rank_m=score(both.total_spend, both.rank_m_cuts),
+    ).drop("rank_r_cuts", "rank_f_cuts", "rank_m_cuts")
 
 
 def _ratio(num: ir.Value, den: ir.Value) -> ir.Value:
@@ -552,7 +558,7 @@ def feature_expr(
     if core_only:
         return agg.select("customer_id", *[agg[name].cast("float64").name(name) for name in CORE_FEATURES])
 
-    agg = _with_rfm_scores(agg)
+    agg = _with_rfm_ranks(agg)
     sales_next, sales_since = _sales_day_position(day)
     values: dict[str, ir.Value] = {
         "frequency": agg.frequency,
@@ -598,11 +604,11 @@ def feature_expr(
             count_name = _share_columns(f"n_{column}", mix)[value]
             values[name] = agg[count_name] / agg.n_orders
 
-    values |= {"rfm_r": agg.rfm_r, "rfm_f": agg.rfm_f, "rfm_m": agg.rfm_m}
+    values |= {"rfm_rank_r": agg.rfm_rank_r, "rfm_rank_f": agg.rfm_rank_f, "rfm_rank_m": agg.rfm_rank_m}
     features = agg.select("customer_id", **values)
     features = features.mutate(
-        rfm_score=features.rfm_r + features.rfm_f + features.rfm_m,
-        rfm_cell=features.rfm_r * 100 + features.rfm_f * 10 + features.rfm_m,
+        rfm_rank_sum=features.rfm_rank_r + features.rfm_rank_f + features.rfm_rank_m,
+        rfm_rank_cell=features.rfm_rank_r * 100 + features.rfm_rank_f * 10 + features.rfm_rank_m,
     )
     if "category" in columns:
         mix = _category_mix(past)

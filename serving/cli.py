@@ -344,6 +344,9 @@ def _print_model(model) -> None:
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
     if status != INTERIOR:
         out.print(f"BG/NBD at {cutoff}: {fit_status_meaning(status)}")
+    alive = getattr(model, "alive_model_", None)
+    if alive is not None and alive is not model.bgnbd_ and alive.fit_status_ != INTERIOR:
+        out.print(f"MBG/NBD (p_alive) at {cutoff}: {fit_status_meaning(alive.fit_status_)}")
 
 
 def _days(n: int):

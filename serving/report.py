@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.io import atomic_path
-from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS
+from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
 
 DASH = "–"
 SECTIONS = ("summary", "backtest", "segments", "lifecycle", "actions", "reasons")
@@ -54,12 +54,11 @@ PLOT_CAPTIONS = {
                    "The customer facts the model leans on most (share of total gain). It explains the model, "
                    "not cause and effect."),
 }
-LIFECYCLE_DESCRIPTIONS = {
-    "new": "a single purchase day, within the horizon",
-    "active": "repeat buyer, at most 1.5 usual gaps since the last order",
-    "at_risk": "repeat buyer, 1.5 to 3 usual gaps since the last order",
-    "lapsed": "over 3 usual gaps, or a one-time buyer older than the horizon",
-    "churned": "p_repurchase under 5% and no order within the horizon",
+GROUP_NOTES = {
+    "RFM segment": (f"Segments follow from each row's RFM scores: {rfm_scales()}; M (spend against the training "
+                    "population) is in the scores but does not move the segment."),
+    "lifecycle stage": ("Stages follow each customer's own rhythm (usual gap = mean days between their purchase "
+                        "days) and the model's answers; p_alive is the chance the customer has not dropped out."),
 }
 BAR_COLOR = "#1f77b4"
 EXAMPLES_PER_ACTION = 5
@@ -228,7 +227,7 @@ def _score_column(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def group_summary(scores: pd.DataFrame, column: str, order=(), *, keep_empty: bool = False) -> pd.DataFrame:
-    """Customers, share, mean p_repurchase, total expected revenue and CLV per value of ``column``.
+    """Customers, share, mean p_repurchase and p_alive, total expected revenue and CLV per value of ``column``.
 
     Groups come in ``order`` first (all of them with ``keep_empty``), then any others by size.
     """
@@ -236,12 +235,14 @@ def group_summary(scores: pd.DataFrame, column: str, order=(), *, keep_empty: bo
     frame = pd.DataFrame({
         "key": keys,
         "p_repurchase": _score_column(scores, "p_repurchase"),
+        "p_alive": _score_column(scores, "p_alive"),
         "expected_revenue": _score_column(scores, "expected_revenue"),
         "clv": _score_column(scores, "clv"),
     })
     grouped = frame.groupby("key", sort=False).agg(
         customers=("key", "size"),
         mean_p_repurchase=("p_repurchase", "mean"),
+        mean_p_alive=("p_alive", "mean"),
         expected_revenue=("expected_revenue", "sum"),
         clv=("clv", "sum"),
     )
@@ -259,18 +260,19 @@ def _group_section_body(summary: pd.DataFrame, scores: pd.DataFrame, what: str, 
                         descriptions: dict | None = None) -> str:
     if summary.empty:
         return f"<p>No customers to group by {_esc(what)}.</p>"
-    headers = [what, "customers", "share", "mean p_repurchase", f"expected revenue ({horizon})", "total CLV"]
+    headers = [what, "customers", "share", "mean p_repurchase", "mean p_alive", f"expected revenue ({horizon})",
+               "total CLV"]
     if descriptions:
         headers.insert(1, "meaning")
     rows = []
     for key, row in summary.iterrows():
         cells = [_label(key), fmt_count(row.customers), fmt_pct(row.share), fmt_metric(row.mean_p_repurchase),
-                 fmt_count(row.expected_revenue), fmt_count(row.clv)]
+                 fmt_metric(row.mean_p_alive), fmt_count(row.expected_revenue), fmt_count(row.clv)]
         if descriptions:
             cells.insert(1, descriptions.get(key, ""))
         rows.append(cells)
     footer = ["all customers", fmt_count(len(scores)), fmt_pct(1.0 if len(scores) else None),
-              fmt_metric(_score_column(scores, "p_repurchase").mean()),
+              fmt_metric(_score_column(scores, "p_repurchase").mean()), fmt_metric(_score_column(scores, "p_alive").mean()),
               fmt_count(_score_column(scores, "expected_revenue").sum()), fmt_count(_score_column(scores, "clv").sum())]
     if descriptions:
         footer.insert(1, "")
@@ -281,7 +283,8 @@ def _group_section_body(summary: pd.DataFrame, scores: pd.DataFrame, what: str, 
          "total CLV": summary["clv"].to_numpy()},
         f"Customers and value by {what}",
     )
-    return table + _figure_html(_png_data_uri(chart), f"By {what}",
+    note = f"<p class=note>{_esc(GROUP_NOTES[what])}</p>" if what in GROUP_NOTES else ""
+    return note + table + _figure_html(_png_data_uri(chart), f"By {what}",
                                 "Bar length is the number of customers, expected revenue and CLV of each group.", wide=True)
 
 
@@ -800,9 +803,10 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
     bodies = {
         "summary": _summary_section(report, scores, audience, tuple(model_notes)),
         "backtest": _backtest_section(report, plot_paths or {}),
-        "segments": _group_section_body(group_summary(scores, "rfm_segment", RFM_SEGMENTS), scores, "RFM segment", horizon),
+        "segments": _group_section_body(group_summary(scores, "rfm_segment", RFM_SEGMENTS, keep_empty=True),
+                                        scores, "RFM segment", horizon, SEGMENT_MEANINGS),
         "lifecycle": _group_section_body(group_summary(scores, "lifecycle_stage", LIFECYCLE_STAGES, keep_empty=True),
-                                         scores, "lifecycle stage", horizon, LIFECYCLE_DESCRIPTIONS),
+                                         scores, "lifecycle stage", horizon, stage_meanings(horizon_days)),
         "actions": _actions_section(scores, audience, horizon),
         "reasons": _reasons_section(audience, horizon_days),
     }
@@ -862,6 +866,15 @@ def model_notes(model) -> list[str]:
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
     if status != INTERIOR:
         notes.append(f"BG/NBD at {model.spec_.training_cutoff}: {fit_status_meaning(status)}.")
+    alive = getattr(model, "alive_model_", None)
+    if alive is None:
+        notes.append("p_alive comes from BG/NBD, which reads 1 for every one-time buyer (the model was trained before "
+                     "p_alive came from MBG/NBD, or MBG/NBD had no fit): one-time buyers are never churned; "
+                     "retrain for the chance that they are still active.")
+    elif alive is not model.bgnbd_ and getattr(alive, "fit_status_", INTERIOR) != INTERIOR:
+        consequence = "; p_alive is 1, so nobody is churned until drop-out shows" if alive.params_["a"] == 0 else ""
+        notes.append(f"MBG/NBD behind p_alive at {model.spec_.training_cutoff}: "
+                     f"{fit_status_meaning(alive.fit_status_)}{consequence}.")
     return notes
 
 

@@ -2,9 +2,11 @@
 ``mlflow.pyfunc.spark_udf``; the same scores as :func:`serving.batch.score_log` (tested).
 
 1. The orders up to the as-of date go through :func:`features.spark.feature_frame` with
-   the champion's mix values (the columns it was trained with), and the result is written
-   as the feature snapshot ``<scores stem>.features.parquet`` with an ``as_of`` column,
-   as the local path writes it.
+   the champion's mix values (the columns it was trained with); the RFM ranks and the
+   scores' RFM columns against the champion's training population are set by the functions
+   the local path uses (``training.model.rfm_rank_columns`` and ``rfm_columns``, in a pandas
+   UDF), and the result is written as the feature snapshot ``<scores stem>.features.parquet``
+   with an ``as_of`` column, as the local path writes it.
 2. The snapshot is read back (so features are computed once) and every row goes through
    the MLflow pyfunc in Spark's Python workers (``spark_udf``, Arrow batches), with the
    as-of date and the model version as the pyfunc's params.
@@ -29,6 +31,7 @@ from features.errors import CutoffError
 from features.spark import SparkOrderLog, feature_frame, write_spark_parquet
 from serving.batch import ScoreRun, snapshot_path_for
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
+from training.model import RFM_RANK_COLUMNS, RFM_SCORE_COLUMNS, rfm_columns, rfm_rank_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -49,6 +52,24 @@ def score_struct():
 
     kinds = {"string": T.StringType(), "long": T.LongType(), "double": T.DoubleType()}
     return T.StructType([T.StructField(c, kinds[_SPARK_TYPES[SCORE_DTYPES[c]]]) for c in SCORE_COLUMNS if c != "as_of"])
+
+
+def with_training_rfm(features: "DataFrame", rfm_reference: dict) -> "DataFrame":
+    """``features`` with the RFM ranks and scores against the training population, as
+    ``RepurchaseModel.point_in_time_features`` sets them locally (ranks in place, the scores'
+    ``rfm_r``, ``rfm_f``, ``rfm_m`` appended), computed by the same functions."""
+    from pyspark.sql import functions as F
+
+    names = (*RFM_RANK_COLUMNS, *RFM_SCORE_COLUMNS)
+
+    @F.pandas_udf(", ".join(f"{c} long" for c in names))
+    def rfm(days: pd.Series, orders: pd.Series, spend: pd.Series) -> pd.DataFrame:
+        facts = {"days_since_last": days, "n_orders": orders, "total_spend": spend}
+        return pd.DataFrame({**rfm_rank_columns(facts, rfm_reference), **rfm_columns(facts, rfm_reference)})
+
+    packed = features.withColumn("_rfm", rfm("days_since_last", "n_orders", "total_spend"))
+    kept = [F.col(f"_rfm.{c}").alias(c) if c in names else F.col(f"`{c}`") for c in features.columns]
+    return packed.select(*kept, *(F.col(f"_rfm.{c}").alias(c) for c in names if c not in features.columns))
 
 
 def _model_inputs(snapshot: "DataFrame", model_uri: str) -> list:
@@ -124,9 +145,9 @@ def score_on_spark(
     past = log.orders.filter(F.col("order_ts") < day_after)
     unused = [c for c, values in (("channel", spec.channel_values), ("category", spec.category_values))
               if values is None and c in past.columns]
-    features = feature_frame(
+    features = with_training_rfm(feature_frame(
         past.drop(*unused), as_of.date(), channel_values=spec.channel_values, category_values=spec.category_values
-    )
+    ), spec.rfm_reference)
     out_path = Path(out_path) if "://" not in str(out_path) else out_path
     snapshot_path = snapshot_path_for(Path(out_path)) if isinstance(out_path, Path) else f"{str(out_path).removesuffix('.parquet')}.features.parquet"
     say(f"computing features as of {as_of.date()}")

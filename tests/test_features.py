@@ -139,16 +139,16 @@ def test_hand_computed_gaps_are_between_purchase_days(tiny_features):
     assert c.overdue_ratio == pytest.approx(45 / 46)
 
 
-def test_hand_computed_rfm_scores_and_calendar(tiny_features):
+def test_hand_computed_rfm_ranks_and_calendar(tiny_features):
     f = tiny_features
     # days since last: B 0, A 30, C 45; quintile cut points 12, 24, 33, 39 (linear
     # interpolation): A is below two of them, B below all four, C below none -> 3, 5, 1.
     # orders B 1, C 2, A 4 -> cuts 1.4, 1.8, 2.4, 3.2; spend B 7, A 50, C 140 -> 24.2, 41.4, 68, 104
-    assert f["rfm_r"].tolist() == [3, 5, 1]
-    assert f["rfm_f"].tolist() == [5, 1, 3]
-    assert f["rfm_m"].tolist() == [3, 1, 5]
-    assert f["rfm_score"].tolist() == [11, 7, 9]
-    assert f["rfm_cell"].tolist() == [353, 511, 135]
+    assert f["rfm_rank_r"].tolist() == [3, 5, 1]
+    assert f["rfm_rank_f"].tolist() == [5, 1, 3]
+    assert f["rfm_rank_m"].tolist() == [3, 1, 5]
+    assert f["rfm_rank_sum"].tolist() == [11, 7, 9]
+    assert f["rfm_rank_cell"].tolist() == [353, 511, 135]
     # 2024-03-31 is a Sunday; next 06-18 is 79 days on, the last 11-11 was 141 days before
     assert set(f["days_to_next_sales_day"]) == {79.0}
     assert set(f["days_since_sales_day"]) == {141.0}
@@ -397,7 +397,7 @@ def check_properties(rows, later, cutoff_day):
     spend = [f"spend_{w}d" for w in WINDOWS] + ["total_spend"]
     assert (features[spend].diff(axis=1).iloc[:, 1:] >= -1e-9).all().all()
     assert (features["n_purchase_days"] <= features["n_orders"]).all()
-    for score in ["rfm_r", "rfm_f", "rfm_m"]:
+    for score in ["rfm_rank_r", "rfm_rank_f", "rfm_rank_m"]:
         assert features[score].between(1, 5).all()
     has_gaps = features["frequency"] > 0
     gaps = features[has_gaps]

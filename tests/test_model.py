@@ -114,13 +114,17 @@ def test_a_customer_scored_alone_gets_the_batch_scores(fitted_model, synth_order
         pd.testing.assert_frame_equal(alone.set_index("customer_id"), batch.loc[[customer]], check_exact=False, rtol=1e-12)
 
 
-def test_reference_rfm_scores_match_the_pipeline_on_the_training_population(fitted_model, synth_orders):
-    from training.model import rfm_scores
+def test_reference_rfm_ranks_match_the_pipeline_on_the_training_population(fitted_model, synth_orders):
+    """The model's RFM rank inputs at scoring time (against 1,001 quantiles of the training
+    population) approximate the ranks it was trained on (exact percentiles within the
+    population). Inputs only: the RFM scores the rows carry agree with the snapshot exactly
+    (tests/test_agree.py)."""
+    from training.model import rfm_ranks
 
     features = build_features(synth_orders, fitted_model.spec_.training_cutoff)
-    scores = rfm_scores(features, fitted_model.spec_.rfm_reference)
+    ranks = rfm_ranks(features, fitted_model.spec_.rfm_reference)
     for letter in "rfm":
-        agree = (scores[letter] == features[f"rfm_{letter}"].to_numpy()).mean()
+        agree = (ranks[letter] == features[f"rfm_rank_{letter}"].to_numpy()).mean()
         assert agree > 0.97, (letter, agree)  # 1,001 reference quantiles, not every customer
 
 

@@ -15,6 +15,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from serving.report import SECTIONS, render_report
+from training.segments import SEGMENT_MEANINGS
 
 CHROMIUM = Path("/usr/bin/chromium")
 INJECTED = "<script>document.body.dataset.pwned = 'yes'</script>"
@@ -182,8 +183,10 @@ def test_numbers_are_formatted_for_humans(rendered):
     assert page.row("p50 MAE (days, reorderers)")[1:3] == ["24.6", "26.3"]
     assert page.row("predicted: BG/NBD") == ["predicted: BG/NBD", "6,305", "-18.2%"]
     assert page.row("log-likelihood")[1] == "-95,368.4"
-    assert page.row("champions")[:6] == ["champions", "20", "40.0%", "0.200", "5,000", "20,190"]
-    assert page.row("all customers")[:6] == ["all customers", "50", "100.0%", "0.400", "12,500", "51,225"]
+    # each segment's row says what the segment means, and the mean p_alive beside mean p_repurchase
+    assert page.row("champions")[:8] == ["champions", SEGMENT_MEANINGS["champions"], "20", "40.0%", "0.200", "0.900",
+                                         "5,000", "20,190"]
+    assert page.row("all customers")[:8] == ["all customers", "", "50", "100.0%", "0.400", "0.900", "12,500", "51,225"]
     assert page.row("replenishment reminder")[:3] == ["replenishment reminder", "12", "24.0%"]
 
 

@@ -231,6 +231,7 @@ def _scores_step_by_step(model, features: pd.DataFrame, as_of, model_version: st
 
     features = model.with_btyd(features)
     p = model.p_repurchase(features)
+    p_alive = model.p_alive(features, p)
     quantiles = np.full((len(features), len(QUANTILES)), np.nan)
     reachable = p >= min(QUANTILES)
     if reachable.any():
@@ -240,7 +241,7 @@ def _scores_step_by_step(model, features: pd.DataFrame, as_of, model_version: st
             "customer_id": features["customer_id"].astype("str").to_numpy(),
             "as_of": pd.Timestamp(as_of).normalize(),
             "horizon_days": np.int64(model.horizon_days),
-            "p_alive": features["btyd_p_alive"].to_numpy(dtype=float),
+            "p_alive": p_alive,
             "p_repurchase": p,
             "expected_orders": model.expected_orders(features),
             "expected_revenue": model.expected_revenue(features),
@@ -249,8 +250,11 @@ def _scores_step_by_step(model, features: pd.DataFrame, as_of, model_version: st
             "next_order_days_p50": quantiles[:, 1],
             "next_order_days_p90": quantiles[:, 2],
             "churn_risk": 1.0 - p,
+            "rfm_r": features["rfm_r"].to_numpy(),
+            "rfm_f": features["rfm_f"].to_numpy(),
+            "rfm_m": features["rfm_m"].to_numpy(),
             "rfm_segment": rfm_segment(features["rfm_r"].to_numpy(), features["rfm_f"].to_numpy()),
-            "lifecycle_stage": lifecycle_stage(features, p, model.horizon_days),
+            "lifecycle_stage": lifecycle_stage(features, p, p_alive, model.horizon_days),
             "model_version": model_version,
         }
     )

@@ -2,6 +2,10 @@
 
 Batch files, API responses and the pyfunc's output all follow it. Kept free of heavy
 imports so that the rules engine and the service can name the columns cheaply.
+
+Beyond DESIGN.md's list, the scores carry the RFM scores ``rfm_r``, ``rfm_f``, ``rfm_m``
+(1-5, ``training.segments``) that ``rfm_segment`` follows from, so a segment can be read
+off its own row, and the feature snapshot carries the same three values.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ SCORE_COLUMNS = (
     "next_order_days_p50",
     "next_order_days_p90",
     "churn_risk",
+    "rfm_r",
+    "rfm_f",
+    "rfm_m",
     "rfm_segment",
     "lifecycle_stage",
     "model_version",
@@ -28,6 +35,7 @@ SCORE_DTYPES = {
     "as_of": "datetime64[ns]",
     "horizon_days": "int64",
     **{c: "float64" for c in SCORE_COLUMNS[3:12]},
+    **{c: "int64" for c in ("rfm_r", "rfm_f", "rfm_m")},
     "rfm_segment": "str",
     "lifecycle_stage": "str",
     "model_version": "str",

@@ -28,6 +28,26 @@ join the features.
   fit for the many customers who spend nothing.
 * ``clv``: BTYD CLV (BG/NBD x Gamma-Gamma, discounted) over ``clv_horizon_days``.
 * ``churn_risk`` = 1 - ``p_repurchase``: the probability of no order within the horizon.
+* ``p_alive``: the probability that the customer has not dropped out (:meth:`RepurchaseModel.p_alive`).
+  MBG/NBD's P(alive | x, t_x, T) (Batislam et al. 2007), fitted at the training cutoff on
+  the same compressed statistics as BG/NBD (``alive_model_``). BG/NBD cannot answer this
+  question for one-time buyers: it lets a customer drop out only after a repeat purchase,
+  so its P(alive) is 1 for everyone without one, however long ago the only order was (on
+  CDNOW as of 1998-06-30, 12,054 customers; MBG/NBD gives them 0.29 on average). MBG/NBD
+  lets every purchase, the first included, be the last, so a one-time buyer's p_alive
+  falls as the order ages. It is closed-form: scoring a million customers costs
+  milliseconds. ``p_alive`` is then raised to ``p_repurchase`` where that is higher (an
+  order within the horizon needs a customer who is alive), so 1 - p_alive <= churn_risk;
+  ``lifecycle_stage`` calls a customer churned only when p_alive < 0.5
+  (``training.segments``). When MBG/NBD finds no measurable drop-out (a young log, fit
+  status "boundary: no measurable drop-out yet") nobody has been seen to leave, p_alive
+  is 1 for everyone and nobody is churned; the report, the CLI and MLflow say so. With
+  ``btyd_model`` "mbgnbd" or "pareto" that model gives p_alive. BG/NBD's own P(alive)
+  remains the model input ``btyd_p_alive``; models pickled before ``alive_model_`` existed
+  fall back to it (one-time buyers then read 1 and are never churned; the report says so).
+* ``rfm_r``, ``rfm_f``, ``rfm_m``: the RFM scores of ``training.segments`` (R and F on fixed
+  scales, M against the training population's spend), which ``rfm_segment`` follows from.
+  The population ranks ``rfm_rank_*`` are model inputs only.
 
 At scoring time the BG/NBD and Gamma-Gamma fitted at the training cutoff ``C`` supply the
 BTYD features, so one customer can be scored alone (online) exactly as in batch.
@@ -62,15 +82,20 @@ from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma, clv
-from training.segments import lifecycle_stage, rfm_segment
+from training.segments import lifecycle_stage, monetary_cut_points, rfm_scores, rfm_segment
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
-# RFM scores rank a customer within the population at a cutoff. That is what the model
-# learns from at every training origin (relative recency transfers across origins better
-# than raw days), but a customer scored alone (online) has no population: at scoring time
-# the scores are recomputed against the training cutoff's population (``rfm_reference``),
-# in batch and online alike, so both give the same answer.
-RFM_SCORE_COLUMNS = ("rfm_r", "rfm_f", "rfm_m", "rfm_score", "rfm_cell")
+# RFM ranks (features.pipeline) place a customer within the population at a cutoff. That is
+# what the model learns from at every training origin (relative recency transfers across
+# origins better than raw days), but a customer scored alone (online) has no population: at
+# scoring time the ranks are recomputed against the training cutoff's population
+# (``rfm_reference``), in batch and online alike, so both give the same answer.
+RFM_RANK_COLUMNS = ("rfm_rank_r", "rfm_rank_f", "rfm_rank_m", "rfm_rank_sum", "rfm_rank_cell")
+# Models trained before the ranks were renamed learned them as these names, which now name
+# the score rows' RFM scores (training.segments): their boosters read the ranks under them.
+LEGACY_RANK_NAMES = dict(zip(("rfm_r", "rfm_f", "rfm_m", "rfm_score", "rfm_cell"), RFM_RANK_COLUMNS))
+# The RFM scores of the score rows and the feature snapshot (one formula: rfm_columns).
+RFM_SCORE_COLUMNS = ("rfm_r", "rfm_f", "rfm_m")
 NOT_FEATURES = frozenset({"customer_id", "cutoff", *LABELS})
 RFM_BASIS = {"r": "days_since_last", "f": "n_orders", "m": "total_spend"}
 REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 1001)
@@ -175,10 +200,10 @@ def reference_quantiles(values) -> np.ndarray:
     return np.quantile(values, REFERENCE_QUANTILES, method="lower") if len(values) else np.array([])
 
 
-def rfm_scores(features: pd.DataFrame, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """RFM scores 1-5 against a reference population, as ``features.pipeline`` scores within one.
+def rfm_ranks(features, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """RFM ranks 1-5 against a reference population, as ``features.pipeline`` ranks within one.
 
-    A customer's score is 1 + floor(5 x the share of the reference ranked below them), capped
+    A customer's rank is 1 + floor(5 x the share of the reference ranked below them), capped
     at 5; recency ranks fewer days since the last order higher.
     """
     out = {}
@@ -193,13 +218,21 @@ def rfm_scores(features: pd.DataFrame, reference: dict[str, np.ndarray]) -> dict
     return out
 
 
+def rfm_rank_columns(features, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``RFM_RANK_COLUMNS`` against a reference population (:func:`rfm_ranks`, summed and as a cell)."""
+    rank = rfm_ranks(features, reference)
+    r, f, m = rank["r"], rank["f"], rank["m"]
+    return dict(zip(RFM_RANK_COLUMNS, (r, f, m, r + f + m, 100 * r + 10 * f + m)))
+
+
 def rfm_columns(features, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The ``RFM_SCORE_COLUMNS`` against a reference population (:func:`rfm_scores`, summed and as a cell)."""
-    rfm = rfm_scores(features, reference)
-    return {
-        "rfm_r": rfm["r"], "rfm_f": rfm["f"], "rfm_m": rfm["m"],
-        "rfm_score": rfm["r"] + rfm["f"] + rfm["m"], "rfm_cell": 100 * rfm["r"] + 10 * rfm["f"] + rfm["m"],
-    }
+    """The score rows' ``rfm_r``, ``rfm_f``, ``rfm_m``: :func:`training.segments.rfm_scores`, the one
+    RFM formula, with M against the reference population's spend (the same number as its M rank)."""
+    rfm = rfm_scores(
+        _values(features, "days_since_last"), _values(features, "n_orders"), _values(features, "total_spend"),
+        monetary_cut_points(reference["m"]),
+    )
+    return dict(zip(RFM_SCORE_COLUMNS, (rfm["r"], rfm["f"], rfm["m"])))
 
 
 def fit_gamma_gamma(features: pd.DataFrame) -> GammaGamma | None:
@@ -273,7 +306,8 @@ class RepurchaseModel:
     n_origins, step_days : int
         Stacked training origins, ``step_days`` apart, the latest at ``cutoff - H``.
     btyd_model : {"bgnbd", "mbgnbd", "pareto"}
-        The BTYD model whose answers become features and give ``p_alive`` and ``clv``.
+        The BTYD model whose answers become features and give ``clv``; with "mbgnbd" or
+        "pareto" it also gives ``p_alive`` (with "bgnbd", MBG/NBD does: see above).
     learning_rate, num_leaves, min_child_samples, max_rounds, early_stopping_rounds
         LightGBM settings shared by the boosters.
     max_rows_per_origin : int
@@ -298,6 +332,9 @@ class RepurchaseModel:
     bgnbd_, gamma_gamma_ : BGNBD, GammaGamma or None
         The BTYD fits at the training cutoff; their ``fit_status_`` says whether the fit was
         interior or ran to a boundary.
+    alive_model_ : BGNBD or None
+        The model behind ``p_alive``: MBG/NBD fitted at the training cutoff (``bgnbd_`` itself
+        when ``btyd_model`` is "mbgnbd" or "pareto"); None when it has no fit (BG/NBD answers).
     classifier_, calibrator_, orders_model_, revenue_model_, timing_model_
         The LightGBM boosters and the Platt calibrator.
     spec_ : FeatureSpec
@@ -403,6 +440,24 @@ class RepurchaseModel:
         )
         return bgnbd, fit_gamma_gamma(features)
 
+    def _fit_alive_model(self, features: pd.DataFrame) -> BGNBD | None:
+        """The BTYD model behind ``p_alive``: one that lets a customer drop out before a repeat purchase.
+
+        BG/NBD (``bgnbd_``, whose answers the boosters learn from) cannot: P(alive) is 1 for
+        every one-time buyer, however long ago the order. MBG/NBD lets each purchase, the
+        first included, end the customer's life, so one-time buyers fade with time; it is
+        closed-form (P(alive) = 1 / (1 + a / (b + x) ((alpha + T) / (alpha + t_x)) ** (r + x)))
+        and fitted here on the same compressed statistics. With ``btyd_model`` "mbgnbd" or
+        "pareto" the model already allows it and is reused. None when MBG/NBD has no fit at
+        all (``p_alive`` then falls back to BG/NBD's).
+        """
+        if self.btyd_model != "bgnbd":
+            return self.bgnbd_
+        try:
+            return BGNBD(model="mbgnbd").fit(*(features[c].to_numpy(float) for c in ("frequency", "recency", "T")))
+        except (BTYDDataError, BTYDFitError):
+            return None
+
     def _origin_frame(self, orders: pd.DataFrame, origins: list[dt.date], channel_values, category_values) -> pd.DataFrame:
         """Features, labels and BTYD answers stacked over the origins that have enough repeat buyers."""
         if not origins:
@@ -477,6 +532,7 @@ class RepurchaseModel:
             category_values=category_values,
         )
         self.bgnbd_, self.gamma_gamma_ = self._fit_btyd(at_cutoff)
+        self.alive_model_ = self._fit_alive_model(at_cutoff)
         rfm_reference = {letter: reference_quantiles(at_cutoff[column]) for letter, column in RFM_BASIS.items()}
         self.spec_ = FeatureSpec(
             horizon_days=self.horizon_days,
@@ -618,10 +674,15 @@ class RepurchaseModel:
         return {name: OPTIONAL_DEFAULTS[name] for name, used in trained_with.items() if used and name not in columns}
 
     def point_in_time_features(self, orders: pd.DataFrame, as_of) -> pd.DataFrame:
-        """The pipeline's features with the trained mix columns; mix columns the model was
-        trained without are left out of the input (they would only add unused columns), and
-        optional columns it was trained with but the log lacks take the contract's defaults
-        (:meth:`missing_inputs`)."""
+        """The pipeline's features with the trained mix columns and the scores' RFM columns.
+
+        Mix columns the model was trained without are left out of the input (they would only
+        add unused columns), and optional columns it was trained with but the log lacks take
+        the contract's defaults (:meth:`missing_inputs`). The RFM ranks and the scores' RFM
+        columns are set against the training population (:func:`rfm_rank_columns`,
+        :func:`rfm_columns`): what the boosters read and the score rows carry, so a feature
+        snapshot agrees with its scores exactly.
+        """
         unused = [c for c, values in (("channel", self.spec_.channel_values), ("category", self.spec_.category_values))
                   if values is None and c in orders.columns]
         defaults = self.missing_inputs(orders.columns)
@@ -629,24 +690,54 @@ class RepurchaseModel:
             orders = orders.drop(columns=unused)
         if defaults:
             orders = orders.assign(**defaults)
-        return build_features(
+        features = build_features(
             orders,
             as_of,
             channel_values=self.spec_.channel_values,
             category_values=self.spec_.category_values,
         )
+        # RFM ranks and scores against the training population: the snapshot carries what was scored.
+        reference = self.spec_.rfm_reference
+        return features.assign(**rfm_rank_columns(features, reference), **rfm_columns(features, reference))
 
     def with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Add the BTYD columns, and RFM scores against the training population (idempotent)."""
+        """Add the BTYD columns, and RFM ranks and scores against the training population (idempotent)."""
         features = features.drop(columns=[c for c in BTYD_FEATURES if c in features.columns])
-        features = features.assign(**rfm_columns(features, self.spec_.rfm_reference))
+        reference = self.spec_.rfm_reference
+        features = features.assign(**rfm_rank_columns(features, reference), **rfm_columns(features, reference))
         return pd.concat([features, self._btyd_frame(features, self.bgnbd_, self.gamma_gamma_)], axis=1)
 
+    def _input_names(self) -> list[str]:
+        """The columns the boosters read, in order: the model features (ranks under their
+        current names for models trained when they were called rfm_r, ..., rfm_cell)."""
+        return [LEGACY_RANK_NAMES.get(name, name) for name in self.spec_.model_features]
+
     def _matrix(self, features: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.spec_.model_features if c not in features.columns]
+        names = self._input_names()
+        missing = [c for c in names if c not in features.columns]
         if missing:
             raise InputError(f"feature frame lacks columns the model was trained on: {', '.join(missing[:5])}")
-        return features[self.spec_.model_features].to_numpy(dtype=np.float32)
+        return features[names].to_numpy(dtype=np.float32)
+
+    def p_alive(self, features, p_repurchase: np.ndarray | None = None) -> np.ndarray:
+        """Probability that the customer has not dropped out: the score's ``p_alive``.
+
+        MBG/NBD's P(alive | x, t_x, T) (``alive_model_``, see :meth:`_fit_alive_model`), raised
+        to ``p_repurchase`` where that is higher: a customer who orders within the horizon is
+        alive, so P(alive) >= P(an order within the horizon) and 1 - p_alive <= churn_risk.
+        ``features`` needs frequency, recency and T (and what :meth:`p_repurchase` reads when
+        ``p_repurchase`` is not given).
+        """
+        if p_repurchase is None:
+            p_repurchase = self.p_repurchase(features)
+        return np.maximum(self._alive_probability(features), np.asarray(p_repurchase, dtype=float))
+
+    def _alive_probability(self, features) -> np.ndarray:
+        f, r, T = (_values(features, c) for c in ("frequency", "recency", "T"))
+        alive = getattr(self, "alive_model_", None)
+        # Models pickled before alive_model_ existed (or whose MBG/NBD had no fit) answer with
+        # BG/NBD's P(alive), which is 1 for one-time buyers; model_notes says so.
+        return (alive or self.bgnbd_).p_alive(f, r, T)
 
     def is_btyd_only(self) -> bool:
         """Whether every answer comes from BG/NBD and Gamma-Gamma (too little history for LightGBM)."""
@@ -707,7 +798,8 @@ class RepurchaseModel:
         """
         features = self.with_btyd(features)
         if self.is_btyd_only():
-            f, d, p = (_values(features, c) for c in ("frequency", "days_since_last", "btyd_p_alive"))
+            f, d = (_values(features, c) for c in ("frequency", "days_since_last"))
+            p = self.p_alive(features)
             return [f"BTYD-only: repeat purchase days={_short(f[i])}; days_since_last={_short(d[i])}; "
                     f"p_alive={_short(p[i])}" for i in range(len(features))]
         X = self._matrix(features)
@@ -734,12 +826,13 @@ class RepurchaseModel:
             p, orders, revenue, quantiles = self._btyd_answers(columns)
         else:
             p, orders, revenue, quantiles = self._booster_answers(columns, len(features))
+        p_alive = self.p_alive(columns, p)
         return _score_frame(
             {
                 "customer_id": features["customer_id"].astype("str").to_numpy(),
                 "as_of": pd.Timestamp(as_of).normalize(),
                 "horizon_days": self.horizon_days,
-                "p_alive": columns["btyd_p_alive"],
+                "p_alive": p_alive,
                 "p_repurchase": p,
                 "expected_orders": orders,
                 "expected_revenue": revenue,
@@ -748,8 +841,11 @@ class RepurchaseModel:
                 "next_order_days_p50": quantiles[:, 1],
                 "next_order_days_p90": quantiles[:, 2],
                 "churn_risk": 1.0 - p,
+                "rfm_r": columns["rfm_r"],
+                "rfm_f": columns["rfm_f"],
+                "rfm_m": columns["rfm_m"],
                 "rfm_segment": rfm_segment(columns["rfm_r"], columns["rfm_f"]),
-                "lifecycle_stage": lifecycle_stage(features, p, self.horizon_days),
+                "lifecycle_stage": lifecycle_stage(features, p, p_alive, self.horizon_days),
                 "model_version": str(model_version),
             },
             len(features),
@@ -757,7 +853,7 @@ class RepurchaseModel:
 
     def _booster_answers(self, columns: dict[str, np.ndarray], n: int):
         """p_repurchase, expected orders and revenue, next-order quantiles from the boosters."""
-        X = np.column_stack([columns[c] for c in self.spec_.model_features]).astype(np.float32)
+        X = np.column_stack([columns[c] for c in self._input_names()]).astype(np.float32)
         raw = self._from_btyd(self.classifier_.predict(X, raw_score=True), "binary", columns)
         p = self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
         # The CDF tops out at p_repurchase, so no quantile exists below min(QUANTILES):
@@ -782,15 +878,17 @@ class RepurchaseModel:
 
     def _scoring_columns(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
         """The columns scoring reads, as arrays: what :meth:`with_btyd` would add, computed alike."""
-        added = {*BTYD_FEATURES, *RFM_SCORE_COLUMNS}
-        missing = [c for c in self.spec_.model_features if c not in features.columns and c not in added]
+        added = {*BTYD_FEATURES, *RFM_RANK_COLUMNS, *RFM_SCORE_COLUMNS}
+        names = self._input_names()
+        missing = [c for c in names if c not in features.columns and c not in added]
         if missing:
             raise InputError(f"feature frame lacks columns the model was trained on: {', '.join(missing[:5])}")
         inputs = [*_SCORING_INPUTS, *(["avg_order_value"] if self.gamma_gamma_ is None else [])]
-        read = [c for c in dict.fromkeys([*inputs, *self.spec_.model_features]) if c not in added]
+        read = [c for c in dict.fromkeys([*inputs, *names]) if c not in added]
         # One float64 matrix (int64 counts convert exactly) instead of a Series per column.
         matrix = features[read].to_numpy(dtype=float)
         columns = {name: matrix[:, k] for k, name in enumerate(read)}
+        columns.update(rfm_rank_columns(columns, self.spec_.rfm_reference))
         columns.update(rfm_columns(columns, self.spec_.rfm_reference))
         columns.update(self._btyd_columns(columns, self.bgnbd_, self.gamma_gamma_))
         return columns

@@ -180,7 +180,7 @@ def model_kind(model: RepurchaseModel) -> str:
 
 
 def model_tags(model: RepurchaseModel) -> dict[str, str]:
-    """What kind of model this is and how its BTYD fits ended, as MLflow tags."""
+    """What kind of model this is, how its BTYD fits ended and which model gives ``p_alive``, as MLflow tags."""
     gamma_gamma = model.gamma_gamma_
     tags = {
         "model_kind": model_kind(model),
@@ -188,6 +188,9 @@ def model_tags(model: RepurchaseModel) -> dict[str, str]:
         "gamma_gamma_fit_status": getattr(gamma_gamma, "fit_status_", "interior") if gamma_gamma is not None
         else "not fitted: mean order value used",
     }
+    alive = getattr(model, "alive_model_", None)
+    tags["p_alive_model"] = ("bgnbd (one-time buyers read 1)" if alive is None
+                             else f"{alive.model}: {getattr(alive, 'fit_status_', 'interior')}")
     if model.is_btyd_only():
         tags["btyd_only_reason"] = model.btyd_only_reason_
     if getattr(model.bgnbd_, "fit_detail_", ""):
