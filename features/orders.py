@@ -233,6 +233,49 @@ class OrderLog:
         """One row per order (lines merged, returns netted, outlier values capped), sorted by customer and time."""
         return self._merged[0]
 
+    @cached_property
+    def purchase_lines(self) -> pd.DataFrame:
+        """The lines that are purchases, for product-level replenishment.
+
+        Negative lines (returns, netted cancellations) are not purchases, nor are the lines
+        of what they took back in full: an order cancelled or refunded in full, or a product
+        (category, without ``product_id``) whose lines in an order net to zero. The lines
+        themselves when nothing was taken back.
+        """
+        lines = self.lines
+        if not (lines["amount"].to_numpy() < 0).any():
+            return lines
+        if "order_id" not in lines.columns:
+            return lines.loc[lines["amount"].to_numpy() >= 0].reset_index(drop=True)
+        import pyarrow as pa
+
+        item = next((c for c in ("product_id", "category") if c in lines.columns), None)
+        table = _arrow_table(lines, ("customer_id", "order_id", "amount", *([item] if item else [])))
+        table = table.append_column("pos", pa.array(np.arange(len(lines), dtype=np.int64)))
+        if item is None:
+            table = table.append_column("item", pa.nulls(len(lines), pa.string()))
+        elif item != "item":
+            table = table.rename_columns([("item" if c == item else c) for c in table.column_names])
+        gone = _query(f"""
+            with touched as (
+                select l.pos, l.customer_id, l.order_id, l.item, l.amount from lines l
+                semi join (select distinct customer_id, order_id from lines where amount < 0) t
+                    on l.customer_id = t.customer_id and l.order_id = t.order_id
+            ),
+            nets as (
+                select pos, amount,
+                       sum(amount) over (partition by customer_id, order_id, item)
+                           <= {NET_ZERO} * sum(abs(amount)) over (partition by customer_id, order_id, item) as item_gone,
+                       sum(amount) over (partition by customer_id, order_id)
+                           <= {NET_ZERO} * sum(abs(amount)) over (partition by customer_id, order_id) as order_gone
+                from touched
+            )
+            select pos from nets where amount < 0 or item_gone or order_gone
+        """, lines=table)
+        keep = np.ones(len(lines), dtype=bool)
+        keep[gone["pos"].to_numpy(dtype=np.int64)] = False
+        return lines.loc[keep].reset_index(drop=True)
+
     @property
     def first_order_date(self) -> pd.Timestamp:
         return self.lines["order_ts"].min().normalize()
@@ -276,40 +319,45 @@ class OrderLog:
 
     def describe(self) -> str:
         """The summary as one line: span and size, then each rule that changed something."""
-        s = self.summary()
-        parts = [f"order log {s['source']}: {_many(s['customers'], 'customer')}, {_many(s['orders'], 'order')}, "
-                 f"{s['first_order']} to {s['last_order']}"]
-        if s["duplicate_rows_dropped"]:
-            parts.append(f"dropped {_many(s['duplicate_rows_dropped'], 'duplicate row')}")
-        if s["excluded_products"]:
-            found = [_shown(p, quote=False) for p in s["excluded_products"] if p not in s["products_not_found"]]
-            text = f"excluded {_many(s['excluded_lines'], 'line')} of {', '.join(found) or 'no product'}"
-            if s["excluded_lines"]:
-                text += f" (amount {s['excluded_amount']:,.2f})"
-            if s["products_not_found"]:
-                text += f", no line has product {', '.join(_shown(p, quote=False) for p in s['products_not_found'])}"
-            parts.append(text)
-        if s["returns_dropped"]:
-            parts.append(f"dropped {_many(s['returns_dropped'], 'return')} without order_id")
-        if s["credit_invoices"]:
-            text = (f"{_many(s['credit_invoices'], 'cancellation invoice')}: "
-                    f"{_many(s['credit_lines_netted'], 'line')} netted into earlier orders")
-            if s["credit_lines_dropped"] or s["credit_amount_dropped"] > 0:
-                text += (f", {_many(s['credit_lines_dropped'], 'line')} with nothing to cancel dropped (amount beyond "
-                         f"what was bought {s['credit_amount_dropped']:,.2f})")
-            parts.append(text)
-        if s["orders_reversed"]:
-            parts.append(f"{_many(s['orders_reversed'], 'order')} cancelled or refunded in full dropped")
-        if s["outlier_orders"]:
-            parts.append(f"{_many(s['outlier_orders'], 'order')} above {OUTLIER_ORDER_MULTIPLE:g}x the median order "
-                         f"value capped at {s['outlier_cap']:,.2f}")
-        if s["heavy_customers"]:
-            named = ", ".join(f"{_shown(who, quote=False)} ({n:,} orders)" for who, n in list(s["heavy_customers"].items())[:3])
-            more = f" and {len(s['heavy_customers']) - 3:,} more" if len(s["heavy_customers"]) > 3 else ""
-            parts.append(f"possible wholesale customers (kept): {named}{more}")
-        if s["ignored_columns"]:
-            parts.append(f"ignored columns: {', '.join(_shown(c, quote=False) if c else '(no name)' for c in s['ignored_columns'])}")
-        return "; ".join(parts)
+        return describe_summary(self.summary())
+
+
+def describe_summary(s: Mapping) -> str:
+    """An order-log summary (:meth:`OrderLog.summary`) as one line: span and size, then each
+    rule for messy exports that changed something, e.g. "ignored columns: description"."""
+    parts = [f"order log {s['source']}: {_many(s['customers'], 'customer')}, {_many(s['orders'], 'order')}, "
+             f"{s['first_order']} to {s['last_order']}, revenue {s['revenue']:,.2f}"]
+    if s["duplicate_rows_dropped"]:
+        parts.append(f"dropped {_many(s['duplicate_rows_dropped'], 'duplicate row')}")
+    if s["excluded_products"]:
+        found = [_shown(p, quote=False) for p in s["excluded_products"] if p not in s["products_not_found"]]
+        text = f"excluded {_many(s['excluded_lines'], 'line')} of {', '.join(found) or 'no product'}"
+        if s["excluded_lines"]:
+            text += f" (amount {s['excluded_amount']:,.2f})"
+        if s["products_not_found"]:
+            text += f", no line has product {', '.join(_shown(p, quote=False) for p in s['products_not_found'])}"
+        parts.append(text)
+    if s["returns_dropped"]:
+        parts.append(f"dropped {_many(s['returns_dropped'], 'return')} without order_id")
+    if s["credit_invoices"]:
+        text = (f"{_many(s['credit_invoices'], 'cancellation invoice')}: "
+                f"{_many(s['credit_lines_netted'], 'line')} netted into earlier orders")
+        if s["credit_lines_dropped"] or s["credit_amount_dropped"] > 0:
+            text += (f", {_many(s['credit_lines_dropped'], 'line')} with nothing to cancel dropped (amount beyond "
+                     f"what was bought {s['credit_amount_dropped']:,.2f})")
+        parts.append(text)
+    if s["orders_reversed"]:
+        parts.append(f"{_many(s['orders_reversed'], 'order')} cancelled or refunded in full dropped")
+    if s["outlier_orders"]:
+        parts.append(f"{_many(s['outlier_orders'], 'order')} above {OUTLIER_ORDER_MULTIPLE:g}x the median order "
+                     f"value capped at {s['outlier_cap']:,.2f}")
+    if s.get("heavy_customers"):
+        named = ", ".join(f"{_shown(who, quote=False)} ({n:,} orders)" for who, n in list(s["heavy_customers"].items())[:3])
+        more = f" and {len(s['heavy_customers']) - 3:,} more" if len(s["heavy_customers"]) > 3 else ""
+        parts.append(f"possible wholesale customers (kept): {named}{more}")
+    if s["ignored_columns"]:
+        parts.append(f"ignored columns: {', '.join(_shown(c, quote=False) if c else '(no name)' for c in s['ignored_columns'])}")
+    return "; ".join(parts)
 
 
 def _many(n: int, noun: str) -> str:
@@ -343,12 +391,12 @@ def parse_column_map(text: str | None) -> dict[str, str]:
 
 
 def parse_product_list(products: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``--exclude-products POST,DOT,M`` as ``("POST", "DOT", "M")``; empty for None.
+    """``--exclude-products POST,DOT,M`` as ``("POST", "DOT", "M")``; empty for None or no ids.
 
     Ids are separated by commas and stripped of surrounding spaces (``BANK CHARGES`` keeps
-    its inner space); an id cannot contain a comma.
+    its inner space); an id cannot contain a comma. Text without an id is an error.
     """
-    if products is None:
+    if products is None or (not isinstance(products, str) and not len(products)):
         return ()
     items = products.split(",") if isinstance(products, str) else [str(p) for p in products]
     ids = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
@@ -1131,7 +1179,7 @@ matched as (
 select pos, customer_id, credit_order, purchase, credit,
        case when purchase is null then 0.0 else greatest(0.0, least(credit, bought - coalesce(sum(credit) over (
            partition by customer_id, any_product, product_id, purchase
-           order by ts, credit_order, pos rows between unbounded preceding and 1 preceding), 0.0))) end as allocated
+           order by ts, credit_order, credit, pos rows between unbounded preceding and 1 preceding), 0.0))) end as allocated
 from matched
 """
 

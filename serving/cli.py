@@ -47,6 +47,13 @@ MapOption = typer.Option(
     "--map",
     help="Map your column names onto the contract, e.g. customer_id=cust,order_ts=date,amount=value.",
 )
+ExcludeProductsOption = typer.Option(
+    None,
+    "--exclude-products",
+    help="Product ids that are not products (postage, fees, bank charges), e.g. POST,DOT,M: their lines are "
+    "removed (and counted) before lines make orders. Matched ignoring case; needs a product_id column. "
+    "Without it such lines count as spend of their order.",
+)
 
 
 def _error_line(label: str, message: str) -> Text:
@@ -162,6 +169,17 @@ def _check_engine(engine: str) -> None:
         raise InputError(f"--engine: '{engine}' is not an engine; use duckdb or spark")
 
 
+def _load(orders: str, column_map: Optional[str], exclude_products: Optional[str]):
+    """Load and check the order log, and say in one line what it holds and what the loader's rules did."""
+    from features.orders import load_order_log
+
+    with err.status("loading orders ..."):
+        log = load_order_log(orders, column_map, exclude_products=exclude_products)
+        description = log.describe()
+    out.print(description, soft_wrap=True)
+    return log
+
+
 @app.command()
 @handles_errors
 def features(
@@ -170,6 +188,7 @@ def features(
     out_path: Path = typer.Option(..., "--out", help="Parquet file to write: one row per customer, customer_id first."),
     engine: str = EngineOption,
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Compute point-in-time features per customer as of a cutoff.
 
@@ -178,16 +197,15 @@ def features(
     pandas, pyarrow, DuckDB and Spark read as one table.
     """
     from features.io import check_output_path, write_parquet
-    from features.orders import check_cutoff, load_order_log, parse_date
+    from features.orders import check_cutoff, parse_date
 
     _check_engine(engine)
     cut = parse_date(cutoff, "--cutoff")
     check_output_path(out_path, folder=engine == "spark")
     if engine == "spark":
-        _features_on_spark(orders, cut, out_path, column_map)
+        _features_on_spark(orders, cut, out_path, column_map, exclude_products)
         return
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     check_cutoff(log, cut)
     from features.pipeline import build_features
 
@@ -197,7 +215,7 @@ def features(
     out.print(f"wrote {out_path}: {len(frame):,} customers x {frame.shape[1] - 1} features as of {cut.date()}")
 
 
-def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[str]) -> None:
+def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[str], exclude_products: Optional[str]) -> None:
     import time
 
     from features.orders import check_cutoff
@@ -206,7 +224,8 @@ def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[st
     began = time.perf_counter()
     with err.status("starting Spark ...") as status, open_spark() as spark:
         status.update("reading and checking orders on Spark ...")
-        log = read_orders(spark, orders, column_map)
+        log = read_orders(spark, orders, column_map, exclude_products=exclude_products)
+        out.print(log.description, soft_wrap=True)
         check_cutoff(log, cut)
         status.update(f"computing features as of {cut.date()} on Spark ...")
         frame = feature_frame(log.orders, cut.date())
@@ -224,6 +243,7 @@ def train(
     horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Prediction horizon in days."),
     register: bool = typer.Option(False, "--register", help="Register the model as a new version of 'repurchase'."),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Train the composite model (BTYD + LightGBM) and log it to MLflow.
 
@@ -232,13 +252,12 @@ def train(
     the model becomes 'champion' when there is none, else 'challenger' unless it beats the
     champion on that same backtest.
     """
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from training.jobs import train_job
     from training.registry import configure_tracking
 
     cut = parse_date(cutoff, "--cutoff")
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
         result = train_job(log, cut, horizon_days, register=register)
@@ -286,6 +305,7 @@ def backtest(
     horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Horizon in days."),
     json_path: Path = typer.Option(..., "--json", help="Where to write the metrics JSON; plots go beside it as <name>.<plot>.png."),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Temporal backtest: fit on data up to the cutoff, compare with what happened next.
 
@@ -294,14 +314,13 @@ def backtest(
     next-order timing error and coverage; and a weekly tracking plot.
     """
     from features.io import check_output_path
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from training.jobs import backtest_job
     from training.registry import configure_tracking
 
     cut = parse_date(cutoff, "--cutoff")
     check_output_path(json_path)
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
         result = backtest_job(log, cut, horizon_days, json_path)
@@ -321,6 +340,7 @@ def score(
     ),
     engine: str = EngineOption,
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Score every customer with the registered model (batch).
 
@@ -337,7 +357,7 @@ def score(
     folder of part files. --explain is not available with --engine spark.
     """
     from features.io import check_output_path
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from serving.batch import snapshot_path_for
     from training.registry import configure_tracking, load_scorer
 
@@ -349,10 +369,9 @@ def score(
         check_output_path(path, folder=engine == "spark")
     if engine == "spark":
         configure_tracking(_tracking_uri())
-        _score_on_spark(orders, day, out_path, model, column_map)
+        _score_on_spark(orders, day, out_path, model, column_map, exclude_products)
         return
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
@@ -368,7 +387,8 @@ def score(
               f"and the feature snapshot {run.snapshot_path}")
 
 
-def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Optional[str]) -> None:
+def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Optional[str],
+                    exclude_products: Optional[str]) -> None:
     import time
 
     from features.spark import open_spark, read_orders
@@ -377,7 +397,8 @@ def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Op
     began = time.perf_counter()
     with err.status("starting Spark ...") as status, open_spark() as spark:
         status.update("reading and checking orders on Spark ...")
-        log = read_orders(spark, orders, column_map)
+        log = read_orders(spark, orders, column_map, exclude_products=exclude_products)
+        out.print(log.description, soft_wrap=True)
         run = score_on_spark(spark, log, day, out_path, model_uri=model,
                              progress=lambda message: status.update(f"{message} on Spark ..."))
     if run.n_future_orders_ignored:
@@ -444,6 +465,7 @@ def replenish(
     horizon_days: int = typer.Option(90, "--horizon-days", min=7, max=MAX_DAYS,
                                      help="p_within_horizon is P(a purchase within this many days)."),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Predict when each customer is due to rebuy each category they buy.
 
@@ -457,14 +479,13 @@ def replenish(
     Feed it to `repurchase target --replenishment FILE` for category reminders.
     """
     from features.io import check_output_path
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from training.jobs import replenish_job
     from training.registry import configure_tracking
 
     day = parse_date(as_of, "--as-of")
     check_output_path(out_path)
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
@@ -530,6 +551,7 @@ def quickstart(
         "cdnow", "--orders", help="Order log to run on (default: the built-in CDNOW log); any source `--orders` takes."
     ),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Run the whole job on the built-in CDNOW log (or --orders) and write the results to --out.
 
@@ -540,7 +562,8 @@ def quickstart(
     """
     from serving.quickstart import run_quickstart
 
-    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map)
+    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map,
+                   exclude_products=exclude_products)
 
 
 def _quiet_libraries() -> None:

@@ -65,7 +65,9 @@ def backtest_job(
         from training.replenish import replenishment_backtest
 
         backtest.report["replenishment"] = replenishment_backtest(
-            log.lines[log.lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)], cutoff, horizon_days
+            log.purchase_lines[log.purchase_lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)],
+            cutoff,
+            horizon_days,
         )
     write_report(backtest.report, json_path)
     if log_to_mlflow:
@@ -175,7 +177,8 @@ def replenish_job(
 
     check_cutoff(log, as_of, flag="--as-of")
     future = log.lines["order_ts"] >= as_of + pd.Timedelta(days=1)
-    past = pair_lines(log.lines.loc[~future.to_numpy()])
+    purchases = log.purchase_lines
+    past = pair_lines(purchases.loc[(purchases["order_ts"] < as_of + pd.Timedelta(days=1)).to_numpy()])
     model = ReplenishmentModel(horizon_days=horizon_days, lead_days=lead_days, **(model_params or {})).fit(past, as_of)
     frame = model.predict(past, as_of)
     if out_path is not None:
