@@ -18,6 +18,12 @@ Sources read by Spark follow the order-log contract and rules of :mod:`features.
 (``--map``, lines merged by ``order_id``, returns netted or dropped, missing quantity 1,
 missing category and channel ``"unknown"``), checked by Spark in one pass; errors name
 the source, the column and an offending value (a distributed table has no row numbers).
+The rules for messy exports are Spark's too, with the same results: exact duplicate rows
+dropped, ``exclude_products`` (``--exclude-products``), cancellation invoices netted into
+the purchases they cancel, order values above 250x the median capped (an exact median:
+Spark's ``percentile``), ignored columns named; :attr:`SparkOrderLog.description` is the
+summary line, which does not name possible wholesale customers (that would cost a pass
+over the orders for a note). Lines are kept (memory, else disk) while they are cleaned.
 Two differences: timestamps are read as UTC wall-clock time (Spark stores instants), and
 when two lines of an order tie for the largest amount, the order's category is either's
 (DuckDB breaks that tie arbitrarily too).
@@ -45,7 +51,16 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from features.errors import InputError, OrderLogError
 from features.io import check_output_path, clean_stale, commit_folder, temporary_name
-from features.orders import PARQUET_SUFFIXES, _resolve_columns, load_order_log, parse_column_map
+from features.orders import (
+    NET_ZERO,
+    OUTLIER_ORDER_MULTIPLE,
+    PARQUET_SUFFIXES,
+    _resolve_columns,
+    describe_summary,
+    load_order_log,
+    parse_column_map,
+    parse_product_list,
+)
 
 if TYPE_CHECKING:  # pyspark is an optional extra
     import pandas as pd
@@ -177,10 +192,20 @@ class SparkOrderLog:
     source: str
     first_order_date: "pd.Timestamp"
     last_order_date: "pd.Timestamp"
+    description: str = ""
 
 
-def read_orders(spark: "SparkSession", source: str, column_map: Mapping[str, str] | str | None = None) -> SparkOrderLog:
+def read_orders(
+    spark: "SparkSession",
+    source: str,
+    column_map: Mapping[str, str] | str | None = None,
+    *,
+    exclude_products: str | Sequence[str] | None = None,
+) -> SparkOrderLog:
     """Read and validate an order log for Spark (sources and rules in the module docstring).
+
+    ``exclude_products`` removes the lines of those product ids, as
+    :func:`features.orders.load_order_log` does.
 
     Raises
     ------
@@ -189,6 +214,7 @@ def read_orders(spark: "SparkSession", source: str, column_map: Mapping[str, str
     """
     if isinstance(column_map, str) or column_map is None:
         column_map = parse_column_map(column_map)
+    excluded = parse_product_list(exclude_products)
     from pyspark import StorageLevel
 
     source = str(source)
@@ -197,13 +223,26 @@ def read_orders(spark: "SparkSession", source: str, column_map: Mapping[str, str
     elif _is_parquet(source):
         raw, origin = _read_parquet(spark, source), source.rstrip("/").rsplit("/", 1)[-1] or source
     else:
-        log = load_order_log(source, column_map)
+        log = load_order_log(source, column_map, exclude_products=excluded)
         orders = spark.createDataFrame(log.orders)
-        return SparkOrderLog(_canonical_types(orders), log.source, log.first_order_date, log.last_order_date)
+        return SparkOrderLog(_canonical_types(orders), log.source, log.first_order_date, log.last_order_date, log.describe())
+    lines, counts = _validated_lines(raw, origin, column_map, exclude_products=excluded)
+    persisted = []
+    if "order_id" in lines.columns:
+        # Cleaning reads the lines three times (checks, cancellations, the rest).
+        lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
+        persisted.append(lines)
+        lines, credit_counts, matched = _net_credit_invoices(lines)
+        counts.update(credit_counts)
+        persisted.append(matched)
     # Kept (memory, else local disk) once merged: the date range, the mix values and the
     # features each read the orders again, and reading and merging is the costly part.
-    orders = _merge_lines(_validated_lines(raw, origin, column_map), origin).persist(StorageLevel.MEMORY_AND_DISK)
-    return _with_date_range(orders, origin)
+    merged = _merge_lines(lines, origin).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _with_date_range(merged, origin, counts)
+    finally:
+        for frame in persisted:
+            frame.unpersist()
 
 
 def _is_parquet(source: str) -> bool:
@@ -264,12 +303,28 @@ def _first_value(frame: "DataFrame", condition, column: str) -> str:
     return str(row[0][0]) if row else "?"
 
 
-def _validated_lines(raw: "DataFrame", origin: str, column_map: Mapping[str, str]) -> "DataFrame":
-    """The contract columns, cast and checked in one Spark pass (the rules of features.orders)."""
+_COPIES = "__repurchase_copies"
+
+
+def _validated_lines(
+    raw: "DataFrame", origin: str, column_map: Mapping[str, str], *, exclude_products: Sequence[str] = ()
+) -> tuple["DataFrame", dict]:
+    """The contract columns, cast and checked in one Spark pass (the rules of features.orders).
+
+    With ``order_id``, exact duplicate rows are merged first; lines of ``exclude_products``
+    are removed. Returns the lines and the counts of :class:`features.orders.Cleaning`
+    (and ``returns_dropped``) found in the same pass.
+    """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     resolved = _resolve_columns(raw, origin, column_map)
+    ignored = tuple(c for c in raw.columns if c not in resolved.values())
+    if "order_id" in resolved:
+        # Rows repeated in every column are one row (and counted); rows without an order id
+        # then differ somewhere, so a hash of the whole row is a stable id for them.
+        raw = raw.groupBy(*[F.col(f"`{c}`") for c in raw.columns]).agg(F.count(F.lit(1)).alias(_COPIES))
+        row_hash = F.xxhash64(*[F.col(f"`{c}`") for c in raw.columns if c != _COPIES])
     kinds = {field.name: field.dataType for field in raw.schema.fields}
 
     def as_string(name: str):
@@ -310,15 +365,23 @@ def _validated_lines(raw: "DataFrame", origin: str, column_map: Mapping[str, str
     if "order_id" in resolved:
         order_id = as_string("order_id")
         # rows without an id are orders of their own: ids no real order can have
-        synthetic = F.concat(F.lit("\x00row"), F.monotonically_increasing_id().cast("string"))
+        synthetic = F.concat(F.lit("\x00row"), row_hash.cast("string"))
         columns["order_id"] = F.when(order_id.isNull() | (order_id == ""), synthetic).otherwise(order_id)
+        columns[_COPIES] = F.col(_COPIES)
     if "quantity" in resolved:
         columns["quantity_raw"] = as_number("quantity")
         columns["quantity_given"] = F.col(f"`{resolved['quantity']}`").isNotNull()
+    if "product_id" in resolved:
+        columns["product_id"] = as_string("product_id")
+    elif exclude_products:
+        raise InputError(f"--exclude-products: {origin} has no 'product_id' column to match "
+                         "(map yours with --map product_id=YOUR_COLUMN)")
     for name in ("category", "channel"):
         if name in resolved:
             columns[name] = F.coalesce(as_string(name), F.lit("unknown"))
     lines = raw.select(*[value.alias(name) for name, value in columns.items()])
+    wanted = {p.strip().upper(): p for p in exclude_products}
+    product_key = F.upper(F.col("product_id")) if exclude_products else None
 
     infinite = F.col("amount").isin(float("inf"), float("-inf"))
     checks = {
@@ -332,7 +395,19 @@ def _validated_lines(raw: "DataFrame", origin: str, column_map: Mapping[str, str
     }
     if "quantity" in resolved:
         checks["bad_quantity"] = F.col("quantity_given") & F.col("quantity_raw").isNull()
-    counts = lines.agg(*[F.count_if(condition).alias(name) for name, condition in checks.items()]).first().asDict()
+    tallies = [F.count_if(condition).alias(name) for name, condition in checks.items()]
+    if "order_id" in resolved:
+        tallies.append(F.sum(F.col(_COPIES) - 1).alias("duplicate_rows"))
+    if exclude_products:
+        excluded = F.coalesce(product_key.isin(list(wanted)), F.lit(False))
+        tallies.append(F.count_if(excluded).alias("excluded_lines"))
+        tallies.append(F.sum(F.when(excluded, F.col("amount"))).alias("excluded_amount"))
+        tallies += [F.count_if(product_key == key).alias(f"product {key}") for key in wanted]
+    else:
+        excluded = F.lit(False)
+    if "order_id" not in resolved:
+        tallies.append(F.count_if(~excluded & (F.col("amount") < 0)).alias("returns_dropped"))
+    counts = lines.agg(*tallies).first().asDict()
     if counts["rows"] == 0:
         raise OrderLogError(f"{origin}: has a header but no rows")
     messages = {
@@ -355,7 +430,21 @@ def _validated_lines(raw: "DataFrame", origin: str, column_map: Mapping[str, str
             )
     if "quantity" in resolved:
         lines = lines.withColumn("quantity", F.coalesce(F.col("quantity_raw"), F.lit(1.0)))
-    return lines.drop("order_ts_given", "amount_given", "quantity_raw", "quantity_given")
+    if exclude_products:
+        lines = lines.filter(~excluded)
+    found = {key for key in wanted if counts.get(f"product {key}")}
+    cleaning = {
+        "ignored_columns": ignored,
+        "duplicate_rows": int(counts.get("duplicate_rows") or 0),
+        "excluded_products": tuple(exclude_products),
+        "products_not_found": tuple(p for key, p in wanted.items() if key not in found),
+        "excluded_lines": int(counts.get("excluded_lines") or 0),
+        "excluded_amount": float(counts.get("excluded_amount") or 0.0),
+        "returns_dropped": int(counts.get("returns_dropped") or 0),
+    }
+    if cleaning["excluded_lines"] == counts["rows"]:
+        raise OrderLogError(f"{origin}: no lines left after excluding products {', '.join(exclude_products)}")
+    return lines.drop("order_ts_given", "amount_given", "quantity_raw", "quantity_given", _COPIES), cleaning
 
 
 def _raw_condition(check: str, resolved: Mapping[str, str], lines: "DataFrame"):
@@ -374,8 +463,107 @@ def _raw_condition(check: str, resolved: Mapping[str, str], lines: "DataFrame"):
     return raw.isNotNull() & parsed.isNull()
 
 
+_CREDIT_SQL = """
+with negative as (
+    select distinct customer_id, order_id from {lines} where amount < 0
+),
+credit_orders as (
+    select n.customer_id, n.order_id from negative n
+    left anti join (select customer_id, order_id from {lines} where amount > 0) p
+        on n.customer_id = p.customer_id and n.order_id = p.order_id
+),
+credits as (
+    select l.*, -l.amount as credit
+    from {lines} l
+    left semi join credit_orders c on l.customer_id = c.customer_id and l.order_id = c.order_id
+),
+purchases as (
+    select l.customer_id, false as any_product, l.product_id, l.order_id, min(l.order_ts) as ts, sum(l.amount) as bought
+    from {lines} l
+    left semi join (select distinct customer_id, product_id from credits where product_id is not null) c
+        on l.customer_id = c.customer_id and l.product_id = c.product_id
+    where l.amount > 0
+    group by l.customer_id, l.product_id, l.order_id
+    union all
+    select l.customer_id, true, cast(null as string), l.order_id, min(l.order_ts), sum(l.amount)
+    from {lines} l
+    left semi join (select distinct customer_id from credits where product_id is null) c on l.customer_id = c.customer_id
+    where l.amount > 0
+    group by l.customer_id, l.order_id
+),
+events as (
+    select customer_id, any_product, product_id, ts, 0 as kind, order_id as purchase, bought,
+           cast(null as double) as credit, cast(null as string) as credit_order, cast(null as {line_type}) as line
+    from purchases
+    union all
+    select customer_id, product_id is null, product_id, order_ts, 1, null, null, credit, order_id, struct({line_columns})
+    from credits
+),
+matched as (
+    select * from (
+        select kind, customer_id, any_product, product_id, ts, credit, credit_order, line,
+               last(purchase, true) over w as purchase,
+               last(bought, true) over w as bought
+        from events
+        window w as (partition by customer_id, any_product, product_id
+                     order by ts, kind, purchase, credit_order rows between unbounded preceding and current row)
+    ) where kind = 1
+)
+select customer_id, credit_order, purchase, credit, line,
+       case when purchase is null then 0.0 else greatest(0.0, least(credit, bought - coalesce(sum(credit) over (
+           partition by customer_id, any_product, product_id, purchase
+           order by ts, credit_order, credit rows between unbounded preceding and 1 preceding), 0.0))) end as allocated
+from matched
+"""
+
+
+def _net_credit_invoices(lines: "DataFrame") -> tuple["DataFrame", dict, "DataFrame"]:
+    """:func:`features.orders.net_credit_invoices` on Spark: the same matching, as Spark SQL.
+
+    Returns the lines, the counts, and the matched cancellation lines (kept in memory
+    while the lines are read; unpersist it after).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    spark = lines.sparkSession
+    if "product_id" not in lines.columns:
+        lines = lines.withColumn("product_id", F.lit(None).cast("string"))
+    view = f"repurchase_lines_{uuid.uuid4().hex[:12]}"
+    lines.createOrReplaceTempView(view)
+    line_columns = list(lines.columns)
+    # Each cancellation line rides along as a struct (null for purchases), to come out netted.
+    line_type = "struct<" + ",".join(f"{f.name}:{f.dataType.simpleString()}" for f in lines.schema.fields) + ">"
+    matched = spark.sql(_CREDIT_SQL.format(lines=view, line_type=line_type, line_columns=", ".join(line_columns)))
+    netted = F.col("purchase").isNotNull() & ((F.col("allocated") > 0) | (F.col("credit") == 0))
+    matched = matched.withColumn("netted", netted).persist(StorageLevel.MEMORY_AND_DISK)
+    row = matched.agg(
+        F.count_distinct("customer_id", "credit_order").alias("credit_invoices"),
+        F.count_if("netted").alias("credit_lines_netted"),
+        F.count_if(~F.col("netted")).alias("credit_lines_dropped"),
+        F.sum(F.when(F.col("netted"), F.col("credit") - F.col("allocated")).otherwise(F.col("credit"))).alias("amount"),
+    ).first()
+    counts = {
+        "credit_invoices": int(row["credit_invoices"] or 0),
+        "credit_lines_netted": int(row["credit_lines_netted"] or 0),
+        "credit_lines_dropped": int(row["credit_lines_dropped"] or 0),
+        "credit_amount_dropped": float(row["amount"] or 0.0),
+    }
+    share = F.when(F.col("credit") > 0, F.col("allocated") / F.col("credit")).otherwise(F.lit(1.0))
+    replaced = {"order_id": F.col("purchase"), "amount": -F.col("allocated")}
+    if "quantity" in line_columns:
+        replaced["quantity"] = F.col("line.quantity") * share
+    moved = matched.filter("netted").select(
+        *[replaced.get(c, F.col(f"line.`{c}`")).alias(c) for c in line_columns]
+    )
+    credit_orders = matched.select("customer_id", F.col("credit_order").alias("order_id")).distinct()
+    rest = lines.join(credit_orders, on=["customer_id", "order_id"], how="left_anti")
+    return rest.unionByName(moved), counts, matched
+
+
 def _merge_lines(lines: "DataFrame", origin: str) -> "DataFrame":
-    """Lines to orders by the rules of :func:`features.orders.merge_order_lines`."""
+    """Lines to orders by the rules of :func:`features.orders.merge_order_lines`, with the
+    flags the summary counts: ``refunded`` (dropped), ``purchased``, ``in_span`` and ``last_ts``."""
     from pyspark.sql import functions as F
 
     if "order_id" in lines.columns:
@@ -386,16 +574,28 @@ def _merge_lines(lines: "DataFrame", origin: str) -> "DataFrame":
             extra.append(F.max_by("category", "amount").alias("category"))
         if "channel" in lines.columns:
             extra.append(F.min_by("channel", "order_ts").alias("channel"))
-        orders = (
+        merged = (
             lines.groupBy("customer_id", "order_id")
-            .agg(F.min("order_ts").alias("order_ts"), F.sum("amount").alias("amount"), F.min("amount").alias("min_amount"), *extra)
-            .filter((F.col("amount") > 0) | ((F.col("amount") == 0) & (F.col("min_amount") >= 0)))
-            .drop("order_id", "min_amount")
+            .agg(
+                F.min("order_ts").alias("order_ts"),
+                F.sum("amount").alias("amount"),
+                (F.min("amount") < 0).alias("has_return"),
+                (F.max("amount") > 0).alias("purchased"),
+                F.sum(F.abs("amount")).alias("gross"),
+                F.max("order_ts").alias("last_ts"),
+                *extra,
+            )
+            .withColumn("refunded", F.col("has_return") & (F.col("amount") <= NET_ZERO * F.col("gross")))
+            .withColumn("in_span", F.lit(True))
+            .drop("order_id", "has_return", "gross")
         )
-    else:
-        orders = lines.filter(F.col("amount") >= 0)  # unmatched returns are dropped
-    keep = [c for c in ("customer_id", "order_ts", "amount", "quantity", "category", "channel") if c in orders.columns]
-    return _canonical_types(orders.select(*keep))
+    else:  # unmatched returns are dropped, and the log's span is that of what is left
+        refunded = F.col("amount") < 0
+        merged = lines.select("*", refunded.alias("refunded"), F.lit(False).alias("purchased"),
+                              (~refunded).alias("in_span"), F.col("order_ts").alias("last_ts"))
+    keep = [c for c in ("customer_id", "order_ts", "amount", "quantity", "category", "channel") if c in merged.columns]
+    flags = [F.col(c) for c in ("refunded", "purchased", "in_span", "last_ts")]
+    return merged.select(*[F.col(c) for c in keep], *flags)
 
 
 def _canonical_types(orders: "DataFrame") -> "DataFrame":
@@ -405,14 +605,52 @@ def _canonical_types(orders: "DataFrame") -> "DataFrame":
     return orders.select(*[orders[c].cast(types[c]).alias(c) for c in keep])
 
 
-def _with_date_range(orders: "DataFrame", origin: str) -> SparkOrderLog:
+def _with_date_range(merged: "DataFrame", origin: str, counts: dict) -> SparkOrderLog:
+    """The orders (refunded dropped, outlier values capped, kept in memory) with their span and summary line."""
     import pandas as pd
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    first, last = orders.agg(F.min("order_ts"), F.max("order_ts")).first()
-    if first is None:
+    kept = ~F.col("refunded")
+    row = merged.agg(
+        F.min(F.when(F.col("in_span"), F.col("order_ts"))).alias("first"),
+        F.max(F.when(F.col("in_span"), F.col("last_ts"))).alias("last"),
+        F.count_if(kept).alias("orders"),
+        F.count_distinct(F.when(kept, F.col("customer_id"))).alias("customers"),
+        F.count_if(F.col("refunded") & F.col("purchased")).alias("orders_reversed"),
+        F.expr("percentile(case when not refunded and amount > 0 then amount end, 0.5)").alias("median"),
+    ).first()
+    if row["first"] is None or not row["orders"]:
+        merged.unpersist()
         raise OrderLogError(f"{origin}: no orders left after dropping returns (negative amounts)")
-    return SparkOrderLog(orders, origin, pd.Timestamp(first).normalize(), pd.Timestamp(last).normalize())
+    cap = OUTLIER_ORDER_MULTIPLE * row["median"] if row["median"] is not None else float("inf")
+    over = kept & (F.col("amount") > F.lit(cap))
+    outliers = merged.agg(
+        F.count_if(over).alias("n"),
+        F.sum(F.when(over, F.col("amount") - F.lit(cap))).alias("capped"),
+        F.sum(F.when(kept, F.least(F.col("amount"), F.lit(cap)))).alias("revenue"),
+    ).first()
+    orders = merged.filter(kept).withColumn("amount", F.least(F.col("amount"), F.lit(cap)))
+    orders = _canonical_types(orders).persist(StorageLevel.MEMORY_AND_DISK)
+    orders.count()  # kept before the merged frame is let go
+    merged.unpersist()
+    first, last = pd.Timestamp(row["first"]).normalize(), pd.Timestamp(row["last"]).normalize()
+    summary = {
+        "source": origin,
+        "orders": int(row["orders"]),
+        "customers": int(row["customers"]),
+        "first_order": first.date().isoformat(),
+        "last_order": last.date().isoformat(),
+        "revenue": float(outliers["revenue"] or 0.0),
+        "credit_invoices": 0, "credit_lines_netted": 0, "credit_lines_dropped": 0, "credit_amount_dropped": 0.0,
+        **counts,
+        "duplicate_rows_dropped": counts.get("duplicate_rows", 0),
+        "orders_reversed": int(row["orders_reversed"]),
+        "outlier_orders": int(outliers["n"]),
+        "outlier_cap": cap,
+        "outlier_amount_capped": float(outliers["capped"] or 0.0),
+    }
+    return SparkOrderLog(orders, origin, first, last, describe_summary(summary))
 
 
 # --------------------------------------------------------------------------- features

@@ -535,8 +535,9 @@ def make_messy(lines: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     * **Exact duplicate rows.** 1% of lines appear twice.
     * **Wholesale outliers.** One order is 1,000 times the median order value; one new
       customer (``wholesale-01``) places an order on most days of the last year.
-    * **Extra columns.** ``description``, ``country`` and ``unit_price``, which the order-log
-      contract does not use; timestamps are cut to the minute, as exports print them.
+    * **Extra columns.** ``description``, ``country`` (one per customer) and ``unit_price``,
+      which the order-log contract does not use; timestamps are cut to the minute, as
+      exports print them.
 
     Returns a frame in the same columns plus the extra ones, in time order.
     """
@@ -611,6 +612,8 @@ def make_messy(lines: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     messy = messy[messy["order_ts"] < last_day + pd.Timedelta(days=1)]  # the export ends with the log
     messy = messy.astype({c: "str" for c in ("customer_id", "order_id", "product_id", "category", "channel")})
     messy["description"] = messy["product_id"].str.replace("-", " ", regex=False).str.upper()
-    messy["country"] = np.where(rng.random(len(messy)) < 0.9, "China", "Hong Kong")
+    # A customer's country is the same on every row, so repeated rows repeat it too.
+    which, customers = pd.factorize(messy["customer_id"])
+    messy["country"] = np.where(rng.random(len(customers)) < 0.9, "China", "Hong Kong")[which]
     messy["unit_price"] = (messy["amount"] / messy["quantity"].abs().clip(lower=1)).round(2)
     return messy.sort_values(["order_ts", "order_id"], kind="stable").reset_index(drop=True)

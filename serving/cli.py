@@ -48,6 +48,13 @@ MapOption = typer.Option(
     "--map",
     help="Map your column names onto the contract, e.g. customer_id=cust,order_ts=date,amount=value.",
 )
+ExcludeProductsOption = typer.Option(
+    None,
+    "--exclude-products",
+    help="Product ids that are not products (postage, fees, bank charges), e.g. POST,DOT,M: their lines are "
+    "removed (and counted) before lines make orders. Matched ignoring case; needs a product_id column. "
+    "Without it such lines count as spend of their order.",
+)
 
 
 def _error_line(label: str, message: str) -> Text:
@@ -229,6 +236,17 @@ def _check_engine(engine: str) -> None:
         raise InputError(f"--engine: '{engine}' is not an engine; use duckdb or spark")
 
 
+def _load(orders: str, column_map: Optional[str], exclude_products: Optional[str]):
+    """Load and check the order log, and say in one line what it holds and what the loader's rules did."""
+    from features.orders import load_order_log
+
+    with err.status("loading orders ..."):
+        log = load_order_log(orders, column_map, exclude_products=exclude_products)
+        description = log.describe()
+    out.print(description, soft_wrap=True)
+    return log
+
+
 @app.command()
 @handles_errors
 def features(
@@ -237,6 +255,7 @@ def features(
     out_path: Path = typer.Option(..., "--out", help="Parquet file to write: one row per customer, customer_id first."),
     engine: str = EngineOption,
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Compute point-in-time features per customer as of a cutoff.
 
@@ -247,16 +266,15 @@ def features(
     pandas, pyarrow, DuckDB and Spark read as one table.
     """
     from features.io import check_output_path, write_parquet
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
 
     _check_engine(engine)
     cut = parse_date(cutoff, "--cutoff")
     check_output_path(out_path, folder=engine == "spark")
     if engine == "spark":
-        _features_on_spark(orders, cut, out_path, column_map)
+        _features_on_spark(orders, cut, out_path, column_map, exclude_products)
         return
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     _check_as_of(log, cut, "--cutoff", DEFAULT_HORIZON_DAYS)
     from features.pipeline import build_features
 
@@ -266,7 +284,7 @@ def features(
     out.print(f"wrote {out_path}: {len(frame):,} customers x {frame.shape[1] - 1} features as of {cut.date()}")
 
 
-def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[str]) -> None:
+def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[str], exclude_products: Optional[str]) -> None:
     import time
 
     from features.orders import check_cutoff
@@ -275,7 +293,8 @@ def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[st
     began = time.perf_counter()
     with err.status("starting Spark ...") as status, open_spark() as spark:
         status.update("reading and checking orders on Spark ...")
-        log = read_orders(spark, orders, column_map)
+        log = read_orders(spark, orders, column_map, exclude_products=exclude_products)
+        out.print(log.description, soft_wrap=True)
         stale = check_cutoff(log, cut, stale_after_days=DEFAULT_HORIZON_DAYS)
         if stale:
             err.print(f"warning: {stale}")
@@ -302,6 +321,7 @@ def train(
     horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Prediction horizon in days."),
     register: bool = typer.Option(False, "--register", help="Register the model as a new version of 'repurchase'."),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Train the composite model (BTYD + LightGBM) and log it to MLflow.
 
@@ -314,13 +334,12 @@ def train(
     (BG/NBD + Gamma-Gamma; the output says what more history would unlock LightGBM), and a
     BG/NBD fit that finds no drop-out yet is a labelled answer, not an error.
     """
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from training.jobs import train_job
     from training.registry import configure_tracking
 
     cut = parse_date(cutoff, "--cutoff")
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     _check_as_of(log, cut, "--cutoff", horizon_days)
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
@@ -398,6 +417,7 @@ def backtest(
     horizon_days: int = typer.Option(90, "--horizon-days", min=1, max=MAX_DAYS, help="Horizon in days."),
     json_path: Path = typer.Option(..., "--json", help="Where to write the metrics JSON; plots go beside it as <name>.<plot>.png."),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Temporal backtest: fit on data up to the cutoff, compare with what happened next.
 
@@ -409,14 +429,13 @@ def backtest(
     are still reported.
     """
     from features.io import check_output_path
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from training.jobs import backtest_job
     from training.registry import configure_tracking
 
     cut = parse_date(cutoff, "--cutoff")
     check_output_path(json_path)
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
         result = backtest_job(log, cut, horizon_days, json_path)
@@ -436,6 +455,7 @@ def score(
     ),
     engine: str = EngineOption,
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Score every customer with the registered model (batch).
 
@@ -452,7 +472,7 @@ def score(
     folder of part files. --explain is not available with --engine spark.
     """
     from features.io import check_output_path
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from serving.batch import snapshot_path_for
     from training.registry import configure_tracking, load_scorer
 
@@ -464,10 +484,9 @@ def score(
         check_output_path(path, folder=engine == "spark")
     if engine == "spark":
         configure_tracking(_tracking_uri())
-        _score_on_spark(orders, day, out_path, model, column_map)
+        _score_on_spark(orders, day, out_path, model, column_map, exclude_products)
         return
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
@@ -484,7 +503,8 @@ def score(
               f"and the feature snapshot {run.snapshot_path}")
 
 
-def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Optional[str]) -> None:
+def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Optional[str],
+                    exclude_products: Optional[str]) -> None:
     import time
 
     from features.spark import open_spark, read_orders
@@ -493,7 +513,8 @@ def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Op
     began = time.perf_counter()
     with err.status("starting Spark ...") as status, open_spark() as spark:
         status.update("reading and checking orders on Spark ...")
-        log = read_orders(spark, orders, column_map)
+        log = read_orders(spark, orders, column_map, exclude_products=exclude_products)
+        out.print(log.description, soft_wrap=True)
         run = score_on_spark(spark, log, day, out_path, model_uri=model,
                              progress=lambda message: status.update(f"{message} on Spark ..."))
     if run.n_future_orders_ignored:
@@ -701,6 +722,7 @@ def replenish(
     horizon_days: int = typer.Option(90, "--horizon-days", min=7, max=MAX_DAYS,
                                      help="p_within_horizon is P(a purchase within this many days)."),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Predict when each customer is due to rebuy each category they buy.
 
@@ -714,14 +736,13 @@ def replenish(
     Feed it to `repurchase target --replenishment FILE` for category reminders.
     """
     from features.io import check_output_path
-    from features.orders import load_order_log, parse_date
+    from features.orders import parse_date
     from training.jobs import replenish_job
     from training.registry import configure_tracking
 
     day = parse_date(as_of, "--as-of")
     check_output_path(out_path)
-    with err.status("loading orders ..."):
-        log = load_order_log(orders, column_map)
+    log = _load(orders, column_map, exclude_products)
     _check_as_of(log, day, "--as-of", horizon_days, count_orders=False)
     configure_tracking(_tracking_uri())
     with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
@@ -788,6 +809,7 @@ def quickstart(
         "cdnow", "--orders", help="Order log to run on (default: the built-in CDNOW log); any source `--orders` takes."
     ),
     column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
 ) -> None:
     """Run the whole job on the built-in CDNOW log (or --orders) and write the results to --out.
 
@@ -798,7 +820,8 @@ def quickstart(
     """
     from serving.quickstart import run_quickstart
 
-    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map)
+    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map,
+                   exclude_products=exclude_products)
 
 
 def _quiet_libraries() -> None:

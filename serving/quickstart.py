@@ -26,6 +26,7 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from features.io import claim_folder
 from features.orders import load_order_log
@@ -36,10 +37,18 @@ HORIZON_DAYS = 90
 
 
 def run_quickstart(
-    out_dir: Path, *, console: Console, tracking_uri: str, source: str = QUICKSTART_SOURCE, column_map: str | None = None
+    out_dir: Path,
+    *,
+    console: Console,
+    tracking_uri: str,
+    source: str = QUICKSTART_SOURCE,
+    column_map: str | None = None,
+    exclude_products: str | None = None,
 ) -> dict:
     """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
-    audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``."""
+    audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``.
+
+    ``column_map`` and ``exclude_products`` are passed to :func:`features.orders.load_order_log`."""
     from serving.batch import add_reason_codes, score_log
     from serving.report import model_notes, render_report
     from serving.rules import Campaign, apply_rules, load_rules, write_audiences
@@ -58,13 +67,9 @@ def run_quickstart(
         return console.status(message)
 
     with step(f"loading and validating the order log {escape(str(source))} ..."):
-        log = load_order_log(source, column_map)
+        log = load_order_log(source, column_map, exclude_products=exclude_products)
     summary = log.summary()
-    console.print(
-        f"[bold]order log[/] {escape(summary['source'])}: {summary['customers']:,} customers, {summary['orders']:,} orders, "
-        f"{summary['first_order']} to {summary['last_order']}, revenue {summary['revenue']:,.2f}",
-        markup=True,
-    )
+    console.print(Text.assemble(("order log", "bold"), log.describe().removeprefix("order log")), soft_wrap=True)
     cutoff = BACKTEST_CUTOFF if source == QUICKSTART_SOURCE else log.last_order_date - pd.Timedelta(days=HORIZON_DAYS)
     categories = has_categories(log)
     with step(f"backtest at {cutoff.date()} over {HORIZON_DAYS} days"

@@ -69,7 +69,9 @@ def backtest_job(
 
             try:
                 backtest.report["replenishment"] = replenishment_backtest(
-                    log.lines[log.lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)], cutoff, horizon_days
+                    log.purchase_lines[log.purchase_lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)],
+                    cutoff,
+                    horizon_days,
                 )
             except ReplenishmentDataError as exc:
                 backtest.report["replenishment_note"] = str(exc)
@@ -213,7 +215,8 @@ def replenish_job(
 
     check_cutoff(log, as_of, flag="--as-of")
     future = log.lines["order_ts"] >= as_of + pd.Timedelta(days=1)
-    past = pair_lines(log.lines.loc[~future.to_numpy()])
+    purchases = log.purchase_lines
+    past = pair_lines(purchases.loc[(purchases["order_ts"] < as_of + pd.Timedelta(days=1)).to_numpy()])
     # It learns from origins whose label windows lie within the log, which may end before as_of.
     learn_until = min(as_of, log.last_order_date)
     model = ReplenishmentModel(horizon_days=horizon_days, lead_days=lead_days, **(model_params or {})).fit(past, learn_until)
