@@ -1081,7 +1081,10 @@ def _query(sql: str, **tables) -> pd.DataFrame:
 
     con = duckdb.connect()
     try:
-        con.execute("set enable_progress_bar = false")  # the CLI shows its own status line
+        try:
+            con.execute("set enable_progress_bar = false")  # the CLI shows its own status line
+        except duckdb.Error:
+            pass  # in a notebook DuckDB refuses to touch the setting without ipywidgets; it is off there anyway
         for name, table in tables.items():
             con.register(name, table)
         result = con.execute(sql).arrow()
