@@ -341,7 +341,7 @@ def _print_model(model) -> None:
     else:
         origins = model.spec_.origins
         season = getattr(model, "season_origin_", None)  # models pickled before seasons have none
-        seasonal = f", with {season}: the horizon's season a year earlier" if season else ""
+        seasonal = f"; {season} covers the horizon's season a year earlier" if season else ""
         out.print(f"model at {cutoff}: LightGBM on BTYD features, {len(origins)} training origins "
                   f"({origins[0]} to {origins[-1]}{seasonal})")
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
