@@ -359,7 +359,10 @@ def _print_model(model) -> None:
         out.print(f"model at {cutoff}: {model.btyd_only_reason_}")
     else:
         origins = model.spec_.origins
-        out.print(f"model at {cutoff}: LightGBM on BTYD features, {len(origins)} training origins ({origins[0]} to {origins[-1]})")
+        season = getattr(model, "season_origin_", None)  # models pickled before seasons have none
+        seasonal = f"; {season} covers the horizon's season a year earlier" if season else ""
+        out.print(f"model at {cutoff}: LightGBM on BTYD features, {len(origins)} training origins "
+                  f"({origins[0]} to {origins[-1]}{seasonal})")
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
     if status != INTERIOR:
         out.print(f"BG/NBD at {cutoff}: {fit_status_meaning(status)}")
@@ -423,7 +426,8 @@ def backtest(
 
     Reports the model against BG/NBD alone and a recency-only baseline on the same split:
     AUC, PR-AUC, Brier, log loss, calibration error, lift; revenue Gini and decile error;
-    next-order timing error and coverage; and a weekly tracking plot. cutoff + horizon must
+    next-order timing error and coverage; the model's calibration at each training origin
+    (calibration_by_origin); and a weekly tracking plot. cutoff + horizon must
     lie within the log. When the history before the cutoff is too short to train the model,
     its column is empty (nulls in the JSON) and one line says why; BG/NBD and recency-only
     are still reported.

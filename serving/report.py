@@ -446,6 +446,9 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
     parts.append("<h3>Orders in the holdout period</h3>"
                  + _table(["", "orders", "error vs actual"], holdout_rows, css_class="narrow"))
 
+    if report.get("calibration_by_origin"):
+        parts.append(_calibration_by_origin_table(report["calibration_by_origin"]))
+
     bgnbd = report.get("bgnbd") or {}
     params = bgnbd.get("params") or {}
     if params:
@@ -484,6 +487,30 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
     if figures:
         parts.append('<h3>Plots</h3><div class="figures">' + "".join(figures) + "</div>")
     return "".join(parts)
+
+
+ORIGIN_ROLES = {
+    "training": "training",
+    "season": "same season a year earlier: training and calibration",
+    "latest": "latest: early stopping and calibration",
+    "backtest": "backtest (the truth)",
+}
+
+
+def _calibration_by_origin_table(rows: list[dict]) -> str:
+    """The model's level against each training origin's base rate, and on the backtest split."""
+    intro = ("How many customers bought again within the horizon at each training origin, against the calibrated "
+             "model's mean probability there, and on the backtest itself. An origin whose window held a peak (or a "
+             "quiet season) sits above (or below) the others. The calibrator learns from held-out customers of the "
+             "latest origin and, when the history reaches a year back, of the origin whose window is the horizon's "
+             "season a year earlier. The model was trained on the other origins, so its errors there flatter it.")
+    body = [[row.get("origin"), ORIGIN_ROLES.get(row.get("role"), row.get("role")), fmt_count(row.get("customers")),
+             fmt_pct(row.get("base_rate")), fmt_pct(row.get("mean_p_repurchase")),
+             fmt_points(row.get("calibration_gap")), fmt_metric(row.get("ece"))] for row in rows]
+    return ("<h3>Calibration by origin</h3>"
+            f'<p class="note">{_esc(intro)}</p>'
+            + _table(["origin", "role", "customers", "bought again", "mean predicted", "gap", "ECE"], body,
+                     text_columns=(0, 1), css_class="narrow calibration-by-origin"))
 
 
 REPLENISHMENT_SCORERS = (("model", "model"), ("own_last_gap", "own last gap"), ("category_median", "category median gap"))

@@ -9,6 +9,13 @@ A split that leaves the composite model no training origin (a young log, or the 
 39-week holdout on CDNOW) still reports BG/NBD and recency-only: the model's block keeps its
 keys with nulls and ``model_note`` says in one line why. A BG/NBD or Gamma-Gamma fit that
 runs to a boundary is reported with its ``fit_status`` (see ``training.btyd``).
+
+``calibration_by_origin`` lists, for each training origin of the model and then for the
+backtest split itself (role ``backtest``), the customers, the share who bought again within
+the horizon (``base_rate``), the calibrated model's ``mean_p_repurchase``, their difference
+(``calibration_gap``) and the ``ece``: how far apart the origins' seasons are, and how well
+the level carried over to the horizon. It is null when no LightGBM model was trained; a
+model pickled before it existed gives the ``backtest`` row alone.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from features.pipeline import build_features, build_labels
 from training import plots
 from training.btyd import BGNBD, fit_status_meaning
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
-from training.model import RepurchaseModel, fit_gamma_gamma, quantiles_from_cdf
+from training.model import RepurchaseModel, fit_gamma_gamma, origin_calibration_row, quantiles_from_cdf
 
 # The model block's classification metrics, null when the model could not be trained.
 MODEL_METRICS = ("n", "base_rate", "auc", "pr_auc", "lift_top10", "capture_top10", "brier", "log_loss", "ece")
@@ -208,10 +215,15 @@ def run_backtest(
         model_block["timing"] = _timing(frame, "model", horizon_days)
         model_block["training"] = {
             "origins": model.spec_.origins,
+            "season_origin": getattr(model, "season_origin_", None),
             "n_features": len(model.spec_.model_features),
             "best_iteration": int(model.classifier_.best_iteration),
         }
         report["model"] = model_block
+        report["calibration_by_origin"] = [
+            *getattr(model, "origin_calibration_", []),  # models pickled before it existed have none
+            origin_calibration_row(report["cutoff"], "backtest", y, frame["model_p_repurchase"].to_numpy()),
+        ]
         report["holdout_orders"]["model"] = float(frame["model_expected_orders"].sum())
         grid = model.timing_grid_
     else:
@@ -227,6 +239,7 @@ def run_backtest(
         backtest.plots = draw_plots(backtest, orders, plot_dir)
         report["plots"] = {k: v.name for k, v in backtest.plots.items()}
     report["tracking"] = report.get("tracking")
+    report.setdefault("calibration_by_origin", None)  # no LightGBM model: nothing calibrated
     return backtest
 
 
