@@ -61,6 +61,7 @@ from features.errors import InputError
 from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
+from training.uplift import DEFAULT_WINDOW_DAYS, UpliftModel, uplift_frame
 from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma, clv
 from training.segments import lifecycle_stage, rfm_segment
 
@@ -302,6 +303,10 @@ class RepurchaseModel:
         The LightGBM boosters and the Platt calibrator.
     spec_ : FeatureSpec
         What scoring needs to rebuild the features.
+    uplift_ : UpliftModel or None
+        The uplift part (:meth:`fit_uplift`, ``repurchase train --uplift``); None without
+        one. With it, score rows gain ``uplift`` and ``uplift_<action>`` after the contract's
+        columns; without it they have exactly the contract's columns.
     """
 
     def __init__(
@@ -448,6 +453,7 @@ class RepurchaseModel:
         """
         cutoff = pd.Timestamp(cutoff).date()
         orders = orders[orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+        self.uplift_ = None
         if orders.empty:
             raise InputError(f"no orders on or before the cutoff {cutoff}: nothing to learn from")
         channel_values = self._mix(orders, cutoff, "channel")
@@ -489,6 +495,25 @@ class RepurchaseModel:
         )
         self.spec_.clv_reference = reference_quantiles(self._clv(self.with_btyd(at_cutoff)))
         return self
+
+    def uplift_frame(self, orders: pd.DataFrame, contacts: pd.DataFrame, window_days: int = DEFAULT_WINDOW_DAYS) -> pd.DataFrame:
+        """Past contacts with their features as of each contact's date, in this model's
+        feature layout, and the window's outcome (:func:`training.uplift.uplift_frame`)."""
+        return uplift_frame(orders, contacts, window_days, channel_values=self.spec_.channel_values,
+                            category_values=self.spec_.category_values)
+
+    def fit_uplift(self, frame: pd.DataFrame, **uplift_params) -> "RepurchaseModel":
+        """Learn the uplift part from an :meth:`uplift_frame` (``uplift_``); fitting again replaces it."""
+        self.uplift_ = UpliftModel(**uplift_params).fit(frame)
+        return self
+
+    def has_uplift(self) -> bool:
+        """Whether scores carry ``uplift`` (models pickled before uplift existed have none)."""
+        return getattr(self, "uplift_", None) is not None
+
+    def score_columns(self) -> list[str]:
+        """The columns of this model's score rows: the contract's, then the uplift columns if any."""
+        return [*SCORE_COLUMNS, *(self.uplift_.columns() if self.has_uplift() else [])]
 
     def _fit_boosters(self, frame: pd.DataFrame) -> list[str]:
         """Train the LightGBM models and the calibrator on the stacked origins; returns the model features."""
@@ -728,13 +753,13 @@ class RepurchaseModel:
         frame operations cost some 25 ms, the four boosters well under one.
         """
         if features.empty:
-            return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
+            return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES.get(c, "float64")) for c in self.score_columns()})
         columns = self._scoring_columns(features)
         if self.is_btyd_only():
             p, orders, revenue, quantiles = self._btyd_answers(columns)
         else:
             p, orders, revenue, quantiles = self._booster_answers(columns, len(features))
-        return _score_frame(
+        scores = _score_frame(
             {
                 "customer_id": features["customer_id"].astype("str").to_numpy(),
                 "as_of": pd.Timestamp(as_of).normalize(),
@@ -754,6 +779,10 @@ class RepurchaseModel:
             },
             len(features),
         )
+        if self.has_uplift():
+            for name, values in self.uplift_.score_columns(features).items():
+                scores[name] = values
+        return scores
 
     def _booster_answers(self, columns: dict[str, np.ndarray], n: int):
         """p_repurchase, expected orders and revenue, next-order quantiles from the boosters."""
