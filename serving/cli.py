@@ -631,12 +631,26 @@ def target(
                            campaign=Campaign(date=day, contacts=past))
     summary = write_audiences(targeted, out_dir)
     counts = _group_counts(targeted)
+    extra = _extra_buyers(targeted)
     for row in summary.itertuples(index=False):
         treatment, holdout, held = counts.get(row.action, (0, 0, 0))
         held_text = f", {held:,} held back" if past is not None else ""
+        extra_text = f", {extra[row.action]:+,.0f} buyers from the uplift of those sent" if row.action in extra else ""
         out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}; {treatment:,} to send, "
-                  f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}")
+                  f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}{extra_text}")
     out.print(f"wrote {len(summary)} audiences, summary.csv and send/ (treatment only) to {out_dir}")
+
+
+def _extra_buyers(targeted) -> dict[str, float]:
+    """Per action with a learned uplift: the customers to send times their uplift, summed (expected extra buyers)."""
+    if "uplift" not in targeted.columns:
+        return {}
+    sent = targeted["action"].notna() & targeted["uplift"].notna()
+    if "group" in targeted.columns:
+        sent &= targeted["group"] == "treatment"
+    if "held_back" in targeted.columns:
+        sent &= targeted["held_back"].isna()
+    return {str(action): float(rows["uplift"].sum()) for action, rows in targeted[sent].groupby("action")}
 
 
 def _group_counts(targeted) -> dict[str, tuple[int, int, int]]:
