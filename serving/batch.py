@@ -45,9 +45,12 @@ def snapshot_path_for(scores_path: Path) -> Path:
     return scores_path.with_name(f"{scores_path.stem}.features.parquet")
 
 
-def score_schema(explain: bool = False) -> pa.Schema:
-    """The score contract as an Arrow schema (plus ``reason_codes`` when explained)."""
+def score_schema(explain: bool = False, uplift_columns=()) -> pa.Schema:
+    """The score contract as an Arrow schema, plus the model's uplift columns (floats) when it
+    has an uplift part, plus ``reason_codes`` when explained."""
     empty = pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
+    for column in uplift_columns:
+        empty[column] = pd.Series(dtype="float64")
     if explain:
         empty[REASON_CODES] = pd.Series(dtype="str")
     return pa.Schema.from_pandas(empty, preserve_index=False)
@@ -81,7 +84,8 @@ def score_log(
 ) -> ScoreRun:
     """Score every customer with an order on or before ``as_of``; later orders are ignored.
 
-    ``progress(done, total)`` is called after each chunk. With ``explain``, the scores gain
+    ``progress(done, total)`` is called after each chunk. A model with an uplift part adds
+    ``uplift`` and ``uplift_<action>`` after the contract's columns. With ``explain``, the scores gain
     a ``reason_codes`` column (:meth:`RepurchaseModel.reason_codes`). Optional columns the
     model was trained with but the log lacks take the contract's defaults
     (:meth:`RepurchaseModel.missing_inputs`) and are reported in ``defaults_used``.
@@ -102,7 +106,8 @@ def score_log(
     # and renamed together, and both carry the same stamp, which readers compare.
     pair = {"pair": uuid.uuid4().hex, "as_of": as_of.date().isoformat(), "model_version": model_version}
     total = len(features)
-    schema = score_schema(explain).with_metadata(stamp("scores", **pair))
+    uplift_columns = model.score_columns()[len(SCORE_COLUMNS):]
+    schema = score_schema(explain, uplift_columns).with_metadata(stamp("scores", **pair))
     with atomic_paths([snapshot, out_path]) as (snapshot_tmp, scores_tmp):
         pq.write_table(stamped_table(features.assign(as_of=as_of), "snapshot", **pair), snapshot_tmp)
         del features

@@ -37,10 +37,12 @@ Answers
 -------
 ``{"scores": [row, ...], "unknown_ids": [...], "model_version": "..."}``; a row is the
 score contract (:data:`training.contract.SCORE_COLUMNS`) with dates as ``YYYY-MM-DD``
-and missing values (NaN) as ``null``. ``/target`` rows add ``action``, ``reason``,
+and missing values (NaN) as ``null``; a model trained with ``--uplift`` adds ``uplift`` (the
+largest change in P(an order within the window) that a learned action causes) and
+``uplift_<action>`` per learned action, and a model without one has neither key. ``/target`` rows add ``action``, ``reason``,
 ``rule`` and ``group`` (``treatment`` or ``holdout``: the action's random holdout, drawn as
 ``repurchase target`` draws it with the request's as-of date as the campaign date; all
-four ``null`` when no rule fires). With ``"explain": true`` in the request, every
+four ``null`` when no rule fires); there ``uplift`` is that of the action chosen. With ``"explain": true`` in the request, every
 row adds ``reason_codes``: the three features that moved the customer's ``p_repurchase``
 most, as ``name=value (+log-odds)`` (:meth:`training.model.RepurchaseModel.reason_codes`).
 Rows come in request order, one per distinct customer (an id asked for twice is answered
@@ -76,7 +78,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from features.errors import InputError
-from training.contract import SCORE_COLUMNS
+from training.contract import SCORE_COLUMNS, uplift_columns
 
 MAX_CUSTOMERS = 1_000
 MAX_ORDERS = 100_000
@@ -412,6 +414,9 @@ def apply_targeting(
 ) -> pd.DataFrame:
     """Score rows plus ``action``, ``reason``, ``rule`` and ``group`` from the rules (default rules when none).
 
+    Scores with uplift keep their ``uplift_<action>`` columns, and ``uplift`` becomes the
+    uplift of the action chosen (null without one, or for an action the model did not learn).
+
     ``group`` is the holdout draw of each customer with an action (``treatment`` or
     ``holdout``), with the row's ``as_of`` as the campaign date, exactly as ``repurchase
     target`` draws it. ``customer_ids`` are the ids to draw with when the rows carry stand-in
@@ -428,7 +433,7 @@ def apply_targeting(
         groups = assign_groups(customer_ids, targeted["action"].to_numpy(dtype=object),
                                targeted["campaign_date"].fillna(pd.Timestamp(0)), targeted["holdout_share"])
         targeted["group"] = pd.Series(groups, index=targeted.index, dtype="str")
-    return targeted[[*SCORE_COLUMNS, *RULE_COLUMNS]]
+    return targeted[[*SCORE_COLUMNS, *uplift_columns(targeted.columns), *RULE_COLUMNS]]
 
 
 def json_rows(frame: pd.DataFrame) -> list[dict]:

@@ -15,6 +15,7 @@ A rules file is YAML::
     budget:                                 # optional
       max_contacts: 5000                    # optional; no cap when left out
       contact_cost: 0.5                     # default 0
+      rank_by: expected_value               # default; or uplift (needs scores with uplift)
     contact_cap: {days: 30, contacts: 2}    # optional: at most 2 contacts per customer in 30 days
 
 Evaluation
@@ -52,6 +53,17 @@ Columns a condition can use
   ``expected_value``
       ``p_repurchase * expected_order_value - contact_cost`` (``budget.contact_cost``,
       0 without a budget): the value of contacting the customer.
+  ``uplift``
+      the change in P(an order within the window) that contacting with **the rule's own
+      action** causes: in a rule for ``win_back``, the scores' ``uplift_win_back``. Scores
+      from a model trained with ``repurchase train --uplift`` carry ``uplift_<action>`` for
+      every action it learned (and ``uplift``, the largest of them); for an action it did
+      not learn, ``uplift`` is NaN. Scores with only an ``uplift`` column use it for every
+      action. Without any uplift in the scores it is NaN, so a rule on it matches nobody.
+      In reasons and in the output, ``uplift`` is that of the action the customer got.
+  ``incremental_value``
+      ``uplift * expected_order_value - contact_cost``: what contacting adds, in money,
+      minus what it costs (per rule's action, as ``uplift``).
   ``replenish_category``, ``replenish_days_p50``, ``replenish_p_within_horizon``,
   ``replenish_remind_on``, ``replenish_days_since_last``, ``replenish_gap_days``
       from the product-level replenishment frame (``replenishment=``), for each customer
@@ -78,7 +90,10 @@ Budget
 With ``budget``, customers who got an action are ranked by ``expected_value``; those
 with ``expected_value > 0`` are kept, highest first, up to ``max_contacts``; all others
 lose their action, reason and rule (NaN), so the audiences are the contacts worth paying
-for.
+for. ``rank_by: uplift`` ranks by ``incremental_value`` instead (the uplift of the
+action each customer got): the contacts that add most, not the customers who would buy
+anyway; customers whose action has no learned uplift are not kept. It needs scores with
+uplift (a :class:`RulesError` otherwise, rather than empty audiences).
 
 Holdouts and contact hygiene
 ----------------------------
@@ -151,7 +166,7 @@ import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -172,7 +187,7 @@ from features.contacts import DEFAULT_HOLDOUT_SHARE, TREATMENT, assign_groups
 from features.errors import InputError
 from features.io import atomic_paths
 from features.pipeline import FEATURES
-from training.contract import REASON_CODES, SCORE_COLUMNS
+from training.contract import REASON_CODES, SCORE_COLUMNS, UPLIFT, UPLIFT_PREFIX, uplift_column, uplift_columns
 
 __all__ = [
     "CAMPAIGN_COLUMNS",
@@ -199,7 +214,7 @@ REPLENISH_COLUMNS = (
     "replenish_days_since_last",
     "replenish_gap_days",
 )
-DERIVED_COLUMNS = ("clv_pct", "expected_order_value", "expected_value", *REPLENISH_COLUMNS)
+DERIVED_COLUMNS = ("clv_pct", "expected_order_value", "expected_value", UPLIFT, "incremental_value", *REPLENISH_COLUMNS)
 REPLENISHMENT_REQUIRED = ("customer_id", "category", "last_purchase", "next_purchase_days_p50", "p_within_horizon", "remind_on")
 CAMPAIGN_COLUMNS = ("group", "campaign_date", "holdout_share")
 HELD_BACK = "held_back"
@@ -311,6 +326,7 @@ class Budget(BaseModel):
 
     max_contacts: int | None = Field(default=None, ge=0)
     contact_cost: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    rank_by: Literal["expected_value", "uplift"] = "expected_value"
 
 
 class Rule(BaseModel):
@@ -755,7 +771,10 @@ def apply_rules(
         where no rule matched or the budget dropped the customer), ``reason_codes`` when
         the scores have them (``repurchase score --explain``), then the other columns
         the rules name (``replenish_*`` only when a replenishment frame is given;
-        ``expected_value`` always with a budget); same rows, order and index as ``scores``.
+        ``expected_value`` always with a budget, ``uplift`` and ``incremental_value`` with
+        ``rank_by: uplift``); same rows, order and index as ``scores``. Scores with uplift
+        keep their uplift columns right after the contract's, ``uplift`` then being that of
+        the action chosen (the scores' own where no rule fired).
         With ``campaign``, last: ``group`` (``treatment`` or ``holdout``),
         ``campaign_date`` and ``holdout_share`` (missing without an action), and with its
         contacts ``held_back`` (why a customer is not sent, missing when sent).
@@ -765,16 +784,27 @@ def apply_rules(
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise InputError(f"scores: missing column(s) {', '.join(missing)}; expected the score contract")
-    frame = scores[[*SCORE_COLUMNS, *([REASON_CODES] if REASON_CODES in scores.columns else [])]].reset_index(drop=True)
+    scored_uplift = uplift_columns(scores.columns)
+    if rules.budget is not None and rules.budget.rank_by == UPLIFT and not scored_uplift:
+        raise RulesError(
+            f"{rules.source}: budget: rank_by: uplift needs scores with an uplift column; score with a model "
+            "trained with `repurchase train --uplift --contacts FILE`, or rank by expected_value"
+        )
+    kept_columns = [*SCORE_COLUMNS, *([REASON_CODES] if REASON_CODES in scores.columns else []), *scored_uplift]
+    frame = scores[kept_columns].reset_index(drop=True)
     frame = _join_features(frame, features)
     frame = _add_derived(frame, rules.contact_cost, clv_reference)
     frame = _add_replenishment(frame, replenishment)
+    uplift_of = _uplift_by_action(frame)
 
     n = len(frame)
     chosen = np.full(n, -1)
     for index, rule in enumerate(rules.rules):  # one true/false array at a time, not one per rule at once
+        if {UPLIFT, "incremental_value"} & set(rule.columns()):
+            _set_uplift(frame, uplift_of(rule.action), rules.contact_cost)
         matches = _evaluate_when(frame, rule, index + 1, rules.source)
         chosen[(chosen < 0) & matches] = index
+    _set_uplift(frame, _chosen_uplift(chosen, rules, uplift_of), rules.contact_cost)
     for position, rule in enumerate(rules.rules, start=1):
         _check_reason_columns(frame, rule, position, rules.source)
     held_back = np.full(n, None, dtype=object)
@@ -784,7 +814,8 @@ def apply_rules(
             held_back = _held_back(frame["customer_id"].astype(str).to_numpy(), chosen, dates, rules, campaign.contacts)
     if rules.budget is not None:
         held = np.array([h is not None for h in held_back], dtype=bool)
-        kept = _within_budget(np.where(held, -1, chosen), frame["expected_value"].to_numpy(dtype=float), rules.budget)
+        ranked_by = "incremental_value" if rules.budget.rank_by == UPLIFT else "expected_value"
+        kept = _within_budget(np.where(held, -1, chosen), frame[ranked_by].to_numpy(dtype=float), rules.budget)
         chosen = np.where(held, chosen, kept)
 
     action = np.full(n, None, dtype=object)
@@ -798,11 +829,16 @@ def apply_rules(
         rule_name[rows] = rule.name
         reason[rows] = _render_reasons(frame.iloc[rows], rule, index + 1, rules.source)
 
-    hidden = set(SCORE_COLUMNS) | (set(REPLENISH_COLUMNS) if replenishment is None else set())
+    hidden = set(SCORE_COLUMNS) | set(scored_uplift) | (set(REPLENISH_COLUMNS) if replenishment is None else set())
     used = [c for rule in rules.rules for c in rule.columns() if c in frame.columns and c not in hidden]
     if rules.budget is not None:
         used.append("expected_value")
-    out = frame[list(SCORE_COLUMNS)].copy()
+        if rules.budget.rank_by == UPLIFT:
+            used += [UPLIFT, "incremental_value"]
+    used = [c for c in used if c not in hidden]
+    if scored_uplift:  # rows without an action keep the scores' own uplift (the best action's)
+        frame[UPLIFT] = np.where(chosen >= 0, frame[UPLIFT].to_numpy(dtype=float), uplift_of(None))
+    out = frame[[*SCORE_COLUMNS, *scored_uplift]].copy()
     out["action"] = pd.Series(action, dtype="str")
     out["reason"] = pd.Series(reason, dtype="str")
     out["rule"] = pd.Series(rule_name, dtype="str")
@@ -820,6 +856,39 @@ def apply_rules(
             out[HELD_BACK] = pd.Series(np.where(acted, held_back, None), dtype="str")
     out.index = scores.index
     return out
+
+
+def _uplift_by_action(frame: pd.DataFrame) -> Callable[[str | None], np.ndarray]:
+    """``uplift_of(action)``: each row's uplift for that action (see ``uplift`` in the module docs);
+    ``uplift_of(None)`` is the scores' own ``uplift`` (NaN without one)."""
+    n = len(frame)
+    given = frame[UPLIFT].to_numpy(dtype=float).copy() if UPLIFT in frame.columns else np.full(n, np.nan)
+    per_action = any(c.startswith(UPLIFT_PREFIX) for c in frame.columns)
+
+    def uplift_of(action: str | None) -> np.ndarray:
+        if action is None:
+            return given
+        column = uplift_column(action)
+        if column in frame.columns:
+            return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+        return np.full(n, np.nan) if per_action else given
+
+    return uplift_of
+
+
+def _chosen_uplift(chosen: np.ndarray, rules: RuleSet, uplift_of) -> np.ndarray:
+    """Each row's uplift for the action its rule gives (NaN where no rule fired)."""
+    out = np.full(len(chosen), np.nan)
+    for index in np.unique(chosen[chosen >= 0]):
+        rows = chosen == index
+        out[rows] = uplift_of(rules.rules[index].action)[rows]
+    return out
+
+
+def _set_uplift(frame: pd.DataFrame, uplift: np.ndarray, contact_cost: float) -> None:
+    """Put ``uplift`` and ``incremental_value`` for one action (per row) into the frame, in place."""
+    frame[UPLIFT] = uplift
+    frame["incremental_value"] = uplift * frame["expected_order_value"].to_numpy(dtype=float) - contact_cost
 
 
 def _campaign_dates(frame: pd.DataFrame, campaign_date) -> np.ndarray:

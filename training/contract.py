@@ -42,3 +42,20 @@ SCORE_DTYPES = {
 }
 REASON_CODES = "reason_codes"
 """The optional column of explained scores (``score --explain``, ``"explain": true``)."""
+
+UPLIFT = "uplift"
+"""The optional column of scores from a model with an uplift part (``train --uplift``): the
+largest change in P(an order within the window) that any learned action causes; NaN-free,
+and absent (not NaN) when the model has no uplift part."""
+UPLIFT_PREFIX = "uplift_"
+
+
+def uplift_column(action: str) -> str:
+    """The score column of one action's uplift: ``uplift_<action>``."""
+    return f"{UPLIFT_PREFIX}{action}"
+
+
+def uplift_columns(columns) -> list[str]:
+    """The uplift columns among ``columns``: ``uplift`` first, then ``uplift_<action>`` in their order."""
+    columns = list(columns)
+    return [c for c in columns if c == UPLIFT] + [c for c in columns if c.startswith(UPLIFT_PREFIX)]

@@ -3,7 +3,9 @@
 ``backtest_job``: one honest temporal backtest, written as JSON with its plots beside it.
 ``train_job``: backtest at ``cutoff - H`` (a split whose truth is known by the cutoff), then
 the final fit on everything up to ``cutoff``, logged to MLflow and optionally registered,
-compared with the champion on the same split. Any cutoff on or after the first order
+compared with the champion on the same split. With past randomised contacts
+(:func:`prepare_uplift`, ``train --uplift``) it also evaluates an uplift model on the latest
+campaigns and gives the final model its uplift part (:func:`uplift_job`). Any cutoff on or after the first order
 trains: a log too short for the split is trained without a backtest (the report says
 why), and one too short for the LightGBM model gives a BTYD-only model.
 """
@@ -15,14 +17,27 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from features.io import atomic_path
+from features.errors import InputError
 from features.orders import OrderLog, check_cutoff
 from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_report
-from training.btyd import BTYDDataError
+from training.btyd import BTYDDataError, BTYDFitError
 from training.model import RepurchaseModel
 from training.registry import LoggedModel, champion_version, load_scorer, log_run, model_kind, tracked_run
+from training.uplift import (
+    EVAL_SHARE,
+    UpliftDataError,
+    UpliftModel,
+    campaign_split,
+    contact_uplift,
+    describe,
+    evaluate_uplift,
+    uplift_frame,
+    usable_contacts,
+)
 
 
 @dataclass
@@ -31,6 +46,124 @@ class TrainResult:
     backtest: Backtest
     logged: LoggedModel
     champion_backtest: Backtest | None = None
+    uplift: dict | None = None
+    """The uplift evaluation (:func:`uplift_job`) when trained with contacts."""
+
+
+@dataclass
+class UpliftData:
+    """Past contacts ready to learn from: the frame (:func:`training.uplift.uplift_frame`), its
+    split by time, and what was left out."""
+
+    frame: pd.DataFrame
+    learn: np.ndarray
+    held_out: np.ndarray
+    window_days: int
+    learn_until: pd.Timestamp
+    n_given: int
+    n_window_not_over: int
+    n_without_history: int
+
+
+def prepare_uplift(log: OrderLog, contacts: pd.DataFrame, cutoff: pd.Timestamp, window_days: int = 30,
+                   eval_share: float = EVAL_SHARE) -> UpliftData:
+    """Contacts whose windows ended by the cutoff (and the log's end), with their features and
+    outcomes, split by time; :class:`training.uplift.UpliftDataError` (one line) when they cannot
+    train and evaluate an uplift model. Cheap next to training, so the CLI runs it first."""
+    origin = contacts.attrs.get("origin", "contacts")
+    learn_until = min(pd.Timestamp(cutoff).normalize(), log.last_order_date.normalize())
+    usable = usable_contacts(contacts, learn_until, window_days)
+    if usable.empty:
+        raise UpliftDataError(
+            f"{origin}: no contact's {window_days}-day window ends by {learn_until.date()} (the cutoff, or the last "
+            f"order if earlier); the latest contact is {contacts['contacted_at'].max().date()}: give contacts "
+            "whose outcome is known, a later --cutoff, or a shorter --window-days"
+        )
+    day = pd.Timestamp(cutoff).date()
+    past = log.orders[log.orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+    frame = uplift_frame(past, usable, window_days, channel_values=RepurchaseModel._mix(past, day, "channel"),
+                         category_values=RepurchaseModel._mix(past, day, "category"))
+    if frame.empty:
+        raise UpliftDataError(
+            f"{origin}: none of the {len(usable):,} contacted customers has an order in {log.source} on or before "
+            "the contact's date; give the order log of the same shop"
+        )
+    try:
+        learn, held_out = campaign_split(frame, window_days, eval_share)
+    except UpliftDataError as exc:
+        raise UpliftDataError(f"{origin}: {exc}") from None
+    return UpliftData(frame=frame, learn=learn, held_out=held_out, window_days=window_days, learn_until=learn_until,
+                      n_given=len(contacts), n_window_not_over=len(contacts) - len(usable),
+                      n_without_history=int(frame.attrs.get("without_history", 0)))
+
+
+def uplift_job(data: UpliftData, model: RepurchaseModel, orders: pd.DataFrame, *, model_params: dict | None = None) -> dict:
+    """Evaluate an uplift model on the latest campaigns (:func:`evaluate_uplift_job`), then fit
+    ``model``'s uplift part on every usable contact. Returns the report (JSON-ready), with
+    ``final``: what the model's uplift part learned from."""
+    report, _ = evaluate_uplift_job(data, orders, model.horizon_days, model_params=model_params)
+    model.fit_uplift(data.frame, window_days=data.window_days)
+    report["final"] = {**describe(data.frame), "actions": list(model.uplift_.actions_)}
+    return report
+
+
+def evaluate_uplift_job(data: UpliftData, orders: pd.DataFrame, horizon_days: int, *,
+                        model_params: dict | None = None) -> tuple[dict, pd.DataFrame]:
+    """An uplift model learned from the earlier campaigns, judged on the latest against ranking
+    by ``p_repurchase`` and at random (:func:`training.uplift.evaluate_uplift`).
+
+    ``p_repurchase`` comes from a repurchase model (``horizon_days``, ``model_params``) trained
+    at the first held-out campaign date on ``orders``: what a campaign that day would have
+    ranked by; not the final model, which has seen the held-out windows. Held-out contacts of
+    an action the earlier campaigns did not have are left out (counted).
+
+    Returns the report (JSON-ready) and the held-out contacts (``customer_id``, ``action``,
+    ``contacted_at``, ``group``, ``treated``, ``bought``, ``orders``) with both rankings'
+    scores, ``uplift`` and ``p_repurchase`` (NaN when there is no such model).
+    """
+    frame = data.frame
+    learner = UpliftModel(window_days=data.window_days).fit(frame[data.learn])
+    held_out = frame[data.held_out]
+    unknown = ~held_out["action"].isin(learner.actions_).to_numpy()
+    held_out = held_out[~unknown].reset_index(drop=True)
+    first_held = held_out["contacted_at"].min()
+    p_repurchase, note = _p_repurchase_at_contacts(held_out, orders, first_held, horizon_days, model_params)
+    uplift = contact_uplift(learner, held_out)
+    report = {
+        "window_days": data.window_days,
+        "learn_until": data.learn_until.date().isoformat(),
+        "contacts": {"given": data.n_given, "window_not_over": data.n_window_not_over,
+                     "without_history": data.n_without_history, "used": int(len(frame)),
+                     "held_out_action_not_learned": int(unknown.sum())},
+        "learn": describe(frame[data.learn]),
+        "held_out": describe(held_out),
+        "p_repurchase_model_cutoff": first_held.date().isoformat(),
+        **evaluate_uplift(held_out, uplift, p_repurchase),
+    }
+    if note:
+        report["p_repurchase_note"] = note
+    scored = held_out[["customer_id", "action", "contacted_at", "group", "treated", "bought", "orders"]].assign(
+        uplift=uplift, p_repurchase=np.full(len(held_out), np.nan) if p_repurchase is None else p_repurchase)
+    return report, scored
+
+
+def _p_repurchase_at_contacts(contacts: pd.DataFrame, orders: pd.DataFrame, trained_at: pd.Timestamp,
+                              horizon_days: int, model_params: dict | None) -> tuple[np.ndarray | None, str]:
+    """Each contact's ``p_repurchase`` as of its date, from a model trained at ``trained_at``;
+    (None, why) when no model can be trained there."""
+    try:
+        baseline = RepurchaseModel(horizon_days=horizon_days, **(model_params or {})).fit(orders, trained_at)
+    except (BTYDDataError, BTYDFitError, InputError) as exc:
+        return None, f"no p_repurchase model at {trained_at.date()}: {exc}"
+    out = np.full(len(contacts), np.nan)
+    customer = orders["customer_id"].astype(str)
+    for day, rows in contacts.groupby("contacted_at", sort=True):
+        mine = customer.isin(set(rows["customer_id"])).to_numpy()
+        past = orders[mine & (orders["order_ts"] < day + pd.Timedelta(days=1)).to_numpy()]
+        scores = baseline.score_features(baseline.point_in_time_features(past, day), day)
+        by_customer = pd.Series(scores["p_repurchase"].to_numpy(), index=scores["customer_id"].astype(str).to_numpy())
+        out[rows.index.to_numpy()] = by_customer.reindex(rows["customer_id"].to_numpy()).to_numpy()
+    return out, ""
 
 
 def _move_plots(backtest: Backtest, target_dir: Path, stem: str) -> dict[str, Path]:
@@ -114,8 +247,13 @@ def train_job(
     register: bool = False,
     model_params: dict | None = None,
     plot_dir: Path | None = None,
+    uplift: UpliftData | None = None,
 ) -> TrainResult:
     """Backtest at ``cutoff - H``, fit at ``cutoff``, log to MLflow, register if asked.
+
+    With ``uplift`` (:func:`prepare_uplift`), the model also gets its uplift part, evaluated
+    on the latest campaigns first (:func:`uplift_job`; in MLflow as ``uplift.*`` metrics and
+    ``uplift.json``).
 
     Orders after ``cutoff`` are ignored. When the split has too little history for a
     backtest (no repeat buyers before it, say), the model is trained all the same and the
@@ -142,6 +280,7 @@ def train_job(
             champion_backtest = champion_on_split(log.orders, split, horizon_days)
         past = log.orders[log.orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
         model = RepurchaseModel(horizon_days=horizon_days, **(model_params or {})).fit(past, cutoff)
+        uplift_report = uplift_job(uplift, model, past, model_params=model_params) if uplift is not None else None
         example = model.features(past, cutoff).head(5)
         logged = log_run(
             model,
@@ -153,8 +292,10 @@ def train_job(
             register=register,
             champion_report=champion_backtest.report if champion_backtest else None,
             run_name=f"train {log.source} {cutoff.date()}",
+            uplift_report=uplift_report,
         )
-    return TrainResult(model=model, backtest=backtest, logged=logged, champion_backtest=champion_backtest)
+    return TrainResult(model=model, backtest=backtest, logged=logged, champion_backtest=champion_backtest,
+                       uplift=uplift_report)
 
 
 def no_backtest_report(log: OrderLog, split: pd.Timestamp, horizon_days: int, reason: str) -> dict:

@@ -137,3 +137,80 @@ def timing_metrics(days_to_next, censored, p10, p50, p90, horizon_days: float | 
         "coverage_p10_p90": float(covered.mean()) if len(days) else float("nan"),
         "coverage_p10_p90_reordered": float(covered[observed].mean()) if observed.any() else float("nan"),
     }
+
+
+# --------------------------------------------------------------------------- uplift
+#
+# An uplift ranking is judged on randomised contacts: among the customers it ranks highest,
+# how much more often did the contacted (treatment) ones order than the held-out ones?
+# The definitions are scikit-uplift's (sklift.metrics 0.5.1: ``uplift_at_k`` with
+# strategy "overall", ``qini_curve``, ``qini_auc_score`` with negative effects), written
+# out here because that package is no longer maintained and its curves call a
+# scikit-learn helper (``stable_cumsum``) that scikit-learn 1.10 removes, inside our pin.
+# tests/test_uplift.py checks them by hand and against values sklift 0.5.1 computed.
+
+
+def _uplift_inputs(outcome, treated, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y, s = _checked(outcome, score)
+    t = np.asarray(treated)
+    if t.shape != y.shape:
+        raise ValueError(f"outcomes and treatment flags differ in shape: {y.shape} vs {t.shape}")
+    return y, t.astype(bool), s
+
+
+def uplift_at_k(outcome, treated, score, k: float = 0.3) -> float | None:
+    """Mean outcome of the treated minus that of the held-out among the top ``k`` share by score.
+
+    With a 0/1 outcome (ordered in the window) it is the difference in order rates that
+    contacting made among the customers the ranking would contact first; times the number
+    of those customers it is the incremental buyers at that number of contacts. ``None``
+    when the top share has no treated or no held-out customer. The top share is
+    ``round(k x n)`` rows, ties broken by position (:func:`top_fraction_mask`).
+    """
+    y, t, s = _uplift_inputs(outcome, treated, score)
+    if not len(y):
+        return None
+    top = top_fraction_mask(s, k)
+    treated_top, holdout_top = top & t, top & ~t
+    if not treated_top.any() or not holdout_top.any():
+        return None
+    return float(y[treated_top].mean() - y[holdout_top].mean())
+
+
+def qini_curve(outcome, treated, score) -> tuple[np.ndarray, np.ndarray]:
+    """Radcliffe's (2007) Qini curve: for the top ``n`` rows by score, the incremental outcomes
+    ``Y_t(n) - Y_h(n) x N_t(n) / N_h(n)`` (treated outcomes minus the held-out ones scaled to
+    the treated count; 0 while no held-out row is in).
+
+    Points are taken where the score changes (tied rows enter together), starting at (0, 0).
+    Returns ``(n, incremental)``.
+    """
+    y, t, s = _uplift_inputs(outcome, treated, score)
+    order = np.argsort(s, kind="mergesort")[::-1]
+    y, t, s = y[order], t[order], s[order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1] if len(s) else np.array([], dtype=int)
+    n_treated = np.cumsum(t)[ends].astype(float)
+    y_treated = np.cumsum(np.where(t, y, 0.0))[ends]
+    y_holdout = np.cumsum(np.where(t, 0.0, y))[ends]
+    n_all = (ends + 1).astype(float)
+    n_holdout = n_all - n_treated
+    scale = np.divide(n_treated, n_holdout, out=np.zeros_like(n_treated), where=n_holdout != 0)
+    values = y_treated - y_holdout * scale
+    return np.r_[0.0, n_all], np.r_[0.0, values]
+
+
+def qini_auc(outcome, treated, score) -> float | None:
+    """The Qini coefficient: area between the Qini curve and the random line (straight from
+    (0, 0) to the curve's end), over the same area of the perfect ranking (treated buyers
+    first, held-out buyers last). 0 = no better than random, 1 = perfect; ``None`` when the
+    perfect ranking gains nothing (no outcome to rank)."""
+    y, t, s = _uplift_inputs(outcome, treated, score)
+    if not len(y) or t.all() or not t.any():
+        return None
+    n, actual = qini_curve(y, t, s)
+    n_best, best = qini_curve(y, t, np.where(t, y, -y))
+    random_area = 0.5 * n_best[-1] * best[-1]
+    perfect = np.trapezoid(best, n_best) - random_area
+    if perfect <= 0:
+        return None
+    return float((np.trapezoid(actual, n) - random_area) / perfect)

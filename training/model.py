@@ -100,6 +100,7 @@ from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitErr
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.metrics import expected_calibration_error
 from training.segments import lifecycle_stage, monetary_cut_points, rfm_scores, rfm_segment
+from training.uplift import DEFAULT_WINDOW_DAYS, UpliftModel, uplift_frame
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
 # RFM ranks (features.pipeline) place a customer within the population at a cutoff. That is
@@ -407,6 +408,10 @@ class RepurchaseModel:
         existed lack it (and ``season_origin_``); they load and score as before.
     spec_ : FeatureSpec
         What scoring needs to rebuild the features.
+    uplift_ : UpliftModel or None
+        The uplift part (:meth:`fit_uplift`, ``repurchase train --uplift``); None without
+        one. With it, score rows gain ``uplift`` and ``uplift_<action>`` after the contract's
+        columns; without it they have exactly the contract's columns.
     """
 
     def __init__(
@@ -575,6 +580,7 @@ class RepurchaseModel:
         """
         cutoff = pd.Timestamp(cutoff).date()
         orders = orders[orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+        self.uplift_ = None
         if orders.empty:
             raise InputError(f"no orders on or before the cutoff {cutoff}: nothing to learn from")
         channel_values = self._mix(orders, cutoff, "channel")
@@ -622,6 +628,25 @@ class RepurchaseModel:
         )
         self.spec_.clv_reference = reference_quantiles(self._clv(self.with_btyd(at_cutoff)))
         return self
+
+    def uplift_frame(self, orders: pd.DataFrame, contacts: pd.DataFrame, window_days: int = DEFAULT_WINDOW_DAYS) -> pd.DataFrame:
+        """Past contacts with their features as of each contact's date, in this model's
+        feature layout, and the window's outcome (:func:`training.uplift.uplift_frame`)."""
+        return uplift_frame(orders, contacts, window_days, channel_values=self.spec_.channel_values,
+                            category_values=self.spec_.category_values)
+
+    def fit_uplift(self, frame: pd.DataFrame, **uplift_params) -> "RepurchaseModel":
+        """Learn the uplift part from an :meth:`uplift_frame` (``uplift_``); fitting again replaces it."""
+        self.uplift_ = UpliftModel(**uplift_params).fit(frame)
+        return self
+
+    def has_uplift(self) -> bool:
+        """Whether scores carry ``uplift`` (models pickled before uplift existed have none)."""
+        return getattr(self, "uplift_", None) is not None
+
+    def score_columns(self) -> list[str]:
+        """The columns of this model's score rows: the contract's, then the uplift columns if any."""
+        return [*SCORE_COLUMNS, *(self.uplift_.columns() if self.has_uplift() else [])]
 
     def _fit_boosters(self, frame: pd.DataFrame, season: str | None = None) -> list[str]:
         """Train the LightGBM models and the calibrator on the stacked origins; returns the model features."""
@@ -929,14 +954,14 @@ class RepurchaseModel:
         frame operations cost some 25 ms, the four boosters well under one.
         """
         if features.empty:
-            return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES[c]) for c in SCORE_COLUMNS})
+            return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES.get(c, "float64")) for c in self.score_columns()})
         columns = self._scoring_columns(features)
         if self.is_btyd_only():
             p, orders, revenue, quantiles = self._btyd_answers(columns)
         else:
             p, orders, revenue, quantiles = self._booster_answers(columns, len(features))
         p_alive = self.p_alive(columns, p)
-        return _score_frame(
+        scores = _score_frame(
             {
                 "customer_id": features["customer_id"].astype("str").to_numpy(),
                 "as_of": pd.Timestamp(as_of).normalize(),
@@ -959,6 +984,10 @@ class RepurchaseModel:
             },
             len(features),
         )
+        if self.has_uplift():
+            for name, values in self.uplift_.score_columns(features).items():
+                scores[name] = values
+        return scores
 
     def _booster_answers(self, columns: dict[str, np.ndarray], n: int):
         """p_repurchase, expected orders and revenue, next-order quantiles from the boosters."""

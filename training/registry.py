@@ -10,12 +10,21 @@ answers, BG/NBD's ``p_repurchase``; with no backtest at all, nothing beats the c
 
 Every run and registered version is tagged ``model_kind`` (``full`` or ``btyd_only``) and
 with how its BG/NBD and Gamma-Gamma fits ended (``bgnbd_fit_status``, ...).
+
+Uplift. A model trained with ``--uplift`` keeps its uplift part inside the one composite
+model (``RepurchaseModel.uplift_``), not as a second registered model: the pyfunc, ``score``
+and ``serve`` then carry ``uplift`` with no second model to load, version or keep in step
+with the first (the uplift features are the same customer features). Such runs and versions
+are tagged ``uplift_actions`` and ``uplift_window_days``; the run has the evaluation on the
+latest campaigns as ``uplift.<ranking>.<metric>`` metrics and ``uplift.json``. Promotion
+still compares ``p_repurchase`` only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -148,6 +157,19 @@ def _flat_metrics(report: dict) -> dict[str, float]:
     return out
 
 
+def uplift_metrics(report: dict) -> dict[str, float]:
+    """An uplift evaluation as MLflow metrics: ``uplift.uplift.qini_auc``, ``uplift.p_repurchase.uplift_at_30``,
+    ``uplift.random.uplift_at_10``, ``uplift.ratio_at_30``, ..."""
+    out = {}
+    for ranking, block in report.get("rankings", {}).items():
+        for name, value in block.items():
+            if value is not None and np.isfinite(value):
+                out[f"uplift.{ranking}.{name}"] = float(value)
+    if report.get("ratio_at_30") is not None:
+        out["uplift.ratio_at_30"] = float(report["ratio_at_30"])
+    return out
+
+
 from mlflow.pyfunc import PythonModel as _PythonModel
 
 # When the class is defined MLflow warns that predict() has no type hints, under its own
@@ -193,6 +215,9 @@ def model_tags(model: RepurchaseModel) -> dict[str, str]:
                              else f"{alive.model}: {getattr(alive, 'fit_status_', 'interior')}")
     if model.is_btyd_only():
         tags["btyd_only_reason"] = model.btyd_only_reason_
+    if model.has_uplift():
+        tags["uplift_actions"] = ",".join(model.uplift_.actions_)
+        tags["uplift_window_days"] = str(model.uplift_.window_days)
     if getattr(model.bgnbd_, "fit_detail_", ""):
         tags["bgnbd_fit_detail"] = model.bgnbd_.fit_detail_
     return tags
@@ -220,10 +245,12 @@ def log_run(
     register: bool = False,
     champion_report: dict | None = None,
     run_name: str | None = None,
+    uplift_report: dict | None = None,
 ) -> LoggedModel:
     """Log a training run (params, metrics, plots, feature list, model) and optionally register it.
 
     ``champion_report`` is the champion's backtest on the same split, used by the promotion rule.
+    ``uplift_report`` (``training.jobs.uplift_job``) is logged as ``uplift.*`` metrics and ``uplift.json``.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -233,6 +260,8 @@ def log_run(
     with tracked_run(run_name) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(_flat_metrics(report))
+        if uplift_report is not None:
+            mlflow.log_metrics(uplift_metrics(uplift_report))
         notes = {k: report[k] for k in ("model_note", "backtest_note") if report.get(k)}
         backtest_status = (report.get("bgnbd") or {}).get("fit_status")
         mlflow.set_tags({"cutoff": report.get("cutoff", ""), "horizon_days": str(report.get("horizon_days", "")),
@@ -245,6 +274,9 @@ def log_run(
             (tmp / "features.txt").write_text("\n".join(features) + "\n")
             mlflow.log_artifact(str(tmp / "backtest.json"))
             mlflow.log_artifact(str(tmp / "features.txt"))
+            if uplift_report is not None:
+                (tmp / "uplift.json").write_text(json.dumps(uplift_report, indent=2) + "\n")
+                mlflow.log_artifact(str(tmp / "uplift.json"))
             for path in (plot_paths or {}).values():
                 mlflow.log_artifact(str(path), artifact_path="plots")
             with open(tmp / "model.pkl", "wb") as handle:

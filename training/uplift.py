@@ -1,0 +1,374 @@
+"""Uplift: how much contacting a customer changes P(an order within the window), learned
+from past randomised contacts (``repurchase train --uplift --contacts FILE``).
+
+The training frame (:func:`uplift_frame`)
+-----------------------------------------
+One row per contact of the contacts file (:mod:`features.contacts`): the customer's
+point-in-time features as of the contact's date, built by
+:func:`features.pipeline.build_features` on the orders with ``order_ts`` on or before
+``contacted_at`` (and nothing later: each campaign date gets its own cut of the log), the
+action, ``treated`` (1 = sent, 0 = held out) and the outcome over the window exactly as
+``repurchase measure`` counts it (:func:`training.measure.window_outcomes`): ``bought``
+= any order on the days ``contacted_at + 1`` to ``contacted_at + window_days``, and
+``orders`` in that window. Only contacts whose window has ended by the training cutoff
+can be learned from; a contact of a customer with no order on or before its date has no
+features and is left out (counted).
+
+Which features. Everything per customer that the pipeline computes, but not
+
+* the RFM scores (``rfm_*``): they rank a customer within the population of one date, so
+  they change with who else is in the frame; everything else is the customer's own, the
+  same whether the log holds one customer (online) or all of them (batch);
+* columns that are constant within every campaign date (the cutoff's month, days to the
+  next sales day): with a handful of campaign dates they only tell the campaigns apart,
+  the reason :class:`training.model.RepurchaseModel` leaves them out of its models too.
+
+The action enters as one 0/1 column per action (``action=<name>``), so one model learns
+all actions and what they share.
+
+The learner (:class:`UpliftModel`): two outcome models on LightGBM
+-----------------------------------------------------------------
+A T-learner (Künzel, Sekhon, Bickel and Yu 2019, "Metalearners for estimating
+heterogeneous treatment effects using machine learning", PNAS 116(10)): ``mu1(x)`` =
+P(bought | x, sent) learned on the treated contacts, ``mu0(x)`` = P(bought | x, held out)
+on the held-out ones, and ``uplift(x) = mu1(x) - mu0(x)``. Holdouts are small (10% by
+default): a few hundred held-out contacts cannot learn a whole outcome model of their
+own, whose errors would then be the uplift. So the holdout model starts from the treated
+model's log-odds (LightGBM's ``init_score``) and learns only how the holdout differs, with
+a few shallow trees: ``logit mu0(x) = logit mu1(x) + g(x)``, where ``g`` is the effect
+of not contacting on the log-odds scale, the smaller and simpler function.
+
+Chosen over the plain T-learner, the X-learner of the same paper, an S-learner (one
+model with the treatment as a feature) and a transformed-outcome regression, all on
+LightGBM: on simulated campaigns (``features.campaigns``, 50,000 customers, three seeds)
+all five ranked about equally well by the simulation's true effects, and this one best by
+the measured held-out uplift at 30% (``benchmarks/README.md``, "Uplift").
+
+``uplift`` is a difference of probabilities: -1 to 1, 0.05 = contacting adds five
+customers who order in the window per hundred contacted.
+
+Evaluation (:func:`evaluate_uplift`)
+------------------------------------
+By time, never at random: the latest campaign dates that together hold at least
+``eval_share`` (30%) of the contacts are held out (:func:`campaign_split`); the model
+learns from the contacts whose windows ended on or before the first held-out date, so
+nothing it learns from happened after the held-out contacts were made. On the held-out
+contacts, three rankings: by the uplift model, by ``p_repurchase`` (from a model trained
+at the first held-out date: what a campaign on that day would have ranked by), and at
+random (the held-out set's overall treatment-holdout difference, the expectation of a
+random ranking; its Qini coefficient is 0 by definition). For each: the Qini coefficient
+and ``uplift_at_10`` / ``uplift_at_30`` (:func:`training.metrics.uplift_at_k`), and the
+incremental buyers and orders at 30% (the uplift at 30% times the contacts in the top
+30%).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.contacts import TREATMENT
+from features.errors import InputError
+from features.pipeline import LABELS, build_features
+from training.contract import UPLIFT, uplift_column
+from training.measure import window_outcomes
+from training.metrics import qini_auc, uplift_at_k
+
+DEFAULT_WINDOW_DAYS = 30
+EVAL_SHARE = 0.3
+MIN_GROUP_CONTACTS = 30
+AT_K = (0.1, 0.3)
+RFM_SCORE_COLUMNS = ("rfm_rank_r", "rfm_rank_f", "rfm_rank_m", "rfm_rank_sum", "rfm_rank_cell")
+CONTACT_KEYS = ("customer_id", "action", "contacted_at", "group")
+OUTCOMES = ("treated", "bought", "orders")
+NOT_FEATURES = frozenset({*CONTACT_KEYS, *OUTCOMES, "holdout_share", *LABELS, *RFM_SCORE_COLUMNS})
+ACTION_PREFIX = "action="
+
+
+class UpliftDataError(InputError):
+    """Contacts that cannot train or evaluate an uplift model (too few, or too few campaigns)."""
+
+
+# --------------------------------------------------------------------------- the frame
+
+
+def usable_contacts(contacts: pd.DataFrame, learn_until: pd.Timestamp, window_days: int) -> pd.DataFrame:
+    """The contacts whose window ``(contacted_at, contacted_at + window_days]`` has ended by ``learn_until``."""
+    ends = contacts["contacted_at"] + pd.Timedelta(days=window_days)
+    return contacts[(ends <= pd.Timestamp(learn_until).normalize()).to_numpy()]
+
+
+def uplift_frame(
+    orders: pd.DataFrame,
+    contacts: pd.DataFrame,
+    window_days: int = DEFAULT_WINDOW_DAYS,
+    *,
+    channel_values=None,
+    category_values=None,
+) -> pd.DataFrame:
+    """One row per contact that has features: the features as of ``contacted_at``, the
+    action, ``treated`` and the window's ``bought`` and ``orders`` (see the module docs).
+
+    ``orders`` is one row per order (``customer_id``, ``order_ts``, ``amount``, optional
+    columns); ``contacts`` as :func:`features.contacts.load_contacts` returns them. The
+    mix values fix the ``share_channel_*`` / ``share_category_*`` columns (give the
+    scoring model's, so that the columns match). Rows come sorted by ``contacted_at``,
+    then in contact order; ``attrs["without_history"]`` counts the contacts left out
+    because the customer had no order on or before the contact's date.
+    """
+    contacts = contacts[list(CONTACT_KEYS)].reset_index(drop=True)
+    outcome = window_outcomes(contacts, orders, window_days)
+    contacts = contacts.assign(
+        treated=(contacts["group"] == TREATMENT).to_numpy(dtype=np.int8),
+        bought=outcome["bought"].to_numpy(dtype=np.int8),
+        orders=outcome["orders"].to_numpy(dtype=np.int64),
+    )
+    customer = orders["customer_id"].astype(str)
+    parts = []
+    for day, rows in contacts.groupby("contacted_at", sort=True):
+        # Each campaign date sees its own cut of the log: the orders up to the end of its day.
+        mine = customer.isin(set(rows["customer_id"])).to_numpy()
+        past = orders[mine & (orders["order_ts"] < day + pd.Timedelta(days=1)).to_numpy()]
+        features = build_features(past, day, channel_values=channel_values, category_values=category_values)
+        parts.append(rows.merge(features.astype({"customer_id": "str"}), on="customer_id", how="inner"))
+    frame = pd.concat(parts, ignore_index=True)
+    frame.attrs["without_history"] = int(len(contacts) - len(frame))
+    return frame
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """The uplift model's customer features: pipeline columns that vary within some campaign date."""
+    candidates = [c for c in frame.columns if c not in NOT_FEATURES and not c.startswith(ACTION_PREFIX)]
+    varies = frame.groupby("contacted_at")[candidates].nunique(dropna=False).max() > 1
+    return [c for c in candidates if varies[c]]
+
+
+def campaign_split(frame: pd.DataFrame, window_days: int, eval_share: float = EVAL_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Masks ``(learn, held_out)`` over the frame's rows, by time (see "Evaluation" in the module docs).
+
+    Raises :class:`UpliftDataError` when there are fewer than two campaign dates, or when
+    either side lacks :data:`MIN_GROUP_CONTACTS` treated or held-out contacts.
+    """
+    counts = frame.groupby("contacted_at").size().sort_index()
+    if len(counts) < 2:
+        raise UpliftDataError(
+            f"the contacts come from {len(counts)} campaign date; evaluating an uplift model needs two or more "
+            "(it learns from the earlier ones and is judged on the latest)"
+        )
+    from_latest = counts[::-1].cumsum()
+    before = from_latest.shift(fill_value=0)
+    held_dates = from_latest.index[(before < eval_share * len(frame)).to_numpy()]
+    held_dates = held_dates[held_dates > counts.index[0]]  # the earliest date always stays to learn from
+    first_held = held_dates.min()
+    held_out = frame["contacted_at"].isin(set(held_dates)).to_numpy()
+    learn = (frame["contacted_at"] + pd.Timedelta(days=window_days) <= first_held).to_numpy()
+    for name, mask in (("learn from", learn), ("evaluate on", held_out)):
+        treated = frame["treated"].to_numpy()[mask]
+        n_treated, n_holdout = int(treated.sum()), int(len(treated) - treated.sum())
+        if min(n_treated, n_holdout) < MIN_GROUP_CONTACTS:
+            raise UpliftDataError(
+                f"the contacts to {name} ({'windows ended by' if name == 'learn from' else 'from'} "
+                f"{first_held.date()}) have {n_treated:,} treated and {n_holdout:,} held-out customers; "
+                f"an uplift model needs {MIN_GROUP_CONTACTS} of each"
+            )
+    return learn, held_out
+
+
+# --------------------------------------------------------------------------- the learner
+
+
+def _sigmoid(log_odds: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-log_odds))
+
+
+class UpliftModel:
+    """Two outcome models on LightGBM, the holdout's boosted from the treated's: the change in
+    P(an order within the window) that an action causes (see the module docs).
+
+    Parameters
+    ----------
+    window_days : int
+        The window the outcome was counted over (kept with the model; it says what
+        ``uplift`` means).
+    learning_rate, num_leaves, min_child_samples, n_rounds
+        LightGBM settings of the treated model (fixed rounds: a set to stop early on would
+        be cut from the small holdout group, which the two models must share a scale with).
+    holdout_rounds, holdout_leaves, holdout_min_child_samples
+        The holdout model's correction to the treated model: few shallow trees on many rows each.
+    random_state : int
+        Seed for LightGBM.
+
+    Attributes
+    ----------
+    features_ : list of str
+        The customer features (see the module docs), then one column per action (``action=<name>``).
+    actions_ : list of str
+        The actions learned, sorted.
+    n_contacts_, n_holdout_ : int
+        Contacts learned from, and how many of them were held out.
+    treated_model_, holdout_correction_ : lightgbm.Booster
+        ``mu1``, and ``g``: the holdout's log-odds minus the treated's.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_days: int = DEFAULT_WINDOW_DAYS,
+        learning_rate: float = 0.05,
+        num_leaves: int = 7,
+        min_child_samples: int = 50,
+        n_rounds: int = 200,
+        holdout_rounds: int = 50,
+        holdout_leaves: int = 3,
+        holdout_min_child_samples: int = 100,
+        random_state: int = 0,
+    ):
+        self.window_days = window_days
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.n_rounds = n_rounds
+        self.holdout_rounds = holdout_rounds
+        self.holdout_leaves = holdout_leaves
+        self.holdout_min_child_samples = holdout_min_child_samples
+        self.random_state = random_state
+
+    def _params(self, num_leaves: int, min_child_samples: int) -> dict:
+        return {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": num_leaves,
+            "min_child_samples": min_child_samples,
+            "feature_fraction": 0.8,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "max_bin": 63,
+            "num_threads": 2,
+            "seed": self.random_state,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbose": -1,
+        }
+
+    def fit(self, frame: pd.DataFrame) -> "UpliftModel":
+        """Learn from an :func:`uplift_frame` (all its rows; split beforehand to evaluate)."""
+        import lightgbm as lgb
+
+        treated = frame["treated"].to_numpy().astype(bool)
+        n_treated, n_holdout = int(treated.sum()), int((~treated).sum())
+        if min(n_treated, n_holdout) < MIN_GROUP_CONTACTS:
+            raise UpliftDataError(
+                f"{n_treated:,} treated and {n_holdout:,} held-out contacts to learn from; an uplift model "
+                f"needs {MIN_GROUP_CONTACTS} of each"
+            )
+        self.actions_ = sorted(frame["action"].astype(str).unique())
+        self.features_ = [*feature_columns(frame), *(ACTION_PREFIX + a for a in self.actions_)]
+        self.n_contacts_, self.n_holdout_ = int(len(frame)), n_holdout
+        X = self._matrix(frame, frame["action"].astype(str).to_numpy())
+        y = frame["bought"].to_numpy(dtype=float)
+        self.treated_model_ = lgb.train(self._params(self.num_leaves, self.min_child_samples),
+                                        lgb.Dataset(X[treated], y[treated]), num_boost_round=self.n_rounds)
+        start = self.treated_model_.predict(X[~treated], raw_score=True)
+        self.holdout_correction_ = lgb.train(
+            self._params(self.holdout_leaves, self.holdout_min_child_samples),
+            lgb.Dataset(X[~treated], y[~treated], init_score=start), num_boost_round=self.holdout_rounds,
+        )
+        return self
+
+    def _matrix(self, features, actions) -> np.ndarray:
+        """Customer features (a frame, or a mapping of arrays) and the one-hot actions, as float32."""
+        customer = [c for c in self.features_ if not c.startswith(ACTION_PREFIX)]
+        missing = [c for c in customer if c not in features]
+        if missing:
+            raise InputError(f"feature frame lacks columns the uplift model was trained on: {', '.join(missing[:5])}")
+        n = len(actions)
+        X = np.empty((n, len(self.features_)), dtype=np.float32)
+        for k, name in enumerate(customer):
+            X[:, k] = np.asarray(features[name], dtype=float)
+        for k, action in enumerate(self.actions_, start=len(customer)):
+            X[:, k] = actions == action
+        return X
+
+    def uplift(self, features, action: str) -> np.ndarray:
+        """The change in P(an order within the window) if each customer is contacted with ``action``."""
+        if action not in self.actions_:
+            raise InputError(f"the uplift model has not learned '{action}'; it knows {', '.join(self.actions_)}")
+        X = self._matrix(features, np.full(len(features), action, dtype=object))
+        treated = self.treated_model_.predict(X, raw_score=True)
+        holdout = treated + self.holdout_correction_.predict(X, raw_score=True)
+        return _sigmoid(treated) - _sigmoid(holdout)
+
+    def columns(self) -> list[str]:
+        """The score columns it adds: ``uplift``, then ``uplift_<action>`` per action learned."""
+        return [UPLIFT, *(uplift_column(a) for a in self.actions_)]
+
+    def score_columns(self, features) -> dict[str, np.ndarray]:
+        """``uplift_<action>`` for every action learned, and ``uplift``: the largest of them."""
+        per_action = {uplift_column(a): self.uplift(features, a) for a in self.actions_}
+        return {UPLIFT: np.max(np.column_stack(list(per_action.values())), axis=1), **per_action}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def contact_uplift(model: UpliftModel, frame: pd.DataFrame) -> np.ndarray:
+    """Each contact's predicted uplift for its own action (every action must be one the model learned)."""
+    out = np.full(len(frame), np.nan)
+    actions = frame["action"].astype(str).to_numpy()
+    for action in np.unique(actions):
+        rows = actions == action
+        out[rows] = model.uplift(frame[rows], action)
+    return out
+
+
+def ranking_metrics(outcome: pd.DataFrame, score: np.ndarray) -> dict:
+    """Qini coefficient, ``uplift_at_10`` and ``uplift_at_30`` of one ranking of held-out contacts,
+    and the incremental buyers and orders at 30% (see the module docs)."""
+    treated, bought, orders = (outcome[c].to_numpy() for c in OUTCOMES)
+    out: dict = {"qini_auc": qini_auc(bought, treated, score)}
+    for k in AT_K:
+        out[f"uplift_at_{round(100 * k)}"] = uplift_at_k(bought, treated, score, k)
+    n_top = max(1, int(round(0.3 * len(score))))
+    at_30, orders_at_30 = out["uplift_at_30"], uplift_at_k(orders, treated, score, 0.3)
+    out["contacts_at_30"] = n_top
+    out["incremental_buyers_at_30"] = None if at_30 is None else at_30 * n_top
+    out["incremental_orders_at_30"] = None if orders_at_30 is None else orders_at_30 * n_top
+    return out
+
+
+def random_ranking_metrics(outcome: pd.DataFrame) -> dict:
+    """What a random ranking gets in expectation: the overall difference at every k, Qini 0."""
+    treated = outcome["treated"].to_numpy().astype(bool)
+    diff = {c: float(outcome[c].to_numpy(dtype=float)[treated].mean() - outcome[c].to_numpy(dtype=float)[~treated].mean())
+            for c in ("bought", "orders")}
+    n_top = max(1, int(round(0.3 * len(outcome))))
+    return {"qini_auc": 0.0, **{f"uplift_at_{round(100 * k)}": diff["bought"] for k in AT_K},
+            "contacts_at_30": n_top, "incremental_buyers_at_30": diff["bought"] * n_top,
+            "incremental_orders_at_30": diff["orders"] * n_top}
+
+
+def evaluate_uplift(held_out: pd.DataFrame, uplift: np.ndarray, p_repurchase: np.ndarray | None) -> dict:
+    """The three rankings of the held-out contacts (see "Evaluation" in the module docs), and
+    ``ratio_at_30``: the uplift ranking's ``uplift_at_30`` over ``p_repurchase``'s (None when
+    the latter is not positive: a ratio to nothing or to a loss means nothing)."""
+    rankings = {"uplift": ranking_metrics(held_out, uplift)}
+    if p_repurchase is not None:
+        rankings["p_repurchase"] = ranking_metrics(held_out, p_repurchase)
+    rankings["random"] = random_ranking_metrics(held_out)
+    ours = rankings["uplift"]["uplift_at_30"]
+    theirs = rankings.get("p_repurchase", {}).get("uplift_at_30")
+    ratio = ours / theirs if ours is not None and theirs is not None and theirs > 0 else None
+    return {"rankings": rankings, "ratio_at_30": ratio}
+
+
+def describe(frame: pd.DataFrame) -> dict:
+    """Contacts, held-out customers and campaign dates of a frame, for reports."""
+    dates = frame["contacted_at"]
+    return {
+        "contacts": int(len(frame)),
+        "holdout": int((frame["treated"] == 0).sum()),
+        "campaigns": int(dates.nunique()),
+        "first": None if frame.empty else dates.min().date().isoformat(),
+        "last": None if frame.empty else dates.max().date().isoformat(),
+    }
