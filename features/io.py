@@ -144,6 +144,7 @@ def file_is_ours(path: Path) -> bool:
         return isinstance(report, dict) and (
             ("cutoff" in report and "horizon_days" in report)  # backtest
             or ("window_days" in report and "actions" in report and "overall" in report)  # measure
+            or ("as_of" in report and "repurchase_by_month" in report)  # economics
         )
     text = head.decode("utf-8", "ignore")
     return '<meta name="generator" content="repurchase' in text or "<title>Repurchase report" in text

@@ -81,6 +81,7 @@ def score_log(
     chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[int, int], None] | None = None,
     explain: bool = False,
+    tiers=None,
 ) -> ScoreRun:
     """Score every customer with an order on or before ``as_of``; later orders are ignored.
 
@@ -88,7 +89,8 @@ def score_log(
     ``uplift`` and ``uplift_<action>`` after the contract's columns. With ``explain``, the scores gain
     a ``reason_codes`` column (:meth:`RepurchaseModel.reason_codes`). Optional columns the
     model was trained with but the log lacks take the contract's defaults
-    (:meth:`RepurchaseModel.missing_inputs`) and are reported in ``defaults_used``.
+    (:meth:`RepurchaseModel.missing_inputs`) and are reported in ``defaults_used``. ``tiers``
+    (``training.tiers.Tiers``; default the shipped ones) sets the member-tier columns.
     """
     as_of = pd.Timestamp(as_of).normalize()
     if as_of < log.first_order_date:
@@ -117,7 +119,7 @@ def score_log(
             for batch in source.iter_batches(batch_size=chunk_rows):
                 chunk = batch.to_pandas()
                 features = chunk.drop(columns=["as_of"])
-                scores = model.score_features(features, as_of, model_version)
+                scores = model.score_features(features, as_of, model_version, tiers=tiers)
                 if explain:
                     scores[REASON_CODES] = model.reason_codes(features)
                 writer.write_table(pa.Table.from_pandas(scores, schema=schema, preserve_index=False))

@@ -55,6 +55,12 @@ ExcludeProductsOption = typer.Option(
     "removed (and counted) before lines make orders. Matched ignoring case; needs a product_id column. "
     "Without it such lines count as spend of their order.",
 )
+TiersOption = typer.Option(
+    None,
+    "--tiers",
+    help="Member tiers YAML (basis: spend|orders; tiers: [{name, min}, ...] lowest first, the first at min 0); "
+    "default: silver 0, gold 100, diamond 300 on trailing 365-day spend.",
+)
 
 
 def _error_line(label: str, message: str) -> Text:
@@ -488,6 +494,7 @@ def backtest(
     json_path: Path = typer.Option(..., "--json", help="Where to write the metrics JSON; plots go beside it as <name>.<plot>.png."),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    tiers: Optional[Path] = TiersOption,
 ) -> None:
     """Temporal backtest: fit on data up to the cutoff, compare with what happened next.
 
@@ -497,7 +504,8 @@ def backtest(
     (calibration_by_origin); and a weekly tracking plot. cutoff + horizon must
     lie within the log. When the history before the cutoff is too short to train the model,
     its column is empty (nulls in the JSON) and one line says why; BG/NBD and recency-only
-    are still reported.
+    are still reported. When the log reaches a year past the cutoff, the tiers block compares
+    the member tier predicted a year on with the one reached, beside "the tier stays".
     """
     from features.io import check_output_path
     from features.orders import parse_date
@@ -505,13 +513,23 @@ def backtest(
     from training.registry import configure_tracking
 
     cut = parse_date(cutoff, "--cutoff")
+    tier_set = _load_tiers(tiers)
     check_output_path(json_path)
     log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
-        result = backtest_job(log, cut, horizon_days, json_path)
+        result = backtest_job(log, cut, horizon_days, json_path, tiers=tier_set)
     _print_comparison(result.report)
+    _print_tiers(result.report.get("tiers"))
     out.print(f"wrote {json_path} and {len(result.plots)} plots beside it")
+
+
+def _print_tiers(block: dict | None) -> None:
+    if not block:
+        return
+    out.print(f"member tiers a year on ({block['n_customers']:,} customers, {block['basis']}): "
+              f"accuracy {block['accuracy']:.3f}, macro-F1 {block['macro_f1']:.3f}; the tier stays: "
+              f"accuracy {block['persistence_accuracy']:.3f}, macro-F1 {block['persistence_macro_f1']:.3f}")
 
 
 @app.command()
@@ -527,6 +545,7 @@ def score(
     engine: str = EngineOption,
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    tiers: Optional[Path] = TiersOption,
 ) -> None:
     """Score every customer with the registered model (batch).
 
@@ -541,6 +560,10 @@ def score(
     Python workers (mlflow.pyfunc.spark_udf); --out is then a folder partitioned by
     lifecycle_stage (lifecycle_stage=active/part-*.parquet, ...) and the snapshot a
     folder of part files. --explain is not available with --engine spark.
+
+    Member tiers: member_tier (trailing 365-day spend), predicted_tier (12 months ahead),
+    p_upgrade, p_downgrade and spend_to_next_tier, on the shipped silver / gold / diamond
+    thresholds or those in --tiers FILE (no retraining needed to change them).
     """
     from features.io import check_output_path
     from features.orders import parse_date
@@ -549,6 +572,9 @@ def score(
 
     _check_engine(engine)
     day = parse_date(as_of, "--as-of")
+    tier_set = _load_tiers(tiers)
+    if engine == "spark" and tiers is not None:
+        raise InputError("--tiers: the Spark path scores with the shipped tiers; drop --tiers or use --engine duckdb")
     if engine == "spark" and explain:
         raise InputError("--explain: reason codes are computed by the local engine only; drop --explain or use --engine duckdb")
     for path in (out_path, snapshot_path_for(out_path)):
@@ -562,7 +588,7 @@ def score(
     with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
     _check_as_of(log, day, "--as-of", scorer.horizon_days, count_orders=False)
-    run = _score_with_progress(scorer, log, day, out_path, version, explain)
+    run = _score_with_progress(scorer, log, day, out_path, version, explain, tier_set)
     if run.defaults_used:
         shown = ", ".join(f"{name} {value!r}" if isinstance(value, str) else f"{name} {value:g}"
                           for name, value in run.defaults_used.items())
@@ -594,7 +620,13 @@ def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Op
               f"and the feature snapshot {run.snapshot_path} in {time.perf_counter() - began:.0f} s")
 
 
-def _score_with_progress(scorer, log, day, out_path, version, explain=False):
+def _load_tiers(path: Optional[Path]):
+    from training.tiers import load_tiers
+
+    return load_tiers(path)
+
+
+def _score_with_progress(scorer, log, day, out_path, version, explain=False, tiers=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from serving.batch import score_log
@@ -602,7 +634,7 @@ def _score_with_progress(scorer, log, day, out_path, version, explain=False):
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task("score", total=None)
-        return score_log(scorer, log, day, out_path, model_version=version, explain=explain,
+        return score_log(scorer, log, day, out_path, model_version=version, explain=explain, tiers=tiers,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
@@ -691,6 +723,71 @@ def _group_counts(targeted) -> dict[str, tuple[int, int, int]]:
         counts[str(action)] = (int(((rows["group"] == "treatment") & kept).sum()),
                                int(((rows["group"] == "holdout") & kept).sum()), int((~kept).sum()))
     return counts
+
+
+EconomicsOption = typer.Option(
+    None,
+    "--economics",
+    help="Economics YAML: economics: {cac: {CHANNEL: VALUE}, margin: 0.4} for LTV:CAC and payback per channel.",
+)
+
+
+@app.command()
+@handles_errors
+def economics(
+    orders: str = OrdersOption,
+    json_path: Path = typer.Option(..., "--json", help="Where to write economics.json; the cohort heatmap goes beside it."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Measure as of this date YYYY-MM-DD (default: the last order)."),
+    scores: Optional[Path] = typer.Option(
+        None, "--scores", help="Scores Parquet from `repurchase score`: adds predicted LTV (clv) to the realised."
+    ),
+    economics_file: Optional[Path] = EconomicsOption,
+    column_map: Optional[str] = MapOption,
+    exclude_products: Optional[str] = ExcludeProductsOption,
+) -> None:
+    """Repurchase economics: repurchase rate by month, cohort retention, LTV, LTV:CAC, payback.
+
+    Writes economics.json (repurchase rate by month; the cohort retention triangle; LTV by
+    acquisition cohort and channel, realised so far plus the scores' predicted clv with
+    --scores; LTV:CAC and payback months per channel with --economics; the value of 1, 5
+    and 10 more points of repurchase rate from this log's own numbers) and the triangle as
+    a heatmap (<name>.cohorts.png). A log without a channel column gets everything but the
+    per-channel figures, and the JSON says what they need.
+    """
+    from features.io import check_output_path
+    from features.orders import parse_date
+    from serving.batch import read_parquet_input
+    from training.economics import economics_report, load_economics, write_economics
+
+    check_output_path(json_path)
+    config = load_economics(economics_file)
+    day = parse_date(as_of, "--as-of") if as_of is not None else None
+    score_rows = read_parquet_input(scores, "--scores") if scores is not None else None
+    log = _load(orders, column_map, exclude_products)
+    if day is not None:
+        _check_as_of(log, day, "--as-of", 90)
+    report = economics_report(log.orders, day if day is not None else log.last_order_date, score_rows, config,
+                              source=log.source)
+    written = write_economics(report, json_path)
+    _print_economics(report)
+    out.print(f"wrote {written['json']} and {written['cohorts']}")
+
+
+def _print_economics(report: dict) -> None:
+    value = report["value_of_repurchase"]
+    rate = value["repurchase_rate"]
+    out.print(f"last {value['window_days']} days: {value['buyers']:,} buyers, "
+              f"{'–' if rate is None else f'{rate:.1%}'} ordered twice or more")
+    for row in value["points"]:
+        if row["extra_revenue"] is not None:
+            out.print(f"  +{row['points']} points of repurchase rate: {row['extra_repeat_buyers']:,.0f} more repeat buyers, "
+                      f"{row['extra_revenue']:,.0f} more revenue a year")
+    for row in report.get("ltv_cac") or []:
+        ratio = "–" if row["ltv_cac"] is None else f"{row['ltv_cac']:.2f}"
+        payback = "–" if row["payback_months"] is None else f"{row['payback_months']} months"
+        out.print(f"  {row['channel']}: LTV {row['ltv']:,.0f}, LTV:CAC {ratio}, payback {payback}")
+    if report.get("ltv_cac_note"):
+        out.print(report["ltv_cac_note"])
 
 
 @app.command()

@@ -35,6 +35,7 @@ from training import plots
 from training.btyd import BGNBD, fit_status_meaning
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
 from training.model import RepurchaseModel, fit_gamma_gamma, origin_calibration_row, quantiles_from_cdf
+from training.tiers import YEAR_DAYS, Tiers, default_tiers, next_year_tier_probabilities, tier_columns, tier_metrics
 
 # The model block's classification metrics, null when the model could not be trained.
 MODEL_METRICS = ("n", "base_rate", "auc", "pr_auc", "lift_top10", "capture_top10", "brier", "log_loss", "ece")
@@ -122,13 +123,15 @@ def run_backtest(
     fitted_model: RepurchaseModel | None = None,
     plot_dir: Path | None = None,
     source: str = "",
+    tiers: Tiers | None = None,
 ) -> Backtest:
     """Fit on orders up to ``cutoff``, predict ``(cutoff, cutoff + H]``, score against the truth.
 
     Parameters
     ----------
     orders : pandas.DataFrame
-        Validated orders (``features.orders``); orders after the horizon are never read.
+        Validated orders (``features.orders``); orders after the horizon are read only for the
+        ``tiers`` block (a year past the cutoff), never by a model.
     with_model : bool
         Also train and evaluate the composite LightGBM model (else BTYD baselines only).
     model_params : dict, optional
@@ -138,8 +141,13 @@ def run_backtest(
         trained on or before the cutoff.
     plot_dir : Path, optional
         Where PNG plots go; none are drawn without it.
+    tiers : Tiers, optional
+        Member tiers for the ``tiers`` block (default: the shipped ones), which is added when
+        the log reaches 365 days past the cutoff.
     """
     cutoff = pd.Timestamp(cutoff).normalize()
+    year_orders = orders[orders["order_ts"] < cutoff + pd.Timedelta(days=YEAR_DAYS + 1)]
+    reaches_a_year = bool(len(orders)) and orders["order_ts"].max().normalize() >= cutoff + pd.Timedelta(days=YEAR_DAYS)
     end = cutoff + pd.Timedelta(days=horizon_days + 1)
     orders = orders[orders["order_ts"] < end]
     past = orders[orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
@@ -234,6 +242,18 @@ def run_backtest(
     bgnbd_block["timing"] = _timing(frame, "bgnbd", horizon_days)
     report["bgnbd"] = bgnbd_block
 
+    if reaches_a_year:
+        if model is not None:
+            predicted = model.tier_columns(features, tiers)
+        else:
+            order_value = frame["avg_order_value"].to_numpy(dtype=float)
+            tiers_used = tiers or default_tiers()
+            probabilities = next_year_tier_probabilities(
+                tiers_used, bgnbd, gamma_gamma, f, r, T, frame["monetary_value"].to_numpy(dtype=float), order_value
+            )
+            predicted = tier_columns(tiers_used, frame[tiers_used.column], probabilities)
+        report["tiers"] = tiers_block(year_orders, cutoff, frame["customer_id"], predicted, tiers or default_tiers())
+
     backtest = Backtest(report=report, frame=frame, model=model)
     if plot_dir is not None:
         backtest.plots = draw_plots(backtest, orders, plot_dir)
@@ -241,6 +261,39 @@ def run_backtest(
     report["tracking"] = report.get("tracking")
     report.setdefault("calibration_by_origin", None)  # no LightGBM model: nothing calibrated
     return backtest
+
+
+def tiers_block(orders: pd.DataFrame, cutoff: pd.Timestamp, customer_ids, predicted: dict, tiers: Tiers) -> dict:
+    """The predicted tier a year on against the tier reached, beside persistence (the tier stays).
+
+    The tier reached is the band of each customer's spend (or orders) in
+    ``(cutoff, cutoff + 365 days]``: their trailing-year value a year after the cutoff.
+    """
+    ahead = orders[(orders["order_ts"] >= cutoff + pd.Timedelta(days=1))
+                   & (orders["order_ts"] < cutoff + pd.Timedelta(days=YEAR_DAYS + 1))]
+    per_customer = ahead.groupby("customer_id")["amount"].agg(["sum", "size"])
+    ids = pd.Index(pd.Series(customer_ids).astype(str))
+    per_customer.index = per_customer.index.astype(str)
+    value = per_customer["sum" if tiers.basis == "spend" else "size"].reindex(ids, fill_value=0).to_numpy(dtype=float)
+    truth = tiers.names_of(tiers.index_of(value))
+    model = tier_metrics(truth, predicted["predicted_tier"], tiers.names)
+    stays = tier_metrics(truth, predicted["member_tier"], tiers.names)
+    share = lambda names: {n: float(np.mean(np.asarray(names) == n)) for n in tiers.names}  # noqa: E731
+    return {
+        "accuracy": model["accuracy"],
+        "macro_f1": model["macro_f1"],
+        "persistence_accuracy": stays["accuracy"],
+        "persistence_macro_f1": stays["macro_f1"],
+        "n_customers": int(len(ids)),
+        "basis": tiers.basis,
+        "thresholds": dict(zip(tiers.names, tiers.thresholds)),
+        "share": {"at_cutoff": share(predicted["member_tier"]), "actual": share(truth),
+                  "predicted": share(predicted["predicted_tier"])},
+        "mean_p_upgrade": float(np.mean(predicted["p_upgrade"])),
+        "upgraded": float(np.mean(tiers.index_of(value) > tiers.index_of_names(predicted["member_tier"]))),
+        "mean_p_downgrade": float(np.mean(predicted["p_downgrade"])),
+        "downgraded": float(np.mean(tiers.index_of(value) < tiers.index_of_names(predicted["member_tier"]))),
+    }
 
 
 def _timing(frame: pd.DataFrame, prefix: str, horizon_days: int) -> dict:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import optimize
-from scipy.special import digamma, expit, gammaln, hyp2f1, roots_legendre
+from scipy.special import betainc, betaln, digamma, expit, gammaln, hyp2f1, roots_legendre
 
 from features.errors import InputError
 
@@ -788,6 +788,42 @@ class BGNBD:
         x, t, recency, T = self._prepare(frequency, t_days, recency, T)
         return np.asarray(_p_repurchase(self.model, self.params_, t, x, recency, T), dtype=float)
 
+    def orders_distribution(self, t_days, frequency, recency, T, max_orders: int) -> np.ndarray:
+        """P(N = n orders in (T, T + t_days] | frequency, recency, T) for n = 0 .. max_orders (columns).
+
+        Alive at T, a BG/NBD customer has lambda ~ Gamma(r + x, alpha + T) and drop-out
+        probability p ~ Beta(a, b + x) a posteriori, independent (the "alive" term of the
+        likelihood, FHL 2005a eq. 3, is lambda^x e^(-lambda T) (1 - p)^x; MBG/NBD's has
+        (1 - p)^(x + 1)). The purchases K in t are then negative binomial and the customer
+        stops after a geometric number G of them, so N = min(K, G):
+        P(N = n) = P(K = n) E[(1 - p)^n] + P(K >= n) E[p (1 - p)^(n - 1)] (n >= 1), both beta
+        moments in closed form; a customer not alive at T makes none. Its mean is
+        :meth:`expected_orders` (tested). The last column holds P(N >= max_orders), so each
+        row sums to 1. Pareto/NBD is approximated by no further drop-out within t (an upper
+        bound on the orders of those alive).
+        """
+        from scipy.stats import nbinom
+
+        x, t, recency, T = (a.reshape(-1, 1) for a in self._prepare(frequency, t_days, recency, T))
+        params = self.params_
+        n = np.arange(max_orders + 1, dtype=float).reshape(1, -1)
+        p_alive = np.asarray(_p_alive(self.model, params, x, recency, T), dtype=float)
+        shape, success = params["r"] + x, (params["alpha"] + T) / (params["alpha"] + T + t)
+        k_pmf = nbinom.pmf(n, shape, success)
+        k_at_least = nbinom.sf(n - 1.0, shape, success)
+        if _no_dropout(self.model, params) or self.model == "pareto":
+            alive = k_pmf
+        else:
+            a = params["a"]
+            b = params["b"] + x + (1.0 if self.model == "mbgnbd" else 0.0)
+            survive = np.exp(betaln(a, b + n) - betaln(a, b))
+            stop_at_n = np.where(n >= 1, np.exp(betaln(a + 1.0, b + np.maximum(n - 1.0, 0.0)) - betaln(a, b)), 0.0)
+            alive = k_pmf * survive + k_at_least * stop_at_n
+        pmf = p_alive * alive
+        pmf[:, :1] += 1.0 - p_alive
+        pmf[:, -1] = np.maximum(1.0 - pmf[:, :-1].sum(axis=1), 0.0)
+        return pmf
+
 
 class GammaGamma:
     """Gamma-Gamma model of spend per order (Fader, Hardie & Lee 2005b; note 025).
@@ -924,6 +960,29 @@ class GammaGamma:
         individual_weight = p * x / (p * x + q - 1.0)
         population_mean = v * p / (q - 1.0)
         return (1.0 - individual_weight) * population_mean + individual_weight * m
+
+    def p_spend_at_least(self, amounts, n_orders, frequency, monetary_value) -> np.ndarray:
+        """P(the spend of ``n_orders`` future orders >= each of ``amounts`` | frequency, mean repeat order value).
+
+        Order values are Gamma(p, nu) with nu ~ Gamma(q + p x, v + x m) a posteriori
+        (note 025), so the sum of n of them is Gamma(p n, nu) and S / (S + v + x m) is
+        Beta(p n, q + p x): the tail is a regularized incomplete beta. With mean spend
+        (``fit_status_`` "boundary: mean spend") every order is worth the expected order
+        value. Shapes: ``amounts`` (k,), ``n_orders`` (m,), customers (c,) -> (c, m, k).
+        """
+        if not getattr(self, "params_", None):
+            raise NotFittedError("this GammaGamma model is not fitted yet: call fit(frequency, monetary_value) first")
+        x, m = (np.asarray(a, dtype=float).reshape(-1, 1, 1) for a in np.broadcast_arrays(frequency, monetary_value))
+        n = np.asarray(n_orders, dtype=float).reshape(1, -1, 1)
+        amounts = np.asarray(amounts, dtype=float).reshape(1, 1, -1)
+        if getattr(self, "fit_status_", INTERIOR) == MEAN_SPEND:
+            value = self.expected_order_value(x, m)
+            return (n * value >= amounts).astype(float)
+        p, q, v = self.params_["p"], self.params_["q"], self.params_["v"]
+        scale = v + x * m
+        with np.errstate(invalid="ignore", divide="ignore"):
+            below = betainc(np.maximum(p * n, 1e-300), q + p * x, amounts / (amounts + scale))
+        return np.where(amounts <= 0, 1.0, np.where(n > 0, 1.0 - below, 0.0))
 
 
 def clv(

@@ -5,7 +5,8 @@ imports so that the rules engine and the service can name the columns cheaply.
 
 Beyond DESIGN.md's list, the scores carry the RFM scores ``rfm_r``, ``rfm_f``, ``rfm_m``
 (1-5, ``training.segments``) that ``rfm_segment`` follows from, so a segment can be read
-off its own row, and the feature snapshot carries the same three values.
+off its own row, and the feature snapshot carries the same three values. After DESIGN.md's
+list come the member-tier columns (``training.tiers``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ SCORE_COLUMNS = (
     "rfm_segment",
     "lifecycle_stage",
     "model_version",
+    # Member tiers (training.tiers), after the contract's original columns.
+    "member_tier",
+    "predicted_tier",
+    "p_upgrade",
+    "p_downgrade",
+    "spend_to_next_tier",
 )
+TIER_COLUMNS = SCORE_COLUMNS[-5:]
 SCORE_DTYPES = {
     "customer_id": "str",
     "as_of": "datetime64[ns]",
@@ -39,6 +47,9 @@ SCORE_DTYPES = {
     "rfm_segment": "str",
     "lifecycle_stage": "str",
     "model_version": "str",
+    "member_tier": "str",
+    "predicted_tier": "str",
+    **{c: "float64" for c in ("p_upgrade", "p_downgrade", "spend_to_next_tier")},
 }
 REASON_CODES = "reason_codes"
 """The optional column of explained scores (``score --explain``, ``"explain": true``)."""

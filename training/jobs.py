@@ -185,8 +185,12 @@ def backtest_job(
     *,
     model_params: dict | None = None,
     log_to_mlflow: bool = True,
+    tiers=None,
 ) -> Backtest:
     """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it.
+
+    ``tiers`` (``training.tiers.Tiers``; default the shipped ones) sets the ``tiers`` block,
+    present when the log reaches a year past the cutoff.
 
     Nothing is written unless the whole backtest succeeds. A log with categories but too
     little history to learn replenishment gets ``replenishment_note`` instead of its block.
@@ -195,7 +199,8 @@ def backtest_job(
     json_path = Path(json_path)
     with tempfile.TemporaryDirectory() as tmp:
         backtest = run_backtest(
-            log.orders, cutoff, horizon_days, model_params=model_params, plot_dir=Path(tmp), source=log.source
+            log.orders, cutoff, horizon_days, model_params=model_params, plot_dir=Path(tmp), source=log.source,
+            tiers=tiers,
         )
         if has_categories(log):
             from training.replenish import ReplenishmentDataError, replenishment_backtest

@@ -100,6 +100,7 @@ from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitErr
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.metrics import expected_calibration_error
 from training.segments import lifecycle_stage, monetary_cut_points, rfm_scores, rfm_segment
+from training.tiers import Tiers, default_tiers, next_year_tier_probabilities, tier_columns
 from training.uplift import DEFAULT_WINDOW_DAYS, UpliftModel, uplift_frame
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
@@ -945,8 +946,28 @@ class RepurchaseModel:
             out.append("; ".join(f"{names[j]}={_short(X[i, j])} ({contrib[i, j]:+.2f})" for j in idx))
         return out
 
-    def score_features(self, features: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
+    def tier_columns(self, features: pd.DataFrame, tiers: Tiers | None = None) -> dict[str, np.ndarray]:
+        """Member tier today and a year on, P(upgrade), P(downgrade), spend to the next tier (``training.tiers``).
+
+        Next-year purchases come from the model behind ``p_alive`` (MBG/NBD, else BG/NBD),
+        their value from Gamma-Gamma; ``tiers`` defaults to the shipped tiers.
+        """
+        tiers = tiers or default_tiers()
+        if tiers.column not in features.columns:
+            raise InputError(f"feature frame lacks {tiers.column}, which member tiers are read from")
+        f, r, T = (_values(features, c) for c in ("frequency", "recency", "T"))
+        monetary = _values(features, "monetary_value")
+        value = _values(features, "avg_order_value") if "avg_order_value" in features.columns else monetary
+        probabilities = next_year_tier_probabilities(
+            tiers, getattr(self, "alive_model_", None) or self.bgnbd_, self.gamma_gamma_, f, r, T, monetary, value
+        )
+        return tier_columns(tiers, _values(features, tiers.column), probabilities)
+
+    def score_features(self, features: pd.DataFrame, as_of, model_version: str = "", tiers: Tiers | None = None) -> pd.DataFrame:
         """Score rows (the design's score contract) for a feature frame built as of ``as_of``.
+
+        ``tiers`` (``training.tiers``; default the shipped silver / gold / diamond) sets the
+        member-tier columns.
 
         The answers are those of :meth:`with_btyd` followed by :meth:`p_repurchase`,
         :meth:`next_order_quantiles`, :meth:`expected_orders` and so on (tested equal), computed
@@ -981,6 +1002,7 @@ class RepurchaseModel:
                 "rfm_segment": rfm_segment(columns["rfm_r"], columns["rfm_f"]),
                 "lifecycle_stage": lifecycle_stage(features, p, p_alive, self.horizon_days),
                 "model_version": str(model_version),
+                **self.tier_columns(features, tiers),
             },
             len(features),
         )

@@ -126,3 +126,22 @@ def tracking_plot(weeks, actual, expected: dict[str, np.ndarray], cutoff_week: f
     ax.set(xlabel="week", ylabel="cumulative repeat purchases", title="Tracking: cumulative repeat purchases")
     ax.legend(loc="upper left")
     return _save(fig, path)
+
+
+def cohort_heatmap(cohorts: dict, path: Path, max_rows: int = 36) -> Path:
+    """The cohort retention triangle (``economics.json``'s ``cohorts``) as a heatmap: rows are
+    acquisition months, columns months since, colour the share of the cohort ordering then."""
+    rows = cohorts["rows"][-max_rows:]
+    months = cohorts["months"]
+    values = np.array([[np.nan if v is None else v for v in row["retention"]] for row in rows], dtype=float)
+    fig = Figure(figsize=(max(5.0, 0.35 * len(months) + 2.5), max(3.0, 0.28 * len(rows) + 1.5)))
+    ax = fig.add_subplot()
+    if values.size:
+        image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="Blues", vmin=0.0,
+                          vmax=max(float(np.nanmax(values)) if np.isfinite(values).any() else 1.0, 0.01))
+        fig.colorbar(image, ax=ax, label="share who ordered in that month")
+    ax.set_xticks(range(len(months)), [str(m) for m in months], fontsize=7)
+    ax.set_yticks(range(len(rows)), [f"{row['cohort']} ({row['customers']:,})" for row in rows], fontsize=7)
+    ax.set(xlabel="months after the first order", ylabel="acquisition cohort (customers)",
+           title="Cohort retention: share ordering again in month k")
+    return _save(fig, path)

@@ -1,0 +1,229 @@
+"""Member tiers (silver / gold / diamond) and who will reach or lose one in the next 12 months.
+
+A tier is a band of trailing 365-day spend (``basis: spend``, the default) or order count
+(``basis: orders``); thresholds come from a YAML file that operators edit
+(``default_tiers.yaml`` ships silver 0, gold 100, diamond 300). The tier a year on is the
+band of what the customer spends in the coming 365 days, so the prediction is a
+distribution of next-year spend, not a rule of thumb:
+
+* N, the customer's purchases in the next 365 days, has the closed-form conditional
+  distribution of the BTYD model behind ``p_alive`` (MBG/NBD at the training cutoff, or
+  BG/NBD when there is none: :meth:`training.btyd.BGNBD.orders_distribution`). The
+  LightGBM models predict at the model's horizon (90 days by default) only, and scaling a
+  90-day answer to a year is not honest, so the BTYD models answer here.
+* Given N = n, the spend is the sum of n order values under Gamma-Gamma with the
+  customer's posterior spend rate (:meth:`training.btyd.GammaGamma.p_spend_at_least`), a
+  compound that keeps Gamma-Gamma's spread; without a Gamma-Gamma fit, every order is
+  worth the customer's mean order value.
+
+Scores then carry ``member_tier`` (today's band), ``predicted_tier`` (the median band a
+year on: the highest tier reached with probability >= 1/2; tiers are ordered, and the
+median minimises the expected number of tiers the prediction is off, where the most
+probable tier would almost never name a minority tier), ``p_upgrade`` (P(next-year spend reaches the next tier up)),
+``p_downgrade`` (P(it falls below today's tier)) and ``spend_to_next_tier`` (how much more
+trailing spend reaches the next tier; NaN at the top; in orders with ``basis: orders``).
+Tiers are a scoring-time option (``repurchase score --tiers FILE``): thresholds change
+without retraining. With ``basis: orders`` N counts purchase days (the BTYD summary's
+unit), the trailing count orders.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from features.errors import InputError
+from training.contract import TIER_COLUMNS  # noqa: F401 - named here for readers of this module
+
+BASES = {"spend": "spend_365d", "orders": "orders_365d"}
+DEFAULT_TIERS = "default_tiers.yaml"
+YEAR_DAYS = 365
+MAX_CONFIG_BYTES = 100_000
+# Customers per block of the spend distribution: (customers, orders, tiers) stays a few MB.
+_CHUNK = 4096
+_MAX_ORDERS = 2000
+
+
+class TiersError(InputError):
+    """A tiers file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """Tier names and lower thresholds, ascending; the first threshold is 0."""
+
+    names: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    basis: str = "spend"
+    source: str = "default"
+
+    @property
+    def column(self) -> str:
+        """The feature column a tier is read from (``spend_365d`` or ``orders_365d``)."""
+        return BASES[self.basis]
+
+    def index_of(self, values) -> np.ndarray:
+        """The tier index of each trailing value (0 = the lowest tier)."""
+        values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+        return np.clip(np.searchsorted(np.asarray(self.thresholds), values, side="right") - 1, 0, len(self.names) - 1)
+
+    def names_of(self, index) -> np.ndarray:
+        return np.asarray(self.names, dtype=object)[np.asarray(index, dtype=int)]
+
+    def index_of_names(self, names) -> np.ndarray:
+        """The tier index of each tier name."""
+        position = {name: k for k, name in enumerate(self.names)}
+        return np.array([position[name] for name in names], dtype=int)
+
+
+def read_yaml_mapping(path: Path | str, what: str) -> dict:
+    """A small YAML file read as a mapping, or one line naming the file and what is wrong."""
+    origin = str(path)
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{origin}: no such file")
+    if path.is_dir():
+        raise InputError(f"{origin}: is a folder, not a {what} file")
+    try:
+        with path.open("rb") as handle:  # bounded: the path may be a device such as /dev/zero
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"{origin}: cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InputError(f"{origin}: larger than {MAX_CONFIG_BYTES // 1000} kB; a {what} file is a few lines")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{origin}: is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise InputError(f"{origin}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{origin}: expected a mapping at the top of the {what} file, got "
+                         f"{'nothing' if data is None else type(data).__name__}")
+    return data
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def parse_tiers(data: dict, origin: str = "tiers") -> Tiers:
+    """Check a tiers mapping (``basis``, ``tiers: [{name, min}, ...]``) and build :class:`Tiers`."""
+    unknown = sorted(set(data) - {"basis", "tiers"})
+    if unknown:
+        raise TiersError(f"{origin}: unknown key {unknown[0]!r}; a tiers file has 'basis' and 'tiers'")
+    basis = data.get("basis", "spend")
+    if basis not in BASES:
+        raise TiersError(f"{origin}: basis {basis!r} is not one of {', '.join(BASES)}")
+    entries = data.get("tiers")
+    if not isinstance(entries, list) or len(entries) < 2:
+        raise TiersError(f"{origin}: 'tiers' must be a list of at least two tiers, each with 'name' and 'min'")
+    names, thresholds = [], []
+    for k, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or set(entry) != {"name", "min"}:
+            raise TiersError(f"{origin}: tier {k}: expected exactly 'name' and 'min', got {entry!r}")
+        name, low = entry["name"], _number(entry["min"])
+        if not isinstance(name, str) or not name.strip():
+            raise TiersError(f"{origin}: tier {k}: 'name' must be a non-empty text")
+        if name in names:
+            raise TiersError(f"{origin}: tier {k}: name {name!r} is used twice")
+        if low is None or low < 0:
+            raise TiersError(f"{origin}: tier {k} {name!r}: 'min' must be a number >= 0, not {entry['min']!r}")
+        if thresholds and low <= thresholds[-1]:
+            raise TiersError(f"{origin}: tier {k} {name!r}: 'min' {low:g} must be above the tier before it "
+                             f"({thresholds[-1]:g}); list tiers from lowest to highest")
+        names.append(name)
+        thresholds.append(low)
+    if thresholds[0] != 0:
+        raise TiersError(f"{origin}: the first tier {names[0]!r} must start at 'min: 0' so that every customer has a tier")
+    return Tiers(tuple(names), tuple(thresholds), basis, origin)
+
+
+@lru_cache(maxsize=1)
+def default_tiers() -> Tiers:
+    """The shipped default tiers (read once)."""
+    text = resources.files("training").joinpath(DEFAULT_TIERS).read_text(encoding="utf-8")
+    return parse_tiers(yaml.safe_load(text), "default tiers")
+
+
+def load_tiers(path: Path | str | None = None) -> Tiers:
+    """The tiers in ``path``, or the shipped default (``training/default_tiers.yaml``) when None."""
+    if path is None:
+        return default_tiers()
+    return parse_tiers(read_yaml_mapping(path, "tiers"), str(path))
+
+
+def next_year_tier_probabilities(
+    tiers: Tiers, orders_model, gamma_gamma, frequency, recency, T, monetary_value, order_value
+) -> np.ndarray:
+    """P(the tier a year on = k) for each customer (rows) and tier (columns).
+
+    ``orders_model`` is a fitted :class:`training.btyd.BGNBD` (any of its models),
+    ``gamma_gamma`` a fitted :class:`training.btyd.GammaGamma` or None, in which case
+    every order is worth ``order_value`` (the customer's mean order value).
+    """
+    frequency, recency, T, monetary_value, order_value = (
+        np.asarray(a, dtype=float).reshape(-1) for a in np.broadcast_arrays(frequency, recency, T, monetary_value, order_value)
+    )
+    thresholds = np.asarray(tiers.thresholds)
+    at_least = np.ones((frequency.size, thresholds.size))
+    for start in range(0, frequency.size, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        f, r, t, m, value = frequency[part], recency[part], T[part], monetary_value[part], order_value[part]
+        expected = orders_model.expected_orders(YEAR_DAYS, f, r, t)
+        most = int(np.clip(np.ceil(4.0 * np.nanmax(expected, initial=0.0) + 20.0), 20, _MAX_ORDERS))
+        if tiers.basis == "orders":
+            most = max(most, int(math.ceil(thresholds[-1])))
+        pmf = orders_model.orders_distribution(YEAR_DAYS, f, r, t, most)
+        n = np.arange(most + 1)
+        if tiers.basis == "orders":
+            reaches = (n.reshape(-1, 1) >= np.ceil(thresholds).reshape(1, -1)).astype(float)
+            at_least[part] = pmf @ reaches
+            continue
+        if gamma_gamma is not None:
+            tail = gamma_gamma.p_spend_at_least(thresholds, n, f, np.where(f > 0, m, 0.0))
+        else:
+            tail = (n.reshape(1, -1, 1) * value.reshape(-1, 1, 1) >= thresholds.reshape(1, 1, -1)).astype(float)
+        at_least[part] = np.einsum("cn,cnk->ck", pmf, tail)
+    at_least = np.clip(np.minimum.accumulate(at_least, axis=1), 0.0, 1.0)
+    return at_least - np.append(at_least[:, 1:], np.zeros((at_least.shape[0], 1)), axis=1)
+
+
+def tier_columns(tiers: Tiers, current, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    """The score's tier columns from trailing values (``spend_365d``) and next-year tier probabilities."""
+    current = np.nan_to_num(np.asarray(current, dtype=float), nan=0.0)
+    index = tiers.index_of(current)
+    top = len(tiers.names) - 1
+    at_least = np.cumsum(probabilities[:, ::-1], axis=1)[:, ::-1]  # P(tier a year on >= k)
+    rows = np.arange(len(index))
+    upper = np.minimum(index + 1, top)
+    thresholds = np.asarray(tiers.thresholds)
+    return {
+        "member_tier": tiers.names_of(index),
+        # The median tier: the highest one reached with probability >= 1/2.
+        "predicted_tier": tiers.names_of((at_least >= 0.5).sum(axis=1) - 1),
+        "p_upgrade": np.where(index < top, at_least[rows, upper], 0.0),
+        "p_downgrade": np.clip(1.0 - at_least[rows, index], 0.0, 1.0),
+        "spend_to_next_tier": np.where(index < top, thresholds[upper] - current, np.nan),
+    }
+
+
+def tier_metrics(truth, predicted, names) -> dict:
+    """Accuracy and macro-F1 (over every tier name) of predicted tiers against the true ones."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    truth, predicted = np.asarray(truth, dtype=object), np.asarray(predicted, dtype=object)
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=list(names), average="macro", zero_division=0)),
+    }
