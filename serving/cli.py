@@ -655,6 +655,10 @@ def target(
         None, "--campaign-date", help="Date YYYY-MM-DD of this campaign, for the holdout draw and the cooldowns "
         "(default: the scores' as_of date)."
     ),
+    previous: Optional[Path] = typer.Option(
+        None, "--previous", help="Scores Parquet of an earlier run: rules may use previous_lifecycle_stage and "
+        "previous_rfm_segment, and --out gets transitions.json (who moved from which stage and segment to which)."
+    ),
 ) -> None:
     """Apply targeting rules to scores: audiences with actions, reasons and holdouts.
 
@@ -674,22 +678,39 @@ def target(
     stay in the audience file with held_back saying why ("contacted 3 days ago for
     replenishment_reminder") and are not sent. Record the audience rows without held_back
     (both groups; contacted_at = campaign_date) as contacts for `repurchase measure`.
+
+    With --previous OLD_SCORES.parquet, each customer's lifecycle stage and RFM segment of
+    that run join as previous_lifecycle_stage and previous_rfm_segment ("new" for customers
+    acquired since; "unknown" for all without --previous): the default churn warning also
+    fires for customers who moved from active to at_risk since then. --out gets
+    transitions.json, the lifecycle and RFM transition matrices.
     """
     from features.contacts import load_contacts
     from features.io import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
+    from serving.migration import add_previous, check_order, read_previous, transitions
     from serving.rules import Campaign, apply_rules, load_rules, write_audiences
 
     check_output_path(out_dir, folder=True)
     day = parse_date(campaign_date, "--campaign-date") if campaign_date is not None else None
     rule_set = load_rules(rules)
     past = load_contacts(contacts) if contacts is not None else None
+    before = read_previous(previous) if previous is not None else None
     scores_frame, features = read_scored(scores)
+    if before is not None:
+        check_order(before, scores_frame, previous)
+        features = add_previous(features if features is not None else scores_frame[["customer_id"]], before)
     replenish_frame = read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
     targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame,
                            campaign=Campaign(date=day, contacts=past))
     summary = write_audiences(targeted, out_dir)
+    if before is not None:
+        moves = transitions(add_previous(scores_frame, before), before)
+        _write_transitions(moves, out_dir)
+        out.print(f"since {moves.get('previous_as_of', 'the previous run')}: {moves['moved_lifecycle']:,} customers "
+                  f"changed lifecycle stage ({moves['active_to_at_risk']:,} from active to at_risk), "
+                  f"{moves['new']:,} new; transitions.json in {out_dir}")
     counts = _group_counts(targeted)
     extra = _extra_buyers(targeted)
     for row in summary.itertuples(index=False):
@@ -699,6 +720,17 @@ def target(
         out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}; {treatment:,} to send, "
                   f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}{extra_text}")
     out.print(f"wrote {len(summary)} audiences, summary.csv and send/ (treatment only) to {out_dir}")
+
+
+def _write_transitions(moves: dict, out_dir: Path) -> None:
+    """transitions.json in the audiences folder, listed as the tool's own (the next run replaces it)."""
+    import json
+
+    from features.io import atomic_path, mark_folder
+
+    with atomic_path(out_dir / "transitions.json") as tmp:
+        tmp.write_text(json.dumps(moves, indent=2) + "\n")
+    mark_folder(out_dir, ["transitions.json"], add=True)
 
 
 def _extra_buyers(targeted) -> dict[str, float]:

@@ -187,6 +187,7 @@ from features.contacts import DEFAULT_HOLDOUT_SHARE, TREATMENT, assign_groups
 from features.errors import InputError
 from features.io import atomic_paths
 from features.pipeline import FEATURES
+from serving.migration import PREVIOUS_COLUMNS
 from training.contract import REASON_CODES, SCORE_COLUMNS, UPLIFT, UPLIFT_PREFIX, uplift_column, uplift_columns
 
 __all__ = [
@@ -793,6 +794,9 @@ def apply_rules(
     kept_columns = [*SCORE_COLUMNS, *([REASON_CODES] if REASON_CODES in scores.columns else []), *scored_uplift]
     frame = scores[kept_columns].reset_index(drop=True)
     frame = _join_features(frame, features)
+    for column in PREVIOUS_COLUMNS.values():  # no previous run (`target --previous`): nothing known
+        if column not in frame.columns:
+            frame[column] = pd.Series(MISSING_TEXT, index=frame.index, dtype="str")
     frame = _add_derived(frame, rules.contact_cost, clv_reference)
     frame = _add_replenishment(frame, replenishment)
     uplift_of = _uplift_by_action(frame)

@@ -180,7 +180,9 @@ def test_default_rules_are_shipped_in_the_serving_package_in_order():
         "vip_care",
         "replenish_category_due",
         "replenishment_reminder",
+        "tier_upgrade_nudge",
         "churn_warning",
+        "tier_retention",
         "win_back",
         "new_customer_nurture",
     ]
