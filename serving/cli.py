@@ -680,8 +680,8 @@ def target(
     (both groups; contacted_at = campaign_date) as contacts for `repurchase measure`.
 
     With --previous OLD_SCORES.parquet, each customer's lifecycle stage and RFM segment of
-    that run join as previous_lifecycle_stage and previous_rfm_segment ("new" for customers
-    acquired since; "unknown" for all without --previous): the default churn warning also
+    that run join as previous_lifecycle_stage and previous_rfm_segment ("acquired_since" for
+    customers acquired since; "unknown" for all without --previous): the default churn warning also
     fires for customers who moved from active to at_risk since then. --out gets
     transitions.json, the lifecycle and RFM transition matrices.
     """
@@ -710,7 +710,7 @@ def target(
         _write_transitions(moves, out_dir)
         out.print(f"since {moves.get('previous_as_of', 'the previous run')}: {moves['moved_lifecycle']:,} customers "
                   f"changed lifecycle stage ({moves['active_to_at_risk']:,} from active to at_risk), "
-                  f"{moves['new']:,} new; transitions.json in {out_dir}")
+                  f"{moves['acquired_since']:,} acquired since; transitions.json in {out_dir}")
     counts = _group_counts(targeted)
     extra = _extra_buyers(targeted)
     for row in summary.itertuples(index=False):
@@ -1024,18 +1024,22 @@ def quickstart(
     ),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    tiers: Optional[Path] = TiersOption,
+    economics_file: Optional[Path] = EconomicsOption,
 ) -> None:
     """Run the whole job on the built-in CDNOW log (or --orders) and write the results to --out.
 
     Backtest (the model against BG/NBD and recency-only), train and register the champion,
     score every customer, apply the default rules, write report.html. When the log has
     categories (e.g. `repurchase synth`), also the product-level replenishment backtest,
-    replenishment.parquet and category reminders.
+    replenishment.parquet and category reminders. Member tiers (--tiers) are scored and
+    backtested; economics.json (repurchase by month and cohort, LTV, LTV:CAC and payback
+    with --economics) and its cohort heatmap join the report.
     """
     from serving.quickstart import run_quickstart
 
     run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map,
-                   exclude_products=exclude_products)
+                   exclude_products=exclude_products, tiers_path=tiers, economics_path=economics_file)
 
 
 def _quiet_libraries() -> None:

@@ -4,8 +4,8 @@
 ``lifecycle_stage`` and ``rfm_segment`` of the previous run by ``customer_id`` as
 ``previous_lifecycle_stage`` and ``previous_rfm_segment``, which rule conditions can use
 ("moved from active to at_risk": ``previous_lifecycle_stage == 'active' and
-lifecycle_stage == 'at_risk'``). Customers who had no row then (acquired since) read
-``new``; without ``--previous`` every customer reads ``unknown``, so rules that name the
+lifecycle_stage == 'at_risk'``). Customers who had no row then read ``acquired_since``
+(not ``new``, a lifecycle stage they may have had then); without ``--previous`` every customer reads ``unknown``, so rules that name the
 columns still run. The transitions are counted as matrices (previous -> current), written
 as ``transitions.json`` beside the audiences and shown in the report.
 """
@@ -19,7 +19,8 @@ import pandas as pd
 from features.errors import InputError
 
 PREVIOUS_COLUMNS = {"lifecycle_stage": "previous_lifecycle_stage", "rfm_segment": "previous_rfm_segment"}
-NEW = "new"
+# Not "new": that is a lifecycle stage the customer may have had at the previous run.
+NEW = "acquired_since"
 UNKNOWN = "unknown"
 
 
@@ -48,7 +49,7 @@ def check_order(previous: pd.DataFrame, scores: pd.DataFrame, path: Path) -> Non
 
 
 def add_previous(frame: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
-    """``frame`` with ``previous_lifecycle_stage`` and ``previous_rfm_segment`` (``new`` for customers
+    """``frame`` with ``previous_lifecycle_stage`` and ``previous_rfm_segment`` (``acquired_since`` for customers
     without a previous row, ``unknown`` for everyone when there is no previous run)."""
     out = frame.copy()
     if previous is None:
@@ -77,7 +78,7 @@ def transitions(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> di
             "to": [str(v) for v in table.columns],
             "counts": table.to_numpy().astype(int).tolist(),
         }
-    out["new"] = int((frame[PREVIOUS_COLUMNS["lifecycle_stage"]] == NEW).sum())
+    out["acquired_since"] = int((frame[PREVIOUS_COLUMNS["lifecycle_stage"]] == NEW).sum())
     moved = frame[PREVIOUS_COLUMNS["lifecycle_stage"]].astype(str) != frame["lifecycle_stage"].astype(str)
     out["moved_lifecycle"] = int((moved & (frame[PREVIOUS_COLUMNS["lifecycle_stage"]] != NEW)).sum())
     out["active_to_at_risk"] = int(((frame[PREVIOUS_COLUMNS["lifecycle_stage"]] == "active")

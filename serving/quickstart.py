@@ -44,20 +44,29 @@ def run_quickstart(
     source: str = QUICKSTART_SOURCE,
     column_map: str | None = None,
     exclude_products: str | None = None,
+    tiers_path: Path | None = None,
+    economics_path: Path | None = None,
 ) -> dict:
     """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
     audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``.
 
-    ``column_map`` and ``exclude_products`` are passed to :func:`features.orders.load_order_log`."""
+    ``column_map`` and ``exclude_products`` are passed to :func:`features.orders.load_order_log`.
+    ``tiers_path`` (``--tiers``) replaces the shipped member tiers; ``economics_path``
+    (``--economics``) gives CAC per channel for LTV:CAC and payback in economics.json."""
     from serving.batch import add_reason_codes, score_log
     from serving.report import model_notes, render_report
     from serving.rules import Campaign, apply_rules, load_rules, write_audiences
     from training.backtest import Backtest, write_report
     from training.btyd import BTYDDataError
     from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
+    from serving.report_economics import economics_section, tiers_section
+    from training.economics import economics_report, load_economics, write_economics
     from training.registry import configure_tracking, load_scorer
+    from training.tiers import load_tiers
 
     began = time.perf_counter()
+    tiers = load_tiers(tiers_path)
+    economics_config = load_economics(economics_path)
     out_dir = claim_folder(out_dir)
     configure_tracking(tracking_uri)
     steps = []
@@ -75,7 +84,7 @@ def run_quickstart(
     with step(f"backtest at {cutoff.date()} over {HORIZON_DAYS} days"
               f"{' (customers, and categories for replenishment)' if categories else ''} ..."):
         try:
-            backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json")
+            backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json", tiers=tiers)
         except BTYDDataError as exc:
             backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc)), frame=pd.DataFrame())
             write_report(backtest.report, out_dir / "backtest.json")
@@ -92,7 +101,7 @@ def run_quickstart(
 
     with step("scoring every customer with the champion ..."):
         champion, version = load_scorer()
-        run = score_log(champion, log, as_of, out_dir / "scores.parquet", model_version=version)
+        run = score_log(champion, log, as_of, out_dir / "scores.parquet", model_version=version, tiers=tiers)
     scores = pd.read_parquet(run.scores_path)
     features = pd.read_parquet(run.snapshot_path)
 
@@ -117,15 +126,22 @@ def run_quickstart(
                                clv_reference=champion.spec_.clv_reference, campaign=Campaign())
         targeted = add_reason_codes(targeted, champion, features, rows=targeted["action"].notna().to_numpy())
         audiences = write_audiences(targeted, out_dir / "audiences", send_dir=out_dir / "send")
+    with step("measuring repurchase economics ..."):
+        economics = economics_report(log.orders, as_of, scores, economics_config, source=log.source)
+        written = write_economics(economics, out_dir / "economics.json")
     with step("writing the report ..."):
+        extra = {"tiers": tiers_section(scores, backtest.report),
+                 "economics": economics_section(economics, written["cohorts"])}
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",
-                      title=f"Repurchase report: {log.source} as of {as_of.date()}", model_notes=model_notes(champion))
+                      title=f"Repurchase report: {log.source} as of {as_of.date()}", model_notes=model_notes(champion),
+                      extra_sections=extra)
 
     _print_audiences(console, audiences, targeted)
+    _print_tiers_and_economics(console, scores, tiers.names, backtest.report.get("tiers"), economics)
     elapsed = time.perf_counter() - began
     console.print(
         f"\n[bold]done in {elapsed:.0f} s.[/] In {escape(str(out_dir))}/: scores.parquet ({len(scores):,} customers), "
-        f"backtest.json (+ plots), report.html, audiences/, send/{', replenishment.parquet' if replenishment is not None else ''}. MLflow: "
+        f"backtest.json (+ plots), economics.json (+ cohort heatmap), report.html, audiences/, send/{', replenishment.parquet' if replenishment is not None else ''}. MLflow: "
         f"{escape(tracking_uri)} (browse with `uv run mlflow ui --backend-store-uri {escape(tracking_uri)}`).",
         markup=True,
     )
@@ -178,3 +194,21 @@ def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.Dat
                       f"{int(groups.get((row.action, 'holdout'), 0)):,}", f"{row.share_of_scored:.1%}",
                       f"{row.expected_revenue_sum:,.0f}", f"{row.clv_sum:,.0f}", f"{row.p_repurchase_mean:.3f}")
     console.print(table)
+
+
+def _print_tiers_and_economics(console: Console, scores: pd.DataFrame, names, block: dict | None, economics: dict) -> None:
+    counts = scores["member_tier"].value_counts()
+    predicted = scores["predicted_tier"].value_counts()
+    console.print("member tiers now (a year on, predicted): " + ", ".join(
+        f"{name} {int(counts.get(name, 0)):,} ({int(predicted.get(name, 0)):,})" for name in names))
+    if block:
+        console.print(f"tiers backtest: macro-F1 {block['macro_f1']:.3f} against {block['persistence_macro_f1']:.3f} "
+                      f"for 'the tier stays' (accuracy {block['accuracy']:.3f} against {block['persistence_accuracy']:.3f})")
+    value = economics["value_of_repurchase"]
+    if value["repurchase_rate"] is not None:
+        five = next((row for row in value["points"] if row["points"] == 5), None)
+        worth = f"; 5 more points would bring {five['extra_revenue']:,.0f} a year" if five and five["extra_revenue"] else ""
+        console.print(f"repurchase: {value['repurchase_rate']:.1%} of the last year's {value['buyers']:,} buyers ordered "
+                      f"twice or more{worth}")
+    if economics.get("ltv_cac_note"):
+        console.print(escape(economics["ltv_cac_note"]))

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.io import atomic_path
+from serving.report_economics import SECTION_TITLES as EXTRA_TITLES
 from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
 
 DASH = "–"
@@ -811,6 +812,7 @@ SECTION_TITLES = {
     "actions": "Actions and revenue at stake",
     "reasons": "Why these customers",
     MEASURED: "Did it work? Campaigns against their holdouts",
+    **EXTRA_TITLES,
 }
 
 
@@ -821,7 +823,8 @@ def _content_security_policy() -> str:
 
 
 def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.DataFrame, targeted: pd.DataFrame | None,
-                      *, title: str = "Repurchase report", model_notes=(), measurement: dict | None = None) -> str:
+                      *, title: str = "Repurchase report", model_notes=(), measurement: dict | None = None,
+                      extra_sections: dict[str, str] | None = None) -> str:
     """The report page as a string (see :func:`render_report`)."""
     report = report or {}
     audience = _audience(targeted)
@@ -838,6 +841,9 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
         "reasons": _reasons_section(audience, horizon_days),
     }
     order = SECTIONS
+    for key, body in (extra_sections or {}).items():  # tiers, economics, movement (serving.report_economics)
+        bodies[key] = body
+        order = (*order, key)
     if measurement is not None:
         bodies[MEASURED] = measurement_section(measurement)
         order = (*SECTIONS, MEASURED)
@@ -915,6 +921,7 @@ def render_report(
     title: str = "Repurchase report",
     model_notes=(),
     measurement: dict | None = None,
+    extra_sections: dict[str, str] | None = None,
 ) -> Path:
     """Write the self-contained HTML report and return its path.
 
@@ -938,9 +945,12 @@ def render_report(
     measurement : dict, optional
         A campaign measurement (``training.measure.measure_campaigns``); adds the
         "Did it work?" section after the others.
+    extra_sections : dict of str to str, optional
+        HTML fragments by section key (``tiers``, ``economics``, ``movement``:
+        :mod:`serving.report_economics`), after the standard sections.
     """
     page = build_report_html(report, plot_paths, scores, targeted, title=title, model_notes=model_notes,
-                             measurement=measurement)
+                             measurement=measurement, extra_sections=extra_sections)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_text(page, encoding="utf-8")
