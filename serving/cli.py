@@ -689,7 +689,7 @@ def target(
     from features.io import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
-    from serving.migration import add_previous, check_order, read_previous, transitions
+    from serving.migration import add_previous, check_order, read_previous, transitions, write_transitions
     from serving.rules import Campaign, apply_rules, load_rules, write_audiences
 
     check_output_path(out_dir, folder=True)
@@ -707,7 +707,7 @@ def target(
     summary = write_audiences(targeted, out_dir)
     if before is not None:
         moves = transitions(add_previous(scores_frame, before), before)
-        _write_transitions(moves, out_dir)
+        write_transitions(moves, out_dir / "transitions.json")
         out.print(f"since {moves.get('previous_as_of', 'the previous run')}: {moves['moved_lifecycle']:,} customers "
                   f"changed lifecycle stage ({moves['active_to_at_risk']:,} from active to at_risk), "
                   f"{moves['acquired_since']:,} acquired since; transitions.json in {out_dir}")
@@ -720,17 +720,6 @@ def target(
         out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}; {treatment:,} to send, "
                   f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}{extra_text}")
     out.print(f"wrote {len(summary)} audiences, summary.csv and send/ (treatment only) to {out_dir}")
-
-
-def _write_transitions(moves: dict, out_dir: Path) -> None:
-    """transitions.json in the audiences folder, listed as the tool's own (the next run replaces it)."""
-    import json
-
-    from features.io import atomic_path, mark_folder
-
-    with atomic_path(out_dir / "transitions.json") as tmp:
-        tmp.write_text(json.dumps(moves, indent=2) + "\n")
-    mark_folder(out_dir, ["transitions.json"], add=True)
 
 
 def _extra_buyers(targeted) -> dict[str, float]:
@@ -1026,6 +1015,10 @@ def quickstart(
     exclude_products: Optional[str] = ExcludeProductsOption,
     tiers: Optional[Path] = TiersOption,
     economics_file: Optional[Path] = EconomicsOption,
+    previous: Optional[Path] = typer.Option(
+        None, "--previous", help="Scores Parquet of an earlier run: movement since then in the rules, "
+        "transitions.json and the report."
+    ),
 ) -> None:
     """Run the whole job on the built-in CDNOW log (or --orders) and write the results to --out.
 
@@ -1039,7 +1032,8 @@ def quickstart(
     from serving.quickstart import run_quickstart
 
     run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map,
-                   exclude_products=exclude_products, tiers_path=tiers, economics_path=economics_file)
+                   exclude_products=exclude_products, tiers_path=tiers, economics_path=economics_file,
+                   previous_path=previous)
 
 
 def _quiet_libraries() -> None:

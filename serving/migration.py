@@ -91,3 +91,16 @@ def transitions(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> di
     if "as_of" in frame.columns and len(frame):
         out["as_of"] = pd.Timestamp(frame["as_of"].iloc[0]).date().isoformat()
     return out
+
+
+def write_transitions(moves: dict, path: Path) -> Path:
+    """Write ``transitions.json`` atomically and list it as the tool's own in its folder."""
+    import json
+
+    from features.io import atomic_path, mark_folder
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(moves, indent=2) + "\n")
+    mark_folder(path.parent, [path.name], add=True)
+    return path

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from features.io import claim_folder
+from serving.migration import write_transitions
 from features.orders import load_order_log
 
 QUICKSTART_SOURCE = "cdnow"
@@ -46,20 +47,25 @@ def run_quickstart(
     exclude_products: str | None = None,
     tiers_path: Path | None = None,
     economics_path: Path | None = None,
+    previous_path: Path | None = None,
 ) -> dict:
     """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
     audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``.
 
     ``column_map`` and ``exclude_products`` are passed to :func:`features.orders.load_order_log`.
     ``tiers_path`` (``--tiers``) replaces the shipped member tiers; ``economics_path``
-    (``--economics``) gives CAC per channel for LTV:CAC and payback in economics.json."""
+    (``--economics``) gives CAC per channel for LTV:CAC and payback in economics.json;
+    ``previous_path`` (``--previous``, an earlier run's scores) gives the rules
+    ``previous_lifecycle_stage`` and ``previous_rfm_segment``, transitions.json and the
+    report's movement section."""
     from serving.batch import add_reason_codes, score_log
     from serving.report import model_notes, render_report
     from serving.rules import Campaign, apply_rules, load_rules, write_audiences
     from training.backtest import Backtest, write_report
     from training.btyd import BTYDDataError
     from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
-    from serving.report_economics import economics_section, tiers_section
+    from serving.migration import add_previous, check_order, read_previous, transitions
+    from serving.report_economics import economics_section, movement_section, tiers_section
     from training.economics import economics_report, load_economics, write_economics
     from training.registry import configure_tracking, load_scorer
     from training.tiers import load_tiers
@@ -67,6 +73,7 @@ def run_quickstart(
     began = time.perf_counter()
     tiers = load_tiers(tiers_path)
     economics_config = load_economics(economics_path)
+    before = read_previous(previous_path) if previous_path is not None else None
     out_dir = claim_folder(out_dir)
     configure_tracking(tracking_uri)
     steps = []
@@ -104,6 +111,12 @@ def run_quickstart(
         run = score_log(champion, log, as_of, out_dir / "scores.parquet", model_version=version, tiers=tiers)
     scores = pd.read_parquet(run.scores_path)
     features = pd.read_parquet(run.snapshot_path)
+    moves = None
+    if before is not None:
+        check_order(before, scores, previous_path)
+        features = add_previous(features, before)
+        moves = transitions(add_previous(scores, before), before)
+        write_transitions(moves, out_dir / "transitions.json")
 
     replenishment = None
     if categories:
@@ -132,6 +145,8 @@ def run_quickstart(
     with step("writing the report ..."):
         extra = {"tiers": tiers_section(scores, backtest.report),
                  "economics": economics_section(economics, written["cohorts"])}
+        if moves is not None:
+            extra["movement"] = movement_section(moves)
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",
                       title=f"Repurchase report: {log.source} as of {as_of.date()}", model_notes=model_notes(champion),
                       extra_sections=extra)

@@ -213,7 +213,7 @@ def tier_columns(tiers: Tiers, current, probabilities: np.ndarray) -> dict[str, 
         # The median tier: the highest one reached with probability >= 1/2.
         "predicted_tier": tiers.names_of((at_least >= 0.5).sum(axis=1) - 1),
         "p_upgrade": np.where(index < top, at_least[rows, upper], 0.0),
-        "p_downgrade": np.clip(1.0 - at_least[rows, index], 0.0, 1.0),
+        "p_downgrade": np.where(index > 0, np.clip(1.0 - at_least[rows, index], 0.0, 1.0), 0.0),
         "spend_to_next_tier": np.where(index < top, thresholds[upper] - current, np.nan),
     }
 
