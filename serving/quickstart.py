@@ -5,12 +5,17 @@
    log, 90 days before its last order): the model against BG/NBD and recency-only, JSON
    and plots; with categories in the log, the replenishment model against its baselines;
 3. train on everything up to the last order and register it (champion when there is none);
-4. score all customers with the champion as of the last order day;
+4. score all customers with the champion as of the last order day, member tiers included
+   (``--tiers``);
 5. with categories, predict each customer's next purchase of each category
    (replenishment.parquet); apply the default targeting rules: one CSV per action under
    audiences/ (category reminders among them), every row in the action's treatment or
    random holdout group, and send/ beside it with the treatment rows only;
-6. write report.html and print a short summary.
+6. measure repurchase economics (economics.json and its cohort heatmap; LTV:CAC with
+   ``--economics`` and a log with channels) and, with ``--previous``, movement since an
+   earlier run (transitions.json);
+7. write report.html (member tiers, economics and movement among its sections) and print
+   a short summary.
 
 A young log changes the steps, never stops them: a backtest cutoff without repeat buyers
 before it gives a backtest.json that says so, a model that cannot be trained for lack of

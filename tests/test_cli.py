@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from serving.cli import app
 
-COMMANDS = ["quickstart", "features", "train", "backtest", "score", "target", "replenish", "serve", "synth"]
+COMMANDS = ["quickstart", "features", "train", "backtest", "score", "target", "replenish", "serve", "synth", "economics"]
 runner = CliRunner()
 
 

@@ -28,7 +28,7 @@ from serving.online import MAX_CUSTOMERS, RequestError, ScoreRequest, parse_requ
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 
 AS_OF = "2025-06-30"
-NUMERIC = [c for c in SCORE_COLUMNS if c not in ("customer_id", "as_of", "rfm_segment", "lifecycle_stage", "model_version")]
+NUMERIC = [c for c in SCORE_COLUMNS if SCORE_DTYPES[c] not in ("str", "datetime64[ns]")]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -256,6 +256,7 @@ def _scores_step_by_step(model, features: pd.DataFrame, as_of, model_version: st
             "rfm_segment": rfm_segment(features["rfm_r"].to_numpy(), features["rfm_f"].to_numpy()),
             "lifecycle_stage": lifecycle_stage(features, p, p_alive, model.horizon_days),
             "model_version": model_version,
+            **model.tier_columns(features),
         }
     )
     return scores[list(SCORE_COLUMNS)].astype(SCORE_DTYPES)
