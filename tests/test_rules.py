@@ -11,35 +11,9 @@ import pytest
 
 from features.errors import InputError
 from features.io import OWNER_MARK, mark_folder
-from serving.rules import RuleSet, RulesError, apply_rules, load_rules, write_audiences
+from score_rows import AS_OF, score_row, scores_frame
+from serving.targeting import RuleSet, RulesError, apply_rules, load_rules, write_audiences
 from training.contract import SCORE_COLUMNS
-
-AS_OF = pd.Timestamp("2025-06-30")
-
-
-def score_row(customer_id: str, **values) -> dict:
-    """One score-contract row: an unremarkable active customer unless told otherwise."""
-    row = {
-        "customer_id": customer_id,
-        "as_of": AS_OF,
-        "horizon_days": 90,
-        "p_alive": 0.9,
-        "p_repurchase": 0.3,
-        "expected_orders": 0.5,
-        "expected_revenue": 20.0,
-        "clv": 10.0,
-        "next_order_days_p10": np.nan,
-        "next_order_days_p50": np.nan,
-        "next_order_days_p90": np.nan,
-        "churn_risk": 0.7,
-        "rfm_segment": "need_attention",
-        "lifecycle_stage": "active",
-        "model_version": "3",
-    }
-    row.update(values)
-    row["churn_risk"] = 1.0 - row["p_repurchase"]
-    return row
-
 
 def rules_by_customer(out: pd.DataFrame) -> dict[str, str | None]:
     return {c: (r if isinstance(r, str) else None) for c, r in zip(out["customer_id"], out["rule"])}
@@ -48,10 +22,6 @@ def rules_by_customer(out: pd.DataFrame) -> dict[str, str | None]:
 def with_fillers(rows: list[dict], n: int = 40) -> list[dict]:
     """``rows`` among ``n`` unremarkable customers of higher value, so that none of them is a VIP."""
     return rows + [score_row(f"filler{i}", clv=100.0 + i) for i in range(n)]
-
-
-def scores_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 
 def ruleset(rules: list[dict], **extra) -> RuleSet:
@@ -175,7 +145,9 @@ def default_population() -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str | No
 def test_default_rules_are_shipped_in_the_serving_package_in_order():
     rules = load_rules()
     assert rules.source == "default_rules.yaml"
-    assert (Path(__import__("serving").__file__).parent / "default_rules.yaml").is_file()
+    from serving import targeting
+
+    assert (Path(targeting.__file__).parent / "default_rules.yaml").is_file()
     assert [r.name for r in rules.rules] == [
         "vip_care",
         "replenish_category_due",

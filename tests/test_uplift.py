@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from features.contacts import holdout_draw, validate_contacts
 from features.pipeline import build_features
 from serving.cli import app
-from serving.rules import RuleSet, RulesError, apply_rules
+from serving.targeting import RuleSet, RulesError, apply_rules
 from training.contract import SCORE_COLUMNS, UPLIFT
 from training.metrics import qini_auc, qini_curve, uplift_at_k
 from training.uplift import (
