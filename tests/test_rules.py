@@ -14,6 +14,7 @@ from features.io import OWNER_MARK, mark_folder
 from score_rows import AS_OF, score_row, scores_frame
 from serving.targeting import RuleSet, RulesError, apply_rules, load_rules, write_audiences
 from training.contract import SCORE_COLUMNS
+from training.segments import REMINDER
 
 def rules_by_customer(out: pd.DataFrame) -> dict[str, str | None]:
     return {c: (r if isinstance(r, str) else None) for c, r in zip(out["customer_id"], out["rule"])}
@@ -90,6 +91,29 @@ def test_conditions_may_span_lines_chain_comparisons_and_use_feature_columns(tmp
     assert out["reason"].iloc[0] == "2.0 gaps late (need_attention)"
     assert list(out.columns[len(SCORE_COLUMNS) + 3 :]) == ["overdue_ratio"]
 
+
+
+def test_conditions_name_the_shipped_reminder_thresholds_and_the_defaults_use_them():
+    days = REMINDER.within_days
+    scores = scores_frame([score_row("due", next_order_days_p50=days), score_row("later", next_order_days_p50=days + 1),
+                           score_row("twice", next_order_days_p50=2 * days)])
+    rules = ruleset([{"name": "soon", "when": "next_order_days_p50 <= REMIND_WITHIN_DAYS", "action": "remind",
+                      "reason": "in {next_order_days_p50} days"},
+                     {"name": "two", "when": "next_order_days_p50 <= REMIND_WITHIN_DAYS * 2", "action": "later",
+                      "reason": "later"}])
+    assert rules.rules[0].columns() == ["next_order_days_p50"]  # a threshold is not a column
+    out = apply_rules(scores, rules)
+    assert rules_by_customer(out) == {"due": "soon", "later": "two", "twice": "two"}
+    assert out["reason"].iloc[0] == f"in {days} days"
+    assert list(out.columns[len(SCORE_COLUMNS) + 3 :]) == []
+    with pytest.raises(RulesError, match=r"rule 1 'x': when: unknown column 'REMIND_WITHIN_DAY'"):
+        apply_rules(scores, ruleset([{"name": "x", "when": "clv > REMIND_WITHIN_DAY", "action": "x", "reason": "x"}]))
+    # the default reminder rules say the thresholds by name, never the numbers again
+    conditions = {rule.name: rule.when for rule in load_rules().rules}
+    assert "REMIND_WITHIN_DAYS" in conditions["replenishment_reminder"]
+    assert "MIN_P_WITHIN_HORIZON" in conditions["replenish_category_due"]
+    literal = rf"\b({days}|{re.escape(str(REMINDER.min_p_within_horizon))})\b"
+    assert not any(re.search(literal, when) for when in conditions.values())
 
 def test_derived_columns():
     scores = scores_frame(
