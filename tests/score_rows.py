@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.contract import SCORE_COLUMNS
+from training.contract import SCORE_COLUMNS, uplift_columns
 
 AS_OF = pd.Timestamp("2025-06-30")
 
@@ -37,8 +37,8 @@ def score_row(customer_id: str, **values) -> dict:
 
 
 def scores_frame(rows: list[dict]) -> pd.DataFrame:
-    """Score rows in contract order."""
-    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    """Score rows in contract order, then the uplift columns when the rows have them."""
+    return pd.DataFrame(rows, columns=[*SCORE_COLUMNS, *uplift_columns(dict.fromkeys(k for row in rows for k in row))])
 
 
 def random_scores(n: int, seed: int = 0, prefix: str = "c", **values) -> pd.DataFrame:
