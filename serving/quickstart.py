@@ -64,15 +64,16 @@ def run_quickstart(
     ``previous_lifecycle_stage`` and ``previous_rfm_segment``, transitions.json and the
     report's movement section."""
     from serving.batch import add_reason_codes, score_log
+    from serving.migration import add_previous, check_order, read_previous, transitions
     from serving.report import model_notes, render_report
-    from serving.rules import Campaign, apply_rules, load_rules, write_audiences
+    from serving.report_economics import economics_section, movement_section, tiers_section
+    from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
     from training.backtest import Backtest, write_report
     from training.btyd import BTYDDataError
-    from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
-    from serving.migration import add_previous, check_order, read_previous, transitions
-    from serving.report_economics import economics_section, movement_section, tiers_section
     from training.economics import economics_report, load_economics, write_economics
+    from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
     from training.registry import configure_tracking, load_scorer
+    from training.segments import REMINDER
     from training.tiers import load_tiers
 
     began = time.perf_counter()
@@ -135,7 +136,8 @@ def run_quickstart(
             console.print(f"product-level replenishment skipped: {exc}")
         else:
             console.print(f"replenishment.parquet: {len(replenishment):,} customer-category pairs, "
-                          f"{int((replenishment['next_purchase_days_p50'] <= 14).sum()):,} due within 14 days")
+                          f"{int((replenishment['next_purchase_days_p50'] <= REMINDER.within_days).sum()):,} "
+                          f"due within {REMINDER.within_days} days")
     else:
         console.print("no categories in this log: product-level replenishment skipped")
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from features.errors import InputError
 from serving.cli import app
 from serving.migration import add_previous, check_order, transitions
-from serving.rules import apply_rules, load_rules
+from serving.targeting import apply_rules, load_rules
 from training.contract import SCORE_COLUMNS
 from training.economics import (
     EconomicsConfig,

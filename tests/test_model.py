@@ -140,7 +140,7 @@ def test_the_booster_can_learn_without_the_btyd_start(synth_orders):
 def test_explained_scores_carry_reason_codes_into_the_audiences(fitted_model, synth_orders, tmp_path):
     from features.orders import load_order_log
     from serving.batch import score_log
-    from serving.rules import apply_rules, load_rules, write_audiences
+    from serving.targeting import apply_rules, load_rules, write_audiences
     from training.contract import SCORE_COLUMNS
 
     source = tmp_path / "orders.parquet"
