@@ -94,5 +94,12 @@ def test_quickstart_does_the_whole_job(tmp_path):
     summary = pd.read_csv(out / "audiences" / "summary.csv")
     for action in summary["action"]:
         assert (out / "audiences" / f"{action}.csv").exists()
-    assert "<section id=\"backtest\"" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "<section id=\"backtest\"" in page
+    # Member tiers scored; economics written, and without channels it says what LTV:CAC needs.
+    assert set(scores["member_tier"]) == {"silver", "gold", "diamond"} and scores["p_upgrade"].between(0, 1).all()
+    economics = json.loads((out / "economics.json").read_text())
+    assert economics["ltv_cac"] is None and "no channel column" in economics["ltv_cac_note"]
+    assert economics["repurchase_by_month"][0]["month"] == "1997-01" and (out / "economics.cohorts.png").exists()
+    assert '<section id="tiers"' in page and '<section id="economics"' in page and "no channel column" in page
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "qs"]
