@@ -77,7 +77,7 @@ def test_spend_tail_matches_a_simulation_of_gamma_gamma():
     nu = rng.gamma(q + p * x, 1.0 / (v + x * m), 200_000)
     spend = rng.gamma(p * orders, 1.0 / nu)
     amounts = np.array([50.0, 150.0, 300.0])
-    tail = gg.p_spend_at_least(amounts, [0, orders], [x], [m])[0]
+    tail = gg.p_spend_at_least(amounts, [0, orders], [x], [m])
     np.testing.assert_allclose(tail[0], [0.0, 0.0, 0.0])
     np.testing.assert_allclose(tail[1], [(spend >= a).mean() for a in amounts], atol=4e-3)
     assert np.all(np.diff(tail[1]) < 0)  # a higher bar is reached less often

@@ -802,15 +802,15 @@ class BGNBD:
         row sums to 1. Pareto/NBD is approximated by no further drop-out within t (an upper
         bound on the orders of those alive).
         """
-        from scipy.stats import nbinom
-
         x, t, recency, T = (a.reshape(-1, 1) for a in self._prepare(frequency, t_days, recency, T))
         params = self.params_
         n = np.arange(max_orders + 1, dtype=float).reshape(1, -1)
         p_alive = np.asarray(_p_alive(self.model, params, x, recency, T), dtype=float)
-        shape, success = params["r"] + x, (params["alpha"] + T) / (params["alpha"] + T + t)
-        k_pmf = nbinom.pmf(n, shape, success)
-        k_at_least = nbinom.sf(n - 1.0, shape, success)
+        shape, alpha_T = params["r"] + x, params["alpha"] + T
+        # Negative binomial P(K = k): Gamma(r + x, alpha + T) mixing of Poisson(lambda t).
+        k_pmf = np.exp(gammaln(shape + n) - gammaln(shape) - gammaln(n + 1.0)
+                       - shape * np.log1p(t / alpha_T) + n * (np.log(t) - np.log(alpha_T + t)))
+        k_at_least = np.clip(1.0 - np.cumsum(k_pmf, axis=1) + k_pmf, 0.0, 1.0)
         if _no_dropout(self.model, params) or self.model == "pareto":
             alive = k_pmf
         else:
@@ -968,20 +968,19 @@ class GammaGamma:
         (note 025), so the sum of n of them is Gamma(p n, nu) and S / (S + v + x m) is
         Beta(p n, q + p x): the tail is a regularized incomplete beta. With mean spend
         (``fit_status_`` "boundary: mean spend") every order is worth the expected order
-        value. Shapes: ``amounts`` (k,), ``n_orders`` (m,), customers (c,) -> (c, m, k).
+        value. ``n_orders``, ``frequency`` and ``monetary_value`` broadcast together (shape
+        S); the answer has shape S + (len(amounts),).
         """
         if not getattr(self, "params_", None):
             raise NotFittedError("this GammaGamma model is not fitted yet: call fit(frequency, monetary_value) first")
-        x, m = (np.asarray(a, dtype=float).reshape(-1, 1, 1) for a in np.broadcast_arrays(frequency, monetary_value))
-        n = np.asarray(n_orders, dtype=float).reshape(1, -1, 1)
-        amounts = np.asarray(amounts, dtype=float).reshape(1, 1, -1)
+        n, x, m = (a[..., None] for a in np.broadcast_arrays(
+            *(np.asarray(a, dtype=float) for a in (n_orders, frequency, monetary_value))))
+        amounts = np.asarray(amounts, dtype=float).reshape(-1)
         if getattr(self, "fit_status_", INTERIOR) == MEAN_SPEND:
-            value = self.expected_order_value(x, m)
-            return (n * value >= amounts).astype(float)
+            return (n * self.expected_order_value(x, m) >= amounts).astype(float)
         p, q, v = self.params_["p"], self.params_["q"], self.params_["v"]
-        scale = v + x * m
         with np.errstate(invalid="ignore", divide="ignore"):
-            below = betainc(np.maximum(p * n, 1e-300), q + p * x, amounts / (amounts + scale))
+            below = betainc(np.maximum(p * n, 1e-300), q + p * x, amounts / (amounts + v + x * m))
         return np.where(amounts <= 0, 1.0, np.where(n > 0, 1.0 - below, 0.0))
 
 

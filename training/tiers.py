@@ -46,8 +46,10 @@ DEFAULT_TIERS = "default_tiers.yaml"
 YEAR_DAYS = 365
 MAX_CONFIG_BYTES = 100_000
 # Customers per block of the spend distribution: (customers, orders, tiers) stays a few MB.
-_CHUNK = 4096
+_CHUNK = 1024
 _MAX_ORDERS = 2000
+# Probabilities of an order count below this are left out of the spend distribution.
+_NEGLIGIBLE = 1e-12
 
 
 class TiersError(InputError):
@@ -177,10 +179,14 @@ def next_year_tier_probabilities(
     )
     thresholds = np.asarray(tiers.thresholds)
     at_least = np.ones((frequency.size, thresholds.size))
+    # Blocks of customers with similar expected orders, so that each block's longest tail
+    # (most orders worth counting) fits its customers, not the shop's heaviest buyer.
+    expected_all = orders_model.expected_orders(YEAR_DAYS, frequency, recency, T)
+    by_expected = np.argsort(np.nan_to_num(expected_all, nan=0.0), kind="stable")
     for start in range(0, frequency.size, _CHUNK):
-        part = slice(start, start + _CHUNK)
+        part = by_expected[start:start + _CHUNK]
         f, r, t, m, value = frequency[part], recency[part], T[part], monetary_value[part], order_value[part]
-        expected = orders_model.expected_orders(YEAR_DAYS, f, r, t)
+        expected = expected_all[part]
         most = int(np.clip(np.ceil(4.0 * np.nanmax(expected, initial=0.0) + 20.0), 20, _MAX_ORDERS))
         if tiers.basis == "orders":
             most = max(most, int(math.ceil(thresholds[-1])))
@@ -190,11 +196,16 @@ def next_year_tier_probabilities(
             reaches = (n.reshape(-1, 1) >= np.ceil(thresholds).reshape(1, -1)).astype(float)
             at_least[part] = pmf @ reaches
             continue
+        # Only the (customer, n) pairs with probability worth adding (the spend tail is the costly part).
+        rows, counts = np.nonzero(pmf > _NEGLIGIBLE)
         if gamma_gamma is not None:
-            tail = gamma_gamma.p_spend_at_least(thresholds, n, f, np.where(f > 0, m, 0.0))
+            tail = gamma_gamma.p_spend_at_least(thresholds, counts, f[rows], np.where(f > 0, m, 0.0)[rows])
         else:
-            tail = (n.reshape(1, -1, 1) * value.reshape(-1, 1, 1) >= thresholds.reshape(1, 1, -1)).astype(float)
-        at_least[part] = np.einsum("cn,cnk->ck", pmf, tail)
+            tail = (counts[:, None] * value[rows, None] >= thresholds).astype(float)
+        weighted = pmf[rows, counts][:, None] * tail
+        at_least[part] = np.column_stack(
+            [np.bincount(rows, weights=weighted[:, k], minlength=len(part)) for k in range(thresholds.size)]
+        )
     at_least = np.clip(np.minimum.accumulate(at_least, axis=1), 0.0, 1.0)
     return at_least - np.append(at_least[:, 1:], np.zeros((at_least.shape[0], 1)), axis=1)
 
