@@ -30,6 +30,12 @@ def score_row(customer_id: str, **values) -> dict:
         "rfm_segment": "need_attention",
         "lifecycle_stage": "active",
         "model_version": "3",
+        # a silver member two expected orders short of gold, unlikely to move
+        "member_tier": "silver",
+        "predicted_tier": "silver",
+        "p_upgrade": 0.05,
+        "p_downgrade": 0.0,
+        "spend_to_next_tier": 80.0,
     }
     row.update(values)
     row.setdefault("churn_risk", 1.0 - row["p_repurchase"])

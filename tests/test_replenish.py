@@ -330,6 +330,11 @@ def _scores_for(replenishment: pd.DataFrame) -> pd.DataFrame:
             "rfm_segment": "loyal",
             "lifecycle_stage": "active",
             "model_version": "test",
+            "member_tier": "silver",
+            "predicted_tier": "silver",
+            "p_upgrade": 0.05,
+            "p_downgrade": 0.0,
+            "spend_to_next_tier": 500.0,
         }
     )
     return frame[list(SCORE_COLUMNS)].astype(SCORE_DTYPES)

@@ -154,6 +154,9 @@ def _flat_metrics(report: dict) -> dict[str, float]:
         walk(block, report.get(block, {}))
     for key in ("n_customers", "base_rate"):
         walk(key, report.get(key))
+    tiers = report.get("tiers") or {}  # the headline numbers only: tier names may not be valid metric names
+    for key in ("accuracy", "macro_f1", "persistence_accuracy", "persistence_macro_f1"):
+        walk(f"tiers.{key}", tiers.get(key))
     return out
 
 
