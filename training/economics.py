@@ -208,7 +208,8 @@ def economics_report(orders: pd.DataFrame, as_of, scores: pd.DataFrame | None = 
         clv = scores.set_index(scores["customer_id"].astype(str))["clv"]
         customers["predicted"] = clv.reindex(customers.index).to_numpy(dtype=float)
     triangle = cohort_triangle(orders, as_of)
-    repurchased = orders.groupby("customer_id")["order_ts"].nunique().gt(1)
+    # Again = on a later day: two orders on one day are one purchase, as in the BTYD summary.
+    repurchased = orders["order_ts"].dt.normalize().groupby(orders["customer_id"]).nunique().gt(1)
     repurchased.index = repurchased.index.astype(str)
     cohort_rows = []
     for cohort, row in triangle.iterrows():
