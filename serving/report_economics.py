@@ -69,9 +69,9 @@ def tiers_section(scores: pd.DataFrame, backtest: dict | None = None) -> str:
     """Customers by tier today and predicted a year on, mean P(upgrade) / P(downgrade), and the backtest's tiers block."""
     if "member_tier" not in scores.columns:
         return "<p>These scores have no member tiers (written before tiers existed); score again for them.</p>"
-    parts = ["<p>A member's tier is the band of their spend over the last 365 days. The predicted tier is where "
-             "their spend over the next 365 days most likely lands (the median of its predicted distribution: "
-             "BTYD purchases times Gamma-Gamma order values); P(upgrade) and P(downgrade) come from the same "
+    parts = ["<p>A member's tier is the band of their spend over the last 365 days. The predicted tier is the highest "
+             "one their spend over the next 365 days reaches with a chance of at least one half (the median of its "
+             "predicted distribution: BTYD purchases times Gamma-Gamma order values); P(upgrade) and P(downgrade) come from the same "
              "distribution.</p>"]
     names = list(dict.fromkeys(scores["member_tier"].astype(str)))
     order = [n for n in ("silver", "gold", "diamond") if n in names] + [n for n in names if n not in ("silver", "gold", "diamond")]
