@@ -805,7 +805,8 @@ def _print_economics(report: dict) -> None:
                       f"{row['extra_revenue']:,.0f} more revenue a year")
     for row in report.get("ltv_cac") or []:
         ratio = "–" if row["ltv_cac"] is None else f"{row['ltv_cac']:.2f}"
-        payback = "–" if row["payback_months"] is None else f"{row['payback_months']} months"
+        months = row["payback_months"]
+        payback = "–" if months is None else f"{months} month{'' if months == 1 else 's'}"
         out.print(f"  {row['channel']}: LTV {row['ltv']:,.0f}, LTV:CAC {ratio}, payback {payback}")
     if report.get("ltv_cac_note"):
         out.print(report["ltv_cac_note"])

@@ -51,6 +51,10 @@ def _fixed(value, decimals: int = 3) -> str:
     return DASH if number is None else f"{number:.{decimals}f}"
 
 
+def _months(value) -> str:
+    return DASH if value is None else f"{value} month{'' if value == 1 else 's'}"
+
+
 def _table(headers, rows) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -129,8 +133,7 @@ def economics_section(economics: dict | None, heatmap: Path | None = None) -> st
                             [[c["channel"], f"{c['customers']:,}", _money(c["ltv"]),
                               _money((cac.get(c["channel"]) or {}).get("cac")),
                               _fixed((cac.get(c["channel"]) or {}).get("ltv_cac"), 2),
-                              DASH if (cac.get(c["channel"]) or {}).get("payback_months") is None
-                              else f"{cac[c['channel']]['payback_months']} months"] for c in channels]))
+                              _months((cac.get(c["channel"]) or {}).get("payback_months"))] for c in channels]))
     if economics.get("ltv_cac_note"):
         parts.append(f"<p class=note>{_esc(economics['ltv_cac_note'])}.</p>")
     return "".join(parts)

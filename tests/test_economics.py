@@ -216,3 +216,23 @@ def test_target_previous_writes_transitions_json(tmp_path):
                                   str(tmp_path / "scores.parquet"), "--out", str(tmp_path / "other")])
     assert swapped.exit_code == 2 and "not before the scores" in swapped.output
     assert not (tmp_path / "other").exists()
+
+
+def test_report_sections_show_the_numbers_and_escape_text():
+    from serving.report_economics import economics_section, movement_section, tiers_section
+
+    report = economics_report(ORDERS.assign(channel=ORDERS["channel"].replace("ads", "<b>ads</b>")), AS_OF,
+                              config=EconomicsConfig(cac={"<b>ads</b>": 50.0}))
+    page = economics_section(report)
+    assert "&lt;b&gt;ads&lt;/b&gt;" in page and "<b>ads</b>" not in page
+    assert "66.7%" in page  # 2 of the last year's 3 buyers ordered twice or more
+    assert "<td>2.20</td><td>1 month</td>" in page  # ads: LTV 110 / CAC 50, paid back in the first month
+    scores = score_rows({"a": "active", "b": "at_risk"}, "2025-06-30").assign(
+        member_tier=["silver", "gold"], predicted_tier=["gold", "gold"], p_upgrade=[0.6, 0.2], p_downgrade=[0.0, 0.4])
+    tiers = tiers_section(scores, {"cutoff": "2024-06-30", "tiers": {"n_customers": 2, "accuracy": 0.5, "macro_f1": 0.25,
+                                                                     "persistence_accuracy": 1.0, "persistence_macro_f1": 1.0}})
+    assert "<td>gold</td><td>1</td><td>2</td><td>20.0%</td><td>40.0%</td>" in tiers and "0.250" in tiers
+    before = score_rows({"a": "active", "b": "active"}, "2025-03-31")
+    movement = movement_section(transitions(add_previous(scores, before), before))
+    assert "1 of them from active to at risk" in movement and "<h3>lifecycle stage</h3>" in movement
+    assert "--previous" in movement_section(None)
