@@ -742,16 +742,6 @@ class RepurchaseModel(Estimator):
                                                part["label_repurchase"].to_numpy(), p))
         return rows
 
-    def _clv(self, features: pd.DataFrame) -> np.ndarray:
-        f, r, T, m = (_values(features, c) for c in ("frequency", "recency", "T", "monetary_value"))
-        if self.gamma_gamma_ is None:
-            return self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * _values(features, "avg_order_value")
-        return np.asarray(
-            clv(self.bgnbd_, self.gamma_gamma_, f, r, T, np.where(f > 0, m, 0.0),
-                horizon_days=self.clv_horizon_days, discount_rate_annual=self.discount_rate_annual),
-            dtype=float,
-        )
-
     def _init_score(self, target: str, features: pd.DataFrame) -> np.ndarray | None:
         """The BTYD answer on the booster's raw scale: boosting starts from BG/NBD and learns corrections.
 
@@ -767,11 +757,6 @@ class RepurchaseModel(Estimator):
             return np.log(orders)
         value = np.clip(_values(features, "btyd_expected_order_value"), 1e-6, None)
         return np.log(orders * value)
-
-    def _from_btyd(self, raw: np.ndarray, target: str, features: pd.DataFrame) -> np.ndarray:
-        """A booster's raw score plus the BTYD start it was trained from (if any)."""
-        init = self._init_score(target, features)
-        return raw if init is None else raw + init
 
     @staticmethod
     def _mix(orders, cutoff, column) -> list[str] | None:
