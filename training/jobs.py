@@ -242,7 +242,8 @@ def champion_on_split(orders: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: 
         return None
     if pd.Timestamp(champion.spec_.training_cutoff) <= cutoff:
         return run_backtest(orders, cutoff, horizon_days, fitted_model=champion)
-    return run_backtest(orders, cutoff, horizon_days, model_params=champion.get_params(exclude=("horizon_days",)))
+    recipe = {name: value for name, value in champion.get_params().items() if name != "horizon_days"}
+    return run_backtest(orders, cutoff, horizon_days, model_params=recipe)
 
 
 def train_job(
