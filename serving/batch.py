@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from features.errors import CutoffError, InputError
 from features.io import atomic_paths, read_stamp, stamp, stamped_table
 from features.orders import OrderLog
+from features.timecut import on_or_before
 from training.contract import REASON_CODES, SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RepurchaseModel
 
@@ -96,9 +97,9 @@ def score_log(
             f"--as-of {as_of.date()} is before the first order in {log.source} ({log.first_order_date.date()})"
         )
     orders = log.orders
-    after = orders["order_ts"] >= as_of + pd.Timedelta(days=1)
-    n_future = int(after.sum())
-    past = orders.loc[~after] if n_future else orders
+    before = on_or_before(orders["order_ts"], as_of)
+    n_future = int((~before).sum())
+    past = orders.loc[before] if n_future else orders
     features = model.point_in_time_features(past, as_of)
     out_path = Path(out_path)
     snapshot = snapshot_path_for(out_path)

@@ -58,7 +58,7 @@ import re
 import signal
 import subprocess
 import sys
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,6 +78,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from features.errors import InputError
+from features.orders import parse_date
+from features.timecut import day_end
 from training.contract import SCORE_COLUMNS, uplift_columns
 
 MAX_CUSTOMERS = 1_000
@@ -129,13 +131,15 @@ def parse_order_ts(value: str) -> datetime:
 
 
 def parse_day(value: str) -> date:
-    """A calendar date written ``YYYY-MM-DD``."""
+    """A calendar date written ``YYYY-MM-DD``, read by the one date parser :func:`features.orders.parse_date`."""
+    text = value.strip()
     try:
-        if not _DATE.match(value.strip()):
-            raise ValueError
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        raise PydanticCustomError("date", "'{value}' is not a date; use YYYY-MM-DD", {"value": value[:40]}) from None
+        day = parse_date(text, "as_of") if _DATE.match(text) else None
+    except InputError:
+        day = None
+    if day is None:
+        raise PydanticCustomError("date", "'{value}' is not a date; use YYYY-MM-DD (years 1900 to 2200)", {"value": value[:40]})
+    return day.date()
 
 
 class OrderIn(BaseModel):
@@ -237,10 +241,10 @@ class ScoreRequest(BaseModel):
                     {"i": i, "cid": customer.customer_id},
                 )
             seen.add(customer.customer_id)
-        last_allowed = self.as_of_day() + timedelta(days=1)
+        end = day_end(self.as_of_day())
         for i, customer in enumerate(self.customers):
             for j, order in enumerate(customer.orders):
-                if order.ts >= datetime.combine(last_allowed, datetime.min.time()):
+                if order.ts >= end:
                     raise PydanticCustomError(
                         "future",
                         "customers[{i}].orders[{j}].order_ts: {ts} is after as_of {as_of}{hint}",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 
 from features.errors import CutoffError
+from features.timecut import after, until
 from features.spark import SparkOrderLog, feature_frame, write_spark_parquet
 from serving.batch import ScoreRun, snapshot_path_for
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
@@ -140,9 +141,8 @@ def score_on_spark(
     scorer, version = load_scorer(model_uri)
     spec = scorer.spec_
 
-    day_after = F.lit((as_of + pd.Timedelta(days=1)).to_pydatetime()).cast("timestamp")
-    n_future = log.orders.filter(F.col("order_ts") >= day_after).count() if log.last_order_date > as_of else 0
-    past = log.orders.filter(F.col("order_ts") < day_after)
+    n_future = after(log.orders, as_of).count() if log.last_order_date > as_of else 0
+    past = until(log.orders, as_of)
     unused = [c for c, values in (("channel", spec.channel_values), ("category", spec.category_values))
               if values is None and c in past.columns]
     features = with_training_rfm(feature_frame(

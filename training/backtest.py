@@ -31,6 +31,7 @@ from scipy.special import hyp2f1
 
 from features.io import atomic_path
 from features.pipeline import build_features, build_labels
+from features.timecut import until
 from training import plots
 from training.btyd import BGNBD, fit_status_meaning
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
@@ -73,7 +74,7 @@ def _tracking(orders: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp, h
     """Weekly cumulative repeat purchase days of the cutoff's customers: actual vs BG/NBD."""
     cohort = set(frame["customer_id"])
     end = cutoff + pd.Timedelta(days=horizon_days)
-    days = orders.loc[orders["customer_id"].isin(cohort) & (orders["order_ts"] < end + pd.Timedelta(days=1))]
+    days = until(orders.loc[orders["customer_id"].isin(cohort)], cutoff, horizon_days=horizon_days)
     days = days.assign(day=days["order_ts"].dt.normalize())[["customer_id", "day"]].drop_duplicates()
     first = days.groupby("customer_id")["day"].transform("min")
     start = days["day"].min()
@@ -140,9 +141,8 @@ def run_backtest(
         Where PNG plots go; none are drawn without it.
     """
     cutoff = pd.Timestamp(cutoff).normalize()
-    end = cutoff + pd.Timedelta(days=horizon_days + 1)
-    orders = orders[orders["order_ts"] < end]
-    past = orders[orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
+    orders = until(orders, cutoff, horizon_days=horizon_days)
+    past = until(orders, cutoff)
     features = build_features(past, cutoff)
     labels = build_labels(orders, cutoff, horizon_days)
     frame = features.merge(labels, on="customer_id", how="left", validate="one_to_one")

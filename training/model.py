@@ -94,6 +94,7 @@ import pandas as pd
 from features.errors import InputError
 from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values
+from features.timecut import until
 from training.boosting import (
     Estimator,
     booster_params,
@@ -602,7 +603,7 @@ class RepurchaseModel(Estimator):
         (``btyd_only_``), not an error.
         """
         cutoff = pd.Timestamp(cutoff).date()
-        orders = orders[orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+        orders = until(orders, cutoff)
         self.uplift_ = None
         if orders.empty:
             raise InputError(f"no orders on or before the cutoff {cutoff}: nothing to learn from")
