@@ -447,11 +447,6 @@ def load_order_log(
     return _finish(lines, origin, has_order_id=has_order_id, cleaning=cleaning, exclude_products=excluded)
 
 
-def load_orders(source: str | os.PathLike, column_map: Mapping[str, str] | str | None = None) -> pd.DataFrame:
-    """Shortcut: the merged orders of :func:`load_order_log`."""
-    return load_order_log(source, column_map).orders
-
-
 def _duplicate_rows(raw: pd.DataFrame, lines: pd.DataFrame) -> np.ndarray:
     """Rows of ``raw`` equal to an earlier row in every column, as read.
 

@@ -48,6 +48,18 @@ BRIER_TOLERANCE = 0.001
 _REQUIREMENTS = ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "lifetimes", "ibis-framework", "duckdb", "pyarrow")
 
 
+def tracking_uri(uri: str | None = None, *, absolute: bool = False) -> str:
+    """The MLflow tracking URI: ``uri``, else $MLFLOW_TRACKING_URI, else the project's SQLite store.
+
+    With ``absolute``, a relative SQLite path is made absolute (for a process that runs in
+    another folder, such as the BentoML server).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if absolute and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
 def configure_tracking(uri: str | None = None) -> str:
     """Point MLflow at ``uri`` (default: $MLFLOW_TRACKING_URI or the project's SQLite store).
 
@@ -59,7 +71,7 @@ def configure_tracking(uri: str | None = None) -> str:
     """
     import mlflow
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     artifact_root = None
     if uri.startswith("sqlite:///"):
