@@ -5,7 +5,7 @@ so the past is ``order_ts < day + 1 day`` (an order at 23:59:59 on the day is in
 00:00:00 the next day is out), and the future of a horizon ``H`` is the days
 ``day + 1 .. day + H``: ``day + 1 day <= order_ts < day + H + 1 days``. Leakage is the
 property everything else rests on, so every cut of the log goes through :func:`until`,
-:func:`between`, :func:`after` or :func:`on_or_before` and nothing writes the boundary by hand.
+:func:`between`, :func:`after`, :func:`on_or_before` or :func:`in_horizon` and nothing writes the boundary by hand.
 
 :func:`until`, :func:`between` and :func:`after` take pandas DataFrames, pyarrow Tables, Ibis Tables and
 PySpark DataFrames and return the same kind; :func:`on_or_before` is the boolean mask for
@@ -24,7 +24,7 @@ import pyarrow as pa
 from features.errors import CutoffError
 from features.orders import parse_date
 
-__all__ = ["after", "as_day", "between", "day_end", "on_or_before", "until"]
+__all__ = ["after", "as_day", "between", "day_end", "in_horizon", "on_or_before", "until"]
 
 ORDER_TS = "order_ts"
 
@@ -42,6 +42,16 @@ def day_end(day: object, plus_days: int = 0) -> pd.Timestamp:
 def on_or_before(values: pd.Series, day: object) -> pd.Series:
     """Mask of the timestamps ``values`` on or before ``day`` (any time of that day)."""
     return values < day_end(day)
+
+
+def in_horizon(values: pd.Series, days: pd.Series, horizon_days: int) -> pd.Series:
+    """Mask of the timestamps ``values`` on the days ``day + 1 .. day + horizon_days`` of their own row's ``days``.
+
+    The per-row :func:`between` of pandas code that pairs each order with a contact (a
+    campaign's window after its date); ``days`` are dates or timestamps (the time is dropped).
+    """
+    start = pd.to_datetime(days).dt.normalize() + pd.Timedelta(days=1)
+    return (values >= start) & (values < start + pd.Timedelta(days=horizon_days))
 
 
 def until(rows, day: object, *, horizon_days: int = 0, column: str = ORDER_TS):

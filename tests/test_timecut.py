@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from features.errors import CutoffError, InputError
-from features.timecut import after, as_day, between, day_end, on_or_before, until
+from features.timecut import after, as_day, between, day_end, in_horizon, on_or_before, until
 
 DAY = "2024-03-10"
 HORIZON = 3
@@ -63,6 +63,14 @@ def test_pandas_mask_and_day_end():
     assert set(ORDERS.loc[mask, "customer_id"]) == PAST
     assert day_end(DAY) == pd.Timestamp("2024-03-11")
     assert day_end(DAY, HORIZON) == pd.Timestamp("2024-03-14")
+
+
+def test_each_row_cut_at_its_own_day():
+    contacts = pd.Series(pd.to_datetime(["2024-03-10", "2024-03-10 15:00", "2024-03-07", "2024-03-07"], format="ISO8601"))
+    stamps = pd.Series(pd.to_datetime(["2024-03-10 23:59:59", "2024-03-11 00:00:00", "2024-03-10 23:59:59",
+                                       "2024-03-11 00:00:00"], format="ISO8601"))
+    # day itself out, first second of the next day in, last second of day + H in, first second after out
+    assert in_horizon(stamps, contacts, HORIZON).tolist() == [False, True, True, False]
 
 
 def test_arrow_keeps_its_timestamp_unit():
