@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from features.contacts import HOLDOUT, HOLDOUT_SHARE, TREATMENT, holdout_draw
-from features.errors import InputError
+from features.common.errors import InputError
 from features.synth import COLUMNS, REPLENISHMENT_CYCLE_DAYS, generate_order_log
 from features.timecut import in_horizon, until
 

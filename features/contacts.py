@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.orders import _as_string, _parse_timestamps, _read_source
 
 CONTACT_COLUMNS = ("customer_id", "action", "contacted_at", "group")

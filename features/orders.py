@@ -126,7 +126,7 @@ import numpy as np
 import pandas as pd
 
 from features.datasets import BUILTIN_SOURCES, load_cdnow
-from features.errors import CutoffError, InputError, OrderLogError
+from features.common.errors import CutoffError, InputError, OrderLogError
 
 REQUIRED_COLUMNS = ("customer_id", "order_ts", "amount")
 OPTIONAL_COLUMNS = ("order_id", "quantity", "product_id", "category", "channel")

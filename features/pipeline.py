@@ -64,7 +64,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.errors import CutoffError, OrderLogError
+from features.common.errors import CutoffError, OrderLogError
 from features.timecut import as_day, between, until
 
 __all__ = [

@@ -36,7 +36,7 @@ import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.timecut import as_day, between, until
 
 PAIR_KEYS = ("customer_id", "category")

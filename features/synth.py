@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.timecut import until
 
 COLUMNS = ["customer_id", "order_id", "order_ts", "amount", "quantity", "product_id", "category", "channel"]

@@ -21,7 +21,7 @@ import functools
 import pandas as pd
 import pyarrow as pa
 
-from features.errors import CutoffError
+from features.common.errors import CutoffError
 from features.orders import parse_date
 
 __all__ = ["after", "as_day", "between", "day_end", "in_horizon", "on_or_before", "until"]

@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.errors import CutoffError, InputError
-from features.io import atomic_paths, read_stamp, stamp, stamped_table
+from features.common.errors import CutoffError, InputError
+from features.common.outputs import atomic_paths, read_stamp, stamp, stamped_table
 from features.orders import OrderLog
 from features.timecut import on_or_before
 from training.contract import REASON_CODES, SCORE_COLUMNS, SCORE_DTYPES

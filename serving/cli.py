@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from features.errors import InputError
+from features.common.errors import InputError
 from serving.tables import print_backtest
 
 app = typer.Typer(
@@ -141,7 +141,7 @@ def synth(
     """
     import time
 
-    from features.io import check_output_path, write_parquet
+    from features.common.outputs import check_output_path, write_parquet
     from features.orders import parse_date
     from features.synth import generate_order_log, make_messy
 
@@ -186,7 +186,7 @@ def _synth_campaigns(customers: int, seed: int, start: str, end: str, out_path: 
     import pyarrow.parquet as pq
 
     from features.campaigns import simulate_campaigns
-    from features.io import atomic_paths, check_output_path, stamped_table
+    from features.common.outputs import atomic_paths, check_output_path, stamped_table
 
     contacts_path = contacts_path_for(out_path)
     check_output_path(contacts_path)
@@ -262,7 +262,7 @@ def features(
     one file sorted by customer_id; Spark writes a folder of part files (unsorted) that
     pandas, pyarrow, DuckDB and Spark read as one table.
     """
-    from features.io import check_output_path, write_parquet
+    from features.common.outputs import check_output_path, write_parquet
     from features.orders import parse_date
 
     _check_engine(engine)
@@ -460,7 +460,7 @@ def backtest(
     its column is empty (nulls in the JSON) and one line says why; BG/NBD and recency-only
     are still reported.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from training.jobs import backtest_job
     from training.registry import configure_tracking
@@ -503,7 +503,7 @@ def score(
     lifecycle_stage (lifecycle_stage=active/part-*.parquet, ...) and the snapshot a
     folder of part files. --explain is not available with --engine spark.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from serving.batch import snapshot_path_for
     from training.registry import configure_tracking, load_scorer
@@ -605,7 +605,7 @@ def target(
     (both groups; contacted_at = campaign_date) as contacts for `repurchase measure`.
     """
     from features.contacts import load_contacts
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
     from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
@@ -690,7 +690,7 @@ def measure(
     Every window must lie inside the order log.
     """
     from features.contacts import load_contacts
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import load_order_log
     from serving.targeting import load_rules
     from training.measure import check_contact_windows, log_measurement, measure_campaigns
@@ -725,7 +725,7 @@ def _write_measurement(result: dict, json_path: Path, report_path: Path) -> None
     """The JSON and its page, both complete before either replaces an earlier one."""
     import json
 
-    from features.io import atomic_paths
+    from features.common.outputs import atomic_paths
     from serving.report import build_measurement_html
 
     page = build_measurement_html(result)
@@ -781,7 +781,7 @@ def replenish(
     the run is tracked in MLflow (MLFLOW_TRACKING_URI).
     Feed it to `repurchase target --replenishment FILE` for category reminders.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from training.jobs import replenish_job
     from training.registry import configure_tracking

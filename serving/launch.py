@@ -14,7 +14,7 @@ import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from features.errors import InputError
+from features.common.errors import InputError
 
 
 def passive_openmp_waits(env: MutableMapping[str, str] = os.environ) -> None:

@@ -73,7 +73,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.orders import parse_date
 from features.timecut import day_end
 from training.contract import SCORE_COLUMNS, uplift_columns
@@ -535,7 +535,7 @@ class Snapshot:
 
 def check_snapshot_model(path: str | os.PathLike, model_version: str) -> None:
     """Refuse a snapshot that `repurchase score` wrote with another model version than the one served."""
-    from features.io import read_stamp
+    from features.common.outputs import read_stamp
 
     written_by = (read_stamp(path) or {}).get("model_version") or ""
     if written_by and model_version and written_by != model_version:

@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from features.io import claim_folder
+from features.common.outputs import claim_folder
 from features.orders import load_order_log
 from serving.tables import number, print_backtest
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
-from features.errors import CutoffError
+from features.common.errors import CutoffError
 from features.timecut import after, until
 from features.spark import SparkOrderLog, feature_frame, write_spark_parquet
 from serving.batch import ScoreRun, snapshot_path_for

@@ -397,7 +397,7 @@ def _drive(guard: RequestGuard, method: str = "POST", path: str = "/score", head
 
 
 def test_a_blank_api_key_is_refused_before_the_server_starts(monkeypatch):
-    from features.errors import InputError
+    from features.common.errors import InputError
     from serving.launch import serve_command
 
     monkeypatch.setenv("REPURCHASE_API_KEY", "  ")

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.errors import CutoffError, InputError
+from features.common.errors import CutoffError, InputError
 from features.timecut import after, as_day, between, day_end, in_horizon, on_or_before, until
 
 DAY = "2024-03-10"

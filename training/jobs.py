@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.io import atomic_path
-from features.errors import InputError
+from features.common.outputs import atomic_path
+from features.common.errors import InputError
 from features.orders import OrderLog, check_cutoff
 from features.timecut import on_or_before, until
 from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_report
@@ -353,7 +353,7 @@ def replenish_job(
     With ``log_to_mlflow``, the run is tracked (not registered): its parameters, how the model
     trained, what it predicted, and the output file when there is one.
     """
-    from features.io import write_parquet
+    from features.common.outputs import write_parquet
     from features.replenish import pair_lines
     from training.replenish import ReplenishmentModel
 

@@ -91,7 +91,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values
 from features.timecut import until

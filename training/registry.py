@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
-from features.io import process_alive
+from features.common.errors import InputError
+from features.common.outputs import process_alive
 from training.contract import SCORE_COLUMNS
 from training.model import RepurchaseModel
 

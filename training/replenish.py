@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 from scipy.optimize import minimize
 from scipy.special import log_ndtr, ndtri_exp
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.replenish import build_pair_features, pair_lines
 from features.timecut import as_day, until
 from training.boosting import Estimator, booster_params, fit_calibrated_booster, platt_probability, raw_score
