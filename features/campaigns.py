@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.contacts import HOLDOUT, HOLDOUT_SHARE, TREATMENT, holdout_draw
 from features.common.errors import InputError
+from features.contacts import HOLDOUT, HOLDOUT_SHARE, TREATMENT, holdout_draw
 from features.synth import COLUMNS, REPLENISHMENT_CYCLE_DAYS, generate_order_log
 from features.timecut import in_horizon, until
 

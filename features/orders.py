@@ -125,8 +125,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from features.datasets import BUILTIN_SOURCES, load_cdnow
 from features.common.errors import CutoffError, InputError, OrderLogError
+from features.datasets import BUILTIN_SOURCES, load_cdnow
 
 REQUIRED_COLUMNS = ("customer_id", "order_ts", "amount")
 OPTIONAL_COLUMNS = ("order_id", "quantity", "product_id", "category", "channel")

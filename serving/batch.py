@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from features.common.errors import CutoffError, InputError
 from features.common.outputs import atomic_paths, read_stamp, stamp, stamped_table
-from features.orders import OrderLog
+from features.orders import OrderLog, parse_date
 from features.timecut import on_or_before
 from training.contract import REASON_CODES, SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RepurchaseModel
@@ -91,7 +91,7 @@ def score_log(
     model was trained with but the log lacks take the contract's defaults
     (:meth:`RepurchaseModel.missing_inputs`) and are reported in ``defaults_used``.
     """
-    as_of = pd.Timestamp(as_of).normalize()
+    as_of = parse_date(as_of, "as_of")
     if as_of < log.first_order_date:
         raise CutoffError(
             f"--as-of {as_of.date()} is before the first order in {log.source} ({log.first_order_date.date()})"

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 
 from features.common.errors import CutoffError
-from features.timecut import after, until
+from features.orders import parse_date
 from features.spark import SparkOrderLog, feature_frame, write_spark_parquet
+from features.timecut import after, until
 from serving.batch import ScoreRun, snapshot_path_for
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RFM_RANK_COLUMNS, RFM_SCORE_COLUMNS, rfm_columns, rfm_rank_columns
@@ -134,7 +135,7 @@ def score_on_spark(
     from training.registry import load_scorer
 
     say = progress or (lambda message: None)
-    as_of = pd.Timestamp(as_of).normalize()
+    as_of = parse_date(as_of, "as_of")
     if as_of < log.first_order_date:
         raise CutoffError(f"--as-of {as_of.date()} is before the first order in {log.source} ({log.first_order_date.date()})")
     say("loading the model")

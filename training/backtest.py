@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.special import hyp2f1
 
 from features.common.outputs import atomic_path
+from features.orders import parse_date
 from features.pipeline import build_features, build_labels
 from features.timecut import until
 from training import plots
@@ -140,7 +141,7 @@ def run_backtest(
     plot_dir : Path, optional
         Where PNG plots go; none are drawn without it.
     """
-    cutoff = pd.Timestamp(cutoff).normalize()
+    cutoff = parse_date(cutoff, "cutoff")
     orders = until(orders, cutoff, horizon_days=horizon_days)
     past = until(orders, cutoff)
     features = build_features(past, cutoff)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.common.outputs import atomic_path
 from features.common.errors import InputError
-from features.orders import OrderLog, check_cutoff
-from features.timecut import on_or_before, until
+from features.common.outputs import atomic_path
+from features.orders import OrderLog, check_cutoff, parse_date
+from features.timecut import as_day, on_or_before, until
 from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_report
 from training.btyd import BTYDDataError, BTYDFitError
 from training.model import RepurchaseModel
@@ -73,7 +73,7 @@ def prepare_uplift(log: OrderLog, contacts: pd.DataFrame, cutoff: pd.Timestamp, 
     outcomes, split by time; :class:`training.uplift.UpliftDataError` (one line) when they cannot
     train and evaluate an uplift model. Cheap next to training, so the CLI runs it first."""
     origin = contacts.attrs.get("origin", "contacts")
-    learn_until = min(pd.Timestamp(cutoff).normalize(), log.last_order_date.normalize())
+    learn_until = min(parse_date(cutoff, "cutoff"), log.last_order_date.normalize())
     usable = usable_contacts(contacts, learn_until, window_days)
     if usable.empty:
         raise UpliftDataError(
@@ -81,7 +81,7 @@ def prepare_uplift(log: OrderLog, contacts: pd.DataFrame, cutoff: pd.Timestamp, 
             f"order if earlier); the latest contact is {contacts['contacted_at'].max().date()}: give contacts "
             "whose outcome is known, a later --cutoff, or a shorter --window-days"
         )
-    day = pd.Timestamp(cutoff).date()
+    day = as_day(cutoff)
     past = until(log.orders, cutoff)
     frame = uplift_frame(past, usable, window_days, channel_values=RepurchaseModel._mix(past, day, "channel"),
                          category_values=RepurchaseModel._mix(past, day, "category"))

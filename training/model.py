@@ -94,7 +94,7 @@ import pandas as pd
 from features.common.errors import InputError
 from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values
-from features.timecut import until
+from features.timecut import as_day, until
 from training.boosting import (
     Estimator,
     booster_params,
@@ -602,7 +602,7 @@ class RepurchaseModel(Estimator):
         With too little history for two training origins the model is BTYD-only
         (``btyd_only_``), not an error.
         """
-        cutoff = pd.Timestamp(cutoff).date()
+        cutoff = as_day(cutoff)
         orders = until(orders, cutoff)
         self.uplift_ = None
         if orders.empty:

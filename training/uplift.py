@@ -67,8 +67,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.contacts import TREATMENT
 from features.common.errors import InputError
+from features.contacts import TREATMENT
 from features.pipeline import LABELS, build_features
 from features.timecut import on_or_before
 from training.boosting import Estimator, booster_params, train_booster
