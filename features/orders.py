@@ -1266,12 +1266,13 @@ def cap_outlier_orders(orders: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 # --------------------------------------------------------------------------- dates
 
 
-def parse_date(text: str | dt.date | pd.Timestamp, flag: str = "date") -> pd.Timestamp:
+def parse_date(text: str | dt.date | pd.Timestamp, flag: str = "date", *, any_year: bool = False) -> pd.Timestamp:
     """A date (``YYYY-MM-DD`` text, date, datetime or Timestamp) as a midnight Timestamp.
 
     The one date parser: command-line flags, request fields and library cutoffs all come
     through here. Raises :class:`CutoffError` (an :class:`InputError`) in one line naming
-    ``flag`` when the value is not a date or lies outside the years 1900 to 2200.
+    ``flag`` when the value is not a date or (unless ``any_year``, for a caller with a
+    check that says more, such as "after today") lies outside the years 1900 to 2200.
     """
     if isinstance(text, pd.Timestamp):
         return text.normalize()
@@ -1282,7 +1283,7 @@ def parse_date(text: str | dt.date | pd.Timestamp, flag: str = "date") -> pd.Tim
     if pd.isna(value):
         raise CutoffError(f"{flag}: {_shown(text)} is not a date; use YYYY-MM-DD, e.g. 1997-09-30")
     value = value.tz_localize(None).normalize() if value.tzinfo else value.normalize()
-    if not EARLIEST_ORDER <= value < LATEST_ORDER:
+    if not any_year and not EARLIEST_ORDER <= value < LATEST_ORDER:
         raise CutoffError(f"{flag}: {_shown(text)} is out of range; use a date in the years 1900 to 2200")
     return value
 

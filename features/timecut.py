@@ -30,13 +30,16 @@ ORDER_TS = "order_ts"
 
 
 def as_day(value: object, what: str = "cutoff") -> dt.date:
-    """An as-of day given as a date, datetime, Timestamp or ``YYYY-MM-DD`` text, as a date."""
-    return parse_date(value, what).date()
+    """An as-of day given as a date, datetime, Timestamp or ``YYYY-MM-DD`` text, as a date.
+
+    Any year: the range of dates a user may give is checked where they give it (the CLI).
+    """
+    return parse_date(value, what, any_year=True).date()
 
 
 def day_end(day: object, plus_days: int = 0) -> pd.Timestamp:
     """The first instant after the day ``day + plus_days``: what ends on or before it is before it."""
-    return parse_date(day, "as-of day") + pd.Timedelta(days=plus_days + 1)
+    return parse_date(day, "as-of day", any_year=True) + pd.Timedelta(days=plus_days + 1)
 
 
 def on_or_before(values: pd.Series, day: object) -> pd.Series:

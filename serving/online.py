@@ -130,11 +130,11 @@ def parse_day(value: str) -> date:
     """A calendar date written ``YYYY-MM-DD``, read by the one date parser :func:`features.orders.parse_date`."""
     text = value.strip()
     try:
-        day = parse_date(text, "as_of") if _DATE.match(text) else None
+        day = parse_date(text, "as_of", any_year=True) if _DATE.match(text) else None
     except InputError:
         day = None
     if day is None:
-        raise PydanticCustomError("date", "'{value}' is not a date; use YYYY-MM-DD (years 1900 to 2200)", {"value": value[:40]})
+        raise PydanticCustomError("date", "'{value}' is not a date; use YYYY-MM-DD", {"value": value[:40]})
     return day.date()
 
 
