@@ -790,7 +790,7 @@ class BTYDModel:
         return np.asarray(_p_repurchase(self.model, self.params_, t, x, recency, T), dtype=float)
 
 
-BTYDModel = BTYDModel
+BGNBD = BTYDModel
 """The name :class:`BTYDModel` had before it was named for all three models it fits; registered
 models pickled then refer to it, so it stays for them to load (new code uses ``BTYDModel``)."""
 
