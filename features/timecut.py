@@ -5,12 +5,14 @@ so the past is ``order_ts < day + 1 day`` (an order at 23:59:59 on the day is in
 00:00:00 the next day is out), and the future of a horizon ``H`` is the days
 ``day + 1 .. day + H``: ``day + 1 day <= order_ts < day + H + 1 days``. Leakage is the
 property everything else rests on, so every cut of the log goes through :func:`until`,
-:func:`between`, :func:`after`, :func:`on_or_before` or :func:`in_horizon` and nothing writes the boundary by hand.
+:func:`between`, :func:`after`, :func:`on_or_before` or :func:`in_horizon` and nothing
+writes the boundary by hand.
 
-:func:`until`, :func:`between` and :func:`after` take pandas DataFrames, pyarrow Tables, Ibis Tables and
-PySpark DataFrames and return the same kind; :func:`on_or_before` is the boolean mask for
-pandas code that combines it with other conditions. Days are read by
-:func:`features.orders.parse_date`, the one date parser.
+:func:`until`, :func:`between` and :func:`after` take pandas DataFrames, pyarrow Tables,
+Ibis Tables and PySpark DataFrames and return the same kind; :func:`on_or_before` is the
+boolean mask for pandas code that combines it with other conditions, and
+:func:`in_horizon` the per-row horizon of pandas code that pairs orders with contacts.
+Days are read by :func:`features.orders.parse_date`, the one date parser.
 """
 
 from __future__ import annotations
