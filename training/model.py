@@ -91,9 +91,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values
+from features.timecut import as_day, until
 from training.boosting import (
     Estimator,
     booster_params,
@@ -627,8 +628,8 @@ class RepurchaseModel(Estimator):
         With too little history for two training origins the model is BTYD-only
         (``btyd_only_``), not an error.
         """
-        cutoff = pd.Timestamp(cutoff).date()
-        orders = orders[orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+        cutoff = as_day(cutoff)
+        orders = until(orders, cutoff)
         self.uplift_ = None
         if orders.empty:
             raise InputError(f"no orders on or before the cutoff {cutoff}: nothing to learn from")
