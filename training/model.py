@@ -103,7 +103,7 @@ from training.boosting import (
     raw_score,
     train_booster,
 )
-from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma
+from training.btyd import BTYDModel, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma
 from training.btyd import clv as btyd_clv
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.metrics import expected_calibration_error
@@ -436,10 +436,10 @@ class RepurchaseModel(Estimator):
         Gamma-Gamma (see "When the data are thin" above); the boosters are None.
     btyd_only_reason_ : str
         One line: why, and what more data would unlock the LightGBM model ("" when not BTYD-only).
-    bgnbd_, gamma_gamma_ : BGNBD, GammaGamma or None
+    bgnbd_, gamma_gamma_ : BTYDModel, GammaGamma or None
         The BTYD fits at the training cutoff; their ``fit_status_`` says whether the fit was
         interior or ran to a boundary.
-    alive_model_ : BGNBD or None
+    alive_model_ : BTYDModel or None
         The model behind ``p_alive``: MBG/NBD fitted at the training cutoff (``bgnbd_`` itself
         when ``btyd_model`` is "mbgnbd" or "pareto"); None when it has no fit (BG/NBD answers).
     classifier_, calibrator_, orders_model_, revenue_model_, timing_model_
@@ -543,10 +543,10 @@ class RepurchaseModel(Estimator):
         return train_booster(params, train, valid, max_rounds=self.max_rounds_,
                              early_stopping_rounds=self.early_stopping_rounds)
 
-    def _btyd_frame(self, features: pd.DataFrame, bgnbd: BGNBD, gamma_gamma: GammaGamma | None) -> pd.DataFrame:
+    def _btyd_frame(self, features: pd.DataFrame, bgnbd: BTYDModel, gamma_gamma: GammaGamma | None) -> pd.DataFrame:
         return pd.DataFrame(self._btyd_columns(features, bgnbd, gamma_gamma), index=features.index)
 
-    def _btyd_columns(self, features, bgnbd: BGNBD, gamma_gamma: GammaGamma | None) -> dict[str, np.ndarray]:
+    def _btyd_columns(self, features, bgnbd: BTYDModel, gamma_gamma: GammaGamma | None) -> dict[str, np.ndarray]:
         f, r, T = (_values(features, c) for c in ("frequency", "recency", "T"))
         out = {
             "btyd_p_alive": bgnbd.p_alive(f, r, T),
@@ -561,13 +561,13 @@ class RepurchaseModel(Estimator):
             out["btyd_expected_order_value"] = _values(features, "avg_order_value")
         return out
 
-    def _fit_btyd(self, features: pd.DataFrame) -> tuple[BGNBD, GammaGamma | None]:
-        bgnbd = BGNBD(model=self.btyd_model).fit(
+    def _fit_btyd(self, features: pd.DataFrame) -> tuple[BTYDModel, GammaGamma | None]:
+        bgnbd = BTYDModel(model=self.btyd_model).fit(
             features["frequency"].to_numpy(float), features["recency"].to_numpy(float), features["T"].to_numpy(float)
         )
         return bgnbd, fit_gamma_gamma(features, self.min_gamma_gamma_customers)
 
-    def _fit_alive_model(self, features: pd.DataFrame) -> BGNBD | None:
+    def _fit_alive_model(self, features: pd.DataFrame) -> BTYDModel | None:
         """The BTYD model behind ``p_alive``: one that lets a customer drop out before a repeat purchase.
 
         BG/NBD (``bgnbd_``, whose answers the boosters learn from) cannot: P(alive) is 1 for
@@ -581,7 +581,7 @@ class RepurchaseModel(Estimator):
         if self.btyd_model != "bgnbd":
             return self.bgnbd_
         try:
-            return BGNBD(model="mbgnbd").fit(*(features[c].to_numpy(float) for c in ("frequency", "recency", "T")))
+            return BTYDModel(model="mbgnbd").fit(*(features[c].to_numpy(float) for c in ("frequency", "recency", "T")))
         except (BTYDDataError, BTYDFitError):
             return None
 
