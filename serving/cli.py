@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from features.errors import InputError
+from features.common.errors import InputError
+from serving.tables import print_backtest
 
 app = typer.Typer(
     name="repurchase",
@@ -36,7 +37,6 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, markup=False)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_DAYS = 3650  # horizons and lead times: ten years is already more than any log supports
 DEFAULT_HORIZON_DAYS = 90  # what "stale" means for commands without a horizon of their own
 
@@ -95,20 +95,17 @@ def handles_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-
-
 def _check_as_of(log, day, flag: str, horizon_days: int, *, count_orders: bool = True) -> None:
     """Refuse a date before the first order; warn (one line) about a stale export, or count the
     orders after the date, which are ignored."""
     from features.orders import check_cutoff
+    from features.timecut import after
 
     stale = check_cutoff(log, day, flag=flag, stale_after_days=horizon_days)
     if stale:
         err.print(f"warning: {stale}")
     if count_orders and log.last_order_date > day:
-        n_after = int((log.orders["order_ts"] >= day + _days(1)).sum())
+        n_after = len(after(log.orders, day))
         if n_after:
             err.print(f"warning: ignored {n_after:,} orders after {flag} {day.date()}")
 
@@ -150,7 +147,7 @@ def synth(
     """
     import time
 
-    from features.io import check_output_path, write_parquet
+    from features.common.outputs import check_output_path, write_parquet
     from features.orders import parse_date
     from features.synth import generate_order_log, make_messy
 
@@ -195,7 +192,7 @@ def _synth_campaigns(customers: int, seed: int, start: str, end: str, out_path: 
     import pyarrow.parquet as pq
 
     from features.campaigns import simulate_campaigns
-    from features.io import atomic_paths, check_output_path, stamped_table
+    from features.common.outputs import atomic_paths, check_output_path, stamped_table
 
     contacts_path = contacts_path_for(out_path)
     check_output_path(contacts_path)
@@ -271,7 +268,7 @@ def features(
     one file sorted by customer_id; Spark writes a folder of part files (unsorted) that
     pandas, pyarrow, DuckDB and Spark read as one table.
     """
-    from features.io import check_output_path, write_parquet
+    from features.common.outputs import check_output_path, write_parquet
     from features.orders import parse_date
 
     _check_engine(engine)
@@ -305,10 +302,9 @@ def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[st
         if stale:
             err.print(f"warning: {stale}")
         elif log.last_order_date > cut:
-            from pyspark.sql import functions as F
+            from features.timecut import after
 
-            day_after = F.lit((cut + _days(1)).to_pydatetime()).cast("timestamp")
-            n_after = log.orders.filter(F.col("order_ts") >= day_after).count()
+            n_after = after(log.orders, cut).count()
             if n_after:
                 err.print(f"warning: ignored {n_after:,} orders after --cutoff {cut.date()}")
         status.update(f"computing features as of {cut.date()} on Spark ...")
@@ -384,10 +380,10 @@ def train(
         if uplift_data.n_without_history:
             err.print(f"warning: ignored {uplift_data.n_without_history:,} contacts of customers with no order on or "
                       "before their contact date")
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
         result = train_job(log, cut, horizon_days, register=register, uplift=uplift_data)
-    _print_comparison(result.backtest.report, champion=result.champion_backtest.report if result.champion_backtest else None)
+    print_backtest(out, result.backtest.report, champion=result.champion_backtest.report if result.champion_backtest else None)
     if result.uplift is not None:
         _print_uplift(result.uplift)
     _print_model(result.model)
@@ -450,41 +446,6 @@ def _days(n: int):
     return pd.Timedelta(days=n)
 
 
-def _print_comparison(report: dict, champion: dict | None = None) -> None:
-    """The backtest's headline numbers, the model beside its baselines."""
-    from rich.table import Table
-
-    from training.btyd import INTERIOR, fit_status_meaning
-
-    if report.get("backtest_note"):
-        out.print(report["backtest_note"])
-        return
-    table = Table(title=f"backtest at {report['cutoff']}, horizon {report['horizon_days']} days, "
-                        f"{report['n_customers']:,} customers, base rate {report['base_rate']:.3f}")
-    table.add_column("p_repurchase")
-    columns = [("model", report.get("model")), ("BG/NBD", report.get("bgnbd")), ("recency only", report.get("recency_only"))]
-    if champion is not None:
-        columns.insert(1, ("champion", champion.get("model")))
-    for name, _ in columns:
-        table.add_column(name, justify="right")
-    for metric in ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10"):
-        cells = []
-        for _, block in columns:
-            value = (block or {}).get(metric)
-            cells.append("" if value is None or value != value else f"{value:.4f}")
-        table.add_row(metric, *cells)
-    out.print(table)
-    if report.get("model_note"):
-        out.print(f"model column empty: {report['model_note']}")
-    holdout = report.get("holdout_orders", {})
-    if holdout:
-        parts = ", ".join(f"{k} {v:,.0f}" for k, v in holdout.items() if v is not None)
-        out.print(f"orders in the horizon: {parts}")
-    status = (report.get("bgnbd") or {}).get("fit_status", INTERIOR)
-    if status != INTERIOR:
-        out.print(f"BG/NBD at {report['cutoff']}: {fit_status_meaning(status)}")
-
-
 @app.command()
 @handles_errors
 def backtest(
@@ -507,7 +468,7 @@ def backtest(
     are still reported. When the log reaches a year past the cutoff, the tiers block compares
     the member tier predicted a year on with the one reached, beside "the tier stays".
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from training.jobs import backtest_job
     from training.registry import configure_tracking
@@ -516,10 +477,10 @@ def backtest(
     tier_set = _load_tiers(tiers)
     check_output_path(json_path)
     log = _load(orders, column_map, exclude_products)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
         result = backtest_job(log, cut, horizon_days, json_path, tiers=tier_set)
-    _print_comparison(result.report)
+    print_backtest(out, result.report)
     _print_tiers(result.report.get("tiers"))
     out.print(f"wrote {json_path} and {len(result.plots)} plots beside it")
 
@@ -565,7 +526,7 @@ def score(
     p_upgrade, p_downgrade and spend_to_next_tier, on the shipped silver / gold / diamond
     thresholds or those in --tiers FILE (no retraining needed to change them).
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from serving.batch import snapshot_path_for
     from training.registry import configure_tracking, load_scorer
@@ -580,11 +541,11 @@ def score(
     for path in (out_path, snapshot_path_for(out_path)):
         check_output_path(path, folder=engine == "spark")
     if engine == "spark":
-        configure_tracking(_tracking_uri())
+        configure_tracking()
         _score_on_spark(orders, day, out_path, model, column_map, exclude_products)
         return
     log = _load(orders, column_map, exclude_products)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
     _check_as_of(log, day, "--as-of", scorer.horizon_days, count_orders=False)
@@ -686,7 +647,7 @@ def target(
     transitions.json, the lifecycle and RFM transition matrices.
     """
     from features.contacts import load_contacts
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
     from serving.migration import add_previous, check_order, read_previous, transitions, write_transitions
@@ -775,7 +736,7 @@ def economics(
     a heatmap (<name>.cohorts.png). A log without a channel column gets everything but the
     per-channel figures, and the JSON says what they need.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input
     from training.economics import economics_report, load_economics, write_economics
@@ -848,7 +809,7 @@ def measure(
     Every window must lie inside the order log.
     """
     from features.contacts import load_contacts
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import load_order_log
     from serving.targeting import load_rules
     from training.measure import check_contact_windows, log_measurement, measure_campaigns
@@ -870,7 +831,7 @@ def measure(
         result = measure_campaigns(past, log.orders, window_days=window_days, contact_cost=contact_cost,
                                    holdout_share=holdout_share)
     _write_measurement(result, json_path, report_path)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     run_id = log_measurement(result, json_path, report_path, orders_source=log.source, contacts_source=str(contacts))
     _print_measurement(result)
     if result["contacts_without_any_order"]:
@@ -883,7 +844,7 @@ def _write_measurement(result: dict, json_path: Path, report_path: Path) -> None
     """The JSON and its page, both complete before either replaces an earlier one."""
     import json
 
-    from features.io import atomic_paths
+    from features.common.outputs import atomic_paths
     from serving.report import build_measurement_html
 
     page = build_measurement_html(result)
@@ -939,7 +900,7 @@ def replenish(
     the run is tracked in MLflow (MLFLOW_TRACKING_URI).
     Feed it to `repurchase target --replenishment FILE` for category reminders.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from training.jobs import replenish_job
     from training.registry import configure_tracking
@@ -948,7 +909,7 @@ def replenish(
     check_output_path(out_path)
     log = _load(orders, column_map, exclude_products)
     _check_as_of(log, day, "--as-of", horizon_days, count_orders=False)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
     if result.n_future_lines_ignored:
@@ -998,10 +959,8 @@ def serve(
     API docs (Swagger UI) at /, the OpenAPI document at /docs.json. With REPURCHASE_API_KEY
     set, requests need "Authorization: Bearer <key>". Ctrl-C stops it.
     """
-    from serving.online import serve_command
-    from training.registry import configure_tracking
+    from serving.launch import serve_command
 
-    configure_tracking(_tracking_uri())
     if snapshot is None and DEFAULT_SNAPSHOT.exists():
         snapshot = DEFAULT_SNAPSHOT
     serve_command(model, port, snapshot, host=host)
@@ -1033,8 +992,9 @@ def quickstart(
     with --economics) and its cohort heatmap join the report.
     """
     from serving.quickstart import run_quickstart
+    from training.registry import tracking_uri
 
-    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map,
+    run_quickstart(out_dir, console=out, tracking_uri=tracking_uri(), source=orders, column_map=column_map,
                    exclude_products=exclude_products, tiers_path=tiers, economics_path=economics_file,
                    previous_path=previous)
 
@@ -1061,6 +1021,9 @@ def main() -> None:
     """Console entry point."""
     import signal
 
+    from serving.launch import passive_openmp_waits
+
+    passive_openmp_waits()  # before anything loads LightGBM's OpenMP runtime
     _quiet_libraries()
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     app(prog_name="repurchase")

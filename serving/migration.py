@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.errors import InputError
+from features.common.errors import InputError
 
 PREVIOUS_COLUMNS = {"lifecycle_stage": "previous_lifecycle_stage", "rfm_segment": "previous_rfm_segment"}
 # Not "new": that is a lifecycle stage the customer may have had at the previous run.
@@ -97,7 +97,7 @@ def write_transitions(moves: dict, path: Path) -> Path:
     """Write ``transitions.json`` atomically and list it as the tool's own in its folder."""
     import json
 
-    from features.io import atomic_path, mark_folder
+    from features.common.outputs import atomic_path, mark_folder
 
     path = Path(path)
     with atomic_path(path) as tmp:

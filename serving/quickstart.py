@@ -33,9 +33,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from features.io import claim_folder
-from serving.migration import write_transitions
+from features.common.outputs import claim_folder
 from features.orders import load_order_log
+from serving.migration import write_transitions
+from serving.tables import number, print_backtest
 
 QUICKSTART_SOURCE = "cdnow"
 BACKTEST_CUTOFF = pd.Timestamp("1997-09-30")
@@ -101,7 +102,7 @@ def run_quickstart(
         except BTYDDataError as exc:
             backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc)), frame=pd.DataFrame())
             write_report(backtest.report, out_dir / "backtest.json")
-    _print_backtest(console, backtest.report)
+    print_backtest(console, backtest.report)
     if "replenishment" in backtest.report:
         _print_replenishment_backtest(console, backtest.report["replenishment"])
 
@@ -170,30 +171,6 @@ def run_quickstart(
     return {"summary": summary, "backtest": backtest.report, "audiences": audiences, "seconds": elapsed}
 
 
-def _fmt(value) -> str:
-    return "–" if value is None or value != value else f"{value:.3f}"
-
-
-def _print_backtest(console: Console, report: dict) -> None:
-    if report.get("backtest_note"):
-        console.print(report["backtest_note"])
-        return
-    table = Table(title=f"backtest: {report['n_customers']:,} customers at {report['cutoff']}, "
-                        f"{report['horizon_days']}-day horizon, base rate {report['base_rate']:.3f}")
-    for column in ("p_repurchase", "model", "BG/NBD", "recency only"):
-        table.add_column(column, justify="right" if column != "p_repurchase" else "left")
-    model, bgnbd, recency = report["model"], report["bgnbd"], report["recency_only"]
-    for metric in ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10"):
-        table.add_row(metric, _fmt(model.get(metric)), _fmt(bgnbd.get(metric)), _fmt(recency.get(metric)))
-    holdout = report["holdout_orders"]
-    orders = lambda value: "–" if value is None else f"{value:,.0f}"  # noqa: E731
-    table.add_row("orders in horizon", orders(holdout["model"]), orders(holdout["bgnbd"]), f"actual {holdout['actual']:,}")
-    table.add_row("revenue gini", _fmt((model.get("revenue") or {}).get("gini")), _fmt(bgnbd["revenue"]["gini"]), "")
-    console.print(table)
-    if report.get("model_note"):
-        console.print(f"model column empty: {report['model_note']}")
-
-
 def _print_replenishment_backtest(console: Console, block: dict) -> None:
     table = Table(title=f"replenishment backtest: {block['n_pairs']:,} customer-category pairs, "
                         f"{block['base_rate'] or 0:.1%} bought again within the horizon")
@@ -201,7 +178,7 @@ def _print_replenishment_backtest(console: Console, block: dict) -> None:
         table.add_column(column, justify="left" if column == "next purchase" else "right")
     blocks = [block["model"], block["own_last_gap"], block["category_median"]]
     for metric, label in (("p50_mae_days", "p50 MAE (days)"), ("coverage_p10_p90", "p10-p90 coverage"), ("auc", "AUC")):
-        table.add_row(label, *[_fmt(b.get(metric)) for b in blocks])
+        table.add_row(label, *[number(b.get(metric), 3) for b in blocks])
     console.print(table)
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.errors import InputError
+from features.common.errors import InputError
 from serving.cli import app
 from serving.migration import add_previous, check_order, transitions
 from serving.targeting import apply_rules, load_rules

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.errors import InputError
-from training.btyd import BGNBD, GammaGamma
+from features.common.errors import InputError
+from training.btyd import BTYDModel, GammaGamma
 from training.tiers import (
     TIER_COLUMNS,
     Tiers,
@@ -32,7 +32,7 @@ HISTORY = {"frequency": np.array([0.0, 1.0, 4.0, 15.0, 2.0]),
 @pytest.mark.parametrize("model", ["bgnbd", "mbgnbd"])
 @pytest.mark.parametrize("t_days", [30.0, 365.0])
 def test_orders_distribution_agrees_with_the_models_own_mean_and_p_repurchase(model, t_days):
-    btyd = BGNBD.from_params(CDNOW_PARAMS, model=model)
+    btyd = BTYDModel.from_params(CDNOW_PARAMS, model=model)
     pmf = btyd.orders_distribution(t_days, *HISTORY.values(), max_orders=300)
     assert np.all(pmf >= 0)
     np.testing.assert_allclose(pmf.sum(axis=1), 1.0, atol=1e-12)
@@ -43,7 +43,7 @@ def test_orders_distribution_agrees_with_the_models_own_mean_and_p_repurchase(mo
 def test_orders_distribution_without_drop_out_is_the_negative_binomial():
     from scipy.stats import nbinom
 
-    btyd = BGNBD.from_params({"r": 0.5, "alpha": 10.0, "a": 0.0, "b": float("nan")})
+    btyd = BTYDModel.from_params({"r": 0.5, "alpha": 10.0, "a": 0.0, "b": float("nan")})
     pmf = btyd.orders_distribution(70.0, [3.0], [50.0], [80.0], max_orders=60)
     # lambda ~ Gamma(r + x, alpha + T) in weeks: T = 80 / 7, t = 10 weeks.
     expected = nbinom.pmf(np.arange(60), 3.5, (10.0 + 80 / 7) / (10.0 + 80 / 7 + 10.0))
@@ -55,7 +55,7 @@ def test_orders_distribution_matches_a_simulation_of_the_posterior():
     rng = np.random.default_rng(0)
     r, alpha, a, b = CDNOW_PARAMS.values()
     x, T, t = 4.0, 30.0, 52.0
-    btyd = BGNBD.from_params(CDNOW_PARAMS)
+    btyd = BTYDModel.from_params(CDNOW_PARAMS)
     p_alive = btyd.p_alive(x, 25.0 * 7, T * 7)
     n = 200_000
     lam = rng.gamma(r + x, 1.0 / (alpha + T), n)
@@ -101,7 +101,7 @@ def test_tier_columns_from_known_probabilities():
 
 
 def test_tier_probabilities_are_a_distribution_and_move_with_the_thresholds():
-    btyd, gg = BGNBD.from_params(CDNOW_PARAMS, model="mbgnbd"), GammaGamma.from_params(GG_PARAMS)
+    btyd, gg = BTYDModel.from_params(CDNOW_PARAMS, model="mbgnbd"), GammaGamma.from_params(GG_PARAMS)
     monetary = np.array([0.0, 30.0, 45.0, 60.0, 25.0])
     args = (*HISTORY.values(), monetary, np.full(5, 35.0))
     low = next_year_tier_probabilities(Tiers(("a", "b"), (0.0, 100.0)), btyd, gg, *args)

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
+from features.common.errors import InputError
+from features.timecut import after, until
 from training.tiers import read_yaml_mapping
 
 POINTS = (1, 5, 10)
@@ -171,7 +172,7 @@ def payback_months(orders: pd.DataFrame, customers: pd.DataFrame, channel: str, 
 
 def value_of_repurchase(orders: pd.DataFrame, as_of: pd.Timestamp, margin: float, points=POINTS) -> dict:
     """What N more points of 12-month repurchase rate would bring, from the last 365 days of this log."""
-    window = orders[orders["order_ts"] > as_of - pd.Timedelta(days=YEAR_DAYS)].sort_values("order_ts", kind="stable")
+    window = after(orders, as_of - pd.Timedelta(days=YEAR_DAYS)).sort_values("order_ts", kind="stable")
     per = window.groupby("customer_id")["amount"].agg(["size", "sum", "first"])
     buyers = len(per)
     repeaters = per[per["size"] >= 2]
@@ -199,7 +200,7 @@ def economics_report(orders: pd.DataFrame, as_of, scores: pd.DataFrame | None = 
     """
     config = config or EconomicsConfig()
     as_of = pd.Timestamp(as_of).normalize()
-    orders = orders[orders["order_ts"] < as_of + pd.Timedelta(days=1)]
+    orders = until(orders, as_of)
     if orders.empty:
         raise InputError(f"no orders on or before {as_of.date()}: nothing to measure")
     customers = _acquisition(orders)

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from features.io import atomic_path
+from features.common.outputs import atomic_path
 
 COLORS = {"model": "#1f77b4", "bgnbd": "#ff7f0e", "recency_only": "#7f7f7f", "actual": "#222222"}
 LABELS = {"model": "model (LightGBM)", "bgnbd": "BG/NBD", "recency_only": "recency only", "actual": "actual"}

@@ -8,7 +8,7 @@ distribution of next-year spend, not a rule of thumb:
 
 * N, the customer's purchases in the next 365 days, has the closed-form conditional
   distribution of the BTYD model behind ``p_alive`` (MBG/NBD at the training cutoff, or
-  BG/NBD when there is none: :meth:`training.btyd.BGNBD.orders_distribution`). The
+  BG/NBD when there is none: :meth:`training.btyd.BTYDModel.orders_distribution`). The
   LightGBM models predict at the model's horizon (90 days by default) only, and scaling a
   90-day answer to a year is not honest, so the BTYD models answer here.
 * Given N = n, the spend is the sum of n order values under Gamma-Gamma with the
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from features.errors import InputError
+from features.common.errors import InputError
 from training.contract import TIER_COLUMNS  # noqa: F401 - named here for readers of this module
 
 BASES = {"spend": "spend_365d", "orders": "orders_365d"}
@@ -170,7 +170,7 @@ def next_year_tier_probabilities(
 ) -> np.ndarray:
     """P(the tier a year on = k) for each customer (rows) and tier (columns).
 
-    ``orders_model`` is a fitted :class:`training.btyd.BGNBD` (any of its models),
+    ``orders_model`` is a fitted :class:`training.btyd.BTYDModel` (any of its models),
     ``gamma_gamma`` a fitted :class:`training.btyd.GammaGamma` or None, in which case
     every order is worth ``order_value`` (the customer's mean order value).
     """
