@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.contacts import holdout_draw, validate_contacts
+from features.contacts import validate_contacts
 from features.pipeline import build_features
 from serving.cli import app
 from serving.rules import RuleSet, RulesError, apply_rules
@@ -156,20 +155,6 @@ def test_a_split_needs_two_campaigns_and_enough_of_both_groups():
 
 
 # --------------------------------------------------------------------------- uplift in the scores
-
-
-@pytest.fixture(scope="module")
-def uplift_model(fitted_model, synth_orders):
-    """The session's fitted model with an uplift part learned from made-up randomised contacts."""
-    past = synth_orders[synth_orders["order_ts"] < pd.Timestamp(CUTOFF) + pd.Timedelta(days=1)]
-    customers = np.sort(past.loc[past["order_ts"] < "2025-03-01", "customer_id"].astype(str).unique())[:1500]
-    dates = np.array(["2025-03-01", "2025-04-01", "2025-05-01"])[np.arange(len(customers)) % 3]
-    actions = np.array(["win_back", "churn_warning"])[np.arange(len(customers)) % 2]
-    draws = np.concatenate([holdout_draw([c], a, d) for c, a, d in zip(customers, actions, dates)])
-    contacts = validate_contacts(pd.DataFrame({"customer_id": customers, "action": actions, "contacted_at": dates,
-                                               "group": np.where(draws < 0.3, "holdout", "treatment")}))
-    model = pickle.loads(pickle.dumps(fitted_model))
-    return model.fit_uplift(model.uplift_frame(past, contacts, 30), window_days=30)
 
 
 def test_scores_carry_uplift_only_when_the_model_has_it(fitted_model, uplift_model, synth_orders):
