@@ -18,12 +18,15 @@ from serving.cli import app
 from serving.rules import RuleSet, RulesError, apply_rules
 from training.contract import SCORE_COLUMNS, UPLIFT
 from training.metrics import qini_auc, qini_curve, uplift_at_k
+from features.errors import InputError
 from training.uplift import (
     RFM_SCORE_COLUMNS,
+    SHRINK_NON_BUYERS,
     UpliftDataError,
     UpliftModel,
     campaign_split,
     feature_columns,
+    persuaded_shares,
     uplift_frame,
 )
 
@@ -154,6 +157,67 @@ def test_a_split_needs_two_campaigns_and_enough_of_both_groups():
         campaign_split(contacts_frame({"2025-01-01": 500, "2025-03-01": 500}, holdout_every=10**6), 30)
 
 
+# --------------------------------------------------------------------------- the learner
+
+
+def test_the_persuaded_share_by_hand_and_shrunk_towards_the_pooled_one():
+    actions = np.array(["a"] * 4 + ["b"] * 2)
+    no_order_if_sent = np.array([0.9, 0.9, 0.6, 0.6, 0.5, 0.5])  # 1 - mu1 of each held-out contact
+    no_order = np.array([1, 1, 1, 1, 1, 0])
+    pooled = 4.0 / 5.0
+    k = SHRINK_NON_BUYERS
+    shares = persuaded_shares(actions, no_order_if_sent, no_order)
+    assert shares["a"] == pytest.approx(1 - (3.0 + k * pooled) / (4 + k))
+    assert shares["b"] == pytest.approx(1 - (1.0 + k * pooled) / (1 + k))
+    # with many held-out contacts an action's own ratio wins: 1 - 0.7 / 1 = 0.3
+    many = persuaded_shares(np.array(["a"] * 10_000), np.full(10_000, 0.7), np.ones(10_000))
+    assert many["a"] == pytest.approx(0.3, abs=1e-3)
+    # nobody held out failed to order: no evidence of persuasion, a share of at most 0
+    assert persuaded_shares(np.array(["a", "a"]), np.array([0.2, 0.3]), np.zeros(2))["a"] <= 0
+
+
+def simulated_frame(n: int, shares: dict[str, float], seed: int = 0) -> pd.DataFrame:
+    """Contacts whose chance of ordering without a contact is sigmoid(x), and whose contact
+    persuades a share of the non-buyers that depends on the action only."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.5, n)
+    actions = np.array(list(shares))[rng.integers(0, len(shares), n)]
+    treated = rng.random(n) >= 0.1
+    without = rng.random(n) < 1 / (1 + np.exp(-x))
+    persuaded = rng.random(n) < np.array([shares[a] for a in actions])
+    bought = without | (treated & persuaded)
+    return pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "action": actions,
+                         "contacted_at": pd.Timestamp("2025-03-01") + pd.to_timedelta(rng.integers(0, 3, n) * 28, "D"),
+                         "group": np.where(treated, "treatment", "holdout"), "treated": treated.astype(np.int8),
+                         "bought": bought.astype(np.int8), "orders": bought.astype(np.int64), "x": x})
+
+
+def test_the_learner_recovers_each_actions_persuaded_share_and_ranks_by_it():
+    shares = {"churn_warning": 0.05, "replenishment_reminder": 0.3}
+    model = UpliftModel().fit(simulated_frame(40_000, shares))
+    assert model.features_ == ["x", "action=churn_warning", "action=replenishment_reminder"]
+    for action, share in shares.items():
+        assert model.persuaded_share_[action] == pytest.approx(share, abs=0.04), action
+    grid = pd.DataFrame({"x": np.linspace(-3, 3, 13)})
+    low, high = model.uplift(grid, "churn_warning"), model.uplift(grid, "replenishment_reminder")
+    true_high = shares["replenishment_reminder"] * (1 - 1 / (1 + np.exp(-grid["x"].to_numpy())))
+    np.testing.assert_allclose(high, true_high, atol=0.05)
+    assert (high > low).all() and high[0] > high[-1]  # those unlikely to order anyway gain the most
+    scores = model.score_columns(grid)
+    np.testing.assert_array_equal(scores["uplift"], np.maximum(low, high))
+
+
+def test_the_boosted_holdout_model_and_models_pickled_before_the_share_still_score():
+    frame = simulated_frame(5_000, {"win_back": 0.1})
+    boosted = UpliftModel(holdout_model="boosted").fit(frame)
+    assert boosted.persuaded_share_ is None and boosted.holdout_correction_ is not None
+    assert np.isfinite(boosted.uplift(frame.head(50), "win_back")).all()
+    del boosted.persuaded_share_  # as a model pickled before the persuaded share existed
+    assert np.isfinite(boosted.uplift(frame.head(50), "win_back")).all()
+    with pytest.raises(InputError, match="holdout_model must be one of persuaded_share, boosted, got 'nope'"):
+        UpliftModel(holdout_model="nope").fit(frame)
+
+
 # --------------------------------------------------------------------------- uplift in the scores
 
 
@@ -245,7 +309,8 @@ def score_frame(rows: list[dict]) -> pd.DataFrame:
     base = {"as_of": pd.Timestamp(CUTOFF), "horizon_days": 90, "p_alive": 0.5, "p_repurchase": 0.5,
             "expected_orders": 1.0, "expected_revenue": 100.0, "clv": 100.0, "next_order_days_p10": np.nan,
             "next_order_days_p50": np.nan, "next_order_days_p90": np.nan, "churn_risk": 0.5,
-            "rfm_segment": "loyal", "lifecycle_stage": "lapsed", "model_version": "1"}
+            "rfm_r": 3, "rfm_f": 3, "rfm_m": 3, "rfm_segment": "loyal", "lifecycle_stage": "lapsed",
+            "model_version": "1"}
     frame = pd.DataFrame([{**base, **row} for row in rows])
     frame["churn_risk"] = 1 - frame["p_repurchase"]
     return frame[[*SCORE_COLUMNS, *[c for c in frame.columns if c.startswith("uplift")]]]

@@ -196,18 +196,18 @@ def _sigmoid(log_odds: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-log_odds))
 
 
-def _persuaded_shares(actions: np.ndarray, not_treated_buy: np.ndarray, not_bought: np.ndarray) -> dict[str, float]:
+def persuaded_shares(actions: np.ndarray, no_order_if_sent: np.ndarray, no_order: np.ndarray) -> dict[str, float]:
     """``theta`` per action from held-out contacts (see the module docs): ``1 - sum(1 - mu1) /
     sum(not bought)``, both sums with :data:`SHRINK_NON_BUYERS` pseudo non-buyers at the pooled ratio.
 
-    ``not_treated_buy`` is each held-out contact's ``1 - mu1(x)``, ``not_bought`` its ``1 - bought``.
+    ``no_order_if_sent`` is each held-out contact's ``1 - mu1(x)``, ``no_order`` its ``1 - bought``.
     """
     # When every held-out contact ordered there is nobody left to persuade: the prior is theta 0.
-    pooled = not_treated_buy.sum() / not_bought.sum() if not_bought.sum() > 0 else 1.0
+    pooled = no_order_if_sent.sum() / no_order.sum() if no_order.sum() > 0 else 1.0
     out = {}
     for action in np.unique(actions):
         rows = actions == action
-        ratio = (not_treated_buy[rows].sum() + SHRINK_NON_BUYERS * pooled) / (not_bought[rows].sum() + SHRINK_NON_BUYERS)
+        ratio = (no_order_if_sent[rows].sum() + SHRINK_NON_BUYERS * pooled) / (no_order[rows].sum() + SHRINK_NON_BUYERS)
         out[str(action)] = float(1.0 - ratio)
     return out
 
@@ -316,7 +316,7 @@ class UpliftModel:
         start = self.treated_model_.predict(X[~treated], raw_score=True)
         self.persuaded_share_, self.holdout_correction_ = None, None
         if self.holdout_model == "persuaded_share":
-            self.persuaded_share_ = _persuaded_shares(actions[~treated], 1.0 - _sigmoid(start), 1.0 - y[~treated])
+            self.persuaded_share_ = persuaded_shares(actions[~treated], 1.0 - _sigmoid(start), 1.0 - y[~treated])
         else:
             self.holdout_correction_ = lgb.train(
                 self._params(self.holdout_leaves, self.holdout_min_child_samples),
