@@ -27,7 +27,7 @@ The action enters as one 0/1 column per action (``action=<name>``), so one model
 all actions and what they share.
 
 The learner (:class:`UpliftModel`): the treated outcome model and a persuaded share per action
-------------------------------------------------------------------------------------------
+----------------------------------------------------------------------------------------------
 ``mu1(x)`` = P(bought | x, sent) is learned on the treated contacts (LightGBM): about 90% of
 the contacts, enough for a full outcome model. The held-out contacts are few (10% by
 default): a few hundred per action cannot learn a second outcome model, or a correction to
