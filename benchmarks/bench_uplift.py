@@ -1,6 +1,6 @@
 """Does the uplift ranking find the customers a contact changes? Held-out campaigns, several seeds.
 
-    .venv/bin/python benchmarks/bench_uplift.py [--seeds 5] [--first-seed 10] [--customers 50000]
+    .venv/bin/python benchmarks/bench_uplift.py [--seeds 5] [--first-seed 20] [--customers 50000]
 
 For every seed, ``repurchase synth --customers N --seed S --campaigns --out log.parquet``
 (the CLI, in a subprocess) writes a shop with a year of monthly campaigns (three actions,
@@ -114,7 +114,7 @@ def one_seed(seed: int, customers: int, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--first-seed", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=20)
     parser.add_argument("--customers", type=int, default=50_000)
     args = parser.parse_args()
     rows = []
