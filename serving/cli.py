@@ -647,7 +647,7 @@ def target(
     from features.io import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
-    from serving.rules import Campaign, apply_rules, load_rules, write_audiences
+    from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
 
     check_output_path(out_dir, folder=True)
     day = parse_date(campaign_date, "--campaign-date") if campaign_date is not None else None
@@ -731,7 +731,7 @@ def measure(
     from features.contacts import load_contacts
     from features.io import check_output_path
     from features.orders import load_order_log
-    from serving.rules import load_rules
+    from serving.targeting import load_rules
     from training.measure import check_contact_windows, log_measurement, measure_campaigns
     from training.registry import configure_tracking
 
@@ -841,10 +841,12 @@ def replenish(
 def _print_replenishment(frame) -> None:
     from rich.table import Table
 
-    due = frame["next_purchase_days_p50"] <= 14
-    likely = frame["p_within_horizon"] >= 0.5
+    from training.segments import REMINDER
+
+    due = frame["next_purchase_days_p50"] <= REMINDER.within_days
+    likely = frame["p_within_horizon"] >= REMINDER.min_p_within_horizon
     table = Table(title=f"replenishment as of {frame['as_of'].iloc[0].date() if len(frame) else '-'}")
-    for column in ("category", "pairs", "own rhythm", "likely within horizon", "due in 14 days & likely"):
+    for column in ("category", "pairs", "own rhythm", "likely within horizon", f"due in {REMINDER.within_days} days & likely"):
         table.add_column(column, justify="left" if column == "category" else "right")
     grouped = frame.assign(own=frame["basis"] == "own", likely=likely, due=due & likely).groupby("category")
     summary = grouped.agg(pairs=("customer_id", "size"), own=("own", "mean"), likely=("likely", "sum"), due=("due", "sum"))

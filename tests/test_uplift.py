@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -13,12 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from features.contacts import validate_contacts
+from features.errors import InputError
 from features.pipeline import build_features
+from score_rows import score_row, scores_frame
 from serving.cli import app
-from serving.rules import RuleSet, RulesError, apply_rules
+from serving.targeting import RuleSet, RulesError, apply_rules
 from training.contract import SCORE_COLUMNS, UPLIFT
 from training.metrics import qini_auc, qini_curve, uplift_at_k
-from features.errors import InputError
 from training.uplift import (
     RFM_SCORE_COLUMNS,
     SHRINK_NON_BUYERS,
@@ -212,8 +214,12 @@ def test_the_boosted_holdout_model_and_models_pickled_before_the_share_still_sco
     boosted = UpliftModel(holdout_model="boosted").fit(frame)
     assert boosted.persuaded_share_ is None and boosted.holdout_correction_ is not None
     assert np.isfinite(boosted.uplift(frame.head(50), "win_back")).all()
-    del boosted.persuaded_share_  # as a model pickled before the persuaded share existed
-    assert np.isfinite(boosted.uplift(frame.head(50), "win_back")).all()
+    state = {k: v for k, v in boosted.__dict__.items() if k not in ("holdout_model", "persuaded_share_")}
+    old = pickle.loads(pickle.dumps(boosted))
+    old.__dict__.clear()
+    old.__setstate__(state)  # as a model pickled before the persuaded share existed
+    assert old.holdout_model == "boosted"
+    np.testing.assert_array_equal(old.uplift(frame.head(50), "win_back"), boosted.uplift(frame.head(50), "win_back"))
     with pytest.raises(InputError, match="holdout_model must be one of persuaded_share, boosted, got 'nope'"):
         UpliftModel(holdout_model="nope").fit(frame)
 
@@ -306,14 +312,11 @@ def test_online_rows_have_uplift_only_when_the_model_has_it(uplift_model, fitted
 
 
 def score_frame(rows: list[dict]) -> pd.DataFrame:
-    base = {"as_of": pd.Timestamp(CUTOFF), "horizon_days": 90, "p_alive": 0.5, "p_repurchase": 0.5,
-            "expected_orders": 1.0, "expected_revenue": 100.0, "clv": 100.0, "next_order_days_p10": np.nan,
-            "next_order_days_p50": np.nan, "next_order_days_p90": np.nan, "churn_risk": 0.5,
-            "rfm_r": 3, "rfm_f": 3, "rfm_m": 3, "rfm_segment": "loyal", "lifecycle_stage": "lapsed",
+    """Lapsed customers worth 100, as likely as not to buy, unless a row says otherwise."""
+    base = {"as_of": pd.Timestamp(CUTOFF), "p_alive": 0.5, "p_repurchase": 0.5, "expected_orders": 1.0,
+            "expected_revenue": 100.0, "clv": 100.0, "rfm_segment": "loyal", "lifecycle_stage": "lapsed",
             "model_version": "1"}
-    frame = pd.DataFrame([{**base, **row} for row in rows])
-    frame["churn_risk"] = 1 - frame["p_repurchase"]
-    return frame[[*SCORE_COLUMNS, *[c for c in frame.columns if c.startswith("uplift")]]]
+    return scores_frame([score_row(**{**base, **row}) for row in rows])
 
 
 def rules(rule_list: list[dict], **extra) -> RuleSet:

@@ -83,6 +83,7 @@ import pandas as pd
 from features.contacts import TREATMENT
 from features.errors import InputError
 from features.pipeline import LABELS, build_features
+from training.boosting import Estimator, booster_params, train_booster
 from training.contract import UPLIFT, uplift_column
 from training.measure import window_outcomes
 from training.metrics import qini_auc, uplift_at_k
@@ -212,7 +213,7 @@ def persuaded_shares(actions: np.ndarray, no_order_if_sent: np.ndarray, no_order
     return out
 
 
-class UpliftModel:
+class UpliftModel(Estimator):
     """The treated outcome model on LightGBM and a persuaded share per action from the holdout:
     the change in P(an order within the window) that an action causes (see the module docs).
 
@@ -230,6 +231,11 @@ class UpliftModel:
         shipped before, kept to compare with).
     holdout_rounds, holdout_leaves, holdout_min_child_samples
         The boosted correction's settings: few shallow trees on many rows each.
+    feature_fraction, bagging_fraction, bagging_freq, lambda_l2, max_bin
+        LightGBM's column and row subsampling, L2 penalty and histogram bins (both models;
+        the customer model's settings).
+    num_threads : int or None
+        LightGBM threads; None: the cores available to the process (results do not depend on it).
     random_state : int
         Seed for LightGBM.
 
@@ -261,6 +267,12 @@ class UpliftModel:
         holdout_rounds: int = 50,
         holdout_leaves: int = 3,
         holdout_min_child_samples: int = 100,
+        feature_fraction: float = 0.8,
+        bagging_fraction: float = 0.8,
+        bagging_freq: int = 1,
+        lambda_l2: float = 1.0,
+        max_bin: int = 63,
+        num_threads: int | None = None,
         random_state: int = 0,
     ):
         self.window_days = window_days
@@ -272,30 +284,35 @@ class UpliftModel:
         self.holdout_rounds = holdout_rounds
         self.holdout_leaves = holdout_leaves
         self.holdout_min_child_samples = holdout_min_child_samples
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.bagging_freq = bagging_freq
+        self.lambda_l2 = lambda_l2
+        self.max_bin = max_bin
+        self.num_threads = num_threads
         self.random_state = random_state
 
+    def __setstate__(self, state: dict) -> None:
+        # Models pickled before ``holdout_model`` existed all had the boosted correction.
+        super().__setstate__({"holdout_model": "boosted", **state})
+
     def _params(self, num_leaves: int, min_child_samples: int) -> dict:
-        return {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": num_leaves,
-            "min_child_samples": min_child_samples,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "max_bin": 63,
-            "num_threads": 2,
-            "seed": self.random_state,
-            "deterministic": True,
-            "force_col_wise": True,
-            "verbose": -1,
-        }
+        return booster_params(
+            "binary",
+            learning_rate=self.learning_rate,
+            num_leaves=num_leaves,
+            min_child_samples=min_child_samples,
+            feature_fraction=self.feature_fraction,
+            bagging_fraction=self.bagging_fraction,
+            bagging_freq=self.bagging_freq,
+            lambda_l2=self.lambda_l2,
+            max_bin=self.max_bin,
+            num_threads=self.num_threads,
+            random_state=self.random_state,
+        )
 
     def fit(self, frame: pd.DataFrame) -> "UpliftModel":
         """Learn from an :func:`uplift_frame` (all its rows; split beforehand to evaluate)."""
-        import lightgbm as lgb
-
         if self.holdout_model not in HOLDOUT_MODELS:
             raise InputError(f"holdout_model must be one of {', '.join(HOLDOUT_MODELS)}, got '{self.holdout_model}'")
         treated = frame["treated"].to_numpy().astype(bool)
@@ -311,16 +328,16 @@ class UpliftModel:
         actions = frame["action"].astype(str).to_numpy()
         X = self._matrix(frame, actions)
         y = frame["bought"].to_numpy(dtype=float)
-        self.treated_model_ = lgb.train(self._params(self.num_leaves, self.min_child_samples),
-                                        lgb.Dataset(X[treated], y[treated]), num_boost_round=self.n_rounds)
+        self.treated_model_ = train_booster(self._params(self.num_leaves, self.min_child_samples),
+                                            (X[treated], y[treated]), max_rounds=self.n_rounds)
         start = self.treated_model_.predict(X[~treated], raw_score=True)
         self.persuaded_share_, self.holdout_correction_ = None, None
         if self.holdout_model == "persuaded_share":
             self.persuaded_share_ = persuaded_shares(actions[~treated], 1.0 - _sigmoid(start), 1.0 - y[~treated])
         else:
-            self.holdout_correction_ = lgb.train(
+            self.holdout_correction_ = train_booster(
                 self._params(self.holdout_leaves, self.holdout_min_child_samples),
-                lgb.Dataset(X[~treated], y[~treated], init_score=start), num_boost_round=self.holdout_rounds,
+                (X[~treated], y[~treated], start), max_rounds=self.holdout_rounds,
             )
         return self
 
@@ -344,9 +361,8 @@ class UpliftModel:
             raise InputError(f"the uplift model has not learned '{action}'; it knows {', '.join(self.actions_)}")
         X = self._matrix(features, np.full(len(features), action, dtype=object))
         treated = self.treated_model_.predict(X, raw_score=True)
-        share = getattr(self, "persuaded_share_", None)  # None in models pickled before it existed
-        if share is not None:
-            theta = share[action]
+        if self.holdout_model == "persuaded_share":
+            theta = self.persuaded_share_[action]
             return theta / (1.0 - theta) * (1.0 - _sigmoid(treated))
         holdout = treated + self.holdout_correction_.predict(X, raw_score=True)
         return _sigmoid(treated) - _sigmoid(holdout)
