@@ -340,9 +340,9 @@ def train(
     (BG/NBD + Gamma-Gamma; the output says what more history would unlock LightGBM), and a
     BG/NBD fit that finds no drop-out yet is a labelled answer, not an error.
 
-    --uplift --contacts FILE: an X-learner on LightGBM learns, from contacts whose window
-    ended by the cutoff, each customer's uplift per action (features as of each contact's
-    date). It is first judged on the latest campaigns (about 30% of the contacts), having
+    --uplift --contacts FILE: learns, from contacts whose window ended by the cutoff, each
+    customer's uplift per action (features as of each contact's date): P(order | sent) on
+    LightGBM, and per action the share of would-be non-buyers a contact persuades. It is first judged on the latest campaigns (about 30% of the contacts), having
     learned only from the earlier ones: Qini coefficient and uplift at 10% and 30% for the
     uplift ranking, ranking by p_repurchase, and random. Then it learns from all of them and
     goes inside the registered model: scores gain uplift (the best action's) and
