@@ -3,8 +3,12 @@
 Everything is inline: CSS in a ``<style>`` block, plots as base64 PNG data URIs, and one
 small inline script (allowed by hash in the page's Content-Security-Policy, which also
 forbids loading anything from anywhere) that records how many images decoded, so a
-headless browser can check the page. Text from data (segment names, rule reasons) is
-HTML-escaped, so a reason such as ``<script>`` shows as text and never runs.
+headless browser can check the page.
+
+The markup lives in Jinja2 templates (``serving/templates``: the page, one template per
+section, macros for tables and figures); this module turns scores and the backtest report
+into plain data for them. Autoescaping is on, so text from data (segment names, rule
+reasons) shows as text: a reason such as ``<script>`` never runs.
 
 Charts are drawn with matplotlib's object API (``Figure``): no pyplot, no global state.
 """
@@ -12,8 +16,8 @@ Charts are drawn with matplotlib's object API (``Figure``): no pyplot, no global
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-import html
 import io
 import math
 import re
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -63,14 +68,6 @@ GROUP_NOTES = {
 BAR_COLOR = "#1f77b4"
 EXAMPLES_PER_ACTION = 5
 TOP_REASONS = 5
-
-
-class _Html(str):
-    """Markup built here: inserted as is, while every other value is escaped."""
-
-
-def _esc(value) -> str:
-    return value if isinstance(value, _Html) else html.escape(str(value), quote=True)
 
 
 def _number(value) -> float | None:
@@ -128,29 +125,20 @@ def _label(name) -> str:
 # --- building blocks -------------------------------------------------------------------------
 
 
-def _table(headers, rows, *, text_columns=(0,), footer=None, css_class: str = "") -> str:
-    """An HTML table; columns other than ``text_columns`` are right-aligned numbers."""
-
-    def cells(row, tag):
-        return "".join(
-            f'<{tag}{"" if i in text_columns else " class=num"}>{_esc(value)}</{tag}>' for i, value in enumerate(row)
-        )
-
-    head = f"<thead><tr>{cells(headers, 'th')}</tr></thead>"
-    body = "".join(
-        f'<tr class="group"><th colspan="{len(headers)}">{_esc(row.title)}</th></tr>'
-        if isinstance(row, _Group) else f"<tr>{cells(row, 'td')}</tr>"
-        for row in rows
-    )
-    foot = f"<tfoot><tr>{cells(footer, 'td')}</tr></tfoot>" if footer is not None else ""
-    return f'<table class="{css_class}">{head}<tbody>{body}</tbody>{foot}</table>'
+def _table(headers, rows, *, text_columns=(0,), footer=None, css_class: str = "") -> dict:
+    """A table for the ``table`` macro; columns other than ``text_columns`` are right-aligned numbers."""
+    return {"headers": list(headers), "rows": list(rows), "text_columns": tuple(text_columns), "footer": footer,
+            "css_class": css_class}
 
 
-class _Group:
+def _group(title: str) -> dict:
     """A sub-heading row inside a table."""
+    return {"group": title}
 
-    def __init__(self, title: str):
-        self.title = title
+
+def _best_cell(value: str) -> dict:
+    """A cell shown in bold: the best value of its row."""
+    return {"best": value}
 
 
 def _png_data_uri(data: bytes) -> str:
@@ -171,19 +159,18 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _figure_html(data_uri: str, title: str, caption: str, *, wide: bool = False, size: tuple[int, int] | None = None) -> str:
-    """A figure; with ``size``, it grows in a row in proportion to its aspect ratio, so plots in a row share a height."""
-    style = img_style = ""
+def _figure(data: bytes, title: str, caption: str, *, wide: bool = False, sized: bool = False) -> dict:
+    """A figure for the ``figure`` macro.
+
+    With ``sized``, it grows in a row in proportion to its aspect ratio, so plots in a row share a height.
+    """
+    size = _png_size(data) if sized else None
+    layout = None
     if size and size[1] > 0:
         aspect = size[0] / size[1]
         # never wider than the PNG itself (no blurry upscaling), but wide enough for the caption
-        style = f' style="flex: {aspect:.3f} 1 {300 * aspect:.0f}px; max-width: {max(size[0], 360)}px"'
-        img_style = f' style="max-width: {size[0]}px"'
-    return (
-        f'<figure class="{"wide" if wide else ""}"{style}>'
-        f'<img src="{_esc(data_uri)}" alt="{_esc(title)}"{img_style}>'
-        f"<figcaption><b>{_esc(title)}.</b> {_esc(caption)}</figcaption></figure>"
-    )
+        layout = {"flex": f"{aspect:.3f} 1 {300 * aspect:.0f}px", "max_width": max(size[0], 360), "width": size[0]}
+    return {"src": _png_data_uri(data), "title": title, "caption": caption, "wide": wide, "size": layout}
 
 
 def _compact(value, _position=None) -> str:
@@ -256,10 +243,11 @@ def group_summary(scores: pd.DataFrame, column: str, order=(), *, keep_empty: bo
     return out
 
 
-def _group_section_body(summary: pd.DataFrame, scores: pd.DataFrame, what: str, horizon: str,
-                        descriptions: dict | None = None) -> str:
+def _group_section(summary: pd.DataFrame, scores: pd.DataFrame, what: str, horizon: str,
+                   descriptions: dict | None = None) -> dict:
+    """Data of a section grouping customers by ``what`` (``group.html.j2``)."""
     if summary.empty:
-        return f"<p>No customers to group by {_esc(what)}.</p>"
+        return {"what": what, "empty": True}
     headers = [what, "customers", "share", "mean p_repurchase", "mean p_alive", f"expected revenue ({horizon})",
                "total CLV"]
     if descriptions:
@@ -276,16 +264,20 @@ def _group_section_body(summary: pd.DataFrame, scores: pd.DataFrame, what: str, 
               fmt_count(_score_column(scores, "expected_revenue").sum()), fmt_count(_score_column(scores, "clv").sum())]
     if descriptions:
         footer.insert(1, "")
-    table = _table(headers, rows, text_columns=(0, 1) if descriptions else (0,), footer=footer)
     chart = _bar_chart(
         summary.index,
         {"customers": summary["customers"].to_numpy(), f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
          "total CLV": summary["clv"].to_numpy()},
         f"Customers and value by {what}",
     )
-    note = f"<p class=note>{_esc(GROUP_NOTES[what])}</p>" if what in GROUP_NOTES else ""
-    return note + table + _figure_html(_png_data_uri(chart), f"By {what}",
-                                "Bar length is the number of customers, expected revenue and CLV of each group.", wide=True)
+    return {
+        "what": what,
+        "empty": False,
+        "note": GROUP_NOTES.get(what),
+        "table": _table(headers, rows, text_columns=(0, 1) if descriptions else (0,), footer=footer),
+        "figure": _figure(chart, f"By {what}", "Bar length is the number of customers, expected revenue and CLV of each group.",
+                          wide=True),
+    }
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -320,7 +312,8 @@ def _audience(targeted: pd.DataFrame | None) -> pd.DataFrame | None:
 
 
 def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame | None,
-                     model_notes: tuple[str, ...] = ()) -> str:
+                     model_notes: tuple[str, ...] = ()) -> dict:
+    """Key figures as cards, notes on the model, and the findings in sentences (``summary.html.j2``)."""
     n = len(scores)
     horizon = _horizon_days(scores, report)
     horizon_text = f"{fmt_count(horizon)} days" if horizon is not None else "the horizon"
@@ -377,15 +370,13 @@ def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame 
         top = ", ".join(f"{_label(a)} {fmt_count(c)}" for a, c in sizes.head(3).items())
         sentences.append(f"Targeting rules put {fmt_count(len(audience))} customers into {len(sizes)} "
                          f"action{'s' if len(sizes) != 1 else ''} (largest: {top}).")
-    cards_html = "".join(f'<div class="card"><div class="value">{_esc(v)}</div><div class="label">{_esc(k)}</div></div>'
-                         for k, v in cards)
-    notes = "".join(f'<p class="model-note">{_esc(note)}</p>' for note in model_notes)
-    return f'<div class="cards">{cards_html}</div>' + notes + "".join(f"<p>{_esc(s)}</p>" for s in sentences)
+    return {"cards": [{"label": k, "value": v} for k, v in cards], "model_notes": list(model_notes),
+            "sentences": sentences}
 
 
 # (label, keys into a scorer's block, formatter, which way is better)
 BACKTEST_ROWS = (
-    _Group("Who reorders (p_repurchase)"),
+    _group("Who reorders (p_repurchase)"),
     ("ROC AUC", ("auc",), fmt_metric, "higher"),
     ("PR AUC", ("pr_auc",), fmt_metric, "higher"),
     ("Brier score", ("brier",), fmt_metric, "lower"),
@@ -393,11 +384,11 @@ BACKTEST_ROWS = (
     ("calibration error (ECE)", ("ece",), fmt_metric, "lower"),
     ("lift at top 10%", ("lift_top10",), fmt_metric, "higher"),
     ("capture at top 10%", ("capture_top10",), fmt_pct, "higher"),
-    _Group("Revenue in the horizon"),
+    _group("Revenue in the horizon"),
     ("Gini (normalized)", ("revenue", "gini"), fmt_metric, "higher"),
     ("Spearman", ("revenue", "spearman"), fmt_metric, "higher"),
     ("decile MAPE", ("revenue", "decile_mape"), fmt_pct, "lower"),
-    _Group("Next-order timing"),
+    _group("Next-order timing"),
     ("p50 MAE (days, reorderers)", ("timing", "p50_mae_days"), fmt_days, "lower"),
     ("p10-p90 coverage (about 80% is right)", ("timing", "coverage_p10_p90"), fmt_pct, "closer to 80%"),
 )
@@ -412,28 +403,29 @@ def _best(values: list[float | None], better: str) -> int | None:
     return min(present, key=key)[0]
 
 
-def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
-    parts = []
+def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> dict:
+    """Metrics against the baselines, holdout orders, fitted parameters and plots (``backtest.html.j2``)."""
+    body = {"intro": None, "notes": [], "calibration_by_origin": None, "bgnbd": None, "replenishment": None,
+            "figures": []}
     if report.get("cutoff"):
-        intro = (f"Trained on orders up to {report['cutoff']}; every scorer ranked the same "
-                 f"{fmt_count(report.get('n_customers'))} customers, and the truth is who ordered in the following "
-                 f"{fmt_count(report.get('horizon_days'))} days (base rate {fmt_pct(report.get('base_rate'))}). "
-                 "The best value of each row is in bold.")
-        parts.append(f"<p>{_esc(intro)}</p>")
+        body["intro"] = (f"Trained on orders up to {report['cutoff']}; every scorer ranked the same "
+                         f"{fmt_count(report.get('n_customers'))} customers, and the truth is who ordered in the following "
+                         f"{fmt_count(report.get('horizon_days'))} days (base rate {fmt_pct(report.get('base_rate'))}). "
+                         "The best value of each row is in bold.")
     rows = []
     for spec in BACKTEST_ROWS:
-        if isinstance(spec, _Group):
+        if isinstance(spec, dict):
             rows.append(spec)
             continue
         label, keys, formatter, better = spec
         values = [_number(_get(report.get(key), *keys)) for key, _ in SCORERS]
         best = _best(values, better)
-        cells = [_Html(f"<b>{_esc(formatter(v))}</b>") if i == best else formatter(v) for i, v in enumerate(values)]
+        cells = [_best_cell(formatter(v)) if i == best else formatter(v) for i, v in enumerate(values)]
         rows.append([label, *cells, better])
-    parts.append(_table(["metric", *(name for _, name in SCORERS), "better when"], rows, css_class="metrics"))
+    body["metrics"] = _table(["metric", *(name for _, name in SCORERS), "better when"], rows, css_class="metrics")
     for key, lead in (("backtest_note", ""), ("model_note", "The model column is empty. ")):
         if report.get(key):
-            parts.append(f'<p class="note">{_esc(lead + report[key])}.</p>')
+            body["notes"].append(f"{lead}{report[key]}.")
 
     holdout = report.get("holdout_orders") or {}
     actual = _number(holdout.get("actual"))
@@ -443,11 +435,10 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
             predicted = _number(holdout.get(key))
             error = predicted / actual - 1 if predicted is not None and actual else None
             holdout_rows.append([f"predicted: {name}", fmt_count(predicted), fmt_signed_pct(error)])
-    parts.append("<h3>Orders in the holdout period</h3>"
-                 + _table(["", "orders", "error vs actual"], holdout_rows, css_class="narrow"))
+    body["holdout"] = _table(["", "orders", "error vs actual"], holdout_rows, css_class="narrow")
 
     if report.get("calibration_by_origin"):
-        parts.append(_calibration_by_origin_table(report["calibration_by_origin"]))
+        body["calibration_by_origin"] = _calibration_by_origin_table(report["calibration_by_origin"])
 
     bgnbd = report.get("bgnbd") or {}
     params = bgnbd.get("params") or {}
@@ -462,31 +453,22 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
         if bgnbd.get("gamma_gamma_fit_status"):
             rows.append(["Gamma-Gamma fit", bgnbd["gamma_gamma_fit_status"]])
         meaning = bgnbd.get("fit_meaning") if bgnbd.get("fit_status") not in (None, "interior") else None
-        parts.append(
-            "<h3>BG/NBD parameters</h3>"
-            + (f"<p class=note>{_esc(f'Time unit: {unit}. r and alpha shape how often customers buy, a and b how soon they drop out.')}</p>"
-               if unit else "")
-            + (f'<p class="note fit-status">{_esc(f"The BG/NBD fit: {meaning}.")}</p>' if meaning else "")
-            + _table(["parameter", "value"], rows, css_class="narrow")
-        )
+        body["bgnbd"] = {"time_unit": unit, "fit_meaning": meaning,
+                         "table": _table(["parameter", "value"], rows, css_class="narrow")}
 
     replenishment = report.get("replenishment")
     if replenishment:
-        parts.append(_replenishment_table(replenishment))
+        body["replenishment"] = _replenishment_table(replenishment)
 
     names = [n for n in PLOT_ORDER if n in plot_paths] + sorted(n for n in plot_paths if n not in PLOT_ORDER)
-    figures = []
     for name in names:
         path = Path(plot_paths[name])
         title, caption = PLOT_CAPTIONS.get(name, (_label(name).capitalize(), ""))
         if not path.is_file():
-            figures.append(f'<p class="note">{_esc(f"Plot {name!r} is missing ({path.name}).")}</p>')
+            body["figures"].append({"missing": f"Plot {name!r} is missing ({path.name})."})
             continue
-        data = path.read_bytes()
-        figures.append(_figure_html(_png_data_uri(data), title, caption, size=_png_size(data)))
-    if figures:
-        parts.append('<h3>Plots</h3><div class="figures">' + "".join(figures) + "</div>")
-    return "".join(parts)
+        body["figures"].append(_figure(path.read_bytes(), title, caption, sized=True))
+    return body
 
 
 ORIGIN_ROLES = {
@@ -497,20 +479,13 @@ ORIGIN_ROLES = {
 }
 
 
-def _calibration_by_origin_table(rows: list[dict]) -> str:
+def _calibration_by_origin_table(rows: list[dict]) -> dict:
     """The model's level against each training origin's base rate, and on the backtest split."""
-    intro = ("How many customers bought again within the horizon at each training origin, against the calibrated "
-             "model's mean probability there, and on the backtest itself. An origin whose window held a peak (or a "
-             "quiet season) sits above (or below) the others. The calibrator learns from held-out customers of the "
-             "latest origin and, when the history reaches a year back, of the origin whose window is the horizon's "
-             "season a year earlier. The model was trained on the other origins, so its errors there flatter it.")
     body = [[row.get("origin"), ORIGIN_ROLES.get(row.get("role"), row.get("role")), fmt_count(row.get("customers")),
              fmt_pct(row.get("base_rate")), fmt_pct(row.get("mean_p_repurchase")),
              fmt_points(row.get("calibration_gap")), fmt_metric(row.get("ece"))] for row in rows]
-    return ("<h3>Calibration by origin</h3>"
-            f'<p class="note">{_esc(intro)}</p>'
-            + _table(["origin", "role", "customers", "bought again", "mean predicted", "gap", "ECE"], body,
-                     text_columns=(0, 1), css_class="narrow calibration-by-origin"))
+    return _table(["origin", "role", "customers", "bought again", "mean predicted", "gap", "ECE"], body,
+                  text_columns=(0, 1), css_class="narrow calibration-by-origin")
 
 
 REPLENISHMENT_SCORERS = (("model", "model"), ("own_last_gap", "own last gap"), ("category_median", "category median gap"))
@@ -521,28 +496,26 @@ REPLENISHMENT_ROWS = (
 )
 
 
-def _replenishment_table(block: dict) -> str:
+def _replenishment_table(block: dict) -> dict:
     """Product-level replenishment in the backtest: the model against its two baselines."""
-    intro = (f"Every (customer, category) pair bought by the cutoff ({fmt_count(block.get('n_pairs'))} pairs of "
-             f"{fmt_count(block.get('n_customers'))} customers); {fmt_pct(block.get('base_rate'))} bought the category "
-             "again within the horizon. Timing is scored on those; baselines: the pair's own last gap, and the "
-             "category's median gap.")
     rows = []
     for label, key, formatter, better in REPLENISHMENT_ROWS:
         values = [_number(_get(block.get(name), key)) for name, _ in REPLENISHMENT_SCORERS]
         best = _best(values, better)
-        cells = [_Html(f"<b>{_esc(formatter(v))}</b>") if i == best else formatter(v) for i, v in enumerate(values)]
+        cells = [_best_cell(formatter(v)) if i == best else formatter(v) for i, v in enumerate(values)]
         rows.append([label, *cells, better])
-    return ("<h3>Replenishment: when each customer rebuys each category</h3>"
-            f"<p>{_esc(intro)}</p>"
-            + _table(["metric", *(name for _, name in REPLENISHMENT_SCORERS), "better when"], rows, css_class="metrics"))
+    return {"pairs": fmt_count(block.get("n_pairs")), "customers": fmt_count(block.get("n_customers")),
+            "base_rate": fmt_pct(block.get("base_rate")),
+            "table": _table(["metric", *(name for _, name in REPLENISHMENT_SCORERS), "better when"], rows,
+                            css_class="metrics")}
 
 
-def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizon: str) -> str:
+def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizon: str) -> dict:
+    """Audiences and revenue at stake per action (``actions.html.j2``)."""
     if audience is None:
-        return "<p>No targeting rules were applied, so there are no audiences.</p>"
+        return {"applied": False}
     if audience.empty:
-        return "<p>Targeting rules were applied but selected no customers.</p>"
+        return {"applied": True, "empty": True}
     summary = group_summary(audience, "action")
     summary["share"] = summary["customers"] / max(len(scores), 1)
     groups = _group_counts(audience, summary.index)
@@ -555,22 +528,18 @@ def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizo
               fmt_pct(summary["customers"].sum() / max(len(scores), 1)),
               fmt_metric(_score_column(audience, "p_repurchase").mean()), fmt_count(summary["expected_revenue"].sum()),
               fmt_count(summary["clv"].sum())]
-    table = _table(["action", "customers", *group_headers, "share of scored", "mean p_repurchase",
-                    f"revenue at stake ({horizon})", "CLV at stake"], rows, footer=footer)
     chart = _bar_chart(summary.index, {"customers": summary["customers"].to_numpy(),
                                        f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
                                        "CLV": summary["clv"].to_numpy()}, "Audiences and revenue at stake by action")
-    note = ("<p>Revenue at stake is the sum of the audience's expected revenue over the horizon and of its "
-            "customer lifetime value: what the action protects or grows, not what it is certain to add.</p>")
-    if groups is not None:
-        note += ("<p>Each action keeps a random holdout: customers drawn by chance (a hash of customer, action and "
-                 "date, never a score) who are not contacted, so that comparing them with the treatment group "
-                 "after the campaign shows what the action really added (<code>repurchase measure</code>). "
-                 "Only the treatment group is sent (send/)"
-                 + ("; customers held back by a cooldown or the contact cap are in neither group" if "held back" in
-                    groups.columns else "") + ".</p>")
-    return note + table + _figure_html(_png_data_uri(chart), "By action",
-                                       "Audience size, expected revenue and CLV of each action.", wide=True)
+    return {
+        "applied": True,
+        "empty": False,
+        "holdouts": groups is not None,
+        "held_back": groups is not None and "held back" in groups.columns,
+        "table": _table(["action", "customers", *group_headers, "share of scored", "mean p_repurchase",
+                         f"revenue at stake ({horizon})", "CLV at stake"], rows, footer=footer),
+        "figure": _figure(chart, "By action", "Audience size, expected revenue and CLV of each action.", wide=True),
+    }
 
 
 def _group_counts(audience: pd.DataFrame, actions) -> pd.DataFrame | None:
@@ -603,32 +572,30 @@ def _p50_text(value, horizon_days) -> str:
     return fmt_days(number, 0)
 
 
-def _reasons_section(audience: pd.DataFrame | None, horizon_days) -> str:
+def _reasons_section(audience: pd.DataFrame | None, horizon_days) -> dict:
+    """Per action: the rules behind it, its most common reasons and example customers (``reasons.html.j2``)."""
     if audience is None:
-        return "<p>No targeting rules were applied, so there are no reasons to show.</p>"
+        return {"applied": False}
     if audience.empty:
-        return "<p>Targeting rules were applied but selected no customers.</p>"
-    parts = ["<p>For each action: which rules chose its customers, the most common reasons (numbers replaced by #, "
-             f"so reasons that differ only in their numbers count together), and the {EXAMPLES_PER_ACTION} customers "
-             "with the highest CLV as examples.</p>"]
+        return {"applied": True, "empty": True}
     reasons = audience["reason"].astype("string").fillna("") if "reason" in audience else pd.Series("", index=audience.index)
+    actions = []
     for action in audience["action"].value_counts().index:
         rows = audience.loc[audience["action"] == action]
-        parts.append(f"<h3>{_esc(_label(action))} <span class=muted>({_esc(fmt_count(len(rows)))} customers)</span></h3>")
+        block = {"action": _label(action), "customers": fmt_count(len(rows)), "rules": None, "reasons": None}
         if "rule" in rows:
             by_rule = rows["rule"].astype("string").fillna("(none)").value_counts()
-            parts.append(_table(["rule", "customers", "share of action"],
-                                [[r, fmt_count(c), fmt_pct(c / len(rows))] for r, c in by_rule.items()], css_class="narrow"))
+            block["rules"] = _table(["rule", "customers", "share of action"],
+                                    [[r, fmt_count(c), fmt_pct(c / len(rows))] for r, c in by_rule.items()],
+                                    css_class="narrow")
         texts = reasons.loc[rows.index]
         if (texts != "").any():
             patterns = texts.map(_reason_pattern)
             counts = patterns.value_counts().head(TOP_REASONS)
             example = texts.groupby(patterns).first()
-            parts.append(_table(["reason", "customers", "example"],
-                                [[p, fmt_count(c), example[p]] for p, c in counts.items()], text_columns=(0, 2),
-                                css_class="reasons"))
-        else:
-            parts.append("<p class=note>No reason text given.</p>")
+            block["reasons"] = _table(["reason", "customers", "example"],
+                                      [[p, fmt_count(c), example[p]] for p, c in counts.items()], text_columns=(0, 2),
+                                      css_class="reasons")
         top = rows.assign(_clv=_score_column(rows, "clv")).sort_values("_clv", ascending=False, kind="stable")
         example_rows = [
             [r.get("customer_id", DASH), fmt_metric(_number(r.get("p_repurchase"))),
@@ -636,9 +603,10 @@ def _reasons_section(audience: pd.DataFrame | None, horizon_days) -> str:
              "" if pd.isna(r.get("reason")) else r.get("reason", "")]
             for _, r in top.head(EXAMPLES_PER_ACTION).iterrows()
         ]
-        parts.append(_table(["customer", "p_repurchase", "next order p50 (days)", "CLV", "reason"], example_rows,
-                            text_columns=(0, 4), css_class="examples"))
-    return "".join(parts)
+        block["examples"] = _table(["customer", "p_repurchase", "next order p50 (days)", "CLV", "reason"], example_rows,
+                                   text_columns=(0, 4), css_class="examples")
+        actions.append(block)
+    return {"applied": True, "empty": False, "examples_per_action": EXAMPLES_PER_ACTION, "actions": actions}
 
 
 # --- did it work? -----------------------------------------------------------------------------
@@ -665,52 +633,42 @@ def _p_text(value) -> str:
     return "< 0.001" if number < 0.001 else f"{number:.3f}"
 
 
-def measurement_section(measurement: dict) -> str:
+def measurement_section(measurement: dict) -> dict:
     """The "Did it work?" section: per action, treatment against holdout, in words, tables and a chart."""
     blocks = {**{a: b for a, b in (measurement.get("actions") or {}).items()}}
     if not blocks:
-        return "<p>No contacts to measure.</p>"
-    window = fmt_count(measurement.get("window_days"))
+        return {"empty": True}
     cost = _number(measurement.get("contact_cost"))
-    parts = [
-        f"<p>Each action kept a random holdout: customers chosen by chance and not contacted. Comparing who ordered "
-        f"within {_esc(window)} days after the contact in each group shows what the contact itself added; the "
-        "difference is significant when its 95% interval leaves out zero (p &lt; 0.05). Every contacted customer "
-        "counts, with or without an order.</p>"
-    ]
     rows = [*blocks.items(), ("all actions", measurement.get("overall") or {})]
-    parts.append("<ul>" + "".join(f"<li><b>{_esc(_label(name))}</b> ({_esc(VERDICT_LABELS.get(b.get('verdict'), DASH))}):"
-                                  f" {_esc(b.get('summary', ''))}</li>" for name, b in rows) + "</ul>")
+    verdicts = [{"action": _label(name), "verdict": VERDICT_LABELS.get(b.get("verdict"), DASH),
+                 "summary": b.get("summary", "")} for name, b in rows]
     group_rows = []
     for name, block in rows:
-        group_rows.append(_Group(_label(name)))
+        group_rows.append(_group(_label(name)))
         for group in ("treatment", "holdout"):
             g = block.get(group) or {}
             group_rows.append([group, fmt_count(g.get("customers")), fmt_count(g.get("buyers")), fmt_pct(g.get("rate")),
                                fmt_metric(g.get("orders_per_customer")), fmt_metric(g.get("revenue_per_customer"), 2)])
-    parts.append(_table(["group", "customers", "buyers", "repurchase rate", "orders per customer",
-                         "revenue per customer"], group_rows))
     lift_rows = [[_label(name), fmt_points(b.get("rate_diff")), _interval(b.get("rate_diff_ci95"), fmt_points),
                   _p_text(b.get("p_value")), fmt_signed_pct(b.get("rel_lift")), fmt_count(b.get("incremental_orders")),
                   fmt_count(b.get("incremental_revenue")), fmt_signed_pct(b.get("roi"), 0), fmt_points(b.get("mde"))]
                  for name, b in rows]
-    parts.append(_table(["action", "rate difference", "95% interval", "p-value", "relative lift", "incremental orders",
-                         "incremental revenue", "ROI", "detectable"], lift_rows))
     mismatched = [name for name, b in rows if (b.get("srm") or {}).get("mismatch")]
-    if mismatched:
-        parts.append(f"<p><b>Sample-ratio mismatch</b> in {_esc(', '.join(_label(n) for n in mismatched))}: the groups "
-                     "are not the planned split, so something other than chance decided who was held out; do not trust "
-                     "those results until that is explained.</p>")
-    cost_text = f"{cost:,.2f} per contact" if cost is not None else DASH
-    parts.append(f"<p class=note>Incremental orders and revenue: the per-customer difference times the treatment group. "
-                 f"ROI = (incremental revenue - contact cost) / contact cost at {_esc(cost_text)}, on revenue, not "
-                 "margin. Detectable: the smallest difference in the rate these group sizes find 4 times out of 5.</p>")
     chart = _lift_chart(rows)
-    if chart is not None:
-        parts.append(_figure_html(_png_data_uri(chart), "Measured lift",
-                                  "Difference in repurchase rate, treatment minus holdout, with its 95% interval; "
-                                  "an interval crossing the dotted zero line may be chance.", wide=True))
-    return "".join(parts)
+    return {
+        "empty": False,
+        "window": fmt_count(measurement.get("window_days")),
+        "verdicts": verdicts,
+        "groups": _table(["group", "customers", "buyers", "repurchase rate", "orders per customer",
+                          "revenue per customer"], group_rows),
+        "lift": _table(["action", "rate difference", "95% interval", "p-value", "relative lift", "incremental orders",
+                        "incremental revenue", "ROI", "detectable"], lift_rows),
+        "mismatched": ", ".join(_label(n) for n in mismatched),
+        "cost": f"{cost:,.2f} per contact" if cost is not None else DASH,
+        "figure": None if chart is None else _figure(
+            chart, "Measured lift", "Difference in repurchase rate, treatment minus holdout, with its 95% interval; "
+            "an interval crossing the dotted zero line may be chance.", wide=True),
+    }
 
 
 def _lift_chart(rows) -> bytes | None:
@@ -745,55 +703,6 @@ def render_measurement(measurement: dict, out_path: Path) -> Path:
 
 
 # --- the page ------------------------------------------------------------------------------------
-
-CSS = """
-:root { --ink: #1d2330; --muted: #5f6b7a; --line: #dde2e8; --accent: #1f77b4; --soft: #f4f7fa; }
-* { box-sizing: border-box; }
-body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
-       max-width: 1120px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; }
-header { border-bottom: 3px solid var(--accent); margin-bottom: 8px; }
-h1 { font-size: 28px; margin: 0 0 4px; }
-h2 { font-size: 21px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 16px; margin: 22px 0 8px; }
-.muted, .note, header p { color: var(--muted); }
-.note { font-size: 13px; }
-.model-note { background: var(--soft); border-left: 3px solid var(--accent); padding: 6px 10px; }
-nav { font-size: 13px; margin: 6px 0 0; }
-nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; margin: 14px 0 16px; }
-.card { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
-.card .value { font-size: 21px; font-weight: 600; font-variant-numeric: tabular-nums; }
-.card .label { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-table { border-collapse: collapse; width: 100%; margin: 8px 0 14px; font-size: 13.5px; }
-table.narrow { width: auto; min-width: 340px; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-thead th { background: var(--soft); font-weight: 600; border-bottom: 2px solid var(--line); }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.group th { background: #fff; color: var(--accent); font-weight: 600; padding-top: 12px; }
-tfoot td { font-weight: 600; border-top: 2px solid var(--line); }
-table.reasons, table.examples { table-layout: fixed; }
-table.reasons th:nth-child(1) { width: 46%; } table.reasons th:nth-child(2) { width: 12%; }
-table.examples th:nth-child(1) { width: 14%; } table.examples th:nth-child(2) { width: 13%; }
-table.examples th:nth-child(3) { width: 17%; } table.examples th:nth-child(4) { width: 12%; }
-table.reasons td, table.examples td { overflow-wrap: anywhere; }
-.figures { display: flex; flex-wrap: wrap; gap: 8px 22px; align-items: flex-start; }
-figure { margin: 8px 0 16px; }
-figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; border: 1px solid var(--line); }
-.figures figure img { width: 100%; }
-figure.wide img { width: 100%; }
-figcaption { font-size: 13px; color: var(--muted); margin-top: 6px; }
-footer { margin-top: 40px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); padding-top: 8px; }
-@page { size: A4; margin: 14mm; }
-@media print {
-  body { max-width: none; padding: 0; font-size: 10.5pt; }
-  nav { display: none; }
-  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-  section { break-before: page; }
-  section#summary { break-before: auto; }
-  h2, h3 { break-after: avoid; }
-  figure, tr, .card { break-inside: avoid; }
-}
-"""
 
 # Lets a headless browser check that every embedded image decoded.
 IMAGE_CHECK_SCRIPT = (
@@ -830,9 +739,9 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
     bodies = {
         "summary": _summary_section(report, scores, audience, tuple(model_notes)),
         "backtest": _backtest_section(report, plot_paths or {}),
-        "segments": _group_section_body(group_summary(scores, "rfm_segment", RFM_SEGMENTS, keep_empty=True),
+        "segments": _group_section(group_summary(scores, "rfm_segment", RFM_SEGMENTS, keep_empty=True),
                                         scores, "RFM segment", horizon, SEGMENT_MEANINGS),
-        "lifecycle": _group_section_body(group_summary(scores, "lifecycle_stage", LIFECYCLE_STAGES, keep_empty=True),
+        "lifecycle": _group_section(group_summary(scores, "lifecycle_stage", LIFECYCLE_STAGES, keep_empty=True),
                                          scores, "lifecycle stage", horizon, stage_meanings(horizon_days)),
         "actions": _actions_section(scores, audience, horizon),
         "reasons": _reasons_section(audience, horizon_days),
@@ -860,27 +769,20 @@ def build_measurement_html(measurement: dict, *, title: str = "Repurchase report
                  "offline.")
 
 
-def _page(title: str, subtitle: str, order, bodies: dict[str, str], footer: str) -> str:
-    nav = "".join(f'<a href="#{s}">{_esc(SECTION_TITLES[s].split(":")[0].split("?")[0])}</a>' for s in order)
-    sections = "\n".join(f'<section id="{s}"><h2>{_esc(SECTION_TITLES[s])}</h2>{bodies[s]}</section>' for s in order)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_esc(_content_security_policy())}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="repurchase">
-<title>{_esc(title)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header><h1>{_esc(title)}</h1><p>{_esc(subtitle)}</p><nav>{nav}</nav></header>
-{sections}
-<footer>{_esc(footer)}</footer>
-<script>{IMAGE_CHECK_SCRIPT}</script>
-</body>
-</html>
-"""
+@functools.cache
+def _environment() -> Environment:
+    """Templates from the installed package; autoescaped, so data never becomes markup."""
+    return Environment(loader=PackageLoader("serving", "templates"),
+                       autoescape=select_autoescape(("html", "j2"), default_for_string=True, default=True))
+
+
+def _page(title: str, subtitle: str, order, bodies: dict[str, dict], footer: str) -> str:
+    sections = [{"id": s, "title": SECTION_TITLES[s], "nav": SECTION_TITLES[s].split(":")[0].split("?")[0],
+                 "body": bodies[s]} for s in order]
+    return _environment().get_template("report.html.j2").render(
+        lang="en", title=title, subtitle=subtitle, sections=sections, footer=footer,
+        csp=_content_security_policy(), image_check_script=IMAGE_CHECK_SCRIPT,
+    )
 
 
 def model_notes(model) -> list[str]:

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from features.io import atomic_path
+from training.metrics import calibration_bins
 
 COLORS = {"model": "#1f77b4", "bgnbd": "#ff7f0e", "recency_only": "#7f7f7f", "actual": "#222222"}
 LABELS = {"model": "model (LightGBM)", "bgnbd": "BG/NBD", "recency_only": "recency only", "actual": "actual"}
@@ -39,14 +40,12 @@ def roc_plot(y, scores: dict[str, np.ndarray], path: Path) -> Path:
 
 
 def calibration_plot(y, probabilities: dict[str, np.ndarray], path: Path, n_bins: int = 10) -> Path:
-    """Predicted vs observed repurchase rate in equal-count bins."""
+    """Predicted vs observed repurchase rate in the equal-count bins of the ECE (:func:`training.metrics.calibration_bins`)."""
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
-    y = np.asarray(y, dtype=float)
     for name, p in probabilities.items():
-        order = np.argsort(p, kind="stable")
-        bins = [b for b in np.array_split(order, n_bins) if len(b)]
-        ax.plot([p[b].mean() for b in bins], [y[b].mean() for b in bins], "o-", label=LABELS.get(name, name), color=COLORS.get(name))
+        predicted, observed, _ = calibration_bins(y, p, n_bins)
+        ax.plot(predicted, observed, "o-", label=LABELS.get(name, name), color=COLORS.get(name))
     ax.plot([0, 1], [0, 1], ls=":", color="#bbbbbb")
     ax.set(xlabel="predicted probability", ylabel="observed repurchase rate", title="Calibration")
     ax.legend(loc="upper left")
