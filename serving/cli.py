@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from features.errors import InputError
+from training.i18n import N_
 
 app = typer.Typer(
     name="repurchase",
@@ -55,6 +56,22 @@ ExcludeProductsOption = typer.Option(
     "removed (and counted) before lines make orders. Matched ignoring case; needs a product_id column. "
     "Without it such lines count as spend of their order.",
 )
+LangOption = typer.Option(
+    None,
+    "--lang",
+    help="Language of what a person reads (report, plots, printed tables, audience reasons): en or zh. "
+    "Default: $REPURCHASE_LANG, else en. Files keep English column names and values.",
+)
+
+
+def _language(lang: str | None):
+    """The ``training.i18n.Language`` of ``--lang`` / ``$REPURCHASE_LANG``; a language not offered is bad input."""
+    from training.i18n import language
+
+    try:
+        return language(lang)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _error_line(label: str, message: str) -> Text:
@@ -332,6 +349,7 @@ def train(
                                     help="With --uplift: an order on the days 1 to N after a contact counts."),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Train the composite model (BTYD + LightGBM) and log it to MLflow.
 
@@ -356,6 +374,7 @@ def train(
     from training.jobs import prepare_uplift, train_job
     from training.registry import configure_tracking
 
+    language = _language(lang)
     if uplift and contacts is None:
         raise InputError("--uplift needs --contacts FILE: the past campaigns' contacts, with their random holdouts")
     if contacts is not None and not uplift:
@@ -381,7 +400,8 @@ def train(
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
         result = train_job(log, cut, horizon_days, register=register, uplift=uplift_data)
-    _print_comparison(result.backtest.report, champion=result.champion_backtest.report if result.champion_backtest else None)
+    _print_comparison(result.backtest.report, language,
+                      champion=result.champion_backtest.report if result.champion_backtest else None)
     if result.uplift is not None:
         _print_uplift(result.uplift)
     _print_model(result.model)
@@ -444,36 +464,42 @@ def _days(n: int):
     return pd.Timedelta(days=n)
 
 
-def _print_comparison(report: dict, champion: dict | None = None) -> None:
-    """The backtest's headline numbers, the model beside its baselines."""
+HOLDOUT_NAMES = {"actual": N_("actual"), "model": N_("model"), "bgnbd": N_("bgnbd")}
+
+
+def _print_comparison(report: dict, lang, champion: dict | None = None) -> None:
+    """The backtest's headline numbers, the model beside its baselines (words in ``lang``)."""
     from rich.table import Table
 
     from training.btyd import INTERIOR, fit_status_meaning
 
+    _ = lang.gettext
     if report.get("backtest_note"):
         out.print(report["backtest_note"])
         return
-    table = Table(title=f"backtest at {report['cutoff']}, horizon {report['horizon_days']} days, "
-                        f"{report['n_customers']:,} customers, base rate {report['base_rate']:.3f}")
+    table = Table(title=_("backtest at {cutoff}, horizon {days} days, {customers} customers, base rate {base_rate}").format(
+        cutoff=report["cutoff"], days=report["horizon_days"], customers=lang.count(report["n_customers"]),
+        base_rate=lang.decimal(report["base_rate"])))
     table.add_column("p_repurchase")
-    columns = [("model", report.get("model")), ("BG/NBD", report.get("bgnbd")), ("recency only", report.get("recency_only"))]
+    columns = [(_("model"), report.get("model")), (_("BG/NBD"), report.get("bgnbd")),
+               (_("recency only"), report.get("recency_only"))]
     if champion is not None:
-        columns.insert(1, ("champion", champion.get("model")))
-    for name, _ in columns:
+        columns.insert(1, (_("champion"), champion.get("model")))
+    for name, _block in columns:
         table.add_column(name, justify="right")
     for metric in ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10"):
         cells = []
-        for _, block in columns:
+        for _name, block in columns:
             value = (block or {}).get(metric)
             cells.append("" if value is None or value != value else f"{value:.4f}")
         table.add_row(metric, *cells)
     out.print(table)
     if report.get("model_note"):
-        out.print(f"model column empty: {report['model_note']}")
+        out.print(_("model column empty: {note}").format(note=report["model_note"]))
     holdout = report.get("holdout_orders", {})
     if holdout:
-        parts = ", ".join(f"{k} {v:,.0f}" for k, v in holdout.items() if v is not None)
-        out.print(f"orders in the horizon: {parts}")
+        parts = _(", ").join(f"{_(HOLDOUT_NAMES.get(k, k))} {lang.count(v)}" for k, v in holdout.items() if v is not None)
+        out.print(_("orders in the horizon: {orders}").format(orders=parts))
     status = (report.get("bgnbd") or {}).get("fit_status", INTERIOR)
     if status != INTERIOR:
         out.print(f"BG/NBD at {report['cutoff']}: {fit_status_meaning(status)}")
@@ -488,6 +514,7 @@ def backtest(
     json_path: Path = typer.Option(..., "--json", help="Where to write the metrics JSON; plots go beside it as <name>.<plot>.png."),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Temporal backtest: fit on data up to the cutoff, compare with what happened next.
 
@@ -504,13 +531,14 @@ def backtest(
     from training.jobs import backtest_job
     from training.registry import configure_tracking
 
+    language = _language(lang)
     cut = parse_date(cutoff, "--cutoff")
     check_output_path(json_path)
     log = _load(orders, column_map, exclude_products)
     configure_tracking(_tracking_uri())
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
-        result = backtest_job(log, cut, horizon_days, json_path)
-    _print_comparison(result.report)
+        result = backtest_job(log, cut, horizon_days, json_path, lang=language.code)
+    _print_comparison(result.report, language)
     out.print(f"wrote {json_path} and {len(result.plots)} plots beside it")
 
 
@@ -623,6 +651,7 @@ def target(
         None, "--campaign-date", help="Date YYYY-MM-DD of this campaign, for the holdout draw and the cooldowns "
         "(default: the scores' as_of date)."
     ),
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Apply targeting rules to scores: audiences with actions, reasons and holdouts.
 
@@ -649,6 +678,8 @@ def target(
     from serving.batch import read_parquet_input, read_scored
     from serving.rules import Campaign, apply_rules, load_rules, write_audiences
 
+    language = _language(lang)
+    _ = language.gettext
     check_output_path(out_dir, folder=True)
     day = parse_date(campaign_date, "--campaign-date") if campaign_date is not None else None
     rule_set = load_rules(rules)
@@ -662,11 +693,18 @@ def target(
     extra = _extra_buyers(targeted)
     for row in summary.itertuples(index=False):
         treatment, holdout, held = counts.get(row.action, (0, 0, 0))
-        held_text = f", {held:,} held back" if past is not None else ""
-        extra_text = f", {extra[row.action]:+,.0f} buyers from the uplift of those sent" if row.action in extra else ""
-        out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}; {treatment:,} to send, "
-                  f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}{extra_text}")
-    out.print(f"wrote {len(summary)} audiences, summary.csv and send/ (treatment only) to {out_dir}")
+        held_text = _(", {held} held back").format(held=language.count(held)) if past is not None else ""
+        extra_text = (_(", {buyers} buyers from the uplift of those sent").format(
+            buyers=("+" if extra[row.action] >= 0 else "") + language.count(extra[row.action]))
+            if row.action in extra else "")
+        out.print(_("{action}: {customers} customers ({share}; {treatment} to send, {holdout} holdout{held}), expected "
+                    "revenue {revenue}{extra}").format(
+            action=language.label("action", row.action) if not language.is_default else row.action,
+            customers=language.count(row.customers), share=language.percent(row.share_of_scored),
+            treatment=language.count(treatment), holdout=language.count(holdout), held=held_text,
+            revenue=language.count(row.expected_revenue_sum), extra=extra_text))
+    out.print(_("wrote {n} audiences, summary.csv and send/ (treatment only) to {folder}").format(
+        n=len(summary), folder=out_dir))
 
 
 def _extra_buyers(targeted) -> dict[str, float]:
@@ -714,6 +752,7 @@ def measure(
         None, "--rules", help="Rules YAML whose actions the contacts may name (default: the shipped rules)."
     ),
     column_map: Optional[str] = MapOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Did it work? Compare each action's treatment group with its holdout after the contact.
 
@@ -735,6 +774,7 @@ def measure(
     from training.measure import check_contact_windows, log_measurement, measure_campaigns
     from training.registry import configure_tracking
 
+    language = _language(lang)
     if not 0 < holdout_share < 1:
         raise InputError(f"--holdout-share: {holdout_share} is not a share between 0 and 1 (e.g. 0.1)")
     if json_path.suffix.lower() == ".html":
@@ -750,46 +790,53 @@ def measure(
     with err.status(f"measuring {len(past):,} contacts over {window_days}-day windows ..."):
         result = measure_campaigns(past, log.orders, window_days=window_days, contact_cost=contact_cost,
                                    holdout_share=holdout_share)
-    _write_measurement(result, json_path, report_path)
+    _write_measurement(result, json_path, report_path, language.code)
     configure_tracking(_tracking_uri())
     run_id = log_measurement(result, json_path, report_path, orders_source=log.source, contacts_source=str(contacts))
-    _print_measurement(result)
+    _print_measurement(result, language)
     if result["contacts_without_any_order"]:
         err.print(f"note: {result['contacts_without_any_order']:,} contacted customers have no order at all in "
                   f"{log.source}; they count as non-buyers")
     out.print(f"wrote {json_path} and {report_path}; MLflow run {run_id}")
 
 
-def _write_measurement(result: dict, json_path: Path, report_path: Path) -> None:
+def _write_measurement(result: dict, json_path: Path, report_path: Path, lang: str) -> None:
     """The JSON and its page, both complete before either replaces an earlier one."""
     import json
 
     from features.io import atomic_paths
     from serving.report import build_measurement_html
 
-    page = build_measurement_html(result)
+    page = build_measurement_html(result, lang=lang)
     with atomic_paths([json_path, report_path]) as (json_tmp, page_tmp):
         json_tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         page_tmp.write_text(page, encoding="utf-8")
 
 
-def _print_measurement(result: dict) -> None:
+def _print_measurement(result: dict, lang) -> None:
     from rich.table import Table
+    from serving.report import VERDICT_LABELS
+
+    _ = lang.gettext
 
     def pct(value, signed=False):
-        return "-" if value is None else (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%")
+        if value is None:
+            return "-"
+        return lang.signed(100 * value, 1) if signed else lang.percent(value)
 
-    table = Table(title=f"did it work? {result['window_days']}-day window, treatment against holdout")
-    for column in ("action", "treatment", "holdout", "diff (pts)", "95% interval", "p", "verdict"):
-        table.add_column(column, justify="left" if column in ("action", "verdict") else "right")
+    table = Table(title=_("did it work? {days}-day window, treatment against holdout").format(days=result["window_days"]))
+    for column in (N_("action"), N_("treatment"), N_("holdout"), N_("diff (pts)"), N_("95% interval"), "p",
+                   N_("verdict")):
+        table.add_column(_(column), justify="left" if column in ("action", "verdict") else "right")
     for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
         interval = block["rate_diff_ci95"]
         table.add_row(
-            name, f"{block['treatment']['customers']:,} {pct(block['treatment']['rate'])}",
-            f"{block['holdout']['customers']:,} {pct(block['holdout']['rate'])}", pct(block["rate_diff"], True),
-            "-" if interval is None else f"{pct(interval[0], True)} to {pct(interval[1], True)}",
+            name if lang.is_default else lang.label("action", name) if name != "overall" else _("overall"),
+            f"{lang.count(block['treatment']['customers'])} {pct(block['treatment']['rate'])}",
+            f"{lang.count(block['holdout']['customers'])} {pct(block['holdout']['rate'])}", pct(block["rate_diff"], True),
+            "-" if interval is None else _("{low} to {high}").format(low=pct(interval[0], True), high=pct(interval[1], True)),
             "-" if block["p_value"] is None else f"{block['p_value']:.2g}",
-            block["verdict"].replace("_", " "),
+            _(VERDICT_LABELS.get(block["verdict"], block["verdict"].replace("_", " "))),
         )
     out.print(table)
     for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
@@ -808,6 +855,7 @@ def replenish(
                                      help="p_within_horizon is P(a purchase within this many days)."),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Predict when each customer is due to rebuy each category they buy.
 
@@ -825,6 +873,7 @@ def replenish(
     from training.jobs import replenish_job
     from training.registry import configure_tracking
 
+    language = _language(lang)
     day = parse_date(as_of, "--as-of")
     check_output_path(out_path)
     log = _load(orders, column_map, exclude_products)
@@ -834,22 +883,26 @@ def replenish(
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
     if result.n_future_lines_ignored:
         err.print(f"warning: ignored {result.n_future_lines_ignored:,} order lines after --as-of {day.date()}")
-    _print_replenishment(result.frame)
+    _print_replenishment(result.frame, language)
     out.print(f"wrote {out_path} ({len(result.frame):,} customer-category pairs)")
 
 
-def _print_replenishment(frame) -> None:
+def _print_replenishment(frame, lang) -> None:
     from rich.table import Table
 
+    _ = lang.gettext
     due = frame["next_purchase_days_p50"] <= 14
     likely = frame["p_within_horizon"] >= 0.5
-    table = Table(title=f"replenishment as of {frame['as_of'].iloc[0].date() if len(frame) else '-'}")
-    for column in ("category", "pairs", "own rhythm", "likely within horizon", "due in 14 days & likely"):
-        table.add_column(column, justify="left" if column == "category" else "right")
+    table = Table(title=_("replenishment as of {as_of}").format(
+        as_of=lang.date(frame["as_of"].iloc[0].date()) if len(frame) else "-"))
+    for column in (N_("category"), N_("pairs"), N_("own rhythm"), N_("likely within horizon"),
+                   N_("due in 14 days & likely")):
+        table.add_column(_(column), justify="left" if column == "category" else "right")
     grouped = frame.assign(own=frame["basis"] == "own", likely=likely, due=due & likely).groupby("category")
     summary = grouped.agg(pairs=("customer_id", "size"), own=("own", "mean"), likely=("likely", "sum"), due=("due", "sum"))
     for category, row in summary.sort_values("pairs", ascending=False).head(15).iterrows():
-        table.add_row(str(category), f"{int(row.pairs):,}", f"{row.own:.0%}", f"{int(row.likely):,}", f"{int(row.due):,}")
+        table.add_row(str(category), lang.count(row.pairs), lang.percent(row.own, 0), lang.count(row.likely),
+                      lang.count(row.due))
     out.print(table)
 
 
@@ -895,6 +948,7 @@ def quickstart(
     ),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Run the whole job on the built-in CDNOW log (or --orders) and write the results to --out.
 
@@ -905,8 +959,9 @@ def quickstart(
     """
     from serving.quickstart import run_quickstart
 
+    language = _language(lang)
     run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map,
-                   exclude_products=exclude_products)
+                   exclude_products=exclude_products, lang=language.code)
 
 
 def _quiet_libraries() -> None:

@@ -30,6 +30,8 @@ from rich.text import Text
 
 from features.io import claim_folder
 from features.orders import load_order_log
+from training.i18n import N_, Language
+
 
 QUICKSTART_SOURCE = "cdnow"
 BACKTEST_CUTOFF = pd.Timestamp("1997-09-30")
@@ -44,19 +46,24 @@ def run_quickstart(
     source: str = QUICKSTART_SOURCE,
     column_map: str | None = None,
     exclude_products: str | None = None,
+    lang: str | None = None,
 ) -> dict:
     """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
     audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``.
 
-    ``column_map`` and ``exclude_products`` are passed to :func:`features.orders.load_order_log`."""
+    ``column_map`` and ``exclude_products`` are passed to :func:`features.orders.load_order_log`. ``lang``
+    (``en``, ``zh``; default ``$REPURCHASE_LANG``, else English) is the language of the report, its plots,
+    the tables printed and the audiences' reasons; files keep English column names and values."""
     from serving.batch import add_reason_codes, score_log
     from serving.report import model_notes, render_report
     from serving.rules import Campaign, apply_rules, load_rules, write_audiences
     from training.backtest import Backtest, write_report
     from training.btyd import BTYDDataError
     from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
+    from training.i18n import language
     from training.registry import configure_tracking, load_scorer
 
+    language_ = language(lang)
     began = time.perf_counter()
     out_dir = claim_folder(out_dir)
     configure_tracking(tracking_uri)
@@ -75,13 +82,13 @@ def run_quickstart(
     with step(f"backtest at {cutoff.date()} over {HORIZON_DAYS} days"
               f"{' (customers, and categories for replenishment)' if categories else ''} ..."):
         try:
-            backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json")
+            backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json", lang=language_.code)
         except BTYDDataError as exc:
             backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc)), frame=pd.DataFrame())
             write_report(backtest.report, out_dir / "backtest.json")
-    _print_backtest(console, backtest.report)
+    _print_backtest(console, backtest.report, language_)
     if "replenishment" in backtest.report:
-        _print_replenishment_backtest(console, backtest.report["replenishment"])
+        _print_replenishment_backtest(console, backtest.report["replenishment"], language_)
 
     as_of = log.last_order_date
     with step(f"training on all orders up to {as_of.date()} and registering ..."):
@@ -118,10 +125,12 @@ def run_quickstart(
         targeted = add_reason_codes(targeted, champion, features, rows=targeted["action"].notna().to_numpy())
         audiences = write_audiences(targeted, out_dir / "audiences", send_dir=out_dir / "send")
     with step("writing the report ..."):
-        render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",
-                      title=f"Repurchase report: {log.source} as of {as_of.date()}", model_notes=model_notes(champion))
+        title = language_.gettext("Repurchase report: {source} as of {as_of}").format(
+            source=log.source, as_of=language_.date(as_of.date()))
+        render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html", title=title,
+                      model_notes=model_notes(champion), lang=language_.code)
 
-    _print_audiences(console, audiences, targeted)
+    _print_audiences(console, audiences, targeted, language_)
     elapsed = time.perf_counter() - began
     console.print(
         f"\n[bold]done in {elapsed:.0f} s.[/] In {escape(str(out_dir))}/: scores.parquet ({len(scores):,} customers), "
@@ -136,45 +145,51 @@ def _fmt(value) -> str:
     return "–" if value is None or value != value else f"{value:.3f}"
 
 
-def _print_backtest(console: Console, report: dict) -> None:
+def _print_backtest(console: Console, report: dict, lang: Language) -> None:
+    _ = lang.gettext
     if report.get("backtest_note"):
         console.print(report["backtest_note"])
         return
-    table = Table(title=f"backtest: {report['n_customers']:,} customers at {report['cutoff']}, "
-                        f"{report['horizon_days']}-day horizon, base rate {report['base_rate']:.3f}")
-    for column in ("p_repurchase", "model", "BG/NBD", "recency only"):
+    table = Table(title=_("backtest: {customers} customers at {cutoff}, {days}-day horizon, base rate {base_rate}").format(
+        customers=lang.count(report["n_customers"]), cutoff=report["cutoff"], days=report["horizon_days"],
+        base_rate=lang.decimal(report["base_rate"])))
+    for column in ("p_repurchase", _("model"), _("BG/NBD"), _("recency only")):
         table.add_column(column, justify="right" if column != "p_repurchase" else "left")
     model, bgnbd, recency = report["model"], report["bgnbd"], report["recency_only"]
     for metric in ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10"):
         table.add_row(metric, _fmt(model.get(metric)), _fmt(bgnbd.get(metric)), _fmt(recency.get(metric)))
     holdout = report["holdout_orders"]
-    orders = lambda value: "–" if value is None else f"{value:,.0f}"  # noqa: E731
-    table.add_row("orders in horizon", orders(holdout["model"]), orders(holdout["bgnbd"]), f"actual {holdout['actual']:,}")
-    table.add_row("revenue gini", _fmt((model.get("revenue") or {}).get("gini")), _fmt(bgnbd["revenue"]["gini"]), "")
+    table.add_row(_("orders in horizon"), lang.count(holdout["model"]), lang.count(holdout["bgnbd"]),
+                  _("actual {orders}").format(orders=lang.count(holdout["actual"])))
+    table.add_row(_("revenue gini"), _fmt((model.get("revenue") or {}).get("gini")), _fmt(bgnbd["revenue"]["gini"]), "")
     console.print(table)
     if report.get("model_note"):
-        console.print(f"model column empty: {report['model_note']}")
+        console.print(_("model column empty: {note}").format(note=report["model_note"]))
 
 
-def _print_replenishment_backtest(console: Console, block: dict) -> None:
-    table = Table(title=f"replenishment backtest: {block['n_pairs']:,} customer-category pairs, "
-                        f"{block['base_rate'] or 0:.1%} bought again within the horizon")
-    for column in ("next purchase", "model", "own last gap", "category median"):
-        table.add_column(column, justify="left" if column == "next purchase" else "right")
+def _print_replenishment_backtest(console: Console, block: dict, lang: Language) -> None:
+    _ = lang.gettext
+    table = Table(title=_("replenishment backtest: {pairs} customer-category pairs, {share} bought again within the "
+                          "horizon").format(pairs=lang.count(block["n_pairs"]), share=lang.percent(block["base_rate"] or 0)))
+    for column in (_("next purchase"), _("model"), _("own last gap"), _("category median")):
+        table.add_column(column, justify="left" if column == _("next purchase") else "right")
     blocks = [block["model"], block["own_last_gap"], block["category_median"]]
-    for metric, label in (("p50_mae_days", "p50 MAE (days)"), ("coverage_p10_p90", "p10-p90 coverage"), ("auc", "AUC")):
-        table.add_row(label, *[_fmt(b.get(metric)) for b in blocks])
+    for metric, label in (("p50_mae_days", N_("p50 MAE (days)")), ("coverage_p10_p90", N_("p10-p90 coverage")),
+                          ("auc", N_("AUC"))):
+        table.add_row(_(label), *[_fmt(b.get(metric)) for b in blocks])
     console.print(table)
 
 
-def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.DataFrame) -> None:
-    table = Table(title="audiences (default rules; send/ has the treatment group)")
-    for column in ("action", "customers", "treatment", "holdout", "share", "expected revenue", "CLV at stake",
-                   "mean p_repurchase"):
-        table.add_column(column, justify="left" if column == "action" else "right")
+def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.DataFrame, lang: Language) -> None:
+    _ = lang.gettext
+    table = Table(title=_("audiences (default rules; send/ has the treatment group)"))
+    for column in (_("action"), _("customers"), _("treatment"), _("holdout"), _("share"), _("expected revenue"),
+                   _("CLV at stake"), _("mean p_repurchase")):
+        table.add_column(column, justify="left" if column == _("action") else "right")
     groups = targeted.groupby(["action", "group"]).size()
     for row in audiences.itertuples(index=False):
-        table.add_row(row.action, f"{row.customers:,}", f"{int(groups.get((row.action, 'treatment'), 0)):,}",
-                      f"{int(groups.get((row.action, 'holdout'), 0)):,}", f"{row.share_of_scored:.1%}",
-                      f"{row.expected_revenue_sum:,.0f}", f"{row.clv_sum:,.0f}", f"{row.p_repurchase_mean:.3f}")
+        table.add_row(lang.label("action", row.action), lang.count(row.customers),
+                      lang.count(int(groups.get((row.action, "treatment"), 0))),
+                      lang.count(int(groups.get((row.action, "holdout"), 0))), lang.percent(row.share_of_scored),
+                      lang.count(row.expected_revenue_sum), lang.count(row.clv_sum), lang.decimal(row.p_repurchase_mean))
     console.print(table)

@@ -71,6 +71,30 @@ def test_bad_cutoff_is_exit_2(tmp_path):
     assert not (tmp_path / "f.parquet").exists()
 
 
+LANG_COMMANDS = ["quickstart", "train", "backtest", "target", "replenish", "measure"]
+
+
+@pytest.mark.parametrize("command", LANG_COMMANDS)
+def test_commands_that_print_tables_or_write_the_report_take_lang(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert "--lang" in result.output and "REPURCHASE_LANG" in result.output
+
+
+def test_a_language_not_offered_is_bad_input_before_any_work(tmp_path, monkeypatch):
+    out = tmp_path / "qs"
+    result = runner.invoke(app, ["quickstart", "--out", str(out), "--lang", "fr"])
+    assert result.exit_code == 2
+    assert "--lang: 'fr' is not a language offered here; choose one of en, zh" in result.output
+    assert not out.exists()
+    monkeypatch.setenv("REPURCHASE_LANG", "klingon")
+    json_path = tmp_path / "b.json"
+    result = runner.invoke(app, ["backtest", "--orders", "cdnow-sample", "--cutoff", "1997-06-30", "--json",
+                                 str(json_path)])
+    assert result.exit_code == 2
+    assert "REPURCHASE_LANG: 'klingon' is not a language offered here" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_quickstart_does_the_whole_job(tmp_path):
     import json
