@@ -77,15 +77,17 @@ def test_every_message_of_the_code_has_a_chinese_translation_with_the_same_place
     method_map = [("serving/**.py", "python"), ("training/**.py", "python"),
                   ("serving/templates/**.j2", "jinja2")]
     options = {"serving/templates/**.j2": {"extensions": "jinja2.ext.i18n"}}
-    keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "pgettext": ((1, "c"), 2), "N_": None}
-    used = {message for _file, _line, message, _comments, _context in
+    keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "pgettext": ((1, "c"), 2), "N_": None,
+                "NC_": ((1, "c"), 2)}
+    used = {(context, message) for _file, _line, message, _comments, context in
             extract_from_dir(str(ROOT), method_map, options, keywords=keywords)}
     assert len(used) > 150  # the extraction saw the report, the plots and the CLI
     with ZH_PO.open("rb") as source:
         catalog = read_po(source)
+    assert {(c, m) for c, m in used if c} >= {("lifecycle_stage", "churned"), ("member_tier", "diamond")}
     missing = []
-    for message in used:
-        entry = catalog.get(message)
+    for context, message in used:
+        entry = catalog.get(message, context=context)
         translation = entry.string if entry is not None else None
         if not translation or (isinstance(translation, tuple) and not all(translation)):
             missing.append(message)

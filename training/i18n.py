@@ -12,7 +12,7 @@ are formatted by Babel for the language's locale.
 
 To update the catalog after changing messages::
 
-    pybabel extract -F babel.cfg -o /tmp/repurchase.pot .
+    pybabel extract -F babel.cfg -k N_ -k NC_:1c,2 -o /tmp/repurchase.pot .
     pybabel update -i /tmp/repurchase.pot -d training/locale -D repurchase
 """
 
@@ -45,9 +45,29 @@ _LOCALES = {"en": "en", "zh": "zh_Hans_CN"}
 # Dates: English keeps ISO dates (what the report always showed); Chinese "2025年6月30日".
 _DATE_FORMATS = {"en": "yyyy-MM-dd", "zh": "long"}
 
-# Label contexts (msgctxt) of machine names, so that e.g. the segment "new" and the stage "new"
-# can be translated differently.
-LABEL_KINDS = ("rfm_segment", "lifecycle_stage", "member_tier", "action", "group", "verdict")
+
+
+def NC_(context: str, message: str) -> str:
+    """Marks a label for the catalog under ``context`` (``pybabel extract -k NC_:1c,2``)."""
+    return message
+
+
+# Labels of machine names, under a context (msgctxt) naming the column, so that e.g. the
+# segment "new" and the stage "new" can read differently. Listed here so that the catalog
+# keeps them (they are looked up by value, which extraction cannot see); an action of a
+# user's own rules has no label and shows as its words.
+MACHINE_LABELS = (
+    NC_("rfm_segment", "champions"), NC_("rfm_segment", "loyal"), NC_("rfm_segment", "cannot_lose"),
+    NC_("rfm_segment", "at_risk"), NC_("rfm_segment", "potential_loyalist"), NC_("rfm_segment", "new"),
+    NC_("rfm_segment", "promising"), NC_("rfm_segment", "need_attention"), NC_("rfm_segment", "about_to_sleep"),
+    NC_("rfm_segment", "hibernating"), NC_("rfm_segment", "lost"),
+    NC_("lifecycle_stage", "new"), NC_("lifecycle_stage", "active"), NC_("lifecycle_stage", "at_risk"),
+    NC_("lifecycle_stage", "lapsed"), NC_("lifecycle_stage", "churned"),
+    NC_("member_tier", "silver"), NC_("member_tier", "gold"), NC_("member_tier", "diamond"),
+    NC_("action", "vip_care"), NC_("action", "replenishment_reminder"), NC_("action", "churn_warning"),
+    NC_("action", "win_back"), NC_("action", "new_customer_nurture"),
+    NC_("group", "treatment"), NC_("group", "holdout"),
+)
 
 
 def N_(message: str) -> str:
