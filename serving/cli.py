@@ -699,7 +699,7 @@ def target(
             if row.action in extra else "")
         out.print(_("{action}: {customers} customers ({share}; {treatment} to send, {holdout} holdout{held}), expected "
                     "revenue {revenue}{extra}").format(
-            action=language.label("action", row.action) if not language.is_default else row.action,
+            action=language.name_or_label("action", row.action),
             customers=language.count(row.customers), share=language.percent(row.share_of_scored),
             treatment=language.count(treatment), holdout=language.count(holdout), held=held_text,
             revenue=language.count(row.expected_revenue_sum), extra=extra_text))
@@ -813,9 +813,11 @@ def _write_measurement(result: dict, json_path: Path, report_path: Path, lang: s
         page_tmp.write_text(page, encoding="utf-8")
 
 
+VERDICTS = {"significant": N_("significant"), "not_significant": N_("not significant"), "too_small": N_("too small")}
+
+
 def _print_measurement(result: dict, lang) -> None:
     from rich.table import Table
-    from serving.report import VERDICT_LABELS
 
     _ = lang.gettext
 
@@ -831,12 +833,12 @@ def _print_measurement(result: dict, lang) -> None:
     for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
         interval = block["rate_diff_ci95"]
         table.add_row(
-            name if lang.is_default else lang.label("action", name) if name != "overall" else _("overall"),
+            _("overall") if name == "overall" else lang.name_or_label("action", name),
             f"{lang.count(block['treatment']['customers'])} {pct(block['treatment']['rate'])}",
             f"{lang.count(block['holdout']['customers'])} {pct(block['holdout']['rate'])}", pct(block["rate_diff"], True),
             "-" if interval is None else _("{low} to {high}").format(low=pct(interval[0], True), high=pct(interval[1], True)),
             "-" if block["p_value"] is None else f"{block['p_value']:.2g}",
-            _(VERDICT_LABELS.get(block["verdict"], block["verdict"].replace("_", " "))),
+            _(VERDICTS.get(block["verdict"], block["verdict"].replace("_", " "))),
         )
     out.print(table)
     for name, block in [*result["actions"].items(), ("overall", result["overall"])]:

@@ -188,7 +188,7 @@ def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.Dat
         table.add_column(column, justify="left" if column == _("action") else "right")
     groups = targeted.groupby(["action", "group"]).size()
     for row in audiences.itertuples(index=False):
-        table.add_row(lang.label("action", row.action), lang.count(row.customers),
+        table.add_row(lang.name_or_label("action", row.action), lang.count(row.customers),
                       lang.count(int(groups.get((row.action, "treatment"), 0))),
                       lang.count(int(groups.get((row.action, "holdout"), 0))), lang.percent(row.share_of_scored),
                       lang.count(row.expected_revenue_sum), lang.count(row.clv_sum), lang.decimal(row.p_repurchase_mean))

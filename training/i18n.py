@@ -150,6 +150,10 @@ class Language:
         translated = self.pgettext(kind, text)
         return translated if translated != text else text.replace("_", " ")
 
+    def name_or_label(self, kind: str, name) -> str:
+        """In English the machine name itself (as the CLI's tables show it), else its label."""
+        return str(name) if self.is_default else self.label(kind, name)
+
     # -- numbers and dates ---------------------------------------------------------------------
 
     def count(self, value) -> str:
