@@ -676,7 +676,7 @@ def target(
     from features.io import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
-    from serving.rules import Campaign, apply_rules, load_rules, write_audiences
+    from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
 
     language = _language(lang)
     _ = language.gettext
@@ -770,7 +770,7 @@ def measure(
     from features.contacts import load_contacts
     from features.io import check_output_path
     from features.orders import load_order_log
-    from serving.rules import load_rules
+    from serving.targeting import load_rules
     from training.measure import check_contact_windows, log_measurement, measure_campaigns
     from training.registry import configure_tracking
 
@@ -892,14 +892,16 @@ def replenish(
 def _print_replenishment(frame, lang) -> None:
     from rich.table import Table
 
+    from training.segments import REMINDER
+
     _ = lang.gettext
-    due = frame["next_purchase_days_p50"] <= 14
-    likely = frame["p_within_horizon"] >= 0.5
+    due = frame["next_purchase_days_p50"] <= REMINDER.within_days
+    likely = frame["p_within_horizon"] >= REMINDER.min_p_within_horizon
     table = Table(title=_("replenishment as of {as_of}").format(
         as_of=lang.date(frame["as_of"].iloc[0].date()) if len(frame) else "-"))
-    for column in (N_("category"), N_("pairs"), N_("own rhythm"), N_("likely within horizon"),
-                   N_("due in 14 days & likely")):
+    for column in (N_("category"), N_("pairs"), N_("own rhythm"), N_("likely within horizon")):
         table.add_column(_(column), justify="left" if column == "category" else "right")
+    table.add_column(_("due in {days} days & likely").format(days=REMINDER.within_days), justify="right")
     grouped = frame.assign(own=frame["basis"] == "own", likely=likely, due=due & likely).groupby("category")
     summary = grouped.agg(pairs=("customer_id", "size"), own=("own", "mean"), likely=("likely", "sum"), due=("due", "sum"))
     for category, row in summary.sort_values("pairs", ascending=False).head(15).iterrows():

@@ -423,7 +423,7 @@ def apply_targeting(
     ids (history batches score under unique keys).
     """
     from features.contacts import assign_groups
-    from serving.rules import Campaign, apply_rules, load_rules
+    from serving.targeting import Campaign, apply_rules, load_rules
 
     rules = rules if rules is not None else load_rules(None)
     reference = getattr(getattr(model, "spec_", None), "clv_reference", None)

@@ -56,12 +56,13 @@ def run_quickstart(
     the tables printed and the audiences' reasons; files keep English column names and values."""
     from serving.batch import add_reason_codes, score_log
     from serving.report import model_notes, render_report
-    from serving.rules import Campaign, apply_rules, load_rules, write_audiences
+    from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
     from training.backtest import Backtest, write_report
     from training.btyd import BTYDDataError
     from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
     from training.i18n import language
     from training.registry import configure_tracking, load_scorer
+    from training.segments import REMINDER
 
     language_ = language(lang)
     began = time.perf_counter()
@@ -115,7 +116,8 @@ def run_quickstart(
             console.print(f"product-level replenishment skipped: {exc}")
         else:
             console.print(f"replenishment.parquet: {len(replenishment):,} customer-category pairs, "
-                          f"{int((replenishment['next_purchase_days_p50'] <= 14).sum()):,} due within 14 days")
+                          f"{int((replenishment['next_purchase_days_p50'] <= REMINDER.within_days).sum()):,} "
+                          f"due within {REMINDER.within_days} days")
     else:
         console.print("no categories in this log: product-level replenishment skipped")
 

@@ -175,7 +175,7 @@ def test_api_and_pyfunc_rows_carry_the_scores_rfm(fitted_model, batch_run, synth
 
 
 def test_audiences_and_reasons_use_the_scores_columns(fitted_model, batch_run):
-    from serving.rules import apply_rules, load_rules
+    from serving.targeting import apply_rules, load_rules
 
     scores, snapshot = batch_run["scores"], batch_run["snapshot"]
     targeted = apply_rules(scores, load_rules(None), features=snapshot, clv_reference=fitted_model.spec_.clv_reference)

@@ -21,37 +21,16 @@ from features.contacts import (
 )
 from features.io import OWNER_MARK
 from serving.cli import app
-from serving.rules import Campaign, RuleSet, apply_rules, write_audiences
+from score_rows import AS_OF, random_scores
+from serving.targeting import Campaign, RuleSet, apply_rules, write_audiences
 from training.contract import SCORE_COLUMNS
 
-AS_OF = pd.Timestamp("2025-06-30")
 runner = CliRunner()
 
 
 def score_rows(n: int, seed: int = 0, prefix: str = "c") -> pd.DataFrame:
     """``n`` lapsed customers with random scores (every one gets the one rule's action)."""
-    rng = np.random.default_rng(seed)
-    p = rng.random(n)
-    return pd.DataFrame(
-        {
-            "customer_id": [f"{prefix}{i}" for i in range(n)],
-            "as_of": AS_OF,
-            "horizon_days": 90,
-            "p_alive": rng.random(n),
-            "p_repurchase": p,
-            "expected_orders": p * 2,
-            "expected_revenue": p * 100,
-            "clv": rng.gamma(2.0, 50.0, n),
-            "next_order_days_p10": np.nan,
-            "next_order_days_p50": np.nan,
-            "next_order_days_p90": np.nan,
-            "churn_risk": 1 - p,
-            "rfm_segment": "hibernating",
-            "lifecycle_stage": "lapsed",
-            "model_version": "1",
-        },
-        columns=list(SCORE_COLUMNS),
-    )
+    return random_scores(n, seed, prefix, rfm_segment="hibernating", lifecycle_stage="lapsed", model_version="1")
 
 
 def one_rule(**extra) -> RuleSet:

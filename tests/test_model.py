@@ -140,7 +140,7 @@ def test_the_booster_can_learn_without_the_btyd_start(synth_orders):
 def test_explained_scores_carry_reason_codes_into_the_audiences(fitted_model, synth_orders, tmp_path):
     from features.orders import load_order_log
     from serving.batch import score_log
-    from serving.rules import apply_rules, load_rules, write_audiences
+    from serving.targeting import apply_rules, load_rules, write_audiences
     from training.contract import SCORE_COLUMNS
 
     source = tmp_path / "orders.parquet"
@@ -155,3 +155,72 @@ def test_explained_scores_carry_reason_codes_into_the_audiences(fitted_model, sy
     acted = targeted[targeted["action"].notna()]
     first = pd.read_csv(tmp_path / "aud" / f"{acted['action'].iloc[0]}.csv")
     assert first["reason_codes"].str.contains(r"=\S+ \([+-]\d").all()
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+NEW_HYPERPARAMETERS = ("feature_fraction", "bagging_fraction", "bagging_freq", "lambda_l2", "max_bin",
+                       "tweedie_variance_power", "num_threads", "min_origin_repeat_buyers", "min_gamma_gamma_customers")
+
+
+def test_every_lightgbm_setting_comes_from_get_params(fitted_model):
+    """The champion's recipe rebuilt from get_params is complete: each booster's settings are hyperparameters."""
+    from sklearn.base import clone
+
+    from training.boosting import available_threads
+
+    params = fitted_model.get_params()
+    assert set(NEW_HYPERPARAMETERS) <= set(params)
+    boosters = (fitted_model.classifier_, fitted_model.orders_model_, fitted_model.revenue_model_, fitted_model.timing_model_)
+    for booster in boosters:
+        used = booster.params
+        for name in ("learning_rate", "num_leaves", "min_child_samples", "feature_fraction", "bagging_fraction",
+                     "bagging_freq", "lambda_l2", "max_bin"):
+            assert used[name] == params[name], name
+        assert used["seed"] == params["random_state"]
+        assert used["num_threads"] == available_threads()  # num_threads=None: the cores this process has
+    assert fitted_model.revenue_model_.params["tweedie_variance_power"] == params["tweedie_variance_power"]
+    again = clone(fitted_model)
+    assert again.get_params() == params and not hasattr(again, "classifier_")
+    assert again.set_params(num_threads=1, lambda_l2=2.0).get_params()["lambda_l2"] == 2.0
+
+
+def test_a_model_pickled_before_the_hyperparameters_loads_with_the_old_settings(fitted_model, synth_orders):
+    """Older pickles lack the new hyperparameters: they load with the defaults (the old hard-coded values)."""
+    from training.model import RepurchaseModel
+
+    old = pickle.loads(pickle.dumps(fitted_model))
+    for name in NEW_HYPERPARAMETERS:
+        delattr(old, name)
+    old = pickle.loads(pickle.dumps(old))
+    defaults = RepurchaseModel().get_params()
+    assert {name: old.get_params()[name] for name in NEW_HYPERPARAMETERS} == {n: defaults[n] for n in NEW_HYPERPARAMETERS}
+    assert old.get_params()["feature_fraction"] == 0.8 and old.get_params()["tweedie_variance_power"] == 1.5
+    pd.testing.assert_frame_equal(old.score(synth_orders, "2025-09-30"), fitted_model.score(synth_orders, "2025-09-30"))
+
+
+def test_the_named_methods_take_a_frame_or_the_scoring_arrays_alike(fitted_model, synth_orders):
+    """score_features passes the named methods arrays; given the with_btyd frame they answer the same."""
+    features = fitted_model.point_in_time_features(synth_orders, "2025-09-30")
+    frame, arrays = fitted_model.with_btyd(features), fitted_model._scoring_inputs(features)
+    p = fitted_model.p_repurchase(frame)
+    np.testing.assert_array_equal(fitted_model.p_repurchase(arrays), p)
+    for method in ("expected_orders", "expected_revenue", "clv"):
+        np.testing.assert_array_equal(getattr(fitted_model, method)(arrays), getattr(fitted_model, method)(frame), err_msg=method)
+    np.testing.assert_array_equal(fitted_model.next_order_quantiles(arrays, p), fitted_model.next_order_quantiles(frame))
+    np.testing.assert_array_equal(fitted_model.p_alive(arrays, p), fitted_model.p_alive(frame))
+    cdf = fitted_model.next_order_cdf(frame, p)
+    reachable = p >= 0.1
+    np.testing.assert_array_equal(fitted_model.next_order_quantiles(frame, p)[reachable],
+                                  quantiles_from_cdf(fitted_model.timing_grid_, cdf[reachable]))
+
+
+@pytest.mark.slow
+def test_the_model_gives_the_same_scores_at_one_thread_and_two(synth_orders):
+    from training.model import RepurchaseModel
+
+    params = dict(horizon_days=60, n_origins=3, max_rounds=60)
+    one, two = (RepurchaseModel(**params, num_threads=t).fit(synth_orders, "2025-06-30") for t in (1, 2))
+    assert one.classifier_.params["num_threads"] == 1 and two.classifier_.params["num_threads"] == 2
+    pd.testing.assert_frame_equal(one.score(synth_orders, "2025-09-30"), two.score(synth_orders, "2025-09-30"), check_exact=True)

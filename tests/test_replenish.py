@@ -237,6 +237,23 @@ def test_cdf_is_monotone_and_tops_out_at_p_within(replenishment_model, synth_lin
     np.testing.assert_allclose(cdf[:, -1], replenishment_model.p_within_horizon(pairs), rtol=1e-9)
 
 
+def test_a_model_pickled_when_random_state_was_seed_loads_and_predicts_alike(replenishment_model, synth_lines):
+    """Older pickles call the seed ``seed`` and lack the hyperparameters that were hard-coded: they load."""
+    import pickle
+
+    old = pickle.loads(pickle.dumps(replenishment_model))
+    old.seed = old.random_state + 5
+    for name in ("random_state", "min_child_samples", "feature_fraction", "max_bin", "num_threads", "min_timing_pairs"):
+        delattr(old, name)
+    old = pickle.loads(pickle.dumps(old))
+    params = old.get_params()
+    assert params["random_state"] == replenishment_model.random_state + 5 and not hasattr(old, "seed")
+    assert (params["min_child_samples"], params["feature_fraction"], params["max_bin"]) == (50, 0.9, 63)
+    assert replenishment_model.booster_.params["min_child_samples"] == params["min_child_samples"]
+    past = synth_lines[synth_lines["order_ts"] < pd.Timestamp("2025-07-01")]
+    pd.testing.assert_frame_equal(old.predict(past, "2025-06-30"), replenishment_model.predict(past, "2025-06-30"))
+
+
 def test_too_little_history_is_a_clear_error(synth_lines):
     from training.replenish import ReplenishmentDataError
 

@@ -11,35 +11,10 @@ import pytest
 
 from features.errors import InputError
 from features.io import OWNER_MARK, mark_folder
-from serving.rules import RuleSet, RulesError, apply_rules, load_rules, write_audiences
+from score_rows import AS_OF, score_row, scores_frame
+from serving.targeting import RuleSet, RulesError, apply_rules, load_rules, write_audiences
 from training.contract import SCORE_COLUMNS
-
-AS_OF = pd.Timestamp("2025-06-30")
-
-
-def score_row(customer_id: str, **values) -> dict:
-    """One score-contract row: an unremarkable active customer unless told otherwise."""
-    row = {
-        "customer_id": customer_id,
-        "as_of": AS_OF,
-        "horizon_days": 90,
-        "p_alive": 0.9,
-        "p_repurchase": 0.3,
-        "expected_orders": 0.5,
-        "expected_revenue": 20.0,
-        "clv": 10.0,
-        "next_order_days_p10": np.nan,
-        "next_order_days_p50": np.nan,
-        "next_order_days_p90": np.nan,
-        "churn_risk": 0.7,
-        "rfm_segment": "need_attention",
-        "lifecycle_stage": "active",
-        "model_version": "3",
-    }
-    row.update(values)
-    row["churn_risk"] = 1.0 - row["p_repurchase"]
-    return row
-
+from training.segments import REMINDER
 
 def rules_by_customer(out: pd.DataFrame) -> dict[str, str | None]:
     return {c: (r if isinstance(r, str) else None) for c, r in zip(out["customer_id"], out["rule"])}
@@ -48,10 +23,6 @@ def rules_by_customer(out: pd.DataFrame) -> dict[str, str | None]:
 def with_fillers(rows: list[dict], n: int = 40) -> list[dict]:
     """``rows`` among ``n`` unremarkable customers of higher value, so that none of them is a VIP."""
     return rows + [score_row(f"filler{i}", clv=100.0 + i) for i in range(n)]
-
-
-def scores_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 
 def ruleset(rules: list[dict], **extra) -> RuleSet:
@@ -121,6 +92,29 @@ def test_conditions_may_span_lines_chain_comparisons_and_use_feature_columns(tmp
     assert list(out.columns[len(SCORE_COLUMNS) + 3 :]) == ["overdue_ratio"]
 
 
+
+def test_conditions_name_the_shipped_reminder_thresholds_and_the_defaults_use_them():
+    days = REMINDER.within_days
+    scores = scores_frame([score_row("due", next_order_days_p50=days), score_row("later", next_order_days_p50=days + 1),
+                           score_row("twice", next_order_days_p50=2 * days)])
+    rules = ruleset([{"name": "soon", "when": "next_order_days_p50 <= REMIND_WITHIN_DAYS", "action": "remind",
+                      "reason": "in {next_order_days_p50} days"},
+                     {"name": "two", "when": "next_order_days_p50 <= REMIND_WITHIN_DAYS * 2", "action": "later",
+                      "reason": "later"}])
+    assert rules.rules[0].columns() == ["next_order_days_p50"]  # a threshold is not a column
+    out = apply_rules(scores, rules)
+    assert rules_by_customer(out) == {"due": "soon", "later": "two", "twice": "two"}
+    assert out["reason"].iloc[0] == f"in {days} days"
+    assert list(out.columns[len(SCORE_COLUMNS) + 3 :]) == []
+    with pytest.raises(RulesError, match=r"rule 1 'x': when: unknown column 'REMIND_WITHIN_DAY'"):
+        apply_rules(scores, ruleset([{"name": "x", "when": "clv > REMIND_WITHIN_DAY", "action": "x", "reason": "x"}]))
+    # the default reminder rules say the thresholds by name, never the numbers again
+    conditions = {rule.name: rule.when for rule in load_rules().rules}
+    assert "REMIND_WITHIN_DAYS" in conditions["replenishment_reminder"]
+    assert "MIN_P_WITHIN_HORIZON" in conditions["replenish_category_due"]
+    literal = rf"\b({days}|{re.escape(str(REMINDER.min_p_within_horizon))})\b"
+    assert not any(re.search(literal, when) for when in conditions.values())
+
 def test_derived_columns():
     scores = scores_frame(
         [
@@ -175,7 +169,9 @@ def default_population() -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str | No
 def test_default_rules_are_shipped_in_the_serving_package_in_order():
     rules = load_rules()
     assert rules.source == "default_rules.yaml"
-    assert (Path(__import__("serving").__file__).parent / "default_rules.yaml").is_file()
+    from serving import targeting
+
+    assert (Path(targeting.__file__).parent / "default_rules.yaml").is_file()
     assert [r.name for r in rules.rules] == [
         "vip_care",
         "replenish_category_due",

@@ -17,44 +17,15 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from features.errors import InputError
-from serving.rules import RulesError, apply_rules, load_rules, write_audiences
-from training.contract import SCORE_COLUMNS
+from score_rows import score_row, scores_frame
+from serving.targeting import RulesError, apply_rules, load_rules, write_audiences
 
-AS_OF = pd.Timestamp("2025-06-30")
 MEMORY_CAP = 2 << 30  # bytes of address space for children that might allocate without bound
-
-
-def score_row(customer_id: str, **values) -> dict:
-    """One score-contract row of an unremarkable active customer."""
-    row = {
-        "customer_id": customer_id,
-        "as_of": AS_OF,
-        "horizon_days": 90,
-        "p_alive": 0.9,
-        "p_repurchase": 0.3,
-        "expected_orders": 0.5,
-        "expected_revenue": 20.0,
-        "clv": 10.0,
-        "next_order_days_p10": np.nan,
-        "next_order_days_p50": np.nan,
-        "next_order_days_p90": np.nan,
-        "churn_risk": 0.7,
-        "rfm_segment": "need_attention",
-        "lifecycle_stage": "active",
-        "model_version": "3",
-    }
-    row.update(values)
-    return row
-
-
-def scores_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 
 def one_rule(when: str = "clv > 0", reason: str | list[str] = "hi", name: str = "bad") -> str:
@@ -90,16 +61,12 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys, time
     resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
-    import pandas as pd
+    sys.path.insert(0, {tests!r})
     from features.errors import InputError
-    from serving.rules import apply_rules, load_rules
-    from training.contract import SCORE_COLUMNS
+    from score_rows import score_row, scores_frame
+    from serving.targeting import apply_rules, load_rules
 
-    row = dict(customer_id="a", as_of=pd.Timestamp("2025-06-30"), horizon_days=90, p_alive=0.9, p_repurchase=0.3,
-               expected_orders=0.5, expected_revenue=20.0, clv=10.0, next_order_days_p10=None,
-               next_order_days_p50=None, next_order_days_p90=None, churn_risk=0.7, rfm_segment="x",
-               lifecycle_stage="active", model_version="3")
-    scores = pd.DataFrame([dict(row, customer_id=str(i)) for i in range(30)], columns=list(SCORE_COLUMNS))
+    scores = scores_frame([score_row(str(i)) for i in range(30)])
     for path in sys.argv[1:]:
         started = time.perf_counter()
         try:
@@ -109,7 +76,7 @@ CHILD = textwrap.dedent(
             outcome = dict(error=type(exc).__name__, input_error=isinstance(exc, InputError), message=str(exc)[:500])
         print(json.dumps(dict(outcome, path=path, seconds=time.perf_counter() - started)), flush=True)
     """
-).format(cap=MEMORY_CAP)
+).format(cap=MEMORY_CAP, tests=str(Path(__file__).parent))
 
 HUGE_SPECS = [
     ("{clv:99999999}", r"placeholder \{clv:99999999\}: width 99999999 in format spec '99999999' is too large; at most 50"),
@@ -329,7 +296,7 @@ def test_audience_csv_text_cells_are_safe_to_open_and_numbers_stay_numbers(tmp_p
     ],
 )
 def test_spreadsheet_safe_escapes_only_text_that_reads_as_a_formula(value, safe):
-    from serving.rules import spreadsheet_safe
+    from serving.targeting import spreadsheet_safe
 
     assert spreadsheet_safe(value) == safe
 

@@ -245,7 +245,7 @@ def _scores_step_by_step(model, features: pd.DataFrame, as_of, model_version: st
             "p_repurchase": p,
             "expected_orders": model.expected_orders(features),
             "expected_revenue": model.expected_revenue(features),
-            "clv": np.asarray(model._clv(features), dtype=float),
+            "clv": np.asarray(model.clv(features), dtype=float),
             "next_order_days_p10": quantiles[:, 0],
             "next_order_days_p50": quantiles[:, 1],
             "next_order_days_p90": quantiles[:, 2],

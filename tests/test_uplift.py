@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from features.contacts import holdout_draw, validate_contacts
 from features.pipeline import build_features
+from score_rows import score_row, scores_frame
 from serving.cli import app
-from serving.rules import RuleSet, RulesError, apply_rules
+from serving.targeting import RuleSet, RulesError, apply_rules
 from training.contract import SCORE_COLUMNS, UPLIFT
 from training.metrics import qini_auc, qini_curve, uplift_at_k
 from training.uplift import (
@@ -257,13 +258,11 @@ def test_online_rows_have_uplift_only_when_the_model_has_it(uplift_model, fitted
 
 
 def score_frame(rows: list[dict]) -> pd.DataFrame:
-    base = {"as_of": pd.Timestamp(CUTOFF), "horizon_days": 90, "p_alive": 0.5, "p_repurchase": 0.5,
-            "expected_orders": 1.0, "expected_revenue": 100.0, "clv": 100.0, "next_order_days_p10": np.nan,
-            "next_order_days_p50": np.nan, "next_order_days_p90": np.nan, "churn_risk": 0.5,
-            "rfm_segment": "loyal", "lifecycle_stage": "lapsed", "model_version": "1"}
-    frame = pd.DataFrame([{**base, **row} for row in rows])
-    frame["churn_risk"] = 1 - frame["p_repurchase"]
-    return frame[[*SCORE_COLUMNS, *[c for c in frame.columns if c.startswith("uplift")]]]
+    """Lapsed customers worth 100, as likely as not to buy, unless a row says otherwise."""
+    base = {"as_of": pd.Timestamp(CUTOFF), "p_alive": 0.5, "p_repurchase": 0.5, "expected_orders": 1.0,
+            "expected_revenue": 100.0, "clv": 100.0, "rfm_segment": "loyal", "lifecycle_stage": "lapsed",
+            "model_version": "1"}
+    return scores_frame([score_row(**{**base, **row}) for row in rows])
 
 
 def rules(rule_list: list[dict], **extra) -> RuleSet:

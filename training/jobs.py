@@ -27,6 +27,7 @@ from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_repor
 from training.btyd import BTYDDataError, BTYDFitError
 from training.model import RepurchaseModel
 from training.registry import LoggedModel, champion_version, load_scorer, log_run, model_kind, tracked_run
+from training.segments import REMINDER
 from training.uplift import (
     EVAL_SHARE,
     UpliftDataError,
@@ -238,7 +239,8 @@ def champion_on_split(orders: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: 
         return None
     if pd.Timestamp(champion.spec_.training_cutoff) <= cutoff:
         return run_backtest(orders, cutoff, horizon_days, fitted_model=champion)
-    return run_backtest(orders, cutoff, horizon_days, model_params=champion.get_params(exclude=("horizon_days",)))
+    recipe = {name: value for name, value in champion.get_params().items() if name != "horizon_days"}
+    return run_backtest(orders, cutoff, horizon_days, model_params=recipe)
 
 
 def train_job(
@@ -375,7 +377,8 @@ def _log_replenish_run(log: OrderLog, as_of: pd.Timestamp, model, frame: pd.Data
     import mlflow
 
     params = {k: v for k, v in vars(model).items() if not k.endswith("_")}
-    likely = frame["p_within_horizon"] >= 0.5
+    likely = frame["p_within_horizon"] >= REMINDER.min_p_within_horizon
+    due = frame["next_purchase_days_p50"] <= REMINDER.within_days
     with tracked_run(f"replenish {log.source} {as_of.date()}"):
         mlflow.log_params({"job": "replenish", "source": log.source, "as_of": str(as_of.date()), **params})
         mlflow.log_metrics(
@@ -384,7 +387,7 @@ def _log_replenish_run(log: OrderLog, as_of: pd.Timestamp, model, frame: pd.Data
                 "customers": float(frame["customer_id"].nunique()),
                 "basis_own_share": float((frame["basis"] == "own").mean()) if len(frame) else 0.0,
                 "likely_within_horizon": float(likely.sum()),
-                "due_within_14_days_and_likely": float(((frame["next_purchase_days_p50"] <= 14) & likely).sum()),
+                f"due_within_{REMINDER.within_days}_days_and_likely": float((due & likely).sum()),
                 "training_pairs": float(model.n_training_pairs_),
                 "best_iteration": float(model.booster_.best_iteration),
                 "timing_shift": model.timing_shift_,

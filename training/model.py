@@ -88,15 +88,22 @@ import datetime as dt
 import zlib
 from dataclasses import dataclass, field
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from features.errors import InputError
 from features.orders import OPTIONAL_DEFAULTS
 from features.pipeline import LABELS, build_features, build_training_frame, mix_values
-from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma, clv
+from training.boosting import (
+    Estimator,
+    booster_params,
+    fit_calibrated_booster,
+    platt_probability,
+    raw_score,
+    train_booster,
+)
+from training.btyd import BGNBD, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma
+from training.btyd import clv as btyd_clv
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.metrics import expected_calibration_error
 from training.segments import lifecycle_stage, monetary_cut_points, rfm_scores, rfm_segment
@@ -294,11 +301,11 @@ def rfm_columns(features, reference: dict[str, np.ndarray]) -> dict[str, np.ndar
     return dict(zip(RFM_SCORE_COLUMNS, (rfm["r"], rfm["f"], rfm["m"])))
 
 
-def fit_gamma_gamma(features: pd.DataFrame) -> GammaGamma | None:
-    """Gamma-Gamma on the repeat customers with positive spend; None when they are too few
-    (then each customer's mean order value stands in for the expected one)."""
+def fit_gamma_gamma(features: pd.DataFrame, min_customers: int = MIN_REPEAT_CUSTOMERS) -> GammaGamma | None:
+    """Gamma-Gamma on the repeat customers with positive spend; None when they are fewer than
+    ``min_customers`` (then each customer's mean order value stands in for the expected one)."""
     repeat = (features["frequency"] > 0) & (features["monetary_value"] > 0)
-    if repeat.sum() < MIN_REPEAT_CUSTOMERS:
+    if repeat.sum() < min_customers:
         return None
     try:
         return GammaGamma().fit(
@@ -355,7 +362,7 @@ def assert_no_leakage(frame: pd.DataFrame, features: list[str], label: str = "la
             )
 
 
-class RepurchaseModel:
+class RepurchaseModel(Estimator):
     """Repurchase probability, timing, orders, revenue and CLV from an order log.
 
     Parameters
@@ -369,6 +376,20 @@ class RepurchaseModel:
         "pareto" it also gives ``p_alive`` (with "bgnbd", MBG/NBD does: see above).
     learning_rate, num_leaves, min_child_samples, max_rounds, early_stopping_rounds
         LightGBM settings shared by the boosters.
+    feature_fraction, bagging_fraction, bagging_freq, lambda_l2, max_bin
+        LightGBM's column and row subsampling, L2 penalty on leaf values and histogram bins,
+        shared by the boosters.
+    tweedie_variance_power : float
+        The Tweedie power of the revenue booster (between 1, Poisson, and 2, Gamma).
+    num_threads : int or None
+        LightGBM threads; None: the cores available to the process. Results do not depend on
+        it (:mod:`training.boosting`).
+    min_origin_repeat_buyers : int
+        A training origin with fewer repeat buyers is skipped (too few for its own BG/NBD fit).
+    min_gamma_gamma_customers : int
+        Fewer repeat customers with spend at the training cutoff and Gamma-Gamma is not
+        fitted: each customer's mean order value stands in for the expected one (Gamma-Gamma
+        itself needs ``training.btyd.MIN_REPEAT_CUSTOMERS``).
     max_rows_per_origin : int
         Customers sampled per origin for training (the rest only cost time).
     clv_horizon_days, discount_rate_annual : float
@@ -383,6 +404,9 @@ class RepurchaseModel:
         Cap on (customer, h) rows for the timing model (customers are sampled).
     random_state : int
         Seed for sampling and LightGBM.
+
+    Models pickled before a hyperparameter existed load with its default, which is the value
+    that version had hard-coded (``num_threads`` was 2: any value gives the same answers).
 
     Attributes
     ----------
@@ -432,6 +456,15 @@ class RepurchaseModel:
         boost_from_btyd: bool = True,
         same_season: bool = True,
         max_timing_rows: int = 400_000,
+        feature_fraction: float = 0.8,
+        bagging_fraction: float = 0.8,
+        bagging_freq: int = 1,
+        lambda_l2: float = 1.0,
+        max_bin: int = 63,
+        tweedie_variance_power: float = 1.5,
+        num_threads: int | None = None,
+        min_origin_repeat_buyers: int = MIN_ORIGIN_REPEAT_BUYERS,
+        min_gamma_gamma_customers: int = MIN_REPEAT_CUSTOMERS,
         random_state: int = 0,
     ):
         self.horizon_days = horizon_days
@@ -449,49 +482,39 @@ class RepurchaseModel:
         self.boost_from_btyd = boost_from_btyd
         self.same_season = same_season
         self.max_timing_rows = max_timing_rows
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.bagging_freq = bagging_freq
+        self.lambda_l2 = lambda_l2
+        self.max_bin = max_bin
+        self.tweedie_variance_power = tweedie_variance_power
+        self.num_threads = num_threads
+        self.min_origin_repeat_buyers = min_origin_repeat_buyers
+        self.min_gamma_gamma_customers = min_gamma_gamma_customers
         self.random_state = random_state
-
-    def get_params(self, exclude: tuple[str, ...] = ()) -> dict:
-        """The hyperparameters, as passed to ``__init__`` (scikit-learn's convention)."""
-        import inspect
-
-        parameters = inspect.signature(type(self).__init__).parameters
-        # A model pickled before a hyperparameter existed behaves as its default.
-        return {name: getattr(self, name, p.default) for name, p in parameters.items()
-                if name != "self" and name not in exclude}
 
     # ------------------------------------------------------------------ fitting
 
     def _lgb_params(self, objective: str, **extra) -> dict:
-        params = {
-            "objective": objective,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "max_bin": 63,
-            "num_threads": 2,
-            "seed": self.random_state,
-            "deterministic": True,
-            "force_col_wise": True,
-            "verbose": -1,
-        }
-        params.update(extra)
-        return params
-
-    def _train_booster(self, params, X_train, y_train, X_valid, y_valid, init_train=None, init_valid=None) -> lgb.Booster:
-        train_set = lgb.Dataset(X_train, y_train, init_score=init_train, free_raw_data=True)
-        valid_set = lgb.Dataset(X_valid, y_valid, init_score=init_valid, reference=train_set)
-        return lgb.train(
-            params,
-            train_set,
-            num_boost_round=self.max_rounds,
-            valid_sets=[valid_set],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        return booster_params(
+            objective,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            feature_fraction=self.feature_fraction,
+            bagging_fraction=self.bagging_fraction,
+            bagging_freq=self.bagging_freq,
+            lambda_l2=self.lambda_l2,
+            max_bin=self.max_bin,
+            num_threads=self.num_threads,
+            random_state=self.random_state,
+            **extra,
         )
+
+    def _train_booster(self, params: dict, train: tuple, valid: tuple):
+        """A booster early-stopped on ``valid`` (both ``(X, y, init_score)``)."""
+        return train_booster(params, train, valid, max_rounds=self.max_rounds,
+                             early_stopping_rounds=self.early_stopping_rounds)
 
     def _btyd_frame(self, features: pd.DataFrame, bgnbd: BGNBD, gamma_gamma: GammaGamma | None) -> pd.DataFrame:
         return pd.DataFrame(self._btyd_columns(features, bgnbd, gamma_gamma), index=features.index)
@@ -515,7 +538,7 @@ class RepurchaseModel:
         bgnbd = BGNBD(model=self.btyd_model).fit(
             features["frequency"].to_numpy(float), features["recency"].to_numpy(float), features["T"].to_numpy(float)
         )
-        return bgnbd, fit_gamma_gamma(features)
+        return bgnbd, fit_gamma_gamma(features, self.min_gamma_gamma_customers)
 
     def _fit_alive_model(self, features: pd.DataFrame) -> BGNBD | None:
         """The BTYD model behind ``p_alive``: one that lets a customer drop out before a repeat purchase.
@@ -545,7 +568,7 @@ class RepurchaseModel:
         parts = []
         for origin, part in frame.groupby("cutoff", sort=True):
             part = part.reset_index(drop=True)
-            if (part["frequency"] > 0).sum() < MIN_ORIGIN_REPEAT_BUYERS:
+            if (part["frequency"] > 0).sum() < self.min_origin_repeat_buyers:
                 continue  # too young to fit BTYD: skip the origin rather than invent numbers
             try:
                 bgnbd, gamma_gamma = self._fit_btyd(part)
@@ -569,7 +592,7 @@ class RepurchaseModel:
             )
         return (
             f"BTYD-only: only {n_usable} of {len(origins)} training origins ({origins[0]} to {origins[-1]}) have "
-            f"{MIN_ORIGIN_REPEAT_BUYERS} repeat buyers; more customers or a later cutoff would unlock the LightGBM model"
+            f"{self.min_origin_repeat_buyers} repeat buyers; more customers or a later cutoff would unlock the LightGBM model"
         )
 
     def fit(self, orders: pd.DataFrame, cutoff) -> "RepurchaseModel":
@@ -626,7 +649,7 @@ class RepurchaseModel:
             origins=[c.isoformat() for c in usable],
             rfm_reference=rfm_reference,
         )
-        self.spec_.clv_reference = reference_quantiles(self._clv(self.with_btyd(at_cutoff)))
+        self.spec_.clv_reference = reference_quantiles(self.clv(self.with_btyd(at_cutoff)))
         return self
 
     def uplift_frame(self, orders: pd.DataFrame, contacts: pd.DataFrame, window_days: int = DEFAULT_WINDOW_DAYS) -> pd.DataFrame:
@@ -670,48 +693,32 @@ class RepurchaseModel:
             train = pd.concat([train[~is_season], season_part[~held]])
             calib = pd.concat([calib, season_part[held]])
 
-        X = lambda part: part[features].to_numpy(dtype=np.float32)  # noqa: E731
-        self.classifier_ = self._train_booster(
+        def rows(part: pd.DataFrame, target: str, label: str) -> tuple:
+            return part[features].to_numpy(dtype=np.float32), part[label], self._init_score(target, part)
+
+        self.classifier_, self.calibrator_ = fit_calibrated_booster(
             self._lgb_params("binary"),
-            X(train),
-            train["label_repurchase"],
-            X(stop),
-            stop["label_repurchase"],
-            self._init_score("binary", train),
-            self._init_score("binary", stop),
+            rows(train, "binary", "label_repurchase"),
+            rows(stop, "binary", "label_repurchase"),
+            rows(calib, "binary", "label_repurchase"),
+            max_rounds=self.max_rounds,
+            early_stopping_rounds=self.early_stopping_rounds,
         )
-        raw = self._from_btyd(self.classifier_.predict(X(calib), raw_score=True), "binary", calib)
-        self.calibrator_ = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), calib["label_repurchase"])
         self.origin_calibration_ = self._calibration_by_origin(frame, features, last, season)
 
         self.orders_model_ = self._train_booster(
-            self._lgb_params("poisson"),
-            X(train),
-            train["label_orders"],
-            X(valid),
-            valid["label_orders"],
-            self._init_score("orders", train),
-            self._init_score("orders", valid),
+            self._lgb_params("poisson"), rows(train, "orders", "label_orders"), rows(valid, "orders", "label_orders")
         )
         self.revenue_model_ = self._train_booster(
-            self._lgb_params("tweedie", tweedie_variance_power=1.5),
-            X(train),
-            train["label_revenue"],
-            X(valid),
-            valid["label_revenue"],
-            self._init_score("revenue", train),
-            self._init_score("revenue", valid),
+            self._lgb_params("tweedie", tweedie_variance_power=self.tweedie_variance_power),
+            rows(train, "revenue", "label_revenue"),
+            rows(valid, "revenue", "label_revenue"),
         )
-        timing_features = features + ["horizon_h"]
         constraints = [0] * len(features) + [1]
-        Xt, yt = self._timing_rows(train, features)
-        Xv, yv = self._timing_rows(stop, features)
         self.timing_model_ = self._train_booster(
             self._lgb_params("binary", monotone_constraints=constraints, monotone_constraints_method="intermediate"),
-            Xt,
-            yt,
-            Xv,
-            yv,
+            self._timing_rows(train, features),
+            self._timing_rows(stop, features),
         )
         return features
 
@@ -727,25 +734,13 @@ class RepurchaseModel:
         for origin, part in frame.groupby("cutoff", sort=True):
             if len(part) > CALIBRATION_SUMMARY_ROWS:
                 part = part.sample(CALIBRATION_SUMMARY_ROWS, random_state=self.random_state)
-            raw = self._from_btyd(
-                self.classifier_.predict(part[features].to_numpy(dtype=np.float32), raw_score=True), "binary", part
-            )
-            p = self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
+            X = part[features].to_numpy(dtype=np.float32)
+            p = platt_probability(self.calibrator_, raw_score(self.classifier_, X, self._init_score("binary", part)))
             role = ("latest" if origin == latest
                     else "season" if season and origin == pd.Timestamp(season) else "training")
             rows.append(origin_calibration_row(pd.Timestamp(origin).date().isoformat(), role,
                                                part["label_repurchase"].to_numpy(), p))
         return rows
-
-    def _clv(self, features: pd.DataFrame) -> np.ndarray:
-        f, r, T, m = (_values(features, c) for c in ("frequency", "recency", "T", "monetary_value"))
-        if self.gamma_gamma_ is None:
-            return self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * _values(features, "avg_order_value")
-        return np.asarray(
-            clv(self.bgnbd_, self.gamma_gamma_, f, r, T, np.where(f > 0, m, 0.0),
-                horizon_days=self.clv_horizon_days, discount_rate_annual=self.discount_rate_annual),
-            dtype=float,
-        )
 
     def _init_score(self, target: str, features: pd.DataFrame) -> np.ndarray | None:
         """The BTYD answer on the booster's raw scale: boosting starts from BG/NBD and learns corrections.
@@ -762,11 +757,6 @@ class RepurchaseModel:
             return np.log(orders)
         value = np.clip(_values(features, "btyd_expected_order_value"), 1e-6, None)
         return np.log(orders * value)
-
-    def _from_btyd(self, raw: np.ndarray, target: str, features: pd.DataFrame) -> np.ndarray:
-        """A booster's raw score plus the BTYD start it was trained from (if any)."""
-        init = self._init_score(target, features)
-        return raw if init is None else raw + init
 
     @staticmethod
     def _mix(orders, cutoff, column) -> list[str] | None:
@@ -846,12 +836,19 @@ class RepurchaseModel:
         current names for models trained when they were called rfm_r, ..., rfm_cell)."""
         return [LEGACY_RANK_NAMES.get(name, name) for name in self.spec_.model_features]
 
-    def _matrix(self, features: pd.DataFrame) -> np.ndarray:
+    def _matrix(self, features) -> np.ndarray:
+        """The boosters' input matrix (float32), from a feature frame or a :meth:`_scoring_inputs` mapping."""
+        if isinstance(features, ScoringInputs):
+            return features.matrix(self._input_names())
         names = self._input_names()
         missing = [c for c in names if c not in features.columns]
         if missing:
             raise InputError(f"feature frame lacks columns the model was trained on: {', '.join(missing[:5])}")
         return features[names].to_numpy(dtype=np.float32)
+
+    # The question-named methods below are the scoring path: score_features composes them.
+    # Each takes ``features``: a frame with the BTYD columns (:meth:`features`, :meth:`with_btyd`)
+    # or, faster, the arrays of :meth:`_scoring_inputs` (what score_features passes).
 
     def p_alive(self, features, p_repurchase: np.ndarray | None = None) -> np.ndarray:
         """Probability that the customer has not dropped out: the score's ``p_alive``.
@@ -877,20 +874,24 @@ class RepurchaseModel:
         """Whether every answer comes from BG/NBD and Gamma-Gamma (too little history for LightGBM)."""
         return getattr(self, "btyd_only_", False)  # models pickled before BTYD-only existed are full
 
-    def p_repurchase(self, features: pd.DataFrame) -> np.ndarray:
+    def p_repurchase(self, features) -> np.ndarray:
         """Calibrated probability of at least one order within the horizon (BG/NBD's when BTYD-only)."""
         if self.is_btyd_only():
             return _values(features, "btyd_p_repurchase")
-        raw = self._from_btyd(self.classifier_.predict(self._matrix(features), raw_score=True), "binary", features)
-        return self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
+        raw = raw_score(self.classifier_, self._matrix(features), self._init_score("binary", features))
+        return platt_probability(self.calibrator_, raw)
 
-    def next_order_cdf(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
+    def next_order_cdf(self, features, p_repurchase: np.ndarray | None = None) -> np.ndarray:
         """F(h) on ``timing_grid_``: P(next order within h days), one row per customer."""
-        if self.is_btyd_only():
-            return self._btyd_cdf(*(_values(features, c) for c in ("frequency", "recency", "T")))
-        if p_repurchase is None:
+        if p_repurchase is None and not self.is_btyd_only():
             p_repurchase = self.p_repurchase(features)
-        return self._cdf(self._matrix(features), p_repurchase)
+        return self._next_order_cdf(features, p_repurchase, slice(None))
+
+    def _next_order_cdf(self, features, p_repurchase, rows) -> np.ndarray:
+        """:meth:`next_order_cdf` of the customers ``rows`` selects."""
+        if self.is_btyd_only():
+            return self._btyd_cdf(*(_values(features, c)[rows] for c in ("frequency", "recency", "T")))
+        return self._cdf(self._matrix(features)[rows], np.asarray(p_repurchase)[rows])
 
     def _btyd_cdf(self, frequency, recency, T) -> np.ndarray:
         """BG/NBD's P(an order within h days) on ``timing_grid_``: the timing distribution it implies."""
@@ -903,24 +904,46 @@ class RepurchaseModel:
         raw = np.maximum.accumulate(np.clip(raw, 1e-9, 1.0), axis=1)
         return raw / raw[:, -1:] * np.asarray(p_repurchase).reshape(-1, 1)
 
-    def next_order_quantiles(self, features: pd.DataFrame, p_repurchase: np.ndarray | None = None) -> np.ndarray:
+    def next_order_quantiles(self, features, p_repurchase: np.ndarray | None = None) -> np.ndarray:
         """Days to the next order at p10, p50, p90 (columns); NaN where not reached within H."""
-        return quantiles_from_cdf(self.timing_grid_, self.next_order_cdf(features, p_repurchase))
+        if p_repurchase is None:
+            p_repurchase = self.p_repurchase(features)
+        p = np.asarray(p_repurchase, dtype=float)
+        quantiles = np.full((len(p), len(QUANTILES)), np.nan)
+        # The CDF tops out at p_repurchase, so no quantile exists below min(QUANTILES): the
+        # CDF (for the boosters, one timing prediction per grid point) is computed only where one can.
+        reachable = p >= min(QUANTILES)
+        if reachable.any():
+            quantiles[reachable] = quantiles_from_cdf(self.timing_grid_, self._next_order_cdf(features, p, reachable))
+        return quantiles
 
-    def expected_orders(self, features: pd.DataFrame) -> np.ndarray:
+    def expected_orders(self, features) -> np.ndarray:
         """Expected number of orders within the horizon."""
         if self.is_btyd_only():
             return _values(features, "btyd_expected_orders")
         return self._regress(self.orders_model_, "orders", features)
 
-    def expected_revenue(self, features: pd.DataFrame) -> np.ndarray:
+    def expected_revenue(self, features) -> np.ndarray:
         """Expected revenue within the horizon (BTYD-only: expected orders x expected order value)."""
         if self.is_btyd_only():
             return _values(features, "btyd_expected_orders") * _values(features, "btyd_expected_order_value")
         return self._regress(self.revenue_model_, "revenue", features)
 
-    def _regress(self, booster: lgb.Booster, target: str, features: pd.DataFrame) -> np.ndarray:
-        return np.exp(self._from_btyd(booster.predict(self._matrix(features), raw_score=True), target, features))
+    def _regress(self, booster, target: str, features) -> np.ndarray:
+        """A log-link booster's answer (Poisson, Tweedie), from the BTYD start it was trained from."""
+        return np.exp(raw_score(booster, self._matrix(features), self._init_score(target, features)))
+
+    def clv(self, features) -> np.ndarray:
+        """BTYD CLV over ``clv_horizon_days``: BG/NBD x Gamma-Gamma, discounted (expected orders x the
+        customer's mean order value where Gamma-Gamma could not be fitted)."""
+        f, r, T, m = (_values(features, c) for c in ("frequency", "recency", "T", "monetary_value"))
+        if self.gamma_gamma_ is None:
+            return self.bgnbd_.expected_orders(self.clv_horizon_days, f, r, T) * _values(features, "avg_order_value")
+        return np.asarray(
+            btyd_clv(self.bgnbd_, self.gamma_gamma_, f, r, T, np.where(f > 0, m, 0.0),
+                     horizon_days=self.clv_horizon_days, discount_rate_annual=self.discount_rate_annual),
+            dtype=float,
+        )
 
     def reason_codes(self, features: pd.DataFrame, top: int = 3) -> list[str]:
         """Why each customer got their ``p_repurchase``: the ``top`` features that moved it most.
@@ -948,19 +971,17 @@ class RepurchaseModel:
     def score_features(self, features: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
         """Score rows (the design's score contract) for a feature frame built as of ``as_of``.
 
-        The answers are those of :meth:`with_btyd` followed by :meth:`p_repurchase`,
-        :meth:`next_order_quantiles`, :meth:`expected_orders` and so on (tested equal), computed
-        from one float matrix instead of a frame per step: for one customer (online) the
-        frame operations cost some 25 ms, the four boosters well under one.
+        The answers of :meth:`p_repurchase`, :meth:`p_alive`, :meth:`next_order_quantiles`,
+        :meth:`expected_orders`, :meth:`expected_revenue` and :meth:`clv`, each given the
+        frame's :meth:`_scoring_inputs` (arrays, not a frame per step: for one customer,
+        online, frame operations would cost some 25 ms, the four boosters well under one).
         """
         if features.empty:
             return pd.DataFrame({c: pd.Series(dtype=SCORE_DTYPES.get(c, "float64")) for c in self.score_columns()})
-        columns = self._scoring_columns(features)
-        if self.is_btyd_only():
-            p, orders, revenue, quantiles = self._btyd_answers(columns)
-        else:
-            p, orders, revenue, quantiles = self._booster_answers(columns, len(features))
-        p_alive = self.p_alive(columns, p)
+        inputs = self._scoring_inputs(features)
+        p = self.p_repurchase(inputs)
+        p_alive = self.p_alive(inputs, p)
+        quantiles = self.next_order_quantiles(inputs, p)
         scores = _score_frame(
             {
                 "customer_id": features["customer_id"].astype("str").to_numpy(),
@@ -968,17 +989,17 @@ class RepurchaseModel:
                 "horizon_days": self.horizon_days,
                 "p_alive": p_alive,
                 "p_repurchase": p,
-                "expected_orders": orders,
-                "expected_revenue": revenue,
-                "clv": self._clv(columns),
+                "expected_orders": self.expected_orders(inputs),
+                "expected_revenue": self.expected_revenue(inputs),
+                "clv": self.clv(inputs),
                 "next_order_days_p10": quantiles[:, 0],
                 "next_order_days_p50": quantiles[:, 1],
                 "next_order_days_p90": quantiles[:, 2],
                 "churn_risk": 1.0 - p,
-                "rfm_r": columns["rfm_r"],
-                "rfm_f": columns["rfm_f"],
-                "rfm_m": columns["rfm_m"],
-                "rfm_segment": rfm_segment(columns["rfm_r"], columns["rfm_f"]),
+                "rfm_r": inputs["rfm_r"],
+                "rfm_f": inputs["rfm_f"],
+                "rfm_m": inputs["rfm_m"],
+                "rfm_segment": rfm_segment(inputs["rfm_r"], inputs["rfm_f"]),
                 "lifecycle_stage": lifecycle_stage(features, p, p_alive, self.horizon_days),
                 "model_version": str(model_version),
             },
@@ -989,33 +1010,11 @@ class RepurchaseModel:
                 scores[name] = values
         return scores
 
-    def _booster_answers(self, columns: dict[str, np.ndarray], n: int):
-        """p_repurchase, expected orders and revenue, next-order quantiles from the boosters."""
-        X = np.column_stack([columns[c] for c in self._input_names()]).astype(np.float32)
-        raw = self._from_btyd(self.classifier_.predict(X, raw_score=True), "binary", columns)
-        p = self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
-        # The CDF tops out at p_repurchase, so no quantile exists below min(QUANTILES):
-        # the timing model (one prediction per grid point) runs only where one can.
-        quantiles = np.full((n, len(QUANTILES)), np.nan)
-        reachable = p >= min(QUANTILES)
-        if reachable.any():
-            quantiles[reachable] = quantiles_from_cdf(self.timing_grid_, self._cdf(X[reachable], p[reachable]))
-        regress = lambda booster, target: np.exp(self._from_btyd(booster.predict(X, raw_score=True), target, columns))  # noqa: E731
-        return p, regress(self.orders_model_, "orders"), regress(self.revenue_model_, "revenue"), quantiles
+    def _scoring_inputs(self, features: pd.DataFrame) -> "ScoringInputs":
+        """The columns the named methods read, as arrays: what :meth:`with_btyd` would add, computed alike.
 
-    def _btyd_answers(self, columns: dict[str, np.ndarray]):
-        """The same answers from BG/NBD and Gamma-Gamma alone (a BTYD-only model)."""
-        p = columns["btyd_p_repurchase"]
-        orders = columns["btyd_expected_orders"]
-        quantiles = np.full((len(p), len(QUANTILES)), np.nan)
-        reachable = p >= min(QUANTILES)
-        if reachable.any():
-            f, r, T = (columns[c][reachable] for c in ("frequency", "recency", "T"))
-            quantiles[reachable] = quantiles_from_cdf(self.timing_grid_, self._btyd_cdf(f, r, T))
-        return p, orders, orders * columns["btyd_expected_order_value"], quantiles
-
-    def _scoring_columns(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The columns scoring reads, as arrays: what :meth:`with_btyd` would add, computed alike."""
+        ``features`` is a frame of :meth:`point_in_time_features` (with or without the BTYD columns).
+        """
         added = {*BTYD_FEATURES, *RFM_RANK_COLUMNS, *RFM_SCORE_COLUMNS}
         names = self._input_names()
         missing = [c for c in names if c not in features.columns and c not in added]
@@ -1025,7 +1024,7 @@ class RepurchaseModel:
         read = [c for c in dict.fromkeys([*inputs, *names]) if c not in added]
         # One float64 matrix (int64 counts convert exactly) instead of a Series per column.
         matrix = features[read].to_numpy(dtype=float)
-        columns = {name: matrix[:, k] for k, name in enumerate(read)}
+        columns = ScoringInputs({name: matrix[:, k] for k, name in enumerate(read)})
         columns.update(rfm_rank_columns(columns, self.spec_.rfm_reference))
         columns.update(rfm_columns(columns, self.spec_.rfm_reference))
         columns.update(self._btyd_columns(columns, self.bgnbd_, self.gamma_gamma_))
@@ -1034,3 +1033,21 @@ class RepurchaseModel:
     def score(self, orders: pd.DataFrame, as_of, model_version: str = "") -> pd.DataFrame:
         """Score every customer with an order on or before ``as_of``."""
         return self.score_features(self.point_in_time_features(orders, as_of), as_of, model_version)
+
+
+class ScoringInputs(dict):
+    """Column name -> array of one scoring batch (:meth:`RepurchaseModel._scoring_inputs`).
+
+    The boosters' float32 matrix is built once and shared by the named methods that read it.
+    """
+
+    def matrix(self, names: list[str]) -> np.ndarray:
+        """The columns ``names`` as one float32 matrix (built on the first call for these names)."""
+        key = tuple(names)
+        if getattr(self, "_matrix_names", None) != key:
+            missing = [c for c in names if c not in self]
+            if missing:
+                raise InputError(f"feature frame lacks columns the model was trained on: {', '.join(missing[:5])}")
+            self._matrix = np.column_stack([self[c] for c in names]).astype(np.float32)
+            self._matrix_names = key
+        return self._matrix

@@ -42,18 +42,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.optimize import minimize
 from scipy.special import log_ndtr, ndtri_exp
-from sklearn.linear_model import LogisticRegression
 
 from features.errors import InputError
 from features.pipeline import _as_date
 from features.replenish import build_pair_features, pair_lines
+from training.boosting import Estimator, booster_params, fit_calibrated_booster, platt_probability, raw_score
 from training.metrics import classification_metrics
 from training.model import QUANTILES, earliest_full_cutoff, training_origins
 
@@ -101,6 +100,8 @@ PAIR_FEATURES = (
 )
 TAU2_FLOOR = 0.01
 SIGMA2_FLOOR = 0.0025
+# Purchase days behind the timing calibration's two parameters, at the least.
+MIN_TIMING_PAIRS = 20
 
 
 class ReplenishmentDataError(InputError):
@@ -211,17 +212,18 @@ def truncated_quantiles(location, scale, since, horizon_days: float, quantiles=Q
     return out
 
 
-def fit_timing_calibration(pairs: pd.DataFrame, horizon_days: int) -> tuple[float, float]:
+def fit_timing_calibration(pairs: pd.DataFrame, horizon_days: int, min_pairs: int = MIN_TIMING_PAIRS) -> tuple[float, float]:
     """Shift of the log-cycle and factor on its scale that best explain the purchase days seen.
 
     Maximum likelihood of each purchase day (1..H, taken at mid-day) under the cycle model
     truncated to ``(since, since + H]``, on the pairs that bought within the horizon at a
     held-out origin: it corrects the cycle model's level and spread together (coverage of
-    the p10-p90 band follows from the spread).
+    the p10-p90 band follows from the spread). With fewer than ``min_pairs`` such pairs it
+    leaves the cycle model as it is (``(0.0, 1.0)``).
     """
     days = pairs["label_days"].to_numpy(dtype=float)
     bought = np.isfinite(days)
-    if bought.sum() < 20:
+    if bought.sum() < min_pairs:
         return 0.0, 1.0
     location = pairs["cycle_location"].to_numpy(dtype=float)[bought]
     scale = pairs["cycle_scale"].to_numpy(dtype=float)[bought]
@@ -256,7 +258,7 @@ def pair_frame(lines, as_of, *, horizon_days: int | None = None, min_category_pa
     return _with_customer_context(pairs)
 
 
-class ReplenishmentModel:
+class ReplenishmentModel(Estimator):
     """Per (customer, category) timing: p10/p50/p90 of the next purchase and P(within the horizon).
 
     Parameters
@@ -271,7 +273,31 @@ class ReplenishmentModel:
         Categories with fewer pairs that have a gap borrow the pooled cycle prior.
     lead_days : int
         ``remind_on`` is this many days before the p50 date (never before the as-of date).
+    learning_rate, num_leaves, min_child_samples, max_rounds, early_stopping_rounds
+        LightGBM settings of the booster (early-stopped on half the latest origin's pairs).
+    feature_fraction, bagging_fraction, bagging_freq, lambda_l2, max_bin
+        LightGBM's column and row subsampling, L2 penalty and histogram bins (defaults: none
+        of the row subsampling and penalty the customer model uses).
+    num_threads : int or None
+        LightGBM threads; None: the cores available to the process (results do not depend on it).
+    min_timing_pairs : int
+        Fewer pairs that bought within the horizon at the latest origin and the cycle model's
+        timing is not recalibrated (:func:`fit_timing_calibration`).
+    random_state : int
+        Seed of the pair samples and halves and of LightGBM (models pickled before it was
+        named so kept it as ``seed``; they load).
+
+    Attributes
+    ----------
+    booster_, calibrator_
+        The LightGBM classifier of a purchase within the horizon and its Platt calibrator.
+    timing_shift_, timing_scale_ : float
+        The timing calibration of the cycle model (:func:`fit_timing_calibration`).
+    origins_, training_cutoff_, n_training_pairs_, feature_names_
+        What it learned from.
     """
+
+    RENAMED = {"seed": "random_state"}
 
     def __init__(
         self,
@@ -284,9 +310,17 @@ class ReplenishmentModel:
         lead_days: int = 7,
         learning_rate: float = 0.1,
         num_leaves: int = 15,
+        min_child_samples: int = 50,
         max_rounds: int = 300,
         early_stopping_rounds: int = 30,
-        seed: int = 0,
+        feature_fraction: float = 0.9,
+        bagging_fraction: float = 1.0,
+        bagging_freq: int = 0,
+        lambda_l2: float = 0.0,
+        max_bin: int = 63,
+        num_threads: int | None = None,
+        min_timing_pairs: int = MIN_TIMING_PAIRS,
+        random_state: int = 0,
     ):
         self.horizon_days = horizon_days
         self.n_origins = n_origins
@@ -296,9 +330,17 @@ class ReplenishmentModel:
         self.lead_days = lead_days
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
         self.max_rounds = max_rounds
         self.early_stopping_rounds = early_stopping_rounds
-        self.seed = seed
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.bagging_freq = bagging_freq
+        self.lambda_l2 = lambda_l2
+        self.max_bin = max_bin
+        self.num_threads = num_threads
+        self.min_timing_pairs = min_timing_pairs
+        self.random_state = random_state
 
     # ------------------------------------------------------------------ training
 
@@ -320,7 +362,7 @@ class ReplenishmentModel:
         return np.column_stack([pairs[list(PAIR_FEATURES)].to_numpy(dtype=np.float32), prior[:, 0]])
 
     def _sample(self, pairs: pd.DataFrame) -> pd.DataFrame:
-        u = _stable_fraction(pairs, self.seed)
+        u = _stable_fraction(pairs, self.random_state)
         return pairs[u < self.max_pairs_per_origin / len(pairs)] if len(pairs) > self.max_pairs_per_origin else pairs
 
     def fit(self, lines, cutoff) -> "ReplenishmentModel":
@@ -348,33 +390,33 @@ class ReplenishmentModel:
             )
         latest = frames[-1]
         train = pd.concat(frames[:-1])
-        first_half = _stable_fraction(latest, self.seed + 1) < 0.5
+        first_half = _stable_fraction(latest, self.random_state + 1) < 0.5
         stop, calib = latest[first_half], latest[~first_half]
         bought = lambda frame: np.isfinite(frame["label_days"].to_numpy(dtype=float)).astype(np.int8)  # noqa: E731
-        params = {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": 50,
-            "max_bin": 63,
-            "feature_fraction": 0.9,
-            "seed": self.seed,
-            "deterministic": True,
-            "verbosity": -1,
-        }
-        names = [*PAIR_FEATURES, "cycle_p_within_horizon"]
-        dtrain = lgb.Dataset(self._matrix(train), bought(train), feature_name=names, free_raw_data=True)
-        dstop = lgb.Dataset(self._matrix(stop), bought(stop), reference=dtrain)
-        self.booster_ = lgb.train(
-            params,
-            dtrain,
-            num_boost_round=self.max_rounds,
-            valid_sets=[dstop],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        params = booster_params(
+            "binary",
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            feature_fraction=self.feature_fraction,
+            bagging_fraction=self.bagging_fraction,
+            bagging_freq=self.bagging_freq,
+            lambda_l2=self.lambda_l2,
+            max_bin=self.max_bin,
+            num_threads=self.num_threads,
+            random_state=self.random_state,
         )
-        raw = self.booster_.predict(self._matrix(calib), raw_score=True, num_iteration=self.booster_.best_iteration)
-        self.calibrator_ = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), bought(calib))
-        self.timing_shift_, self.timing_scale_ = fit_timing_calibration(calib, self.horizon_days)
+        names = [*PAIR_FEATURES, "cycle_p_within_horizon"]
+        self.booster_, self.calibrator_ = fit_calibrated_booster(
+            params,
+            (self._matrix(train), bought(train)),
+            (self._matrix(stop), bought(stop)),
+            (self._matrix(calib), bought(calib)),
+            max_rounds=self.max_rounds,
+            early_stopping_rounds=self.early_stopping_rounds,
+            feature_name=names,
+        )
+        self.timing_shift_, self.timing_scale_ = fit_timing_calibration(calib, self.horizon_days, self.min_timing_pairs)
         self.feature_names_ = names
         self.origins_ = [o.isoformat() for o in origins]
         self.training_cutoff_ = _as_date(cutoff).isoformat()
@@ -385,8 +427,7 @@ class ReplenishmentModel:
 
     def p_within_horizon(self, pairs: pd.DataFrame) -> np.ndarray:
         """Calibrated P(a purchase of the category within the horizon), per pair."""
-        raw = self.booster_.predict(self._matrix(pairs), raw_score=True, num_iteration=self.booster_.best_iteration)
-        return self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
+        return platt_probability(self.calibrator_, raw_score(self.booster_, self._matrix(pairs)))
 
     def _cycle(self, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         location = pairs["cycle_location"].to_numpy(dtype=float) + self.timing_shift_

@@ -1,4 +1,4 @@
-"""RFM scores, RFM segments and lifecycle stages: the words operators use for groups of customers.
+"""RFM scores, RFM segments, lifecycle stages and reminder thresholds: the words operators use for groups of customers.
 
 RFM scores
 ----------
@@ -66,6 +66,16 @@ checked in this order:
 * ``active``: a repeat buyer at most 1.5 usual gaps since the last order;
 * ``at_risk``: a repeat buyer 1.5 to 3 usual gaps since the last order;
 * ``lapsed``: everyone else (over 3 usual gaps, or a one-time buyer older than H, and not churned).
+
+Due for a reminder
+------------------
+:data:`REMINDER` holds the two cut points of a replenishment reminder: how soon the next
+order (``next_order_days_p50``) or the next purchase of a category
+(``next_purchase_days_p50``) must be expected, and how likely a category must be to be
+bought within the horizon (``p_within_horizon``; below that the customer seems to have
+stopped buying it). They are written only here: the default targeting rules name them
+``REMIND_WITHIN_DAYS`` and ``MIN_P_WITHIN_HORIZON`` (``serving.targeting``), and the
+replenishment counts of the CLI, quickstart and MLflow read them from here.
 """
 
 from __future__ import annotations
@@ -121,6 +131,19 @@ class LifecycleThresholds:
     at_risk_max_overdue: float = 3.0
     churned_max_p_repurchase: float = 0.05
     churned_max_p_alive: float = 0.5
+
+
+@dataclass(frozen=True)
+class ReminderThresholds:
+    """When a customer, or one of their categories, is due for a replenishment reminder."""
+
+    within_days: int = 14
+    """Due: the next order or purchase is expected (p50) within this many days."""
+    min_p_within_horizon: float = 0.5
+    """Likely: a category with at least this chance of a purchase within the horizon is still bought."""
+
+
+REMINDER = ReminderThresholds()
 
 
 def _english(message: str) -> str:

@@ -70,6 +70,7 @@ import pandas as pd
 from features.contacts import TREATMENT
 from features.errors import InputError
 from features.pipeline import LABELS, build_features
+from training.boosting import Estimator, booster_params, train_booster
 from training.contract import UPLIFT, uplift_column
 from training.measure import window_outcomes
 from training.metrics import qini_auc, uplift_at_k
@@ -181,7 +182,7 @@ def _sigmoid(log_odds: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-log_odds))
 
 
-class UpliftModel:
+class UpliftModel(Estimator):
     """Two outcome models on LightGBM, the holdout's boosted from the treated's: the change in
     P(an order within the window) that an action causes (see the module docs).
 
@@ -195,6 +196,11 @@ class UpliftModel:
         be cut from the small holdout group, which the two models must share a scale with).
     holdout_rounds, holdout_leaves, holdout_min_child_samples
         The holdout model's correction to the treated model: few shallow trees on many rows each.
+    feature_fraction, bagging_fraction, bagging_freq, lambda_l2, max_bin
+        LightGBM's column and row subsampling, L2 penalty and histogram bins (both models;
+        the customer model's settings).
+    num_threads : int or None
+        LightGBM threads; None: the cores available to the process (results do not depend on it).
     random_state : int
         Seed for LightGBM.
 
@@ -221,6 +227,12 @@ class UpliftModel:
         holdout_rounds: int = 50,
         holdout_leaves: int = 3,
         holdout_min_child_samples: int = 100,
+        feature_fraction: float = 0.8,
+        bagging_fraction: float = 0.8,
+        bagging_freq: int = 1,
+        lambda_l2: float = 1.0,
+        max_bin: int = 63,
+        num_threads: int | None = None,
         random_state: int = 0,
     ):
         self.window_days = window_days
@@ -231,30 +243,31 @@ class UpliftModel:
         self.holdout_rounds = holdout_rounds
         self.holdout_leaves = holdout_leaves
         self.holdout_min_child_samples = holdout_min_child_samples
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.bagging_freq = bagging_freq
+        self.lambda_l2 = lambda_l2
+        self.max_bin = max_bin
+        self.num_threads = num_threads
         self.random_state = random_state
 
     def _params(self, num_leaves: int, min_child_samples: int) -> dict:
-        return {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": num_leaves,
-            "min_child_samples": min_child_samples,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "max_bin": 63,
-            "num_threads": 2,
-            "seed": self.random_state,
-            "deterministic": True,
-            "force_col_wise": True,
-            "verbose": -1,
-        }
+        return booster_params(
+            "binary",
+            learning_rate=self.learning_rate,
+            num_leaves=num_leaves,
+            min_child_samples=min_child_samples,
+            feature_fraction=self.feature_fraction,
+            bagging_fraction=self.bagging_fraction,
+            bagging_freq=self.bagging_freq,
+            lambda_l2=self.lambda_l2,
+            max_bin=self.max_bin,
+            num_threads=self.num_threads,
+            random_state=self.random_state,
+        )
 
     def fit(self, frame: pd.DataFrame) -> "UpliftModel":
         """Learn from an :func:`uplift_frame` (all its rows; split beforehand to evaluate)."""
-        import lightgbm as lgb
-
         treated = frame["treated"].to_numpy().astype(bool)
         n_treated, n_holdout = int(treated.sum()), int((~treated).sum())
         if min(n_treated, n_holdout) < MIN_GROUP_CONTACTS:
@@ -267,12 +280,12 @@ class UpliftModel:
         self.n_contacts_, self.n_holdout_ = int(len(frame)), n_holdout
         X = self._matrix(frame, frame["action"].astype(str).to_numpy())
         y = frame["bought"].to_numpy(dtype=float)
-        self.treated_model_ = lgb.train(self._params(self.num_leaves, self.min_child_samples),
-                                        lgb.Dataset(X[treated], y[treated]), num_boost_round=self.n_rounds)
+        self.treated_model_ = train_booster(self._params(self.num_leaves, self.min_child_samples),
+                                            (X[treated], y[treated]), max_rounds=self.n_rounds)
         start = self.treated_model_.predict(X[~treated], raw_score=True)
-        self.holdout_correction_ = lgb.train(
+        self.holdout_correction_ = train_booster(
             self._params(self.holdout_leaves, self.holdout_min_child_samples),
-            lgb.Dataset(X[~treated], y[~treated], init_score=start), num_boost_round=self.holdout_rounds,
+            (X[~treated], y[~treated], start), max_rounds=self.holdout_rounds,
         )
         return self
 
