@@ -687,7 +687,7 @@ def target(
     scores_frame, features = read_scored(scores)
     replenish_frame = read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
     targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame,
-                           campaign=Campaign(date=day, contacts=past))
+                           campaign=Campaign(date=day, contacts=past), lang=language.code)
     summary = write_audiences(targeted, out_dir)
     counts = _group_counts(targeted)
     extra = _extra_buyers(targeted)

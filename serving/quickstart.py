@@ -123,7 +123,7 @@ def run_quickstart(
 
     with step("applying the default targeting rules ..."):
         targeted = apply_rules(scores, load_rules(None), features=features, replenishment=replenishment,
-                               clv_reference=champion.spec_.clv_reference, campaign=Campaign())
+                               clv_reference=champion.spec_.clv_reference, campaign=Campaign(), lang=language_.code)
         targeted = add_reason_codes(targeted, champion, features, rows=targeted["action"].notna().to_numpy())
         audiences = write_audiences(targeted, out_dir / "audiences", send_dir=out_dir / "send")
     with step("writing the report ..."):

@@ -311,3 +311,19 @@ def test_the_reports_actions_section_shows_both_groups():
     assert "treatment (sent)" in actions and "<th class=num>holdout</th>" in actions
     assert f"<td class=num>{treatment:,}</td><td class=num>{holdout:,}</td>" in actions
     assert "random holdout" in actions
+
+
+def test_target_in_chinese_changes_reasons_and_words_never_the_files_machine_values(tmp_path, scores_file):
+    english, chinese = tmp_path / "en", tmp_path / "zh"
+    assert runner.invoke(app, ["target", "--scores", str(scores_file), "--out", str(english)]).exit_code == 0
+    result = runner.invoke(app, ["target", "--scores", str(scores_file), "--out", str(chinese), "--lang", "zh"])
+    assert result.exit_code == 0, result.output
+    assert "位客户" in result.stdout and "to send" not in result.stdout
+    summary = pd.read_csv(chinese / "summary.csv")
+    pd.testing.assert_frame_equal(summary, pd.read_csv(english / "summary.csv"))  # names and numbers: English
+    for action in summary["action"]:
+        zh, en = pd.read_csv(chinese / f"{action}.csv"), pd.read_csv(english / f"{action}.csv")
+        assert list(zh.columns) == list(en.columns)
+        pd.testing.assert_frame_equal(zh.drop(columns="reason"), en.drop(columns="reason"))
+        assert zh["reason"].str.contains(r"[\u4e00-\u9fff]").all()
+        assert not en["reason"].str.contains(r"[\u4e00-\u9fff]").any()
