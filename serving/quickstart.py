@@ -95,7 +95,7 @@ def run_quickstart(
     with step(f"training on all orders up to {as_of.date()} and registering ..."):
         trained = train_job(log, as_of, HORIZON_DAYS, register=True)
     console.print(f"registered [bold]repurchase[/] version {trained.logged.version} as {trained.logged.alias}", markup=True)
-    for note in model_notes(trained.model):
+    for note in model_notes(trained.model, language_.code):
         console.print(note)
 
     with step("scoring every customer with the champion ..."):
@@ -130,7 +130,7 @@ def run_quickstart(
         title = language_.gettext("Repurchase report: {source} as of {as_of}").format(
             source=log.source, as_of=language_.date(as_of.date()))
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html", title=title,
-                      model_notes=model_notes(champion), lang=language_.code)
+                      model_notes=model_notes(champion, language_.code), lang=language_.code)
 
     _print_audiences(console, audiences, targeted, language_)
     elapsed = time.perf_counter() - began

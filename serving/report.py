@@ -853,25 +853,35 @@ def _page(title: str, subtitle: str, order, bodies: dict[str, dict], footer: str
     )
 
 
-def model_notes(model) -> list[str]:
-    """What a reader of the report must know about the model that scored, one line each."""
+def model_notes(model, lang: str | None = None) -> list[str]:
+    """What a reader of the report must know about the model that scored, one line each, in ``lang``.
+
+    The model's own explanations (why it is BTYD-only, what a fit status means) stay as the model gives them.
+    """
     from training.btyd import INTERIOR, fit_status_meaning
 
+    _ = language(lang).gettext
     notes = []
     if model.is_btyd_only():
-        notes.append(f"Scores come from BG/NBD and Gamma-Gamma alone ({model.btyd_only_reason_}).")
+        notes.append(_("Scores come from BG/NBD and Gamma-Gamma alone ({reason}).").format(
+            reason=model.btyd_only_reason_))
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
     if status != INTERIOR:
-        notes.append(f"BG/NBD at {model.spec_.training_cutoff}: {fit_status_meaning(status)}.")
+        notes.append(_("BG/NBD at {cutoff}: {meaning}.").format(cutoff=model.spec_.training_cutoff,
+                                                              meaning=fit_status_meaning(status)))
     alive = getattr(model, "alive_model_", None)
     if alive is None:
-        notes.append("p_alive comes from BG/NBD, which reads 1 for every one-time buyer (the model was trained before "
-                     "p_alive came from MBG/NBD, or MBG/NBD had no fit): one-time buyers are never churned; "
-                     "retrain for the chance that they are still active.")
+        notes.append(_("p_alive comes from BG/NBD, which reads 1 for every one-time buyer (the model was trained before "
+                       "p_alive came from MBG/NBD, or MBG/NBD had no fit): one-time buyers are never churned; "
+                       "retrain for the chance that they are still active."))
     elif alive is not model.bgnbd_ and getattr(alive, "fit_status_", INTERIOR) != INTERIOR:
-        consequence = "; p_alive is 1, so nobody is churned until drop-out shows" if alive.params_["a"] == 0 else ""
-        notes.append(f"MBG/NBD behind p_alive at {model.spec_.training_cutoff}: "
-                     f"{fit_status_meaning(alive.fit_status_)}{consequence}.")
+        meaning = fit_status_meaning(alive.fit_status_)
+        if alive.params_["a"] == 0:
+            notes.append(_("MBG/NBD behind p_alive at {cutoff}: {meaning}; p_alive is 1, so nobody is churned until "
+                           "drop-out shows.").format(cutoff=model.spec_.training_cutoff, meaning=meaning))
+        else:
+            notes.append(_("MBG/NBD behind p_alive at {cutoff}: {meaning}.").format(
+                cutoff=model.spec_.training_cutoff, meaning=meaning))
     return notes
 
 
