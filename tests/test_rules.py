@@ -539,3 +539,11 @@ def test_a_rule_without_reason_zh_keeps_its_reason_and_reason_zh_is_checked_like
         load_rules(bad)
     with pytest.raises(InputError, match="'fr' is not a language offered here"):
         apply_rules(scores, plain, lang="fr")
+
+
+def test_the_shipped_rules_say_the_same_in_chinese():
+    from serving.targeting.reasons import placeholder_columns
+
+    for rule in load_rules(None).rules:
+        assert rule.reason_zh, rule.name
+        assert sorted(placeholder_columns(rule.reason_zh)) == sorted(placeholder_columns(rule.reason)), rule.name
