@@ -1,4 +1,4 @@
-"""BG/NBD fit speed: ``training.btyd.BGNBD`` against ``lifetimes.BetaGeoFitter``.
+"""BG/NBD fit speed: ``training.btyd.BTYDModel`` against ``lifetimes.BetaGeoFitter``.
 
 Simulates a BG/NBD customer base with day-resolution order dates and first orders spread
 uniformly over the two years before the cutoff, then fits both on the same summary (in
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.btyd import BGNBD, compress_rfm, simulate_customers  # noqa: E402
+from training.btyd import BTYDModel, compress_rfm, simulate_customers  # noqa: E402
 
 # Per day: alpha = 28 days is 4 weeks; about half the customers buy again within two years.
 TRUE_PARAMS = {"r": 0.25, "alpha": 28.0, "a": 0.8, "b": 2.5}
@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rows: {frequency.size:,}; distinct (frequency, recency, T) rows: {n_distinct:,}")
 
     started = time.perf_counter()
-    ours = BGNBD(time_unit_days=1.0).fit(frequency, recency, T)
+    ours = BTYDModel(time_unit_days=1.0).fit(frequency, recency, T)
     ours_seconds = time.perf_counter() - started
-    print(f"training.btyd.BGNBD:                     {ours_seconds:6.2f} s  {_show(ours.params_)}")
+    print(f"training.btyd.BTYDModel:                     {ours_seconds:6.2f} s  {_show(ours.params_)}")
 
     if args.skip_lifetimes:
         return 0

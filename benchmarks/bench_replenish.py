@@ -34,6 +34,7 @@ def prepare(customers: int, seed: int) -> tuple[Path, Path]:
     import pandas as pd
 
     from features.synth import generate_order_log
+    from features.timecut import until
     from training.replenish import ReplenishmentModel
 
     DATA.mkdir(exist_ok=True)
@@ -47,7 +48,7 @@ def prepare(customers: int, seed: int) -> tuple[Path, Path]:
         lines = pd.read_parquet(lines_path)
         ids = lines["customer_id"].unique()
         sample = np.random.default_rng(seed).choice(ids, size=min(100_000, len(ids)), replace=False)
-        lines = lines[lines["customer_id"].isin(sample) & (lines["order_ts"] < pd.Timestamp(AS_OF) + pd.Timedelta(days=1))]
+        lines = until(lines[lines["customer_id"].isin(sample)], AS_OF)
         began = time.perf_counter()
         model = ReplenishmentModel(horizon_days=HORIZON).fit(lines, AS_OF)
         print(f"trained on {len(sample):,} customers in {time.perf_counter() - began:.0f} s")

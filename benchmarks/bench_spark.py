@@ -64,7 +64,7 @@ def save_pyfunc(model_path: Path, orders_path: Path, target: Path) -> str:
 def part_features_duckdb(orders_path: str, out: str) -> dict:
     import pandas as pd
 
-    from features.io import write_parquet
+    from features.common.outputs import write_parquet
     from features.pipeline import build_features
 
     began = time.perf_counter()

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.common.errors import InputError
 from features.contacts import HOLDOUT, HOLDOUT_SHARE, TREATMENT, holdout_draw
-from features.errors import InputError
 from features.synth import COLUMNS, REPLENISHMENT_CYCLE_DAYS, generate_order_log
+from features.timecut import in_horizon, until
 
 CAMPAIGN_EVERY_DAYS = 28
 CAMPAIGN_SPAN_DAYS = 365
@@ -176,7 +177,7 @@ def _audiences(orders: pd.DataFrame, dates: list, rng: np.random.Generator) -> p
     taken: set[str] = set()
     parts = []
     for day in dates:
-        past = orders[orders["day"] <= day]
+        past = until(orders, day, column="day")
         by_customer = past.groupby("customer_id", sort=True)
         last = by_customer["day"].max()
         count = by_customer.size()
@@ -214,8 +215,7 @@ def _in_window(units: pd.DataFrame, orders: pd.DataFrame, window_days: int) -> p
     pairs = units[["customer_id", "contacted_at"]].reset_index(names="unit").merge(
         orders[["customer_id", "order_id", "day", "amount"]], on="customer_id", how="inner"
     )
-    after = (pairs["day"] - pairs["contacted_at"]).dt.days
-    return pairs[(after >= 1) & (after <= window_days)]
+    return pairs[in_horizon(pairs["day"], pairs["contacted_at"], window_days).to_numpy()]
 
 
 def _outcomes(units: pd.DataFrame, orders: pd.DataFrame, window_days: int, rng: np.random.Generator) -> pd.DataFrame:

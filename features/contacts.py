@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
-from features.orders import _as_string, _read_source
+from features.common.errors import InputError
+from features.orders import _as_string, _parse_timestamps, _read_source
 
 CONTACT_COLUMNS = ("customer_id", "action", "contacted_at", "group")
 TREATMENT = "treatment"
@@ -160,7 +160,8 @@ def validate_contacts(
          lambda i: f"'{group.iloc[i]}' is not a group; use {TREATMENT} or {HOLDOUT}" if pd.notna(group.iloc[i])
          else f"empty; use {TREATMENT} or {HOLDOUT}")
 
-    contacted_at = _parse_dates(raw[columns["contacted_at"]])
+    # The order log's date reader (any resolution, so far-off years can be named); a time of day is dropped.
+    contacted_at = _parse_timestamps(raw[columns["contacted_at"]]).dt.normalize()
     source_dates = raw[columns["contacted_at"]]
     fail(contacted_at.isna() & source_dates.isna(), "contacted_at", lambda i: "empty; every contact has its date")
     fail(contacted_at.isna(), "contacted_at", lambda i: f"'{source_dates.iloc[i]}' is not a date; use YYYY-MM-DD")
@@ -179,7 +180,7 @@ def validate_contacts(
         {
             "customer_id": customer.astype("str").to_numpy(),
             "action": action.astype("str").to_numpy(),
-            "contacted_at": contacted_at.to_numpy(),
+            "contacted_at": contacted_at.astype("datetime64[ns]").to_numpy(),
             "group": group.astype("str").to_numpy(),
             HOLDOUT_SHARE: share.to_numpy(dtype=float),
         }
@@ -201,18 +202,3 @@ def validate_contacts(
         action_name = shares[shares > 1].index[0]
         raise ContactsError(f"{origin}: {HOLDOUT_SHARE}: action {action_name} has more than one planned share; give one per action")
     return frame
-
-
-def _parse_dates(values: pd.Series) -> pd.Series:
-    """Dates (a time of day is dropped) as midnight ``datetime64[ns]``; NaT where unparseable."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        text = values.astype("str").str.strip().where(values.notna())
-        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-        failed = parsed.isna() & text.notna()
-        if failed.any():
-            parsed = parsed.where(~failed, pd.to_datetime(text.where(failed), format="mixed", errors="coerce"))
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        parsed = parsed.dt.tz_localize(None)
-    return parsed.astype("datetime64[ns]").dt.normalize()

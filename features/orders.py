@@ -110,6 +110,7 @@ after loading), and none of them stops the job. They run in this order.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import gzip
 import os
@@ -124,8 +125,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from features.common.errors import CutoffError, InputError, OrderLogError
 from features.datasets import BUILTIN_SOURCES, load_cdnow
-from features.errors import CutoffError, InputError, OrderLogError
 
 REQUIRED_COLUMNS = ("customer_id", "order_ts", "amount")
 OPTIONAL_COLUMNS = ("order_id", "quantity", "product_id", "category", "channel")
@@ -444,11 +445,6 @@ def load_order_log(
             cleaning = replace(cleaning, duplicate_rows=int(repeated.sum()))
     del raw
     return _finish(lines, origin, has_order_id=has_order_id, cleaning=cleaning, exclude_products=excluded)
-
-
-def load_orders(source: str | os.PathLike, column_map: Mapping[str, str] | str | None = None) -> pd.DataFrame:
-    """Shortcut: the merged orders of :func:`load_order_log`."""
-    return load_order_log(source, column_map).orders
 
 
 def _duplicate_rows(raw: pd.DataFrame, lines: pd.DataFrame) -> np.ndarray:
@@ -1270,19 +1266,25 @@ def cap_outlier_orders(orders: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 # --------------------------------------------------------------------------- dates
 
 
-def parse_date(text: str | pd.Timestamp, flag: str = "date") -> pd.Timestamp:
-    """A command-line date (YYYY-MM-DD) as a midnight Timestamp, or a one-line InputError."""
+def parse_date(text: str | dt.date | pd.Timestamp, flag: str = "date", *, any_year: bool = False) -> pd.Timestamp:
+    """A date (``YYYY-MM-DD`` text, date, datetime or Timestamp) as a midnight Timestamp.
+
+    The one date parser: command-line flags, request fields and library cutoffs all come
+    through here. Raises :class:`CutoffError` (an :class:`InputError`) in one line naming
+    ``flag`` when the value is not a date or (unless ``any_year``, for a caller with a
+    check that says more, such as "after today") lies outside the years 1900 to 2200.
+    """
     if isinstance(text, pd.Timestamp):
         return text.normalize()
     try:
-        value = pd.Timestamp(str(text).strip())
+        value = pd.Timestamp(text if isinstance(text, dt.date) else str(text).strip())
     except (ValueError, TypeError):
         value = pd.NaT
     if pd.isna(value):
-        raise InputError(f"{flag}: {_shown(text)} is not a date; use YYYY-MM-DD, e.g. 1997-09-30")
+        raise CutoffError(f"{flag}: {_shown(text)} is not a date; use YYYY-MM-DD, e.g. 1997-09-30")
     value = value.tz_localize(None).normalize() if value.tzinfo else value.normalize()
-    if not EARLIEST_ORDER <= value < LATEST_ORDER:
-        raise InputError(f"{flag}: {_shown(text)} is out of range; use a date in the years 1900 to 2200")
+    if not any_year and not EARLIEST_ORDER <= value < LATEST_ORDER:
+        raise CutoffError(f"{flag}: {_shown(text)} is out of range; use a date in the years 1900 to 2200")
     return value
 
 

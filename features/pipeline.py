@@ -4,8 +4,8 @@ Every feature "as of" a cutoff uses only orders with ``order_ts <= cutoff``; eve
 for horizon ``H`` uses only orders in ``(cutoff, cutoff + H]``. The cutoff is a *date*:
 an order at any time of day on the cutoff day belongs to the past
 (``order_ts < cutoff + 1 day``), and label orders run from the day after the cutoff to
-the day ``cutoff + H`` inclusive. :func:`split_at` is the only place that cuts the log,
-and the label code is handed only the future half, so a label cannot leak into a
+the day ``cutoff + H`` inclusive. :func:`split_at` cuts the log (through
+:mod:`features.timecut`, the one place any code cuts it), and the label code is handed only the future half, so a label cannot leak into a
 feature by construction.
 
 Counting rule: purchase *days* for BTYD, *orders* for everything else
@@ -64,7 +64,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.errors import CutoffError, OrderLogError
+from features.common.errors import CutoffError, OrderLogError
+from features.timecut import as_day, between, until
 
 __all__ = [
     "CORE_FEATURES",
@@ -207,18 +208,6 @@ _INT_LABELS = frozenset({"label_repurchase", "label_orders", "label_censored"})
 # --------------------------------------------------------------------------- dates
 
 
-def _as_date(value: object, what: str = "cutoff") -> dt.date:
-    """A cutoff given as date, datetime, Timestamp or ISO string, as a date."""
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return pd.Timestamp(value).date()
-    except (TypeError, ValueError) as exc:
-        raise CutoffError(f"{what}: {value!r} is not a date (use YYYY-MM-DD)") from exc
-
-
 def _sales_day_position(cutoff: dt.date) -> tuple[int, int]:
     """Days to the next sales day (strictly after the cutoff) and since the last one."""
     candidates = [
@@ -229,10 +218,6 @@ def _sales_day_position(cutoff: dt.date) -> tuple[int, int]:
     after = min(d for d in candidates if d > cutoff)
     before = max(d for d in candidates if d <= cutoff)
     return (after - cutoff).days, (cutoff - before).days
-
-
-def _day_start(day: dt.date) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -284,19 +269,8 @@ def split_at(orders: object, cutoff: object, horizon_days: int) -> tuple[ir.Tabl
         ``cutoff + 1 .. cutoff + H`` and is the only input labels may see.
     """
     table = _as_table(orders)
-    day = _as_date(cutoff)
-    if horizon_days < 1:
-        raise CutoffError(f"horizon_days: must be at least 1 day, got {horizon_days}")
-    past_end = ibis.timestamp(_day_start(day + dt.timedelta(days=1)))
-    future_end = ibis.timestamp(_day_start(day + dt.timedelta(days=horizon_days + 1)))
-    past = table.filter(table.order_ts < past_end)
-    future = table.filter((table.order_ts >= past_end) & (table.order_ts < future_end))
-    return past, future
-
-
-def _past(orders: object, cutoff: dt.date) -> ir.Table:
-    table = _as_table(orders)
-    return table.filter(table.order_ts < ibis.timestamp(_day_start(cutoff + dt.timedelta(days=1))))
+    future = between(table, cutoff, horizon_days)
+    return until(table, cutoff), future
 
 
 # --------------------------------------------------------------------------- mix values
@@ -313,7 +287,7 @@ def mix_values(orders: object, cutoff: object, column: str, top: int = MIX_TOP) 
     Ties in frequency are broken by value so the column set is deterministic. Returns an
     empty list when the log has no such column.
     """
-    return _top_values(_past(orders, _as_date(cutoff)), [column], top)[column]
+    return _top_values(until(_as_table(orders), cutoff), [column], top)[column]
 
 
 def _top_values(past: ir.Table, columns: Sequence[str], top: int = MIX_TOP) -> dict[str, list[str]]:
@@ -524,8 +498,8 @@ def feature_expr(
         ``customer_id`` then the :data:`FEATURES` order, with the per-value share
         columns last. Unordered: :func:`build_features` sorts.
     """
-    day = _as_date(cutoff)
-    past = _past(orders, day)
+    day = as_day(cutoff)
+    past = until(_as_table(orders), day)
     columns = past.columns
     wanted = [c for c, v in (("channel", channel_values), ("category", category_values)) if v is None and c in columns]
     found = _top_values(past, wanted) if wanted and not core_only else {}
@@ -689,7 +663,7 @@ def label_expr(orders: object, cutoff: object, horizon_days: int) -> ir.Table:
     future half only, so the label values are blind to orders outside
     ``(cutoff, cutoff + H]``.
     """
-    day = _as_date(cutoff)
+    day = as_day(cutoff)
     past, future = split_at(orders, day, horizon_days)
     population = past.select("customer_id").distinct()
     return _labels_from_future(population, future, day, horizon_days)
@@ -730,7 +704,7 @@ def build_features(
     if con is None and not own_backend:
         arrow = _arrow_orders(orders) if isinstance(orders, pd.DataFrame) else orders
         if isinstance(arrow, pa.Table) and _mix_resolved(arrow.column_names, channel_values, category_values):
-            return _run_compiled(arrow, _as_date(cutoff), core_only, channel_values, category_values)
+            return _run_compiled(arrow, as_day(cutoff), core_only, channel_values, category_values)
     table = _as_table(orders)
     expr = feature_expr(
         table,
@@ -838,7 +812,7 @@ def training_cutoffs(
     The latest is ``last_label_date - horizon_days`` so that ``cutoff + H <= last_label_date``
     holds for every origin.
     """
-    last = _as_date(last_label_date, "last_label_date")
+    last = as_day(last_label_date, "last_label_date")
     if n_origins < 1 or step_days < 1:
         raise CutoffError("training_cutoffs: n_origins and step_days must be at least 1")
     latest = last - dt.timedelta(days=horizon_days)
@@ -863,11 +837,11 @@ def build_training_frame(
     """
     own_backend = isinstance(orders, ir.Table)
     table = _as_table(orders)
-    days = sorted({_as_date(c) for c in cutoffs})
+    days = sorted({as_day(c) for c in cutoffs})
     if not days:
         raise CutoffError("build_training_frame: no cutoffs given")
     if channel_values is None or category_values is None:
-        found = _top_values(_past(table, days[-1]), ["channel", "category"])
+        found = _top_values(until(table, days[-1]), ["channel", "category"])
         channel_values = found["channel"] if channel_values is None else channel_values
         category_values = found["category"] if category_values is None else category_values
     if con is None and not own_backend:

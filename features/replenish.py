@@ -4,7 +4,7 @@ The unit is a *pair*: one customer and one category (or one product when the log
 ``product_id`` but no ``category``). A pair's purchases are the days on which the customer
 bought at least one line of the category, with the units bought that day summed
 (``quantity``, 1 when the log has none). Everything "as of" a cutoff uses only lines with
-``order_ts <= cutoff`` (day resolution, as :mod:`features.pipeline`); labels use only the
+``order_ts <= cutoff`` (day resolution, cut by :mod:`features.timecut`); labels use only the
 days ``cutoff + 1 .. cutoff + H``.
 
 Per pair (:func:`pair_expr`):
@@ -36,8 +36,8 @@ import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
-from features.errors import InputError
-from features.pipeline import _as_date, _day_start
+from features.common.errors import InputError
+from features.timecut import as_day, between, until
 
 PAIR_KEYS = ("customer_id", "category")
 LINE_COLUMNS = ("customer_id", "order_ts", "quantity", "category", "product_id")
@@ -79,7 +79,7 @@ def pair_lines(lines: pd.DataFrame) -> pa.Table:
 
 def _past_days(lines: ir.Table, cutoff: dt.date) -> ir.Table:
     """Purchase days before the cutoff, one row per (customer, category, day) with units summed."""
-    past = lines.filter(lines.order_ts < ibis.timestamp(_day_start(cutoff + dt.timedelta(days=1))))
+    past = until(lines, cutoff)
     age = ibis.date(cutoff).delta(past.order_ts.date(), unit="day").cast("int32")
     days = past.select(customer_id=past.customer_id, category=past.category, age=age, units=past.units)
     days = days.group_by(["customer_id", "category", "age"]).agg(units=ibis._.units.sum())
@@ -96,12 +96,12 @@ def _past_days(lines: ir.Table, cutoff: dt.date) -> ir.Table:
 
 def pair_expr(lines: ir.Table, cutoff: object) -> ir.Table:
     """One row per (customer, category) bought on or before ``cutoff``; see the module docstring."""
-    return _pair_aggregates(_past_days(lines, _as_date(cutoff)))
+    return _pair_aggregates(_past_days(lines, as_day(cutoff)))
 
 
 def category_expr(lines: ir.Table, cutoff: object) -> ir.Table:
     """One row per category: its gap count, pair count and raw gap quantiles before ``cutoff``."""
-    return _category_aggregates(_past_days(lines, _as_date(cutoff)))
+    return _category_aggregates(_past_days(lines, as_day(cutoff)))
 
 
 def _pair_aggregates(days: ir.Table) -> ir.Table:
@@ -133,10 +133,8 @@ def _category_aggregates(days: ir.Table) -> ir.Table:
 
 def label_pairs_expr(lines: ir.Table, cutoff: object, horizon_days: int) -> ir.Table:
     """Days from ``cutoff`` to each pair's first purchase in ``(cutoff, cutoff + H]`` (pairs that bought only)."""
-    day = _as_date(cutoff)
-    start = ibis.timestamp(_day_start(day + dt.timedelta(days=1)))
-    end = ibis.timestamp(_day_start(day + dt.timedelta(days=horizon_days + 1)))
-    future = lines.filter((lines.order_ts >= start) & (lines.order_ts < end))
+    day = as_day(cutoff)
+    future = between(lines, day, horizon_days)
     after = future.order_ts.date().delta(ibis.date(day), unit="day").cast("int32")
     return future.mutate(after=after).group_by(["customer_id", "category"]).agg(label_days=ibis._.after.min())
 
@@ -159,7 +157,7 @@ def build_pair_features(
     try:
         source = con.create_table("pair_lines", table, temp=True)
         # The log-sized part (purchase days and their window) is computed once for both aggregates.
-        days = con.create_table("pair_days", _past_days(source, _as_date(cutoff)), temp=True)
+        days = con.create_table("pair_days", _past_days(source, as_day(cutoff)), temp=True)
         pairs = _run(con, _pair_aggregates(days))
         categories = _run(con, _category_aggregates(days))
         if horizon_days is not None:

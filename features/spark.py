@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
-from features.errors import InputError, OrderLogError
-from features.io import check_output_path, clean_stale, commit_folder, temporary_name
+from features.common.errors import InputError, OrderLogError
+from features.common.outputs import check_output_path, clean_stale, commit_folder, temporary_name
 from features.orders import (
     NET_ZERO,
     OUTLIER_ORDER_MULTIPLE,
@@ -699,7 +699,7 @@ def btyd_statistics(features: "DataFrame") -> "pd.DataFrame":
 
     Aggregated by Spark; what reaches the driver is one row per distinct triple (a few
     hundred thousand for a million customers over two years of days), which
-    ``training.btyd.BGNBD().fit(frequency, recency, T, weights=weights)`` fits as it would
+    ``training.btyd.BTYDModel().fit(frequency, recency, T, weights=weights)`` fits as it would
     the customers one by one.
     """
     from pyspark.sql import functions as F

@@ -42,7 +42,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.errors import InputError
+from features.common.errors import InputError
+from features.timecut import until
 
 COLUMNS = ["customer_id", "order_id", "order_ts", "amount", "quantity", "product_id", "category", "channel"]
 
@@ -609,7 +610,7 @@ def make_messy(lines: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     )
 
     messy = pd.concat(parts, ignore_index=True)
-    messy = messy[messy["order_ts"] < last_day + pd.Timedelta(days=1)]  # the export ends with the log
+    messy = until(messy, last_day)  # the export ends with the log
     messy = messy.astype({c: "str" for c in ("customer_id", "order_id", "product_id", "category", "channel")})
     messy["description"] = messy["product_id"].str.replace("-", " ", regex=False).str.upper()
     # A customer's country is the same on every row, so repeated rows repeat it too.

@@ -20,9 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.errors import CutoffError, InputError
-from features.io import atomic_paths, read_stamp, stamp, stamped_table
-from features.orders import OrderLog
+from features.common.errors import CutoffError, InputError
+from features.common.outputs import atomic_paths, read_stamp, stamp, stamped_table
+from features.orders import OrderLog, parse_date
+from features.timecut import on_or_before
 from training.contract import REASON_CODES, SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RepurchaseModel
 
@@ -90,15 +91,15 @@ def score_log(
     model was trained with but the log lacks take the contract's defaults
     (:meth:`RepurchaseModel.missing_inputs`) and are reported in ``defaults_used``.
     """
-    as_of = pd.Timestamp(as_of).normalize()
+    as_of = parse_date(as_of, "as_of")
     if as_of < log.first_order_date:
         raise CutoffError(
             f"--as-of {as_of.date()} is before the first order in {log.source} ({log.first_order_date.date()})"
         )
     orders = log.orders
-    after = orders["order_ts"] >= as_of + pd.Timedelta(days=1)
-    n_future = int(after.sum())
-    past = orders.loc[~after] if n_future else orders
+    before = on_or_before(orders["order_ts"], as_of)
+    n_future = int((~before).sum())
+    past = orders.loc[before] if n_future else orders
     features = model.point_in_time_features(past, as_of)
     out_path = Path(out_path)
     snapshot = snapshot_path_for(out_path)

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from features.errors import InputError
+from features.common.errors import InputError
+from serving.tables import print_backtest
 from training.i18n import N_
 
 app = typer.Typer(
@@ -37,7 +38,6 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, markup=False)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_DAYS = 3650  # horizons and lead times: ten years is already more than any log supports
 DEFAULT_HORIZON_DAYS = 90  # what "stale" means for commands without a horizon of their own
 
@@ -106,20 +106,17 @@ def handles_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-
-
 def _check_as_of(log, day, flag: str, horizon_days: int, *, count_orders: bool = True) -> None:
     """Refuse a date before the first order; warn (one line) about a stale export, or count the
     orders after the date, which are ignored."""
     from features.orders import check_cutoff
+    from features.timecut import after
 
     stale = check_cutoff(log, day, flag=flag, stale_after_days=horizon_days)
     if stale:
         err.print(f"warning: {stale}")
     if count_orders and log.last_order_date > day:
-        n_after = int((log.orders["order_ts"] >= day + _days(1)).sum())
+        n_after = len(after(log.orders, day))
         if n_after:
             err.print(f"warning: ignored {n_after:,} orders after {flag} {day.date()}")
 
@@ -161,7 +158,7 @@ def synth(
     """
     import time
 
-    from features.io import check_output_path, write_parquet
+    from features.common.outputs import check_output_path, write_parquet
     from features.orders import parse_date
     from features.synth import generate_order_log, make_messy
 
@@ -206,7 +203,7 @@ def _synth_campaigns(customers: int, seed: int, start: str, end: str, out_path: 
     import pyarrow.parquet as pq
 
     from features.campaigns import simulate_campaigns
-    from features.io import atomic_paths, check_output_path, stamped_table
+    from features.common.outputs import atomic_paths, check_output_path, stamped_table
 
     contacts_path = contacts_path_for(out_path)
     check_output_path(contacts_path)
@@ -282,7 +279,7 @@ def features(
     one file sorted by customer_id; Spark writes a folder of part files (unsorted) that
     pandas, pyarrow, DuckDB and Spark read as one table.
     """
-    from features.io import check_output_path, write_parquet
+    from features.common.outputs import check_output_path, write_parquet
     from features.orders import parse_date
 
     _check_engine(engine)
@@ -316,10 +313,9 @@ def _features_on_spark(orders: str, cut, out_path: Path, column_map: Optional[st
         if stale:
             err.print(f"warning: {stale}")
         elif log.last_order_date > cut:
-            from pyspark.sql import functions as F
+            from features.timecut import after
 
-            day_after = F.lit((cut + _days(1)).to_pydatetime()).cast("timestamp")
-            n_after = log.orders.filter(F.col("order_ts") >= day_after).count()
+            n_after = after(log.orders, cut).count()
             if n_after:
                 err.print(f"warning: ignored {n_after:,} orders after --cutoff {cut.date()}")
         status.update(f"computing features as of {cut.date()} on Spark ...")
@@ -397,11 +393,11 @@ def train(
         if uplift_data.n_without_history:
             err.print(f"warning: ignored {uplift_data.n_without_history:,} contacts of customers with no order on or "
                       "before their contact date")
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
         result = train_job(log, cut, horizon_days, register=register, uplift=uplift_data)
-    _print_comparison(result.backtest.report, language,
-                      champion=result.champion_backtest.report if result.champion_backtest else None)
+    print_backtest(out, result.backtest.report, lang=language,
+                   champion=result.champion_backtest.report if result.champion_backtest else None)
     if result.uplift is not None:
         _print_uplift(result.uplift)
     _print_model(result.model)
@@ -464,47 +460,6 @@ def _days(n: int):
     return pd.Timedelta(days=n)
 
 
-HOLDOUT_NAMES = {"actual": N_("actual"), "model": N_("model"), "bgnbd": N_("bgnbd")}
-
-
-def _print_comparison(report: dict, lang, champion: dict | None = None) -> None:
-    """The backtest's headline numbers, the model beside its baselines (words in ``lang``)."""
-    from rich.table import Table
-
-    from training.btyd import INTERIOR, fit_status_meaning
-
-    _ = lang.gettext
-    if report.get("backtest_note"):
-        out.print(report["backtest_note"])
-        return
-    table = Table(title=_("backtest at {cutoff}, horizon {days} days, {customers} customers, base rate {base_rate}").format(
-        cutoff=report["cutoff"], days=report["horizon_days"], customers=lang.count(report["n_customers"]),
-        base_rate=lang.decimal(report["base_rate"])))
-    table.add_column("p_repurchase")
-    columns = [(_("model"), report.get("model")), (_("BG/NBD"), report.get("bgnbd")),
-               (_("recency only"), report.get("recency_only"))]
-    if champion is not None:
-        columns.insert(1, (_("champion"), champion.get("model")))
-    for name, _block in columns:
-        table.add_column(name, justify="right")
-    for metric in ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10"):
-        cells = []
-        for _name, block in columns:
-            value = (block or {}).get(metric)
-            cells.append("" if value is None or value != value else f"{value:.4f}")
-        table.add_row(metric, *cells)
-    out.print(table)
-    if report.get("model_note"):
-        out.print(_("model column empty: {note}").format(note=report["model_note"]))
-    holdout = report.get("holdout_orders", {})
-    if holdout:
-        parts = _(", ").join(f"{_(HOLDOUT_NAMES.get(k, k))} {lang.count(v)}" for k, v in holdout.items() if v is not None)
-        out.print(_("orders in the horizon: {orders}").format(orders=parts))
-    status = (report.get("bgnbd") or {}).get("fit_status", INTERIOR)
-    if status != INTERIOR:
-        out.print(f"BG/NBD at {report['cutoff']}: {fit_status_meaning(status)}")
-
-
 @app.command()
 @handles_errors
 def backtest(
@@ -526,7 +481,7 @@ def backtest(
     its column is empty (nulls in the JSON) and one line says why; BG/NBD and recency-only
     are still reported.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from training.jobs import backtest_job
     from training.registry import configure_tracking
@@ -535,10 +490,10 @@ def backtest(
     cut = parse_date(cutoff, "--cutoff")
     check_output_path(json_path)
     log = _load(orders, column_map, exclude_products)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
         result = backtest_job(log, cut, horizon_days, json_path, lang=language.code)
-    _print_comparison(result.report, language)
+    print_backtest(out, result.report, lang=language)
     out.print(f"wrote {json_path} and {len(result.plots)} plots beside it")
 
 
@@ -570,7 +525,7 @@ def score(
     lifecycle_stage (lifecycle_stage=active/part-*.parquet, ...) and the snapshot a
     folder of part files. --explain is not available with --engine spark.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from serving.batch import snapshot_path_for
     from training.registry import configure_tracking, load_scorer
@@ -582,11 +537,11 @@ def score(
     for path in (out_path, snapshot_path_for(out_path)):
         check_output_path(path, folder=engine == "spark")
     if engine == "spark":
-        configure_tracking(_tracking_uri())
+        configure_tracking()
         _score_on_spark(orders, day, out_path, model, column_map, exclude_products)
         return
     log = _load(orders, column_map, exclude_products)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"loading model {escape(model)} ..."):
         scorer, version = load_scorer(model)
     _check_as_of(log, day, "--as-of", scorer.horizon_days, count_orders=False)
@@ -673,7 +628,7 @@ def target(
     (both groups; contacted_at = campaign_date) as contacts for `repurchase measure`.
     """
     from features.contacts import load_contacts
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from serving.batch import read_parquet_input, read_scored
     from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
@@ -768,7 +723,7 @@ def measure(
     Every window must lie inside the order log.
     """
     from features.contacts import load_contacts
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import load_order_log
     from serving.targeting import load_rules
     from training.measure import check_contact_windows, log_measurement, measure_campaigns
@@ -791,7 +746,7 @@ def measure(
         result = measure_campaigns(past, log.orders, window_days=window_days, contact_cost=contact_cost,
                                    holdout_share=holdout_share)
     _write_measurement(result, json_path, report_path, language.code)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     run_id = log_measurement(result, json_path, report_path, orders_source=log.source, contacts_source=str(contacts))
     _print_measurement(result, language)
     if result["contacts_without_any_order"]:
@@ -804,7 +759,7 @@ def _write_measurement(result: dict, json_path: Path, report_path: Path, lang: s
     """The JSON and its page, both complete before either replaces an earlier one."""
     import json
 
-    from features.io import atomic_paths
+    from features.common.outputs import atomic_paths
     from serving.report import build_measurement_html
 
     page = build_measurement_html(result, lang=lang)
@@ -870,7 +825,7 @@ def replenish(
     the run is tracked in MLflow (MLFLOW_TRACKING_URI).
     Feed it to `repurchase target --replenishment FILE` for category reminders.
     """
-    from features.io import check_output_path
+    from features.common.outputs import check_output_path
     from features.orders import parse_date
     from training.jobs import replenish_job
     from training.registry import configure_tracking
@@ -880,7 +835,7 @@ def replenish(
     check_output_path(out_path)
     log = _load(orders, column_map, exclude_products)
     _check_as_of(log, day, "--as-of", horizon_days, count_orders=False)
-    configure_tracking(_tracking_uri())
+    configure_tracking()
     with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
     if result.n_future_lines_ignored:
@@ -934,10 +889,8 @@ def serve(
     API docs (Swagger UI) at /, the OpenAPI document at /docs.json. With REPURCHASE_API_KEY
     set, requests need "Authorization: Bearer <key>". Ctrl-C stops it.
     """
-    from serving.online import serve_command
-    from training.registry import configure_tracking
+    from serving.launch import serve_command
 
-    configure_tracking(_tracking_uri())
     if snapshot is None and DEFAULT_SNAPSHOT.exists():
         snapshot = DEFAULT_SNAPSHOT
     serve_command(model, port, snapshot, host=host)
@@ -962,9 +915,10 @@ def quickstart(
     replenishment.parquet and category reminders.
     """
     from serving.quickstart import run_quickstart
+    from training.registry import tracking_uri
 
     language = _language(lang)
-    run_quickstart(out_dir, console=out, tracking_uri=_tracking_uri(), source=orders, column_map=column_map,
+    run_quickstart(out_dir, console=out, tracking_uri=tracking_uri(), source=orders, column_map=column_map,
                    exclude_products=exclude_products, lang=language.code)
 
 
@@ -990,6 +944,9 @@ def main() -> None:
     """Console entry point."""
     import signal
 
+    from serving.launch import passive_openmp_waits
+
+    passive_openmp_waits()  # before anything loads LightGBM's OpenMP runtime
     _quiet_libraries()
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     app(prog_name="repurchase")

@@ -1,8 +1,8 @@
 """Online scoring without the web server: request models, limits, scoring, JSON rows.
 
 The BentoML service (:mod:`serving.service`) is a thin shell over these functions, so
-they can be tested and fuzzed in-process, and ``repurchase serve`` (:func:`serve_command`)
-starts BentoML's own server on them.
+they can be tested and fuzzed in-process, and ``repurchase serve``
+(:func:`serving.launch.serve_command`) starts BentoML's own server on them.
 
 Requests (``POST /score`` and ``POST /target``)
 -----------------------------------------------
@@ -51,14 +51,10 @@ once).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,7 +73,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from features.errors import InputError
+from features.common.errors import InputError
+from features.orders import parse_date
+from features.timecut import day_end
 from training.contract import SCORE_COLUMNS, uplift_columns
 
 MAX_CUSTOMERS = 1_000
@@ -129,13 +127,15 @@ def parse_order_ts(value: str) -> datetime:
 
 
 def parse_day(value: str) -> date:
-    """A calendar date written ``YYYY-MM-DD``."""
+    """A calendar date written ``YYYY-MM-DD``, read by the one date parser :func:`features.orders.parse_date`."""
+    text = value.strip()
     try:
-        if not _DATE.match(value.strip()):
-            raise ValueError
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        raise PydanticCustomError("date", "'{value}' is not a date; use YYYY-MM-DD", {"value": value[:40]}) from None
+        day = parse_date(text, "as_of", any_year=True) if _DATE.match(text) else None
+    except InputError:
+        day = None
+    if day is None:
+        raise PydanticCustomError("date", "'{value}' is not a date; use YYYY-MM-DD", {"value": value[:40]})
+    return day.date()
 
 
 class OrderIn(BaseModel):
@@ -248,10 +248,10 @@ class ScoreRequest(BaseModel):
                     {"i": i, "cid": customer.customer_id},
                 )
             seen.add(customer.customer_id)
-        last_allowed = self.as_of_day() + timedelta(days=1)
+        end = day_end(self.as_of_day())
         for i, customer in enumerate(self.customers):
             for j, order in enumerate(customer.orders):
-                if order.ts >= datetime.combine(last_allowed, datetime.min.time()):
+                if order.ts >= end:
                     raise PydanticCustomError(
                         "future",
                         "customers[{i}].orders[{j}].order_ts: {ts} is after as_of {as_of}{hint}",
@@ -546,106 +546,9 @@ class Snapshot:
         return json_rows(model.score_features(self.features.iloc[positions], self.as_of, model_version))
 
 
-# --------------------------------------------------------------------------- `repurchase serve`
-
-
-def check_model(model_uri: str, tracking_uri: str | None = None) -> str:
-    """Load the model once, so that a bad URI fails here with one line; returns its version."""
-    from training.registry import configure_tracking, load_scorer
-
-    configure_tracking(tracking_uri)
-    _, version = load_scorer(model_uri)
-    return version
-
-
-def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = "127.0.0.1") -> None:
-    """Run BentoML's server for :class:`serving.service.RepurchaseService` until Ctrl-C.
-
-    Checks first that the model loads and the snapshot reads (an :class:`InputError` with
-    one line if not), then runs ``bentoml serve serving.service:RepurchaseService`` with
-    ``REPURCHASE_MODEL_URI``, ``REPURCHASE_SNAPSHOT`` and ``MLFLOW_TRACKING_URI`` set,
-    ``REPURCHASE_API_KEY`` passed on, and BentoML's usage tracking off
-    (``BENTOML_DO_NOT_TRACK=True``). On Linux the server dies with this process, even when
-    this one is killed with SIGKILL (:data:`_DIE_WITH_PARENT`).
-    """
-    if not 1 <= int(port) <= 65535:
-        raise InputError(f"--port {port}: give a port between 1 and 65535")
-    api_key = os.environ.get("REPURCHASE_API_KEY")
-    if api_key is not None and not api_key.strip():
-        raise InputError("REPURCHASE_API_KEY is set but empty: set it to the key clients must send, or unset it")
-    if snapshot is not None:
-        loaded = Snapshot.load(snapshot)
-        snapshot_note = f"snapshot {snapshot}: {len(loaded):,} customers as of {loaded.as_of.date()}"
-        del loaded
-    else:
-        snapshot_note = "no snapshot: POST /score answers customer histories only (ids need --snapshot)"
-    version = check_model(model_uri)
-    if snapshot is not None:
-        check_snapshot_model(snapshot, version)
-    env = dict(os.environ)
-    env["REPURCHASE_MODEL_URI"] = model_uri
-    env["BENTOML_DO_NOT_TRACK"] = "True"  # BentoML otherwise reports each serve to t.bentoml.com
-    env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or _tracking_uri()
-    if snapshot is not None:
-        env["REPURCHASE_SNAPSHOT"] = str(Path(snapshot).resolve())
-    else:
-        env.pop("REPURCHASE_SNAPSHOT", None)
-    project = Path(__file__).resolve().parent.parent
-    command = [
-        str(Path(sys.executable).with_name("bentoml")) if Path(sys.executable).with_name("bentoml").exists() else "bentoml",
-        "serve",
-        "serving.service:RepurchaseService",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--working-dir",
-        str(project),
-    ]
-    if sys.platform.startswith("linux"):
-        command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
-    print(f"model {model_uri} (version {version or '-'}); {snapshot_note}", flush=True)
-    if api_key is not None:
-        print("API key required on /score, /target and /metrics (REPURCHASE_API_KEY)", flush=True)
-    elif host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: no API key and listening on {host}: anyone who reaches the port can score; set REPURCHASE_API_KEY", flush=True)
-    print(
-        f"serving on http://{host}:{port} (POST /score, POST /target, GET /healthz, GET /readyz, "
-        f"API docs at / and /docs.json); Ctrl-C stops",
-        flush=True,
-    )
-    # Same process group as ours: Ctrl-C in the terminal reaches the server too.
-    process = subprocess.Popen(command, env=env)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        code = 0
-    finally:
-        stop_server(process)
-        signal.signal(signal.SIGTERM, previous)
-    if code not in (0, -signal.SIGINT, -signal.SIGTERM, 130, 143):
-        raise InputError(f"the server stopped with exit code {code}; see its messages above")
-
-
-# Run as `python -c _DIE_WITH_PARENT <launcher pid> bentoml serve ...`: asks Linux to send
-# the server SIGTERM (BentoML then stops its workers and frees the port) when the launcher
-# dies, by any signal, then becomes the server (exec keeps the pid and the death signal).
-# Done in a fresh process rather than in Popen's preexec_fn, which is unsafe in a process
-# with threads (the launcher has MLflow's). If the launcher died before prctl, exit at once.
-_DIE_WITH_PARENT = """
-import ctypes, os, signal, sys
-PR_SET_PDEATHSIG = 1
-ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(0)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-
 def check_snapshot_model(path: str | os.PathLike, model_version: str) -> None:
     """Refuse a snapshot that `repurchase score` wrote with another model version than the one served."""
-    from features.io import read_stamp
+    from features.common.outputs import read_stamp
 
     written_by = (read_stamp(path) or {}).get("model_version") or ""
     if written_by and model_version and written_by != model_version:
@@ -653,37 +556,3 @@ def check_snapshot_model(path: str | os.PathLike, model_version: str) -> None:
             f"snapshot {path} was written with model version {written_by}, but version {model_version} is served; "
             "rerun `repurchase score` with this model, or serve --model models:/repurchase/" + written_by
         )
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def stop_server(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a server process: SIGINT (BentoML shuts down cleanly), then SIGTERM, then SIGKILL; bounded waits."""
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if process.poll() is not None:
-            return
-        try:
-            process.send_signal(sig)
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
-
-
-def _tracking_uri() -> str:
-    from training.registry import DEFAULT_TRACKING_URI
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # The server may run in another folder: make a relative SQLite path absolute.
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
-
-
-def error_body(exc: RequestError) -> bytes:
-    """The JSON body of a 4xx answer."""
-    return json.dumps({"error": str(exc)}).encode()

@@ -28,10 +28,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from features.io import claim_folder
+from features.common.outputs import claim_folder
 from features.orders import load_order_log
+from serving.tables import number, print_backtest
 from training.i18n import N_, Language
-
 
 QUICKSTART_SOURCE = "cdnow"
 BACKTEST_CUTOFF = pd.Timestamp("1997-09-30")
@@ -87,7 +87,7 @@ def run_quickstart(
         except BTYDDataError as exc:
             backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc)), frame=pd.DataFrame())
             write_report(backtest.report, out_dir / "backtest.json")
-    _print_backtest(console, backtest.report, language_)
+    print_backtest(console, backtest.report, lang=language_)
     if "replenishment" in backtest.report:
         _print_replenishment_backtest(console, backtest.report["replenishment"], language_)
 
@@ -143,32 +143,6 @@ def run_quickstart(
     return {"summary": summary, "backtest": backtest.report, "audiences": audiences, "seconds": elapsed}
 
 
-def _fmt(value) -> str:
-    return "–" if value is None or value != value else f"{value:.3f}"
-
-
-def _print_backtest(console: Console, report: dict, lang: Language) -> None:
-    _ = lang.gettext
-    if report.get("backtest_note"):
-        console.print(report["backtest_note"])
-        return
-    table = Table(title=_("backtest: {customers} customers at {cutoff}, {days}-day horizon, base rate {base_rate}").format(
-        customers=lang.count(report["n_customers"]), cutoff=report["cutoff"], days=report["horizon_days"],
-        base_rate=lang.decimal(report["base_rate"])))
-    for column in ("p_repurchase", _("model"), _("BG/NBD"), _("recency only")):
-        table.add_column(column, justify="right" if column != "p_repurchase" else "left")
-    model, bgnbd, recency = report["model"], report["bgnbd"], report["recency_only"]
-    for metric in ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10"):
-        table.add_row(metric, _fmt(model.get(metric)), _fmt(bgnbd.get(metric)), _fmt(recency.get(metric)))
-    holdout = report["holdout_orders"]
-    table.add_row(_("orders in horizon"), lang.count(holdout["model"]), lang.count(holdout["bgnbd"]),
-                  _("actual {orders}").format(orders=lang.count(holdout["actual"])))
-    table.add_row(_("revenue gini"), _fmt((model.get("revenue") or {}).get("gini")), _fmt(bgnbd["revenue"]["gini"]), "")
-    console.print(table)
-    if report.get("model_note"):
-        console.print(_("model column empty: {note}").format(note=report["model_note"]))
-
-
 def _print_replenishment_backtest(console: Console, block: dict, lang: Language) -> None:
     _ = lang.gettext
     table = Table(title=_("replenishment backtest: {pairs} customer-category pairs, {share} bought again within the "
@@ -178,7 +152,7 @@ def _print_replenishment_backtest(console: Console, block: dict, lang: Language)
     blocks = [block["model"], block["own_last_gap"], block["category_median"]]
     for metric, label in (("p50_mae_days", N_("p50 MAE (days)")), ("coverage_p10_p90", N_("p10-p90 coverage")),
                           ("auc", N_("AUC"))):
-        table.add_row(_(label), *[_fmt(b.get(metric)) for b in blocks])
+        table.add_row(_(label), *[number(b.get(metric), 3) for b in blocks])
     console.print(table)
 
 

@@ -29,7 +29,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from features.io import atomic_path
+from features.common.outputs import atomic_path
 from training.i18n import N_, Language, language, use_language_fonts
 from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
 

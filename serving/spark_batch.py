@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
-from features.errors import CutoffError
+from features.common.errors import CutoffError
+from features.orders import parse_date
 from features.spark import SparkOrderLog, feature_frame, write_spark_parquet
+from features.timecut import after, until
 from serving.batch import ScoreRun, snapshot_path_for
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RFM_RANK_COLUMNS, RFM_SCORE_COLUMNS, rfm_columns, rfm_rank_columns
@@ -133,16 +135,15 @@ def score_on_spark(
     from training.registry import load_scorer
 
     say = progress or (lambda message: None)
-    as_of = pd.Timestamp(as_of).normalize()
+    as_of = parse_date(as_of, "as_of")
     if as_of < log.first_order_date:
         raise CutoffError(f"--as-of {as_of.date()} is before the first order in {log.source} ({log.first_order_date.date()})")
     say("loading the model")
     scorer, version = load_scorer(model_uri)
     spec = scorer.spec_
 
-    day_after = F.lit((as_of + pd.Timedelta(days=1)).to_pydatetime()).cast("timestamp")
-    n_future = log.orders.filter(F.col("order_ts") >= day_after).count() if log.last_order_date > as_of else 0
-    past = log.orders.filter(F.col("order_ts") < day_after)
+    n_future = after(log.orders, as_of).count() if log.last_order_date > as_of else 0
+    past = until(log.orders, as_of)
     unused = [c for c, values in (("channel", spec.channel_values), ("category", spec.category_values))
               if values is None and c in past.columns]
     features = with_training_rfm(feature_frame(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from features.orders import merge_order_lines
+from serving.launch import passive_openmp_waits
+
+passive_openmp_waits()  # the test run is an entry point: set before any test loads LightGBM
 
 
 @pytest.fixture(scope="session")

@@ -91,9 +91,9 @@ def test_one_time_buyers_fade_as_their_only_order_ages(fitted_model):
 )
 def test_mbgnbd_one_time_buyers_p_alive_decreases_with_age(r, alpha, a, b, ages):
     """MBG/NBD, which gives p_alive: P(alive | x = 0, t_x = 0, T) = 1 / (1 + a/b ((alpha + T)/alpha)^r) falls in T."""
-    from training.btyd import BGNBD
+    from training.btyd import BTYDModel
 
-    model = BGNBD.from_params({"r": r, "alpha": alpha, "a": a, "b": b}, model="mbgnbd", time_unit_days=1.0)
+    model = BTYDModel.from_params({"r": r, "alpha": alpha, "a": a, "b": b}, model="mbgnbd", time_unit_days=1.0)
     T = np.sort(np.array(ages, dtype=float))  # days
     p = model.p_alive(np.zeros_like(T), np.zeros_like(T), T)
     assert ((p > 0) & (p < 1)).all()

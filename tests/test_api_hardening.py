@@ -1,6 +1,6 @@
 """The HTTP API under abuse: API key, body limits, stalled clients, bounded metrics, docs, tracking, kill -9.
 
-One real server (``repurchase serve``'s :func:`serving.online.serve_command`, on loopback,
+One real server (``repurchase serve``'s :func:`serving.launch.serve_command`, on loopback,
 with an API key) serves the module; the last test kills its launcher with SIGKILL and
 checks that the server goes with it. A few tests drive :class:`serving.guard.RequestGuard`
 in-process.
@@ -87,7 +87,7 @@ def server(tmp_path_factory, fitted_model):
     # A private BentoML home: BentoML empties its Prometheus folder at every start, so servers
     # of other test runs on this machine would otherwise share and wipe our metrics.
     env.update(MLFLOW_TRACKING_URI=uri, REPURCHASE_API_KEY=KEY, BENTOML_HOME=str(root / "bentoml"), PYTHONUNBUFFERED="1")
-    code = f"from serving.online import serve_command; serve_command('models:/repurchase@champion', {port}, None)"
+    code = f"from serving.launch import serve_command; serve_command('models:/repurchase@champion', {port}, None)"
     log_path = root / "server.log"
     log = open(log_path, "wb")
     launcher = subprocess.Popen(
@@ -397,8 +397,8 @@ def _drive(guard: RequestGuard, method: str = "POST", path: str = "/score", head
 
 
 def test_a_blank_api_key_is_refused_before_the_server_starts(monkeypatch):
-    from features.errors import InputError
-    from serving.online import serve_command
+    from features.common.errors import InputError
+    from serving.launch import serve_command
 
     monkeypatch.setenv("REPURCHASE_API_KEY", "  ")
     with pytest.raises(InputError, match="REPURCHASE_API_KEY is set but empty"):

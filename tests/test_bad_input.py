@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from features.errors import InputError, OrderLogError
+from features.common.errors import InputError, OrderLogError
 from features.orders import load_order_log
 from serving.cli import app
 

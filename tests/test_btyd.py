@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy.optimize import check_grad
 
 from training.btyd import (
-    BGNBD,
+    BTYDModel,
     INTERIOR,
     MEAN_SPEND,
     MIN_REPEAT_CUSTOMERS,
@@ -68,8 +68,8 @@ def _rfm(summary: pd.DataFrame):
 
 
 @pytest.fixture(scope="module")
-def fitted_on_cdnow(cdnow_calibration) -> BGNBD:
-    return BGNBD().fit(*_rfm(cdnow_calibration))
+def fitted_on_cdnow(cdnow_calibration) -> BTYDModel:
+    return BTYDModel().fit(*_rfm(cdnow_calibration))
 
 
 def _simulated(model="bgnbd", n=2000, seed=0, horizon=0.0, resolution=None, params=None):
@@ -109,7 +109,7 @@ def test_bgnbd_equals_lifetimes_beta_geo_fitter(cdnow_calibration, time_unit_day
     from lifetimes import BetaGeoFitter
 
     frequency, recency, T = _rfm(cdnow_calibration)
-    ours = BGNBD(time_unit_days=time_unit_days).fit(frequency, recency, T)
+    ours = BTYDModel(time_unit_days=time_unit_days).fit(frequency, recency, T)
     theirs = BetaGeoFitter().fit(frequency, recency / time_unit_days, T / time_unit_days)
     assert ours.params_ == pytest.approx(theirs.params_.to_dict(), rel=1e-4)
 
@@ -118,13 +118,13 @@ def test_bgnbd_equals_lifetimes_with_a_penalizer(cdnow_calibration):
     from lifetimes import BetaGeoFitter
 
     frequency, recency, T = _rfm(cdnow_calibration)
-    ours = BGNBD(penalizer_coef=0.01).fit(frequency, recency, T)
+    ours = BTYDModel(penalizer_coef=0.01).fit(frequency, recency, T)
     theirs = BetaGeoFitter(penalizer_coef=0.01).fit(frequency, recency / WEEK, T / WEEK)
     assert ours.params_ == pytest.approx(theirs.params_.to_dict(), rel=1e-4)
 
 
 def test_pareto_nbd_reproduces_the_published_cdnow_parameters(cdnow_calibration):
-    model = BGNBD(model="pareto").fit(*_rfm(cdnow_calibration))
+    model = BTYDModel(model="pareto").fit(*_rfm(cdnow_calibration))
     assert model.params_ == pytest.approx(PAPER_PARETO, rel=2e-3)
     assert model.log_likelihood_ == pytest.approx(PAPER_PARETO_LOG_LIKELIHOOD, abs=0.1)
 
@@ -133,7 +133,7 @@ def test_mbgnbd_equals_lifetimes_modified_beta_geo_fitter(cdnow_calibration):
     from lifetimes import ModifiedBetaGeoFitter
 
     frequency, recency, T = _rfm(cdnow_calibration)
-    ours = BGNBD(model="mbgnbd").fit(frequency, recency, T)
+    ours = BTYDModel(model="mbgnbd").fit(frequency, recency, T)
     theirs = ModifiedBetaGeoFitter().fit(frequency, recency / WEEK, T / WEEK)
     assert ours.params_ == pytest.approx(theirs.params_.to_dict(), rel=1e-4)
     assert ours.log_likelihood_ > PAPER_BGNBD_LOG_LIKELIHOOD - 5
@@ -162,7 +162,7 @@ def test_clv_equals_lifetimes_customer_lifetime_value(cdnow_calibration):
     summary = cdnow_calibration
     frequency, recency, T = _rfm(summary)
     spend = summary["monetary_value"].to_numpy()
-    transactions = BGNBD().fit(frequency, recency, T)
+    transactions = BTYDModel().fit(frequency, recency, T)
     spend_model = GammaGamma().fit(frequency, spend)
     repeat = frequency > 0
     their_transactions = BetaGeoFitter().fit(frequency, recency, T)  # days, as freq="D" expects
@@ -199,11 +199,11 @@ def test_analytic_gradient_matches_finite_differences():
 def test_fit_on_compressed_rows_equals_fit_on_every_customer():
     data = _simulated(n=3000, seed=4, resolution=1.0 / WEEK)
     frequency, recency, T = data["frequency"], data["recency"], data["T"]
-    whole = BGNBD().fit(frequency, recency, T)
+    whole = BTYDModel().fit(frequency, recency, T)
     table = compress_rfm(frequency, recency, T)
     distinct = table.distinct_rows()
     assert distinct[0].size == whole.n_distinct_ < frequency.size
-    collapsed = BGNBD().fit(*distinct)
+    collapsed = BTYDModel().fit(*distinct)
     assert collapsed.params_ == pytest.approx(whole.params_, rel=1e-8)
     assert collapsed.log_likelihood_ == pytest.approx(whole.log_likelihood_, rel=1e-10)
     assert collapsed.n_customers_ == whole.n_customers_ == frequency.size
@@ -211,7 +211,7 @@ def test_fit_on_compressed_rows_equals_fit_on_every_customer():
 
 def test_fit_recovers_simulated_parameters():
     data = _simulated(n=20000, seed=5)
-    model = BGNBD().fit(data["frequency"], data["recency"], data["T"])
+    model = BTYDModel().fit(data["frequency"], data["recency"], data["T"])
     assert model.params_ == pytest.approx(KNOWN["bgnbd"], rel=0.15)
 
 
@@ -224,7 +224,7 @@ def test_p_repurchase_and_expected_orders_agree_with_simulation(model_name):
     each one's history must match, bin by bin, what the simulated customers then do."""
     horizon_weeks = 13.0
     data = _simulated(model_name, n=40000, seed=11, horizon=horizon_weeks)
-    model = BGNBD.from_params(KNOWN[model_name], model=model_name)
+    model = BTYDModel.from_params(KNOWN[model_name], model=model_name)
     args = (data["frequency"], data["recency"], data["T"])
     predicted = model.p_repurchase(horizon_weeks * WEEK, *args)
     bought = data["future_orders"] > 0
@@ -246,7 +246,7 @@ def test_predictions_equal_lifetimes_formulas(model_name):
 
     fitter = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter, "pareto": ParetoNBDFitter}[model_name]()
     fitter.params_ = pd.Series(KNOWN[model_name])
-    model = BGNBD.from_params(KNOWN[model_name], model=model_name)
+    model = BTYDModel.from_params(KNOWN[model_name], model=model_name)
     frequency = np.array([0.0, 1.0, 2.0, 5.0, 29.0, 3.0])
     recency = np.array([0.0, 30.0, 100.0, 200.0, 269.0, 272.0])
     T = np.array([272.0, 250.0, 180.0, 272.0, 272.0, 272.0])
@@ -267,7 +267,7 @@ def test_pareto_p_repurchase_equals_lifetimes_conditional_pmf_of_zero():
 
     fitter = ParetoNBDFitter()
     fitter.params_ = pd.Series(KNOWN["pareto"])
-    model = BGNBD.from_params(KNOWN["pareto"], model="pareto")
+    model = BTYDModel.from_params(KNOWN["pareto"], model="pareto")
     for x, t_x, T in [(0, 0, 272), (1, 30, 250), (5, 200, 272), (29, 269, 272), (3, 272, 272)]:
         p_none = fitter.conditional_probability_of_n_purchases_up_to_time(0, 90.0 / WEEK, x, t_x / WEEK, T / WEEK)
         assert model.p_repurchase(90.0, x, t_x, T)[()] == pytest.approx(1 - p_none, rel=1e-8)
@@ -275,7 +275,7 @@ def test_pareto_p_repurchase_equals_lifetimes_conditional_pmf_of_zero():
 
 def test_bgnbd_p_repurchase_is_the_designs_closed_form():
     r, alpha, a, b = KNOWN["bgnbd"].values()
-    model = BGNBD.from_params(KNOWN["bgnbd"])
+    model = BTYDModel.from_params(KNOWN["bgnbd"])
     x, t_x, T, t = 4.0, 20.0, 38.0, 13.0  # weeks
     p_alive = model.p_alive(x, t_x * WEEK, T * WEEK)
     p_none = (1 - p_alive) + p_alive * ((alpha + T) / (alpha + T + t)) ** (r + x)
@@ -285,7 +285,7 @@ def test_bgnbd_p_repurchase_is_the_designs_closed_form():
 
 
 def test_predictions_broadcast_and_return_arrays():
-    model = BGNBD.from_params(KNOWN["bgnbd"])
+    model = BTYDModel.from_params(KNOWN["bgnbd"])
     horizons = np.array([[30.0], [90.0], [365.0]])
     p = model.p_repurchase(horizons, [0, 2, 5], [0, 50, 200], 250)
     assert isinstance(p, np.ndarray) and p.shape == (3, 3)
@@ -318,7 +318,7 @@ def test_probabilities_stay_in_unit_interval_and_expectations_are_finite(scenari
     model_name, params, frequency, recency, T, t = scenario
     if model_name != "pareto" and abs(params["a"] - 1.0) < 1e-6:
         return  # E[orders] divides by a - 1
-    model = BGNBD.from_params(params, model=model_name)
+    model = BTYDModel.from_params(params, model=model_name)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         p_alive = model.p_alive(frequency, recency, T)
         p_repurchase = model.p_repurchase(t, frequency, recency, T)
@@ -338,9 +338,9 @@ def test_the_time_unit_of_the_parameters_changes_no_prediction(scenario, time_un
     model_name, params_per_day, frequency, recency, T, t = scenario
     if model_name != "pareto" and abs(params_per_day["a"] - 1.0) < 1e-6:
         return
-    in_days = BGNBD.from_params(params_per_day, model=model_name, time_unit_days=1.0)
+    in_days = BTYDModel.from_params(params_per_day, model=model_name, time_unit_days=1.0)
     params = {k: v / time_unit_days if k in ("alpha", "beta") else v for k, v in params_per_day.items()}
-    in_units = BGNBD.from_params(params, model=model_name, time_unit_days=time_unit_days)
+    in_units = BTYDModel.from_params(params, model=model_name, time_unit_days=time_unit_days)
     for method in ("p_repurchase", "expected_orders"):
         assert getattr(in_units, method)(t, frequency, recency, T) == pytest.approx(
             getattr(in_days, method)(t, frequency, recency, T), rel=1e-7, abs=1e-12
@@ -354,8 +354,8 @@ def test_the_time_unit_of_the_parameters_changes_no_prediction(scenario, time_un
 def test_fitting_in_days_or_weeks_gives_the_same_model(model_name):
     data = _simulated(model_name, n=3000 if model_name != "pareto" else 1000, seed=6)
     args = (data["frequency"], data["recency"], data["T"])
-    weekly = BGNBD(model=model_name, time_unit_days=7.0).fit(*args)
-    daily = BGNBD(model=model_name, time_unit_days=1.0).fit(*args)
+    weekly = BTYDModel(model=model_name, time_unit_days=7.0).fit(*args)
+    daily = BTYDModel(model=model_name, time_unit_days=1.0).fit(*args)
     # lifetimes' Pareto/NBD fit stops at Nelder-Mead's tolerance of 1e-4.
     tolerance = 1e-3 if model_name == "pareto" else 1e-6
     for name, value in weekly.params_.items():
@@ -370,7 +370,7 @@ def test_fitting_in_days_or_weeks_gives_the_same_model(model_name):
 
 
 def test_clv_without_discount_is_expected_orders_times_order_value():
-    transactions = BGNBD.from_params(KNOWN["bgnbd"])
+    transactions = BTYDModel.from_params(KNOWN["bgnbd"])
     spend = GammaGamma.from_params({"p": 6.25, "q": 3.74, "v": 15.44})
     frequency, recency, T = np.array([0, 2, 7]), np.array([0, 40, 200]), np.array([100, 150, 250])
     value = np.array([0, 20, 35])
@@ -392,7 +392,7 @@ def test_fitted_models_pickle_to_identical_predictions():
     noise = np.random.default_rng(0).gamma(5, 0.2, 2000)
     spend_values = np.where(data["frequency"] > 0, 20.0 + data["frequency"], 0.0) * noise
     for model_name in ("bgnbd", "mbgnbd"):
-        model = BGNBD(model=model_name).fit(*args)
+        model = BTYDModel(model=model_name).fit(*args)
         spend = GammaGamma().fit(data["frequency"], spend_values)
         for fitted in (model, spend):
             assert all(isinstance(v, (str, int, float, dict)) for v in vars(fitted).values())
@@ -406,7 +406,7 @@ def test_fitted_models_pickle_to_identical_predictions():
 
 
 def test_refitting_replaces_the_fit():
-    model = BGNBD()
+    model = BTYDModel()
     first = _simulated(n=1500, seed=8)
     second = _simulated(n=1000, seed=9)
     model.fit(first["frequency"], first["recency"], first["T"])
@@ -421,7 +421,7 @@ def test_refitting_replaces_the_fit():
 def test_all_one_time_buyers_is_a_data_error():
     T = np.linspace(10, 300, 50)
     with pytest.raises(BTYDDataError, match="all 50 customers are one-time buyers"):
-        BGNBD().fit(np.zeros(50), np.zeros(50), T)
+        BTYDModel().fit(np.zeros(50), np.zeros(50), T)
 
 
 def test_too_few_repeat_customers_is_a_data_error():
@@ -429,7 +429,7 @@ def test_too_few_repeat_customers_is_a_data_error():
     frequency = np.r_[np.zeros(100), np.ones(n_repeat)]
     recency = np.r_[np.zeros(100), np.full(n_repeat, 20.0)]
     with pytest.raises(BTYDDataError, match=f"only {n_repeat} of {100 + n_repeat} customers made a repeat purchase"):
-        BGNBD().fit(frequency, recency, np.full(frequency.size, 200.0))
+        BTYDModel().fit(frequency, recency, np.full(frequency.size, 200.0))
 
 
 @pytest.mark.parametrize(
@@ -446,7 +446,7 @@ def test_too_few_repeat_customers_is_a_data_error():
 )
 def test_invalid_summaries_are_data_errors(frequency, recency, T, message):
     with pytest.raises(BTYDDataError, match=message):
-        BGNBD().fit(frequency, recency, T)
+        BTYDModel().fit(frequency, recency, T)
 
 
 DROPOUT_PARAMS = {"bgnbd": ("a", "b"), "mbgnbd": ("a", "b"), "pareto": ("s", "beta")}
@@ -460,7 +460,7 @@ def test_a_likelihood_without_an_optimum_is_a_labelled_answer_not_an_error(model
     rng = np.random.default_rng(1)
     T = rng.uniform(100, 700, 500).round()
     frequency = rng.integers(1, 10, 500)
-    model = BGNBD(model=model_name).fit(frequency, T, T)
+    model = BTYDModel(model=model_name).fit(frequency, T, T)
     dropout, undefined = DROPOUT_PARAMS[model_name]
     assert model.fit_status_ == NO_DROPOUT
     assert "drop-out adds" in model.fit_detail_
@@ -477,8 +477,8 @@ def test_a_likelihood_without_an_optimum_is_a_labelled_answer_not_an_error(model
 @pytest.mark.parametrize("model_name", ["bgnbd", "mbgnbd", "pareto"])
 def test_the_no_dropout_limit_is_where_vanishing_dropout_leads(model_name):
     dropout, undefined = DROPOUT_PARAMS[model_name]
-    limit = BGNBD.from_params({"r": 0.8, "alpha": 5.0, dropout: 0.0, undefined: None}, model=model_name)
-    near = BGNBD.from_params({"r": 0.8, "alpha": 5.0, dropout: 1e-9, undefined: 2.0}, model=model_name)
+    limit = BTYDModel.from_params({"r": 0.8, "alpha": 5.0, dropout: 0.0, undefined: None}, model=model_name)
+    near = BTYDModel.from_params({"r": 0.8, "alpha": 5.0, dropout: 1e-9, undefined: 2.0}, model=model_name)
     x, recency, T = np.array([0.0, 1, 3, 10]), np.array([0.0, 50, 200, 300]), np.array([100.0, 300, 300, 400])
     assert limit.fit_status_ == NO_DROPOUT
     np.testing.assert_allclose(limit.p_alive(x, recency, T), near.p_alive(x, recency, T), rtol=1e-7)
@@ -497,9 +497,9 @@ def test_measurable_dropout_without_an_optimum_takes_the_smallest_penalizer_that
     T = rng.uniform(4, 30, 1000)
     data = simulate_customers("bgnbd", {"r": 1.0, "alpha": 3.0, "a": 1e6, "b": 9e6}, T, rng=rng, resolution=1 / 7)
     args = (data["frequency"], data["recency"] * WEEK, data["T"] * WEEK)
-    model = BGNBD().fit(*args)
+    model = BTYDModel().fit(*args)
     assert model.fit_status_ == f"penalized {PENALIZER_LADDER[0]:g}"
-    assert model.params_ == pytest.approx(BGNBD(penalizer_coef=PENALIZER_LADDER[0]).fit(*args).params_, rel=1e-9)
+    assert model.params_ == pytest.approx(BTYDModel(penalizer_coef=PENALIZER_LADDER[0]).fit(*args).params_, rel=1e-9)
     assert "penalized 0.001: the likelihood has no interior optimum" in fit_status_meaning(model.fit_status_)
     assert np.all((model.p_alive(*args) > 0) & (model.p_alive(*args) <= 1))
 
@@ -538,12 +538,12 @@ def test_gamma_gamma_data_errors():
 
 def test_unfitted_models_and_bad_hyperparameters_say_so():
     with pytest.raises(NotFittedError, match="not fitted yet"):
-        BGNBD().p_alive(1, 10, 100)
+        BTYDModel().p_alive(1, 10, 100)
     with pytest.raises(NotFittedError, match="not fitted yet"):
         GammaGamma().expected_order_value(1, 10.0)
     data = _simulated(n=500, seed=10)
     with pytest.raises(ValueError, match="model must be one of bgnbd, mbgnbd, pareto"):
-        BGNBD(model="bgbb").fit(data["frequency"], data["recency"], data["T"])
+        BTYDModel(model="bgbb").fit(data["frequency"], data["recency"], data["T"])
 
 
 # --------------------------------------------------------------------------- scale
@@ -557,7 +557,7 @@ def test_fit_on_a_million_simulated_customers_equals_lifetimes():
     T = rng.integers(0, 730, 1_000_000).astype(float)
     data = simulate_customers("bgnbd", {"r": 0.25, "alpha": 28.0, "a": 0.8, "b": 2.5}, T, resolution=1.0, rng=rng)
     args = (data["frequency"], data["recency"], data["T"])
-    ours = BGNBD(time_unit_days=1.0).fit(*args)
+    ours = BTYDModel(time_unit_days=1.0).fit(*args)
     theirs = BetaGeoFitter().fit(*args)
     assert ours.params_ == pytest.approx(theirs.params_.to_dict(), rel=1e-4)
     assert ours.n_distinct_ < 0.5 * ours.n_customers_

@@ -19,7 +19,7 @@ from features.contacts import (
     holdout_draw,
     load_contacts,
 )
-from features.io import OWNER_MARK
+from features.common.outputs import OWNER_MARK
 from serving.cli import app
 from score_rows import AS_OF, random_scores
 from serving.targeting import Campaign, RuleSet, apply_rules, write_audiences

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lifetimes.utils import summary_data_from_transaction_data
 
+from features.common.errors import CutoffError, OrderLogError
 from features.datasets import load_cdnow
-from features.errors import CutoffError, OrderLogError
 from features.pipeline import (
     CORE_FEATURES,
     FEATURES,

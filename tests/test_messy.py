@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.orders import (
     OUTLIER_ORDER_MULTIPLE,
     cap_outlier_orders,

@@ -175,12 +175,14 @@ def test_every_lightgbm_setting_comes_from_get_params(fitted_model):
     boosters = (fitted_model.classifier_, fitted_model.orders_model_, fitted_model.revenue_model_, fitted_model.timing_model_)
     for booster in boosters:
         used = booster.params
-        for name in ("learning_rate", "num_leaves", "min_child_samples", "feature_fraction", "bagging_fraction",
+        for name in ("num_leaves", "min_child_samples", "feature_fraction", "bagging_fraction",
                      "bagging_freq", "lambda_l2", "max_bin"):
             assert used[name] == params[name], name
+        assert used["learning_rate"] == fitted_model.learning_rate_
         assert used["seed"] == params["random_state"]
         assert used["num_threads"] == available_threads()  # num_threads=None: the cores this process has
     assert fitted_model.revenue_model_.params["tweedie_variance_power"] == params["tweedie_variance_power"]
+    assert fitted_model.learning_rate_ in (params["learning_rate"], params["small_data_learning_rate"])
     again = clone(fitted_model)
     assert again.get_params() == params and not hasattr(again, "classifier_")
     assert again.set_params(num_threads=1, lambda_l2=2.0).get_params()["lambda_l2"] == 2.0
@@ -224,3 +226,12 @@ def test_the_model_gives_the_same_scores_at_one_thread_and_two(synth_orders):
     one, two = (RepurchaseModel(**params, num_threads=t).fit(synth_orders, "2025-06-30") for t in (1, 2))
     assert one.classifier_.params["num_threads"] == 1 and two.classifier_.params["num_threads"] == 2
     pd.testing.assert_frame_equal(one.score(synth_orders, "2025-09-30"), two.score(synth_orders, "2025-09-30"), check_exact=True)
+
+
+def test_small_training_frames_learn_in_smaller_steps():
+    """A young shop's few thousand rows: a lower rate and a round cap raised by the same factor."""
+    from training.model import boosting_pace
+
+    assert boosting_pace(10_000, 0.1, 400, 50_000, 0.03) == (0.03, 1334)
+    assert boosting_pace(50_000, 0.1, 400, 50_000, 0.03) == (0.1, 400)
+    assert boosting_pace(10_000, 0.02, 400, 50_000, 0.03) == (0.02, 400)  # never speeds a slower rate up

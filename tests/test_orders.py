@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.errors import CutoffError, InputError, OrderLogError
+from features.common.errors import CutoffError, InputError, OrderLogError
 from features.orders import (
     check_cutoff,
     load_order_log,

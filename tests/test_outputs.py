@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.errors import InputError
-from features.io import (
+from features.common.errors import InputError
+from features.common.outputs import (
     OWNER_MARK,
     atomic_path,
     atomic_paths,

@@ -50,7 +50,7 @@ def test_register_champion_then_challenger_and_reload_identically(mlflow_store, 
 
 
 def test_missing_champion_is_a_clear_input_error(mlflow_store):
-    from features.errors import InputError
+    from features.common.errors import InputError
 
     with pytest.raises(InputError, match=r"cannot be loaded.*repurchase train --orders SRC --cutoff DATE --register"):
         load_scorer()

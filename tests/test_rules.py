@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.errors import InputError
-from features.io import OWNER_MARK, mark_folder
+from features.common.errors import InputError
+from features.common.outputs import OWNER_MARK, mark_folder
 from score_rows import AS_OF, score_row, scores_frame
 from serving.targeting import RuleSet, RulesError, apply_rules, load_rules, write_audiences
 from training.contract import SCORE_COLUMNS

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from features.errors import InputError
+from features.common.errors import InputError
 from score_rows import score_row, scores_frame
 from serving.targeting import RulesError, apply_rules, load_rules, write_audiences
 
@@ -62,7 +62,7 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
     sys.path.insert(0, {tests!r})
-    from features.errors import InputError
+    from features.common.errors import InputError
     from score_rows import score_row, scores_frame
     from serving.targeting import apply_rules, load_rules
 

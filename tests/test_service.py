@@ -500,7 +500,7 @@ def test_http_end_to_end(served):
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": served["uri"], "PYTHONUNBUFFERED": "1"}
     code = (
-        "from pathlib import Path; from serving.online import serve_command; "
+        "from pathlib import Path; from serving.launch import serve_command; "
         f"serve_command('models:/repurchase@champion', {port}, Path(r'{served['snapshot']}'))"
     )
     log = open(served["root"] / "server.log", "wb")

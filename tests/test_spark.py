@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.errors import InputError, OrderLogError
+from features.common.errors import InputError, OrderLogError
 from features.orders import load_order_log
 from features.pipeline import build_features
 
@@ -156,15 +156,15 @@ def test_a_failed_spark_write_leaves_the_old_output_and_no_debris(spark, tmp_pat
 @pytest.mark.spark
 def test_bgnbd_on_spark_sufficient_statistics_equals_the_fit_on_customers(synth_on_spark, synth_lines_path):
     from features.spark import btyd_statistics
-    from training.btyd import BGNBD
+    from training.btyd import BTYDModel
 
     _, features, _ = synth_on_spark
     stats = btyd_statistics(features)
     local = build_features(load_order_log(synth_lines_path).orders, SYNTH_CUTOFF, core_only=True)
     assert stats["weights"].sum() == len(local)
     assert len(stats) < len(local)  # identical rows were collapsed
-    on_spark = BGNBD().fit(stats["frequency"], stats["recency"], stats["T"], weights=stats["weights"])
-    on_customers = BGNBD().fit(local["frequency"], local["recency"], local["T"])
+    on_spark = BTYDModel().fit(stats["frequency"], stats["recency"], stats["T"], weights=stats["weights"])
+    on_customers = BTYDModel().fit(local["frequency"], local["recency"], local["T"])
     for name, value in on_customers.params_.items():
         assert on_spark.params_[name] == pytest.approx(value, rel=1e-9), name
     assert on_spark.log_likelihood_ == pytest.approx(on_customers.log_likelihood_, rel=1e-9)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.synth import (
     COLUMNS,
     REPLENISHMENT_CYCLE_DAYS,

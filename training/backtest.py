@@ -29,10 +29,12 @@ import numpy as np
 import pandas as pd
 from scipy.special import hyp2f1
 
-from features.io import atomic_path
+from features.common.outputs import atomic_path
+from features.orders import parse_date
 from features.pipeline import build_features, build_labels
+from features.timecut import until
 from training import plots
-from training.btyd import BGNBD, fit_status_meaning
+from training.btyd import BTYDModel, fit_status_meaning
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
 from training.model import RepurchaseModel, fit_gamma_gamma, origin_calibration_row, quantiles_from_cdf
 
@@ -63,18 +65,18 @@ def bgnbd_unconditional_expected(params: dict, t_units) -> np.ndarray:
     return (a + b - 1) / (a - 1) * (1 - (alpha / (alpha + t)) ** r * hyp2f1(r, b, a + b - 1, z))
 
 
-def _bgnbd_quantiles(bgnbd: BGNBD, frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+def _bgnbd_quantiles(bgnbd: BTYDModel, frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
     f, r, T = (frame[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
     cdf = np.column_stack([bgnbd.p_repurchase(h, f, r, T) for h in grid])
     return quantiles_from_cdf(grid, cdf)
 
 
-def _tracking(orders: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int, bgnbd: BGNBD, path: Path,
+def _tracking(orders: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int, bgnbd: BTYDModel, path: Path,
               lang: str | None = None):
     """Weekly cumulative repeat purchase days of the cutoff's customers: actual vs BG/NBD."""
     cohort = set(frame["customer_id"])
     end = cutoff + pd.Timedelta(days=horizon_days)
-    days = orders.loc[orders["customer_id"].isin(cohort) & (orders["order_ts"] < end + pd.Timedelta(days=1))]
+    days = until(orders.loc[orders["customer_id"].isin(cohort)], cutoff, horizon_days=horizon_days)
     days = days.assign(day=days["order_ts"].dt.normalize())[["customer_id", "day"]].drop_duplicates()
     first = days.groupby("customer_id")["day"].transform("min")
     start = days["day"].min()
@@ -143,17 +145,16 @@ def run_backtest(
     lang : str, optional
         Language of the plots' text (``en``, ``zh``; default ``$REPURCHASE_LANG``, else English).
     """
-    cutoff = pd.Timestamp(cutoff).normalize()
-    end = cutoff + pd.Timedelta(days=horizon_days + 1)
-    orders = orders[orders["order_ts"] < end]
-    past = orders[orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
+    cutoff = parse_date(cutoff, "cutoff")
+    orders = until(orders, cutoff, horizon_days=horizon_days)
+    past = until(orders, cutoff)
     features = build_features(past, cutoff)
     labels = build_labels(orders, cutoff, horizon_days)
     frame = features.merge(labels, on="customer_id", how="left", validate="one_to_one")
     y = frame["label_repurchase"].to_numpy()
 
     f, r, T = (frame[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
-    bgnbd = BGNBD().fit(f, r, T)
+    bgnbd = BTYDModel().fit(f, r, T)
     frame["bgnbd_p_repurchase"] = bgnbd.p_repurchase(horizon_days, f, r, T)
     frame["bgnbd_expected_orders"] = bgnbd.expected_orders(horizon_days, f, r, T)
     gamma_gamma = fit_gamma_gamma(frame)
@@ -288,7 +289,7 @@ def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path, *, lang
         )
     out["revenue_deciles"] = plots.decile_plot(frame["label_revenue"].to_numpy(), revenue, plot_dir / "revenue_deciles.png",
                                                lang=lang)
-    bgnbd = BGNBD.from_params(report["bgnbd"]["params"])
+    bgnbd = BTYDModel.from_params(report["bgnbd"]["params"])
     report["tracking"] = _tracking(orders, frame, pd.Timestamp(report["cutoff"]), report["horizon_days"], bgnbd,
                                    plot_dir / "tracking.png", lang)
     out["tracking"] = plot_dir / "tracking.png"

@@ -40,12 +40,12 @@ import pandas as pd
 from scipy import optimize
 from scipy.special import digamma, expit, gammaln, hyp2f1, roots_legendre
 
-from features.errors import InputError
+from features.common.errors import InputError
 
 __all__ = [
-    "BGNBD",
     "BTYDDataError",
     "BTYDFitError",
+    "BTYDModel",
     "GammaGamma",
     "MIN_REPEAT_CUSTOMERS",
     "MODELS",
@@ -571,8 +571,9 @@ def _pareto_p_buy_if_alive(params: dict, t, x, T):
 # Estimators
 
 
-class BGNBD:
-    """BG/NBD (default), MBG/NBD or Pareto/NBD on the BTYD summary, as an estimator.
+class BTYDModel:
+    """A buy-till-you-die transaction model on the BTYD summary, as an estimator: BG/NBD
+    (the default), MBG/NBD or Pareto/NBD, chosen by ``model``.
 
     Parameters
     ----------
@@ -611,7 +612,7 @@ class BGNBD:
         self.time_unit_days = time_unit_days
 
     @classmethod
-    def from_params(cls, params: dict, *, model: str = "bgnbd", time_unit_days: float = 7.0) -> BGNBD:
+    def from_params(cls, params: dict, *, model: str = "bgnbd", time_unit_days: float = 7.0) -> BTYDModel:
         """A model with known parameters (in ``time_unit_days``), e.g. to score or simulate."""
         estimator = cls(model=model, time_unit_days=time_unit_days)
         estimator._check_hyperparameters()
@@ -623,7 +624,7 @@ class BGNBD:
     def __repr__(self) -> str:
         fitted = getattr(self, "params_", None)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in fitted.items()) if fitted else "not fitted"
-        return f"BGNBD(model={self.model!r}, time_unit_days={self.time_unit_days:g}; {shown})"
+        return f"BTYDModel(model={self.model!r}, time_unit_days={self.time_unit_days:g}; {shown})"
 
     def _check_hyperparameters(self) -> None:
         if self.model not in MODELS:
@@ -633,7 +634,7 @@ class BGNBD:
         if not (self.penalizer_coef >= 0):
             raise ValueError(f"penalizer_coef must be >= 0, not {self.penalizer_coef!r}")
 
-    def fit(self, frequency, recency, T, weights=None) -> BGNBD:
+    def fit(self, frequency, recency, T, weights=None) -> BTYDModel:
         """Fit on a BTYD summary in days; identical rows are collapsed into weights first.
 
         A likelihood without an interior optimum is not an error: the fit becomes the
@@ -764,7 +765,7 @@ class BGNBD:
     def _prepare(self, frequency, *times_in_days):
         """Broadcast inputs; frequency is a count, the rest are days turned into model units."""
         if not getattr(self, "params_", None):
-            raise NotFittedError("this BGNBD model is not fitted yet: call fit(frequency, recency, T) first")
+            raise NotFittedError("this BTYD model is not fitted yet: call fit(frequency, recency, T) first")
         arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (frequency, *times_in_days)))
         return [arrays[0]] + [a / self.time_unit_days for a in arrays[1:]]
 
@@ -787,6 +788,11 @@ class BGNBD:
         """
         x, t, recency, T = self._prepare(frequency, t_days, recency, T)
         return np.asarray(_p_repurchase(self.model, self.params_, t, x, recency, T), dtype=float)
+
+
+BGNBD = BTYDModel
+"""The name :class:`BTYDModel` had before it was named for all three models it fits; registered
+models pickled then refer to it, so it stays for them to load (new code uses ``BTYDModel``)."""
 
 
 class GammaGamma:
@@ -927,7 +933,7 @@ class GammaGamma:
 
 
 def clv(
-    bgnbd: BGNBD,
+    bgnbd: BTYDModel,
     gamma_gamma: GammaGamma,
     frequency,
     recency,
@@ -978,7 +984,7 @@ def simulate_customers(
     Parameters
     ----------
     model, params
-        As in ``BGNBD``; time in the unit of ``params``'s alpha (and beta).
+        As in ``BTYDModel``; time in the unit of ``params``'s alpha (and beta).
     T : array_like
         Age of each customer at the cutoff, in that unit.
     horizon : float

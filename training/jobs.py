@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.io import atomic_path
-from features.errors import InputError
-from features.orders import OrderLog, check_cutoff
+from features.common.errors import InputError
+from features.common.outputs import atomic_path
+from features.orders import OrderLog, check_cutoff, parse_date
+from features.timecut import as_day, on_or_before, until
 from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_report
 from training.btyd import BTYDDataError, BTYDFitError
 from training.model import RepurchaseModel
@@ -72,7 +73,7 @@ def prepare_uplift(log: OrderLog, contacts: pd.DataFrame, cutoff: pd.Timestamp, 
     outcomes, split by time; :class:`training.uplift.UpliftDataError` (one line) when they cannot
     train and evaluate an uplift model. Cheap next to training, so the CLI runs it first."""
     origin = contacts.attrs.get("origin", "contacts")
-    learn_until = min(pd.Timestamp(cutoff).normalize(), log.last_order_date.normalize())
+    learn_until = min(parse_date(cutoff, "cutoff"), log.last_order_date.normalize())
     usable = usable_contacts(contacts, learn_until, window_days)
     if usable.empty:
         raise UpliftDataError(
@@ -80,8 +81,8 @@ def prepare_uplift(log: OrderLog, contacts: pd.DataFrame, cutoff: pd.Timestamp, 
             f"order if earlier); the latest contact is {contacts['contacted_at'].max().date()}: give contacts "
             "whose outcome is known, a later --cutoff, or a shorter --window-days"
         )
-    day = pd.Timestamp(cutoff).date()
-    past = log.orders[log.orders["order_ts"] < pd.Timestamp(cutoff) + pd.Timedelta(days=1)]
+    day = as_day(cutoff)
+    past = until(log.orders, cutoff)
     frame = uplift_frame(past, usable, window_days, channel_values=RepurchaseModel._mix(past, day, "channel"),
                          category_values=RepurchaseModel._mix(past, day, "category"))
     if frame.empty:
@@ -160,7 +161,7 @@ def _p_repurchase_at_contacts(contacts: pd.DataFrame, orders: pd.DataFrame, trai
     customer = orders["customer_id"].astype(str)
     for day, rows in contacts.groupby("contacted_at", sort=True):
         mine = customer.isin(set(rows["customer_id"])).to_numpy()
-        past = orders[mine & (orders["order_ts"] < day + pd.Timedelta(days=1)).to_numpy()]
+        past = orders[mine & on_or_before(orders["order_ts"], day).to_numpy()]
         scores = baseline.score_features(baseline.point_in_time_features(past, day), day)
         by_customer = pd.Series(scores["p_repurchase"].to_numpy(), index=scores["customer_id"].astype(str).to_numpy())
         out[rows.index.to_numpy()] = by_customer.reindex(rows["customer_id"].to_numpy()).to_numpy()
@@ -205,7 +206,7 @@ def backtest_job(
 
             try:
                 backtest.report["replenishment"] = replenishment_backtest(
-                    log.purchase_lines[log.purchase_lines["order_ts"] < cutoff + pd.Timedelta(days=horizon_days + 1)],
+                    until(log.purchase_lines, cutoff, horizon_days=horizon_days),
                     cutoff,
                     horizon_days,
                 )
@@ -282,7 +283,7 @@ def train_job(
             champion_backtest = None
         else:
             champion_backtest = champion_on_split(log.orders, split, horizon_days)
-        past = log.orders[log.orders["order_ts"] < cutoff + pd.Timedelta(days=1)]
+        past = until(log.orders, cutoff)
         model = RepurchaseModel(horizon_days=horizon_days, **(model_params or {})).fit(past, cutoff)
         uplift_report = uplift_job(uplift, model, past, model_params=model_params) if uplift is not None else None
         example = model.features(past, cutoff).head(5)
@@ -354,14 +355,13 @@ def replenish_job(
     With ``log_to_mlflow``, the run is tracked (not registered): its parameters, how the model
     trained, what it predicted, and the output file when there is one.
     """
-    from features.io import write_parquet
+    from features.common.outputs import write_parquet
     from features.replenish import pair_lines
     from training.replenish import ReplenishmentModel
 
     check_cutoff(log, as_of, flag="--as-of")
-    future = log.lines["order_ts"] >= as_of + pd.Timedelta(days=1)
-    purchases = log.purchase_lines
-    past = pair_lines(purchases.loc[(purchases["order_ts"] < as_of + pd.Timedelta(days=1)).to_numpy()])
+    future = ~on_or_before(log.lines["order_ts"], as_of)
+    past = pair_lines(until(log.purchase_lines, as_of))
     # It learns from origins whose label windows lie within the log, which may end before as_of.
     learn_until = min(as_of, log.last_order_date)
     model = ReplenishmentModel(horizon_days=horizon_days, lead_days=lead_days, **(model_params or {})).fit(past, learn_until)

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from features.contacts import HOLDOUT, HOLDOUT_SHARE, TREATMENT, ContactsError
+from features.timecut import in_horizon
 
 ALPHA = 0.05
 POWER = 0.8
@@ -116,8 +117,7 @@ def window_outcomes(contacts: pd.DataFrame, orders: pd.DataFrame, window_days: i
                       "amount": mine["amount"].to_numpy(dtype=float)}),
         on="customer_id", how="inner",
     )
-    after = (pairs["day"] - pairs["contacted_at"]).dt.days
-    window = pairs[(after >= 1) & (after <= window_days)].groupby("unit").agg(
+    window = pairs[in_horizon(pairs["day"], pairs["contacted_at"], window_days).to_numpy()].groupby("unit").agg(
         orders=("amount", "size"), revenue=("amount", "sum"))
     n_orders = window["orders"].reindex(units.index, fill_value=0).to_numpy(dtype=np.int64)
     return units.assign(

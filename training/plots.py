@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from features.io import atomic_path
+from features.common.outputs import atomic_path
 from training.i18n import N_, language, use_language_fonts
 from training.metrics import calibration_bins
 

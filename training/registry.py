@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
-from features.io import process_alive
+from features.common.errors import InputError
+from features.common.outputs import process_alive
 from training.contract import SCORE_COLUMNS
 from training.model import RepurchaseModel
 
@@ -46,6 +46,18 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
 BRIER_TOLERANCE = 0.001
 _REQUIREMENTS = ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "lifetimes", "ibis-framework", "duckdb", "pyarrow")
+
+
+def tracking_uri(uri: str | None = None, *, absolute: bool = False) -> str:
+    """The MLflow tracking URI: ``uri``, else $MLFLOW_TRACKING_URI, else the project's SQLite store.
+
+    With ``absolute``, a relative SQLite path is made absolute (for a process that runs in
+    another folder, such as the BentoML server).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if absolute and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
 
 
 def configure_tracking(uri: str | None = None) -> str:
@@ -59,7 +71,7 @@ def configure_tracking(uri: str | None = None) -> str:
     """
     import mlflow
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     artifact_root = None
     if uri.startswith("sqlite:///"):

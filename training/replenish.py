@@ -49,9 +49,9 @@ import pyarrow.compute as pc
 from scipy.optimize import minimize
 from scipy.special import log_ndtr, ndtri_exp
 
-from features.errors import InputError
-from features.pipeline import _as_date
+from features.common.errors import InputError
 from features.replenish import build_pair_features, pair_lines
+from features.timecut import as_day, until
 from training.boosting import Estimator, booster_params, fit_calibrated_booster, platt_probability, raw_score
 from training.metrics import classification_metrics
 from training.model import QUANTILES, earliest_full_cutoff, training_origins
@@ -352,9 +352,9 @@ class ReplenishmentModel(Estimator):
         history, and a shorter step when the log is young.
         """
         if first_purchase is None:
-            last = _as_date(cutoff) - dt.timedelta(days=self.horizon_days)
+            last = as_day(cutoff) - dt.timedelta(days=self.horizon_days)
             return [last - dt.timedelta(days=self.step_days * j) for j in range(self.n_origins - 1, -1, -1)]
-        return training_origins(_as_date(first_purchase), _as_date(cutoff), self.horizon_days,
+        return training_origins(as_day(first_purchase), as_day(cutoff), self.horizon_days,
                                 n_origins=self.n_origins, step_days=self.step_days)
 
     def _matrix(self, pairs: pd.DataFrame) -> np.ndarray:
@@ -376,15 +376,15 @@ class ReplenishmentModel(Estimator):
         ]
         if not origins and first is not None:
             raise ReplenishmentDataError(
-                f"too few (customer, category) pairs to learn replenishment from before {_as_date(cutoff)}: the log starts "
-                f"{_as_date(first)}, and learning needs a {self.horizon_days}-day horizon after a month of purchases; "
-                f"use a date from {earliest_full_cutoff(_as_date(first), self.horizon_days)} on"
+                f"too few (customer, category) pairs to learn replenishment from before {as_day(cutoff)}: the log starts "
+                f"{as_day(first)}, and learning needs a {self.horizon_days}-day horizon after a month of purchases; "
+                f"use a date from {earliest_full_cutoff(as_day(first), self.horizon_days)} on"
             )
         if len(origins) < 2 or sum(len(f) for f in frames[:-1]) == 0 or len(frames[-1]) < 2:
             origins = origins or self.origins(cutoff)
             raise ReplenishmentDataError(
                 f"too few (customer, category) pairs to learn replenishment from: it trains at {origins[0]} to "
-                f"{origins[-1]} (a {self.horizon_days}-day horizon before {_as_date(cutoff)}, then "
+                f"{origins[-1]} (a {self.horizon_days}-day horizon before {as_day(cutoff)}, then "
                 f"{self.n_origins - 1} steps of {self.step_days} days back) and the log has too little before "
                 "those dates; use a later date or a shorter horizon"
             )
@@ -419,7 +419,7 @@ class ReplenishmentModel(Estimator):
         self.timing_shift_, self.timing_scale_ = fit_timing_calibration(calib, self.horizon_days, self.min_timing_pairs)
         self.feature_names_ = names
         self.origins_ = [o.isoformat() for o in origins]
-        self.training_cutoff_ = _as_date(cutoff).isoformat()
+        self.training_cutoff_ = as_day(cutoff).isoformat()
         self.n_training_pairs_ = int(len(train))
         return self
 
@@ -452,7 +452,7 @@ class ReplenishmentModel(Estimator):
 
     def predict_pairs(self, pairs: pd.DataFrame, as_of) -> pd.DataFrame:
         """The replenishment output (``OUTPUT_COLUMNS``) for a :func:`pair_frame` built as of ``as_of``."""
-        day = pd.Timestamp(_as_date(as_of))
+        day = pd.Timestamp(as_day(as_of))
         within = self.p_within_horizon(pairs) if len(pairs) else np.zeros(0)
         q = self.next_purchase_quantiles(pairs) if len(pairs) else np.zeros((0, len(QUANTILES)))
         since = pairs["days_since_last"].to_numpy(dtype=float)
@@ -531,8 +531,9 @@ def replenishment_backtest(lines, cutoff, horizon_days: int = 90, *, model_param
     that did buy again within the horizon.
     """
     table = lines if not isinstance(lines, pd.DataFrame) else pair_lines(lines)
-    day = _as_date(cutoff)
-    model = ReplenishmentModel(horizon_days=horizon_days, **(model_params or {})).fit(_before(table, day), day)
+    day = as_day(cutoff)
+    # The model learns from the lines on or before the cutoff only, never the backtest's truth.
+    model = ReplenishmentModel(horizon_days=horizon_days, **(model_params or {})).fit(until(table, day), day)
     pairs = pair_frame(table, day, horizon_days=horizon_days, min_category_pairs=model.min_category_pairs)
     predicted = model.predict_pairs(pairs, day)
     days = pairs["label_days"].to_numpy(dtype=float)
@@ -564,12 +565,3 @@ def replenishment_backtest(lines, cutoff, horizon_days: int = 90, *, model_param
         "timing_scale": model.timing_scale_,
     }
     return block
-
-
-def _before(table, day: dt.date):
-    """Lines on or before ``day`` only: the model is trained without the backtest's truth."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    end = pa.scalar(pd.Timestamp(day) + pd.Timedelta(days=1), type=table.schema.field("order_ts").type)
-    return table.filter(pc.less(table["order_ts"], end))

@@ -67,9 +67,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.common.errors import InputError
 from features.contacts import TREATMENT
-from features.errors import InputError
 from features.pipeline import LABELS, build_features
+from features.timecut import on_or_before
 from training.boosting import Estimator, booster_params, train_booster
 from training.contract import UPLIFT, uplift_column
 from training.measure import window_outcomes
@@ -129,7 +130,7 @@ def uplift_frame(
     for day, rows in contacts.groupby("contacted_at", sort=True):
         # Each campaign date sees its own cut of the log: the orders up to the end of its day.
         mine = customer.isin(set(rows["customer_id"])).to_numpy()
-        past = orders[mine & (orders["order_ts"] < day + pd.Timedelta(days=1)).to_numpy()]
+        past = orders[mine & on_or_before(orders["order_ts"], day).to_numpy()]
         features = build_features(past, day, channel_values=channel_values, category_values=category_values)
         parts.append(rows.merge(features.astype({"customer_id": "str"}), on="customer_id", how="inner"))
     frame = pd.concat(parts, ignore_index=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from features.contacts import assign_groups
-from features.errors import InputError
+from features.common.errors import InputError
 from serving.targeting.campaigns import HELD_BACK, Campaign, campaign_dates, held_back
 from serving.targeting.columns import (
     REPLENISH_COLUMNS,

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from features.contacts import TREATMENT
-from features.errors import InputError
-from features.io import atomic_paths
+from features.common.errors import InputError
+from features.common.outputs import atomic_paths
 from serving.targeting.campaigns import HELD_BACK
 from serving.targeting.schema import ACTION_PATTERN, SUMMARY
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from features.contacts import TREATMENT
-from features.errors import InputError
+from features.common.errors import InputError
 
 if TYPE_CHECKING:
     from serving.targeting.schema import RuleSet

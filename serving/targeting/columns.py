@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
+from features.common.errors import InputError
 from features.pipeline import FEATURES
 from training.contract import UPLIFT, UPLIFT_PREFIX, uplift_column
 from training.segments import REMINDER

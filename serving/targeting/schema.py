@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from features.contacts import DEFAULT_HOLDOUT_SHARE
-from features.errors import InputError
+from features.common.errors import InputError
 from serving.targeting.expressions import condition_columns
 from serving.targeting.reasons import check_clauses, placeholder_columns
 

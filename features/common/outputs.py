@@ -5,7 +5,7 @@ The rules (``DESIGN.md``, "Outputs lose nothing"):
 * An output path names one file, or for ``target`` and ``quickstart`` one folder the tool
   owns. ``.``, an empty path, the current folder, a folder where a file is expected, a
   device, a FIFO, anything under ``/proc``, ``/sys`` or ``/dev`` are refused with an
-  :class:`~features.errors.InputError` (exit 2) before anything is written.
+  :class:`~features.common.errors.InputError` (exit 2) before anything is written.
 * A command replaces only its own previous output. Files are recognised by their content
   (Parquet written here carries a ``repurchase`` stamp in its key-value metadata; the
   backtest and measure JSON, the report and the plots by their shape); a folder by the marker file
@@ -37,7 +37,7 @@ from typing import Iterator, Sequence
 
 import pandas as pd
 
-from features.errors import InputError
+from features.common.errors import InputError
 
 OWNER_MARK = ".repurchase-output"
 STAMP_KEY = b"repurchase"
