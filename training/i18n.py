@@ -46,6 +46,10 @@ _LOCALES = {"en": "en", "zh": "zh_Hans_CN"}
 _DATE_FORMATS = {"en": "yyyy-MM-dd", "zh": "long"}
 
 
+def N_(message: str) -> str:
+    """Marks a message for the catalog (``pybabel extract -k N_``); it is translated where it is shown."""
+    return message
+
 
 def NC_(context: str, message: str) -> str:
     """Marks a label for the catalog under ``context`` (``pybabel extract -k NC_:1c,2``)."""
@@ -68,11 +72,6 @@ MACHINE_LABELS = (
     NC_("action", "win_back"), NC_("action", "new_customer_nurture"),
     NC_("group", "treatment"), NC_("group", "holdout"),
 )
-
-
-def N_(message: str) -> str:
-    """Marks a message for the catalog (``pybabel extract -k N_``); it is translated where it is shown."""
-    return message
 
 
 def resolve_language(lang: str | None = None) -> str:
