@@ -202,6 +202,16 @@ def test_cooldown_and_cap_hold_customers_back_and_say_why(tmp_path, scores_file)
     send = pd.read_csv(out / "send" / "win_back.csv")
     assert not set(held) & set(send["customer_id"])
     assert send["held_back"].isna().all() and (send["group"] == "treatment").all()
+    # in Chinese, the same customers are held back and told why in Chinese
+    chinese = tmp_path / "zh"
+    result = runner.invoke(app, ["target", "--scores", str(scores_file), "--out", str(chinese), "--rules", str(rules),
+                                 "--contacts", str(contacts), "--lang", "zh"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(chinese / "win_back.csv").set_index("customer_id")["held_back"].dropna().to_dict() == {
+        "c1": "3 天前已因补货提醒触达（冷却期 7 天）",
+        "c2": "最近 30 天已触达 2 次（上限 2 次）",
+        "c3": "5 天前在沉睡召回的对照组中（冷却期 7 天）",
+    }
 
 
 def test_held_back_customers_leave_their_budget_places_to_others():

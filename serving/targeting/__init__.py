@@ -96,7 +96,8 @@ format spec whole numbers print without ".0" and midnight timestamps as dates.
 (or ``"lang": "zh"`` in an API request); a rule without it gives its ``reason``. In
 Chinese, ``{lifecycle_stage}``, ``{rfm_segment}``, ``{member_tier}``, ``{predicted_tier}``
 and ``{action}`` without a format spec show their labels (衰退期 for ``at_risk``), clauses
-are joined with "；" and a missing value reads "未知". The columns keep their English values.
+are joined with "；" and a missing value reads "未知"; ``held_back`` says why in Chinese too. The
+columns keep their English values.
 
 Budget
 ------

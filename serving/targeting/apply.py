@@ -114,7 +114,8 @@ def apply_rules(
     if campaign is not None:
         dates = campaign_dates(frame, campaign.date)
         if campaign.contacts is not None:
-            why_held = held_back(frame["customer_id"].astype(str).to_numpy(), chosen, dates, rules, campaign.contacts)
+            why_held = held_back(frame["customer_id"].astype(str).to_numpy(), chosen, dates, rules, campaign.contacts,
+                                 reason_language)
     if rules.budget is not None:
         held = np.array([h is not None for h in why_held], dtype=bool)
         ranked_by = "incremental_value" if rules.budget.rank_by == UPLIFT else "expected_value"
