@@ -187,8 +187,9 @@ def backtest_job(
     *,
     model_params: dict | None = None,
     log_to_mlflow: bool = True,
+    lang: str | None = None,
 ) -> Backtest:
-    """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it.
+    """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it (plots in ``lang``).
 
     Nothing is written unless the whole backtest succeeds. A log with categories but too
     little history to learn replenishment gets ``replenishment_note`` instead of its block.
@@ -197,7 +198,8 @@ def backtest_job(
     json_path = Path(json_path)
     with tempfile.TemporaryDirectory() as tmp:
         backtest = run_backtest(
-            log.orders, cutoff, horizon_days, model_params=model_params, plot_dir=Path(tmp), source=log.source
+            log.orders, cutoff, horizon_days, model_params=model_params, plot_dir=Path(tmp), source=log.source,
+            lang=lang,
         )
         if has_categories(log):
             from training.replenish import ReplenishmentDataError, replenishment_backtest
