@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.contacts import validate_contacts
-from features.errors import InputError
+from features.common.errors import InputError
 from features.pipeline import build_features
 from score_rows import score_row, scores_frame
 from serving.cli import app
