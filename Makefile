@@ -9,16 +9,24 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: quickstart test test-fast sync clean
+.PHONY: quickstart test test-fast sync clean fonts
 
-quickstart: $(STAMP)
+quickstart: $(STAMP) fonts
 	$(VENV)/bin/repurchase quickstart
 
-test: $(STAMP)
+test: $(STAMP) fonts
 	$(VENV)/bin/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) fonts
 	$(VENV)/bin/python -m pytest -m "not slow and not spark"
+
+# Chinese text (--lang zh) in the report's plots and pages needs a CJK font: installed with
+# apt when missing and we are root; otherwise one line says so (the zh font tests then skip).
+fonts:
+	@if fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk >/dev/null; \
+	else echo "note: no CJK font (apt-get install fonts-noto-cjk): Chinese plots will show boxes"; fi
 
 sync: $(STAMP)
 

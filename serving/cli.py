@@ -18,6 +18,7 @@ from rich.text import Text
 
 from features.common.errors import InputError
 from serving.tables import print_backtest
+from training.i18n import N_
 
 app = typer.Typer(
     name="repurchase",
@@ -61,6 +62,22 @@ TiersOption = typer.Option(
     help="Member tiers YAML (basis: spend|orders; tiers: [{name, min}, ...] lowest first, the first at min 0); "
     "default: silver 0, gold 100, diamond 300 on trailing 365-day spend.",
 )
+LangOption = typer.Option(
+    None,
+    "--lang",
+    help="Language of what a person reads (report, plots, printed tables, audience reasons): en or zh. "
+    "Default: $REPURCHASE_LANG, else en. Files keep English column names and values.",
+)
+
+
+def _language(lang: str | None):
+    """The ``training.i18n.Language`` of ``--lang`` / ``$REPURCHASE_LANG``; a language not offered is bad input."""
+    from training.i18n import language
+
+    try:
+        return language(lang)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _error_line(label: str, message: str) -> Text:
@@ -334,6 +351,7 @@ def train(
                                     help="With --uplift: an order on the days 1 to N after a contact counts."),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Train the composite model (BTYD + LightGBM) and log it to MLflow.
 
@@ -346,9 +364,9 @@ def train(
     (BG/NBD + Gamma-Gamma; the output says what more history would unlock LightGBM), and a
     BG/NBD fit that finds no drop-out yet is a labelled answer, not an error.
 
-    --uplift --contacts FILE: an X-learner on LightGBM learns, from contacts whose window
-    ended by the cutoff, each customer's uplift per action (features as of each contact's
-    date). It is first judged on the latest campaigns (about 30% of the contacts), having
+    --uplift --contacts FILE: learns, from contacts whose window ended by the cutoff, each
+    customer's uplift per action (features as of each contact's date): P(order | sent) on
+    LightGBM, and per action the share of would-be non-buyers a contact persuades. It is first judged on the latest campaigns (about 30% of the contacts), having
     learned only from the earlier ones: Qini coefficient and uplift at 10% and 30% for the
     uplift ranking, ranking by p_repurchase, and random. Then it learns from all of them and
     goes inside the registered model: scores gain uplift (the best action's) and
@@ -358,6 +376,7 @@ def train(
     from training.jobs import prepare_uplift, train_job
     from training.registry import configure_tracking
 
+    language = _language(lang)
     if uplift and contacts is None:
         raise InputError("--uplift needs --contacts FILE: the past campaigns' contacts, with their random holdouts")
     if contacts is not None and not uplift:
@@ -383,7 +402,8 @@ def train(
     configure_tracking()
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
         result = train_job(log, cut, horizon_days, register=register, uplift=uplift_data)
-    print_backtest(out, result.backtest.report, champion=result.champion_backtest.report if result.champion_backtest else None)
+    print_backtest(out, result.backtest.report, lang=language,
+                   champion=result.champion_backtest.report if result.champion_backtest else None)
     if result.uplift is not None:
         _print_uplift(result.uplift)
     _print_model(result.model)
@@ -456,6 +476,7 @@ def backtest(
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
     tiers: Optional[Path] = TiersOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Temporal backtest: fit on data up to the cutoff, compare with what happened next.
 
@@ -473,14 +494,15 @@ def backtest(
     from training.jobs import backtest_job
     from training.registry import configure_tracking
 
+    language = _language(lang)
     cut = parse_date(cutoff, "--cutoff")
     tier_set = _load_tiers(tiers)
     check_output_path(json_path)
     log = _load(orders, column_map, exclude_products)
     configure_tracking()
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
-        result = backtest_job(log, cut, horizon_days, json_path, tiers=tier_set)
-    print_backtest(out, result.report)
+        result = backtest_job(log, cut, horizon_days, json_path, tiers=tier_set, lang=language.code)
+    print_backtest(out, result.report, lang=language)
     _print_tiers(result.report.get("tiers"))
     out.print(f"wrote {json_path} and {len(result.plots)} plots beside it")
 
@@ -620,6 +642,7 @@ def target(
         None, "--previous", help="Scores Parquet of an earlier run: rules may use previous_lifecycle_stage and "
         "previous_rfm_segment, and --out gets transitions.json (who moved from which stage and segment to which)."
     ),
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Apply targeting rules to scores: audiences with actions, reasons and holdouts.
 
@@ -653,6 +676,8 @@ def target(
     from serving.migration import add_previous, check_order, read_previous, transitions, write_transitions
     from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
 
+    language = _language(lang)
+    _ = language.gettext
     check_output_path(out_dir, folder=True)
     day = parse_date(campaign_date, "--campaign-date") if campaign_date is not None else None
     rule_set = load_rules(rules)
@@ -664,7 +689,7 @@ def target(
         features = add_previous(features if features is not None else scores_frame[["customer_id"]], before)
     replenish_frame = read_parquet_input(replenishment, "--replenishment") if replenishment is not None else None
     targeted = apply_rules(scores_frame, rule_set, features=features, replenishment=replenish_frame,
-                           campaign=Campaign(date=day, contacts=past))
+                           campaign=Campaign(date=day, contacts=past), lang=language.code)
     summary = write_audiences(targeted, out_dir)
     if before is not None:
         moves = transitions(add_previous(scores_frame, before), before)
@@ -676,11 +701,18 @@ def target(
     extra = _extra_buyers(targeted)
     for row in summary.itertuples(index=False):
         treatment, holdout, held = counts.get(row.action, (0, 0, 0))
-        held_text = f", {held:,} held back" if past is not None else ""
-        extra_text = f", {extra[row.action]:+,.0f} buyers from the uplift of those sent" if row.action in extra else ""
-        out.print(f"{row.action}: {row.customers:,} customers ({row.share_of_scored:.1%}; {treatment:,} to send, "
-                  f"{holdout:,} holdout{held_text}), expected revenue {row.expected_revenue_sum:,.0f}{extra_text}")
-    out.print(f"wrote {len(summary)} audiences, summary.csv and send/ (treatment only) to {out_dir}")
+        held_text = _(", {held} held back").format(held=language.count(held)) if past is not None else ""
+        extra_text = (_(", {buyers} buyers from the uplift of those sent").format(
+            buyers=("+" if extra[row.action] >= 0 else "") + language.count(extra[row.action]))
+            if row.action in extra else "")
+        out.print(_("{action}: {customers} customers ({share}; {treatment} to send, {holdout} holdout{held}), expected "
+                    "revenue {revenue}{extra}").format(
+            action=language.name_or_label("action", row.action),
+            customers=language.count(row.customers), share=language.percent(row.share_of_scored),
+            treatment=language.count(treatment), holdout=language.count(holdout), held=held_text,
+            revenue=language.count(row.expected_revenue_sum), extra=extra_text))
+    out.print(_("wrote {n} audiences, summary.csv and send/ (treatment only) to {folder}").format(
+        n=len(summary), folder=out_dir))
 
 
 def _extra_buyers(targeted) -> dict[str, float]:
@@ -794,6 +826,7 @@ def measure(
         None, "--rules", help="Rules YAML whose actions the contacts may name (default: the shipped rules)."
     ),
     column_map: Optional[str] = MapOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Did it work? Compare each action's treatment group with its holdout after the contact.
 
@@ -815,6 +848,7 @@ def measure(
     from training.measure import check_contact_windows, log_measurement, measure_campaigns
     from training.registry import configure_tracking
 
+    language = _language(lang)
     if not 0 < holdout_share < 1:
         raise InputError(f"--holdout-share: {holdout_share} is not a share between 0 and 1 (e.g. 0.1)")
     if json_path.suffix.lower() == ".html":
@@ -830,46 +864,55 @@ def measure(
     with err.status(f"measuring {len(past):,} contacts over {window_days}-day windows ..."):
         result = measure_campaigns(past, log.orders, window_days=window_days, contact_cost=contact_cost,
                                    holdout_share=holdout_share)
-    _write_measurement(result, json_path, report_path)
+    _write_measurement(result, json_path, report_path, language.code)
     configure_tracking()
     run_id = log_measurement(result, json_path, report_path, orders_source=log.source, contacts_source=str(contacts))
-    _print_measurement(result)
+    _print_measurement(result, language)
     if result["contacts_without_any_order"]:
         err.print(f"note: {result['contacts_without_any_order']:,} contacted customers have no order at all in "
                   f"{log.source}; they count as non-buyers")
     out.print(f"wrote {json_path} and {report_path}; MLflow run {run_id}")
 
 
-def _write_measurement(result: dict, json_path: Path, report_path: Path) -> None:
+def _write_measurement(result: dict, json_path: Path, report_path: Path, lang: str) -> None:
     """The JSON and its page, both complete before either replaces an earlier one."""
     import json
 
     from features.common.outputs import atomic_paths
     from serving.report import build_measurement_html
 
-    page = build_measurement_html(result)
+    page = build_measurement_html(result, lang=lang)
     with atomic_paths([json_path, report_path]) as (json_tmp, page_tmp):
         json_tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         page_tmp.write_text(page, encoding="utf-8")
 
 
-def _print_measurement(result: dict) -> None:
+VERDICTS = {"significant": N_("significant"), "not_significant": N_("not significant"), "too_small": N_("too small")}
+
+
+def _print_measurement(result: dict, lang) -> None:
     from rich.table import Table
 
-    def pct(value, signed=False):
-        return "-" if value is None else (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%")
+    _ = lang.gettext
 
-    table = Table(title=f"did it work? {result['window_days']}-day window, treatment against holdout")
-    for column in ("action", "treatment", "holdout", "diff (pts)", "95% interval", "p", "verdict"):
-        table.add_column(column, justify="left" if column in ("action", "verdict") else "right")
+    def pct(value, signed=False):
+        if value is None:
+            return "-"
+        return lang.signed(100 * value, 1) if signed else lang.percent(value)
+
+    table = Table(title=_("did it work? {days}-day window, treatment against holdout").format(days=result["window_days"]))
+    for column in (N_("action"), N_("treatment"), N_("holdout"), N_("diff (pts)"), N_("95% interval"), "p",
+                   N_("verdict")):
+        table.add_column(_(column), justify="left" if column in ("action", "verdict") else "right")
     for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
         interval = block["rate_diff_ci95"]
         table.add_row(
-            name, f"{block['treatment']['customers']:,} {pct(block['treatment']['rate'])}",
-            f"{block['holdout']['customers']:,} {pct(block['holdout']['rate'])}", pct(block["rate_diff"], True),
-            "-" if interval is None else f"{pct(interval[0], True)} to {pct(interval[1], True)}",
+            _("overall") if name == "overall" else lang.name_or_label("action", name),
+            f"{lang.count(block['treatment']['customers'])} {pct(block['treatment']['rate'])}",
+            f"{lang.count(block['holdout']['customers'])} {pct(block['holdout']['rate'])}", pct(block["rate_diff"], True),
+            "-" if interval is None else _("{low} to {high}").format(low=pct(interval[0], True), high=pct(interval[1], True)),
             "-" if block["p_value"] is None else f"{block['p_value']:.2g}",
-            block["verdict"].replace("_", " "),
+            _(VERDICTS.get(block["verdict"], block["verdict"].replace("_", " "))),
         )
     out.print(table)
     for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
@@ -888,6 +931,7 @@ def replenish(
                                      help="p_within_horizon is P(a purchase within this many days)."),
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Predict when each customer is due to rebuy each category they buy.
 
@@ -905,6 +949,7 @@ def replenish(
     from training.jobs import replenish_job
     from training.registry import configure_tracking
 
+    language = _language(lang)
     day = parse_date(as_of, "--as-of")
     check_output_path(out_path)
     log = _load(orders, column_map, exclude_products)
@@ -914,24 +959,28 @@ def replenish(
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
     if result.n_future_lines_ignored:
         err.print(f"warning: ignored {result.n_future_lines_ignored:,} order lines after --as-of {day.date()}")
-    _print_replenishment(result.frame)
+    _print_replenishment(result.frame, language)
     out.print(f"wrote {out_path} ({len(result.frame):,} customer-category pairs)")
 
 
-def _print_replenishment(frame) -> None:
+def _print_replenishment(frame, lang) -> None:
     from rich.table import Table
 
     from training.segments import REMINDER
 
+    _ = lang.gettext
     due = frame["next_purchase_days_p50"] <= REMINDER.within_days
     likely = frame["p_within_horizon"] >= REMINDER.min_p_within_horizon
-    table = Table(title=f"replenishment as of {frame['as_of'].iloc[0].date() if len(frame) else '-'}")
-    for column in ("category", "pairs", "own rhythm", "likely within horizon", f"due in {REMINDER.within_days} days & likely"):
-        table.add_column(column, justify="left" if column == "category" else "right")
+    table = Table(title=_("replenishment as of {as_of}").format(
+        as_of=lang.date(frame["as_of"].iloc[0].date()) if len(frame) else "-"))
+    for column in (N_("category"), N_("pairs"), N_("own rhythm"), N_("likely within horizon")):
+        table.add_column(_(column), justify="left" if column == "category" else "right")
+    table.add_column(_("due in {days} days & likely").format(days=REMINDER.within_days), justify="right")
     grouped = frame.assign(own=frame["basis"] == "own", likely=likely, due=due & likely).groupby("category")
     summary = grouped.agg(pairs=("customer_id", "size"), own=("own", "mean"), likely=("likely", "sum"), due=("due", "sum"))
     for category, row in summary.sort_values("pairs", ascending=False).head(15).iterrows():
-        table.add_row(str(category), f"{int(row.pairs):,}", f"{row.own:.0%}", f"{int(row.likely):,}", f"{int(row.due):,}")
+        table.add_row(str(category), lang.count(row.pairs), lang.percent(row.own, 0), lang.count(row.likely),
+                      lang.count(row.due))
     out.print(table)
 
 
@@ -981,6 +1030,7 @@ def quickstart(
         None, "--previous", help="Scores Parquet of an earlier run: movement since then in the rules, "
         "transitions.json and the report."
     ),
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Run the whole job on the built-in CDNOW log (or --orders) and write the results to --out.
 
@@ -994,9 +1044,10 @@ def quickstart(
     from serving.quickstart import run_quickstart
     from training.registry import tracking_uri
 
+    language = _language(lang)
     run_quickstart(out_dir, console=out, tracking_uri=tracking_uri(), source=orders, column_map=column_map,
                    exclude_products=exclude_products, tiers_path=tiers, economics_path=economics_file,
-                   previous_path=previous)
+                   previous_path=previous, lang=language.code)
 
 
 def _quiet_libraries() -> None:

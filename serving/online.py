@@ -201,6 +201,7 @@ class ScoreRequest(BaseModel):
     customers: Annotated[list[CustomerIn], Field(min_length=1)] | None = None
     as_of: Annotated[str, StringConstraints(strict=True, max_length=64)] | None = None
     explain: Annotated[bool, Field(strict=True)] = False
+    lang: Annotated[str, StringConstraints(strict=True, max_length=16)] | None = None
     _error: RequestError | None = PrivateAttr(default=None)
 
     @field_validator("customer_ids", "customers", mode="before")
@@ -208,6 +209,16 @@ class ScoreRequest(BaseModel):
     def _not_too_many(cls, value: Any) -> Any:
         if isinstance(value, list) and len(value) > MAX_CUSTOMERS:
             raise PydanticCustomError(_TOO_BIG, "{n} customers; at most {limit} per request", {"n": len(value), "limit": MAX_CUSTOMERS})
+        return value
+
+    @field_validator("lang")
+    @classmethod
+    def _check_lang(cls, value: str | None) -> str | None:
+        from training.i18n import LANGUAGES
+
+        if value is not None and value not in LANGUAGES:
+            raise PydanticCustomError("lang", "{lang} is not a language offered here; choose one of {languages}",
+                                      {"lang": repr(value), "languages": ", ".join(LANGUAGES)})
         return value
 
     @field_validator("as_of")
@@ -410,7 +421,8 @@ def score_histories(
 
 
 def apply_targeting(
-    model, scores: pd.DataFrame, features: pd.DataFrame | None, rules=None, *, customer_ids: list[str] | None = None
+    model, scores: pd.DataFrame, features: pd.DataFrame | None, rules=None, *, customer_ids: list[str] | None = None,
+    lang: str | None = None,
 ) -> pd.DataFrame:
     """Score rows plus ``action``, ``reason``, ``rule`` and ``group`` from the rules (default rules when none).
 
@@ -420,7 +432,8 @@ def apply_targeting(
     ``group`` is the holdout draw of each customer with an action (``treatment`` or
     ``holdout``), with the row's ``as_of`` as the campaign date, exactly as ``repurchase
     target`` draws it. ``customer_ids`` are the ids to draw with when the rows carry stand-in
-    ids (history batches score under unique keys).
+    ids (history batches score under unique keys). ``lang`` is the language of the reasons
+    (``en``, ``zh``; default ``$REPURCHASE_LANG``, else English); every other value stays English.
     """
     from features.contacts import assign_groups
     from serving.targeting import Campaign, apply_rules, load_rules
@@ -428,7 +441,7 @@ def apply_targeting(
     rules = rules if rules is not None else load_rules(None)
     reference = getattr(getattr(model, "spec_", None), "clv_reference", None)
     kwargs = {"clv_reference": reference} if reference is not None else {}
-    targeted = apply_rules(scores, rules, features=features, campaign=Campaign(), **kwargs)
+    targeted = apply_rules(scores, rules, features=features, campaign=Campaign(), lang=lang, **kwargs)
     if customer_ids is not None:
         groups = assign_groups(customer_ids, targeted["action"].to_numpy(dtype=object),
                                targeted["campaign_date"].fillna(pd.Timestamp(0)), targeted["holdout_share"])

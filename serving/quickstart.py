@@ -37,6 +37,7 @@ from features.common.outputs import claim_folder
 from features.orders import load_order_log
 from serving.migration import write_transitions
 from serving.tables import number, print_backtest
+from training.i18n import N_, Language
 
 QUICKSTART_SOURCE = "cdnow"
 BACKTEST_CUTOFF = pd.Timestamp("1997-09-30")
@@ -54,6 +55,7 @@ def run_quickstart(
     tiers_path: Path | None = None,
     economics_path: Path | None = None,
     previous_path: Path | None = None,
+    lang: str | None = None,
 ) -> dict:
     """Run every stage on ``source`` (CDNOW by default), writing scores.parquet, backtest.json, report.html,
     audiences/ (and replenishment.parquet when the log has categories) to ``out_dir``.
@@ -63,7 +65,8 @@ def run_quickstart(
     (``--economics``) gives CAC per channel for LTV:CAC and payback in economics.json;
     ``previous_path`` (``--previous``, an earlier run's scores) gives the rules
     ``previous_lifecycle_stage`` and ``previous_rfm_segment``, transitions.json and the
-    report's movement section."""
+    report's movement section. ``lang`` (``en``, ``zh``; default ``$REPURCHASE_LANG``, else English) is the language of the report, its plots,
+    the tables printed and the audiences' reasons; files keep English column names and values."""
     from serving.batch import add_reason_codes, score_log
     from serving.migration import add_previous, check_order, read_previous, transitions
     from serving.report import model_notes, render_report
@@ -73,10 +76,12 @@ def run_quickstart(
     from training.btyd import BTYDDataError
     from training.economics import economics_report, load_economics, write_economics
     from training.jobs import backtest_job, has_categories, no_backtest_report, replenish_job, train_job
+    from training.i18n import language
     from training.registry import configure_tracking, load_scorer
     from training.segments import REMINDER
     from training.tiers import load_tiers
 
+    language_ = language(lang)
     began = time.perf_counter()
     tiers = load_tiers(tiers_path)
     economics_config = load_economics(economics_path)
@@ -98,19 +103,20 @@ def run_quickstart(
     with step(f"backtest at {cutoff.date()} over {HORIZON_DAYS} days"
               f"{' (customers, and categories for replenishment)' if categories else ''} ..."):
         try:
-            backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json", tiers=tiers)
+            backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json", tiers=tiers,
+                                    lang=language_.code)
         except BTYDDataError as exc:
             backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc)), frame=pd.DataFrame())
             write_report(backtest.report, out_dir / "backtest.json")
-    print_backtest(console, backtest.report)
+    print_backtest(console, backtest.report, lang=language_)
     if "replenishment" in backtest.report:
-        _print_replenishment_backtest(console, backtest.report["replenishment"])
+        _print_replenishment_backtest(console, backtest.report["replenishment"], language_)
 
     as_of = log.last_order_date
     with step(f"training on all orders up to {as_of.date()} and registering ..."):
         trained = train_job(log, as_of, HORIZON_DAYS, register=True)
     console.print(f"registered [bold]repurchase[/] version {trained.logged.version} as {trained.logged.alias}", markup=True)
-    for note in model_notes(trained.model):
+    for note in model_notes(trained.model, language_.code):
         console.print(note)
 
     with step("scoring every customer with the champion ..."):
@@ -144,7 +150,7 @@ def run_quickstart(
 
     with step("applying the default targeting rules ..."):
         targeted = apply_rules(scores, load_rules(None), features=features, replenishment=replenishment,
-                               clv_reference=champion.spec_.clv_reference, campaign=Campaign())
+                               clv_reference=champion.spec_.clv_reference, campaign=Campaign(), lang=language_.code)
         targeted = add_reason_codes(targeted, champion, features, rows=targeted["action"].notna().to_numpy())
         audiences = write_audiences(targeted, out_dir / "audiences", send_dir=out_dir / "send")
     with step("measuring repurchase economics ..."):
@@ -155,11 +161,12 @@ def run_quickstart(
                  "economics": economics_section(economics, written["cohorts"])}
         if moves is not None:
             extra["movement"] = movement_section(moves)
-        render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html",
-                      title=f"Repurchase report: {log.source} as of {as_of.date()}", model_notes=model_notes(champion),
-                      extra_sections=extra)
+        title = language_.gettext("Repurchase report: {source} as of {as_of}").format(
+            source=log.source, as_of=language_.date(as_of.date()))
+        render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html", title=title,
+                      model_notes=model_notes(champion, language_.code), lang=language_.code, extra_sections=extra)
 
-    _print_audiences(console, audiences, targeted)
+    _print_audiences(console, audiences, targeted, language_)
     _print_tiers_and_economics(console, scores, tiers.names, backtest.report.get("tiers"), economics)
     elapsed = time.perf_counter() - began
     console.print(
@@ -171,27 +178,31 @@ def run_quickstart(
     return {"summary": summary, "backtest": backtest.report, "audiences": audiences, "seconds": elapsed}
 
 
-def _print_replenishment_backtest(console: Console, block: dict) -> None:
-    table = Table(title=f"replenishment backtest: {block['n_pairs']:,} customer-category pairs, "
-                        f"{block['base_rate'] or 0:.1%} bought again within the horizon")
-    for column in ("next purchase", "model", "own last gap", "category median"):
-        table.add_column(column, justify="left" if column == "next purchase" else "right")
+def _print_replenishment_backtest(console: Console, block: dict, lang: Language) -> None:
+    _ = lang.gettext
+    table = Table(title=_("replenishment backtest: {pairs} customer-category pairs, {share} bought again within the "
+                          "horizon").format(pairs=lang.count(block["n_pairs"]), share=lang.percent(block["base_rate"] or 0)))
+    for column in (_("next purchase"), _("model"), _("own last gap"), _("category median")):
+        table.add_column(column, justify="left" if column == _("next purchase") else "right")
     blocks = [block["model"], block["own_last_gap"], block["category_median"]]
-    for metric, label in (("p50_mae_days", "p50 MAE (days)"), ("coverage_p10_p90", "p10-p90 coverage"), ("auc", "AUC")):
-        table.add_row(label, *[number(b.get(metric), 3) for b in blocks])
+    for metric, label in (("p50_mae_days", N_("p50 MAE (days)")), ("coverage_p10_p90", N_("p10-p90 coverage")),
+                          ("auc", N_("AUC"))):
+        table.add_row(_(label), *[number(b.get(metric), 3) for b in blocks])
     console.print(table)
 
 
-def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.DataFrame) -> None:
-    table = Table(title="audiences (default rules; send/ has the treatment group)")
-    for column in ("action", "customers", "treatment", "holdout", "share", "expected revenue", "CLV at stake",
-                   "mean p_repurchase"):
-        table.add_column(column, justify="left" if column == "action" else "right")
+def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.DataFrame, lang: Language) -> None:
+    _ = lang.gettext
+    table = Table(title=_("audiences (default rules; send/ has the treatment group)"))
+    for column in (_("action"), _("customers"), _("treatment"), _("holdout"), _("share"), _("expected revenue"),
+                   _("CLV at stake"), _("mean p_repurchase")):
+        table.add_column(column, justify="left" if column == _("action") else "right")
     groups = targeted.groupby(["action", "group"]).size()
     for row in audiences.itertuples(index=False):
-        table.add_row(row.action, f"{row.customers:,}", f"{int(groups.get((row.action, 'treatment'), 0)):,}",
-                      f"{int(groups.get((row.action, 'holdout'), 0)):,}", f"{row.share_of_scored:.1%}",
-                      f"{row.expected_revenue_sum:,.0f}", f"{row.clv_sum:,.0f}", f"{row.p_repurchase_mean:.3f}")
+        table.add_row(lang.name_or_label("action", row.action), lang.count(row.customers),
+                      lang.count(int(groups.get((row.action, "treatment"), 0))),
+                      lang.count(int(groups.get((row.action, "holdout"), 0))), lang.percent(row.share_of_scored),
+                      lang.count(row.expected_revenue_sum), lang.count(row.clv_sum), lang.decimal(row.p_repurchase_mean))
     console.print(table)
 
 

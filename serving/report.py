@@ -3,8 +3,12 @@
 Everything is inline: CSS in a ``<style>`` block, plots as base64 PNG data URIs, and one
 small inline script (allowed by hash in the page's Content-Security-Policy, which also
 forbids loading anything from anywhere) that records how many images decoded, so a
-headless browser can check the page. Text from data (segment names, rule reasons) is
-HTML-escaped, so a reason such as ``<script>`` shows as text and never runs.
+headless browser can check the page.
+
+The markup lives in Jinja2 templates (``serving/templates``: the page, one template per
+section, macros for tables and figures); this module turns scores and the backtest report
+into plain data for them. Autoescaping is on, so text from data (segment names, rule
+reasons) shows as text: a reason such as ``<script>`` never runs.
 
 Charts are drawn with matplotlib's object API (``Figure``): no pyplot, no global state.
 """
@@ -12,8 +16,8 @@ Charts are drawn with matplotlib's object API (``Figure``): no pyplot, no global
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-import html
 import io
 import math
 import re
@@ -21,57 +25,53 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.common.outputs import atomic_path
 from serving.report_economics import SECTION_TITLES as EXTRA_TITLES
+from training.i18n import N_, Language, language, use_language_fonts
 from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
+
 
 DASH = "–"
 SECTIONS = ("summary", "backtest", "segments", "lifecycle", "actions", "reasons")
 MEASURED = "did_it_work"  # the section added when a campaign measurement is given
 PLOT_ORDER = ("roc", "gain", "calibration", "revenue_deciles", "timing", "tracking", "importance")
 PLOT_CAPTIONS = {
-    "roc": ("Who reorders: ROC",
-            "Each curve shows how many of the customers who did reorder a score catches (up) for how many false "
-            "alarms (right). Higher and further left is better; the dotted diagonal is guessing."),
-    "gain": ("Gain",
-             "Share of next-period buyers reached (up) when contacting the top x% of customers by each score "
-             "(right). The further above the diagonal, the better the targeting; the thin line marks the top 10%."),
-    "calibration": ("Calibration",
-                    "Predicted probability against the share who actually reordered, in ten equal-size groups. "
-                    "Points on the dotted diagonal mean the probabilities can be taken at face value."),
-    "revenue_deciles": ("Revenue by predicted decile",
-                        "Customers split into ten groups by predicted revenue (1 = highest). Bars are the revenue that "
-                        "actually came in, dots the prediction: close pairs mean the revenue forecast holds group by group."),
-    "timing": ("Next-order timing",
-               "For customers who did reorder, sorted by predicted days to their next order: the shaded band is the "
-               "predicted p10-p90 range, the line the median, dots the actual day. Dots inside the band are good."),
-    "tracking": ("Tracking",
-                 "Cumulative repeat purchases week by week, actual against BG/NBD. Left of the dotted cutoff line "
-                 "is the fit; right of it is a forecast of days the model never saw."),
-    "importance": ("What drives the score",
-                   "The customer facts the model leans on most (share of total gain). It explains the model, "
-                   "not cause and effect."),
+    "roc": (N_("Who reorders: ROC"),
+            N_("Each curve shows how many of the customers who did reorder a score catches (up) for how many false "
+               "alarms (right). Higher and further left is better; the dotted diagonal is guessing.")),
+    "gain": (N_("Gain"),
+             N_("Share of next-period buyers reached (up) when contacting the top x% of customers by each score "
+                "(right). The further above the diagonal, the better the targeting; the thin line marks the top 10%.")),
+    "calibration": (N_("Calibration"),
+                    N_("Predicted probability against the share who actually reordered, in ten equal-size groups. "
+                       "Points on the dotted diagonal mean the probabilities can be taken at face value.")),
+    "revenue_deciles": (N_("Revenue by predicted decile"),
+                        N_("Customers split into ten groups by predicted revenue (1 = highest). Bars are the revenue that "
+                           "actually came in, dots the prediction: close pairs mean the revenue forecast holds group by group.")),
+    "timing": (N_("Next-order timing"),
+               N_("For customers who did reorder, sorted by predicted days to their next order: the shaded band is the "
+                  "predicted p10-p90 range, the line the median, dots the actual day. Dots inside the band are good.")),
+    "tracking": (N_("Tracking"),
+                 N_("Cumulative repeat purchases week by week, actual against BG/NBD. Left of the dotted cutoff line "
+                    "is the fit; right of it is a forecast of days the model never saw.")),
+    "importance": (N_("What drives the score"),
+                   N_("The customer facts the model leans on most (share of total gain). It explains the model, "
+                      "not cause and effect.")),
 }
 GROUP_NOTES = {
-    "RFM segment": (f"Segments follow from each row's RFM scores: {rfm_scales()}; M (spend against the training "
-                    "population) is in the scores but does not move the segment."),
-    "lifecycle stage": ("Stages follow each customer's own rhythm (usual gap = mean days between their purchase "
-                        "days) and the model's answers; p_alive is the chance the customer has not dropped out."),
+    "rfm_segment": N_("Segments follow from each row's RFM scores: {scales}; M (spend against the training "
+                      "population) is in the scores but does not move the segment."),
+    "lifecycle_stage": N_("Stages follow each customer's own rhythm (usual gap = mean days between their purchase "
+                          "days) and the model's answers; p_alive is the chance the customer has not dropped out."),
 }
 BAR_COLOR = "#1f77b4"
 EXAMPLES_PER_ACTION = 5
 TOP_REASONS = 5
-
-
-class _Html(str):
-    """Markup built here: inserted as is, while every other value is escaped."""
-
-
-def _esc(value) -> str:
-    return value if isinstance(value, _Html) else html.escape(str(value), quote=True)
 
 
 def _number(value) -> float | None:
@@ -85,34 +85,6 @@ def _number(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def fmt_count(value) -> str:
-    """Whole number with thousands separators: ``23,570``."""
-    number = _number(value)
-    return DASH if number is None else f"{number:,.0f}"
-
-
-def fmt_metric(value, decimals: int = 3) -> str:
-    """A score such as AUC with three decimals: ``0.775``."""
-    number = _number(value)
-    return DASH if number is None else f"{number:,.{decimals}f}"
-
-
-def fmt_pct(value, decimals: int = 1) -> str:
-    """A share as a percentage: ``0.341`` -> ``34.1%``."""
-    number = _number(value)
-    return DASH if number is None else f"{100 * number:,.{decimals}f}%"
-
-
-def fmt_signed_pct(value, decimals: int = 1) -> str:
-    number = _number(value)
-    return DASH if number is None else f"{100 * number:+,.{decimals}f}%"
-
-
-def fmt_days(value, decimals: int = 1) -> str:
-    number = _number(value)
-    return DASH if number is None else f"{number:,.{decimals}f}"
-
-
 def _get(block, *keys):
     for key in keys:
         if not isinstance(block, dict):
@@ -121,44 +93,46 @@ def _get(block, *keys):
     return block
 
 
-def _label(name) -> str:
-    """``potential_loyalist`` -> ``potential loyalist``."""
-    return str(name).replace("_", " ")
+def _fmt(lang: Language, kind: str, value) -> str:
+    """``value`` formatted as a ``count``, ``metric`` (3 decimals), ``days`` (1 decimal) or ``percent``."""
+    if kind == "count":
+        return lang.count(value)
+    if kind == "percent":
+        return lang.percent(value)
+    return lang.decimal(value, 1 if kind == "days" else 3)
+
+
+def _points(lang: Language, value, decimals: int = 1) -> str:
+    """A difference of rates in percentage points: ``0.034`` -> ``+3.4 pts``."""
+    number = _number(value)
+    return DASH if number is None else lang.gettext("{value} pts").format(value=lang.signed(100 * number, decimals))
 
 
 # --- building blocks -------------------------------------------------------------------------
 
 
-def _table(headers, rows, *, text_columns=(0,), footer=None, css_class: str = "") -> str:
-    """An HTML table; columns other than ``text_columns`` are right-aligned numbers."""
-
-    def cells(row, tag):
-        return "".join(
-            f'<{tag}{"" if i in text_columns else " class=num"}>{_esc(value)}</{tag}>' for i, value in enumerate(row)
-        )
-
-    head = f"<thead><tr>{cells(headers, 'th')}</tr></thead>"
-    body = "".join(
-        f'<tr class="group"><th colspan="{len(headers)}">{_esc(row.title)}</th></tr>'
-        if isinstance(row, _Group) else f"<tr>{cells(row, 'td')}</tr>"
-        for row in rows
-    )
-    foot = f"<tfoot><tr>{cells(footer, 'td')}</tr></tfoot>" if footer is not None else ""
-    return f'<table class="{css_class}">{head}<tbody>{body}</tbody>{foot}</table>'
+def _table(headers, rows, *, text_columns=(0,), footer=None, css_class: str = "") -> dict:
+    """A table for the ``table`` macro; columns other than ``text_columns`` are right-aligned numbers."""
+    return {"headers": list(headers), "rows": list(rows), "text_columns": tuple(text_columns), "footer": footer,
+            "css_class": css_class}
 
 
-class _Group:
+def _group(title: str) -> dict:
     """A sub-heading row inside a table."""
+    return {"group": title}
 
-    def __init__(self, title: str):
-        self.title = title
+
+def _best_cell(value: str) -> dict:
+    """A cell shown in bold: the best value of its row."""
+    return {"best": value}
 
 
 def _png_data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _figure_png(fig: Figure) -> bytes:
+def _figure_png(fig: Figure, lang: Language) -> bytes:
+    use_language_fonts(fig, lang)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -172,19 +146,18 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _figure_html(data_uri: str, title: str, caption: str, *, wide: bool = False, size: tuple[int, int] | None = None) -> str:
-    """A figure; with ``size``, it grows in a row in proportion to its aspect ratio, so plots in a row share a height."""
-    style = img_style = ""
+def _figure(data: bytes, title: str, caption: str, *, wide: bool = False, sized: bool = False) -> dict:
+    """A figure for the ``figure`` macro.
+
+    With ``sized``, it grows in a row in proportion to its aspect ratio, so plots in a row share a height.
+    """
+    size = _png_size(data) if sized else None
+    layout = None
     if size and size[1] > 0:
         aspect = size[0] / size[1]
         # never wider than the PNG itself (no blurry upscaling), but wide enough for the caption
-        style = f' style="flex: {aspect:.3f} 1 {300 * aspect:.0f}px; max-width: {max(size[0], 360)}px"'
-        img_style = f' style="max-width: {size[0]}px"'
-    return (
-        f'<figure class="{"wide" if wide else ""}"{style}>'
-        f'<img src="{_esc(data_uri)}" alt="{_esc(title)}"{img_style}>'
-        f"<figcaption><b>{_esc(title)}.</b> {_esc(caption)}</figcaption></figure>"
-    )
+        layout = {"flex": f"{aspect:.3f} 1 {300 * aspect:.0f}px", "max_width": max(size[0], 360), "width": size[0]}
+    return {"src": _png_data_uri(data), "title": title, "caption": caption, "wide": wide, "size": layout}
 
 
 def _compact(value, _position=None) -> str:
@@ -195,16 +168,16 @@ def _compact(value, _position=None) -> str:
     return f"{value:.3g}"
 
 
-def _bar_chart(labels, panels: dict[str, np.ndarray], title: str) -> bytes:
-    """Horizontal bars, one panel per measure, the first label on top."""
-    labels = [_label(v) for v in labels]
+def _bar_chart(labels, panels: dict[str, np.ndarray], title: str, lang: Language) -> bytes:
+    """Horizontal bars, one panel per measure, the first label on top (``labels`` as a person reads them)."""
+    labels = list(labels)
     fig = Figure(figsize=(10, 1.0 + 0.38 * max(len(labels), 1)))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     y = np.arange(len(labels))
     for ax, (name, values) in zip(axes, panels.items()):
         values = np.nan_to_num(np.asarray(values, dtype=float))
         bars = ax.barh(y, values, color=BAR_COLOR, alpha=0.85)
-        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[lang.count(v) for v in values], fontsize=7, padding=2)
         ax.set_title(name, fontsize=9)
         ax.margins(x=0.3)
         ax.tick_params(axis="x", labelsize=7)
@@ -215,7 +188,7 @@ def _bar_chart(labels, panels: dict[str, np.ndarray], title: str) -> bytes:
     axes[0].set_yticks(y, labels, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(title, fontsize=10)
-    return _figure_png(fig)
+    return _figure_png(fig, lang)
 
 
 # --- summaries of the score frame --------------------------------------------------------------
@@ -257,49 +230,67 @@ def group_summary(scores: pd.DataFrame, column: str, order=(), *, keep_empty: bo
     return out
 
 
-def _group_section_body(summary: pd.DataFrame, scores: pd.DataFrame, what: str, horizon: str,
-                        descriptions: dict | None = None) -> str:
+# (column, the column as a person reads it, the group chart's title)
+GROUPINGS = {
+    "rfm_segment": (N_("RFM segment"), N_("Customers and value by RFM segment"), N_("By RFM segment")),
+    "lifecycle_stage": (N_("lifecycle stage"), N_("Customers and value by lifecycle stage"), N_("By lifecycle stage")),
+}
+
+
+def _group_section(summary: pd.DataFrame, scores: pd.DataFrame, column: str, horizon: str, lang: Language,
+                   descriptions: dict | None = None) -> dict:
+    """Data of a section grouping customers by ``column`` (``group.html.j2``)."""
+    _ = lang.gettext
+    what, chart_title, figure_title = (_(text) for text in GROUPINGS[column])
     if summary.empty:
-        return f"<p>No customers to group by {_esc(what)}.</p>"
-    headers = [what, "customers", "share", "mean p_repurchase", "mean p_alive", f"expected revenue ({horizon})",
-               "total CLV"]
+        return {"what": what, "empty": True}
+    revenue = _("expected revenue ({horizon})").format(horizon=horizon)
+    headers = [what, _("customers"), _("share"), _("mean p_repurchase"), _("mean p_alive"), revenue, _("total CLV")]
     if descriptions:
-        headers.insert(1, "meaning")
+        headers.insert(1, _("meaning"))
     rows = []
     for key, row in summary.iterrows():
-        cells = [_label(key), fmt_count(row.customers), fmt_pct(row.share), fmt_metric(row.mean_p_repurchase),
-                 fmt_metric(row.mean_p_alive), fmt_count(row.expected_revenue), fmt_count(row.clv)]
+        cells = [lang.label(column, key), lang.count(row.customers), lang.percent(row.share),
+                 lang.decimal(row.mean_p_repurchase), lang.decimal(row.mean_p_alive), lang.count(row.expected_revenue),
+                 lang.count(row.clv)]
         if descriptions:
             cells.insert(1, descriptions.get(key, ""))
         rows.append(cells)
-    footer = ["all customers", fmt_count(len(scores)), fmt_pct(1.0 if len(scores) else None),
-              fmt_metric(_score_column(scores, "p_repurchase").mean()), fmt_metric(_score_column(scores, "p_alive").mean()),
-              fmt_count(_score_column(scores, "expected_revenue").sum()), fmt_count(_score_column(scores, "clv").sum())]
+    footer = [_("all customers"), lang.count(len(scores)), lang.percent(1.0 if len(scores) else None),
+              lang.decimal(_score_column(scores, "p_repurchase").mean()),
+              lang.decimal(_score_column(scores, "p_alive").mean()),
+              lang.count(_score_column(scores, "expected_revenue").sum()), lang.count(_score_column(scores, "clv").sum())]
     if descriptions:
         footer.insert(1, "")
-    table = _table(headers, rows, text_columns=(0, 1) if descriptions else (0,), footer=footer)
     chart = _bar_chart(
-        summary.index,
-        {"customers": summary["customers"].to_numpy(), f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
-         "total CLV": summary["clv"].to_numpy()},
-        f"Customers and value by {what}",
+        [lang.label(column, key) for key in summary.index],
+        {_("customers"): summary["customers"].to_numpy(), revenue: summary["expected_revenue"].to_numpy(),
+         _("total CLV"): summary["clv"].to_numpy()},
+        chart_title, lang,
     )
-    note = f"<p class=note>{_esc(GROUP_NOTES[what])}</p>" if what in GROUP_NOTES else ""
-    return note + table + _figure_html(_png_data_uri(chart), f"By {what}",
-                                "Bar length is the number of customers, expected revenue and CLV of each group.", wide=True)
+    return {
+        "what": what,
+        "empty": False,
+        "note": _(GROUP_NOTES[column]).format(scales=rfm_scales(lang.gettext)) if column in GROUP_NOTES else None,
+        "table": _table(headers, rows, text_columns=(0, 1) if descriptions else (0,), footer=footer),
+        "figure": _figure(chart, figure_title,
+                          _("Bar length is the number of customers, expected revenue and CLV of each group."), wide=True),
+    }
 
 
 # --- sections ------------------------------------------------------------------------------------
 
 
-def _as_of(scores: pd.DataFrame) -> str:
+def _as_of(scores: pd.DataFrame, lang: Language) -> str:
     if "as_of" not in scores or scores["as_of"].dropna().empty:
         return DASH
     values = pd.to_datetime(scores["as_of"].dropna(), errors="coerce").dropna()
     if values.empty:
         return str(scores["as_of"].dropna().iloc[0])
     first, last = values.min().date(), values.max().date()
-    return str(first) if first == last else f"{first} to {last}"
+    if first == last:
+        return lang.date(first)
+    return lang.gettext("{first} to {last}").format(first=lang.date(first), last=lang.date(last))
 
 
 def _horizon_days(scores: pd.DataFrame, report: dict):
@@ -320,89 +311,113 @@ def _audience(targeted: pd.DataFrame | None) -> pd.DataFrame | None:
     return targeted.loc[action.notna() & (action != "")].assign(action=action)
 
 
-def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame | None,
-                     model_notes: tuple[str, ...] = ()) -> str:
+def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame | None, lang: Language,
+                     model_notes: tuple[str, ...] = ()) -> dict:
+    """Key figures as cards, notes on the model, and the findings in sentences (``summary.html.j2``)."""
+    _ = lang.gettext
     n = len(scores)
     horizon = _horizon_days(scores, report)
-    horizon_text = f"{fmt_count(horizon)} days" if horizon is not None else "the horizon"
+    horizon_text = _("{days} days").format(days=lang.count(horizon)) if horizon is not None else _("the horizon")
     repurchasers = _score_column(scores, "p_repurchase").sum()
     orders = _score_column(scores, "expected_orders").sum()
     revenue = _score_column(scores, "expected_revenue").sum()
+    as_of = _as_of(scores, lang)
     cards = [
-        ("customers scored", fmt_count(n)),
-        ("as of", _as_of(scores)),
-        ("horizon", horizon_text),
-        ("expected repurchasers", fmt_count(repurchasers)),
-        ("expected orders", fmt_count(orders)),
-        ("expected revenue", fmt_count(revenue)),
+        (_("customers scored"), lang.count(n)),
+        (_("as of"), as_of),
+        (_("horizon"), horizon_text),
+        (_("expected repurchasers"), lang.count(repurchasers)),
+        (_("expected orders"), lang.count(orders)),
+        (_("expected revenue"), lang.count(revenue)),
     ]
     if audience is not None:
-        cards.append(("customers targeted", fmt_count(audience["customer_id"].nunique() if "customer_id" in audience
-                                                       else len(audience))))
+        cards.append((_("customers targeted"), lang.count(audience["customer_id"].nunique() if "customer_id" in audience
+                                                         else len(audience))))
     sentences = [
-        f"As of {_as_of(scores)}, {fmt_count(n)} customers were scored for the next {horizon_text}. "
-        f"About {fmt_count(repurchasers)} of them ({fmt_pct(repurchasers / n if n else None)}) are expected to buy "
-        f"again, placing {fmt_count(orders)} orders worth {fmt_count(revenue)} in total."
+        _("As of {as_of}, {customers} customers were scored for the next {horizon}. About {repurchasers} of them "
+          "({share}) are expected to buy again, placing {orders} orders worth {revenue} in total.").format(
+            as_of=as_of, customers=lang.count(n), horizon=horizon_text, repurchasers=lang.count(repurchasers),
+            share=lang.percent(repurchasers / n if n else None), orders=lang.count(orders), revenue=lang.count(revenue))
     ]
     model, bgnbd = report.get("model"), report.get("bgnbd")
     if report.get("cutoff"):
-        split = (f"In the backtest (trained on orders up to {report['cutoff']} and checked against the following "
-                 f"{fmt_count(report.get('horizon_days'))} days for {fmt_count(report.get('n_customers'))} customers, "
-                 f"{fmt_pct(report.get('base_rate'))} of whom bought again)")
+        split = dict(cutoff=report["cutoff"], days=lang.count(report.get("horizon_days")),
+                     customers=lang.count(report.get("n_customers")), base_rate=lang.percent(report.get("base_rate")))
         m_auc, b_auc = _number(_get(model, "auc")), _number(_get(bgnbd, "auc"))
         if m_auc is not None and b_auc is not None:
-            verdict = "better than" if m_auc - b_auc > 0.005 else "worse than" if b_auc - m_auc > 0.005 else "about as well as"
-            sentences.append(
-                f"{split}, the model ranks customers {verdict} BG/NBD: AUC {fmt_metric(m_auc)} against "
-                f"{fmt_metric(b_auc)} ({m_auc - b_auc:+.3f}). Contacting the top 10% by the model reaches "
-                f"{fmt_pct(_get(model, 'capture_top10'))} of next-period buyers (lift {fmt_metric(_get(model, 'lift_top10'), 2)}×) "
-                f"against {fmt_pct(_get(bgnbd, 'capture_top10'))} (lift {fmt_metric(_get(bgnbd, 'lift_top10'), 2)}×) with BG/NBD."
-            )
+            if m_auc - b_auc > 0.005:
+                message = N_("In the backtest (trained on orders up to {cutoff} and checked against the following {days} "
+                             "days for {customers} customers, {base_rate} of whom bought again), the model ranks "
+                             "customers better than BG/NBD: AUC {model_auc} against {bgnbd_auc} ({difference}).")
+            elif b_auc - m_auc > 0.005:
+                message = N_("In the backtest (trained on orders up to {cutoff} and checked against the following {days} "
+                             "days for {customers} customers, {base_rate} of whom bought again), the model ranks "
+                             "customers worse than BG/NBD: AUC {model_auc} against {bgnbd_auc} ({difference}).")
+            else:
+                message = N_("In the backtest (trained on orders up to {cutoff} and checked against the following {days} "
+                             "days for {customers} customers, {base_rate} of whom bought again), the model ranks "
+                             "customers about as well as BG/NBD: AUC {model_auc} against {bgnbd_auc} ({difference}).")
+            top = _("Contacting the top 10% by the model reaches {model_capture} of next-period buyers (lift "
+                    "{model_lift}×) against {bgnbd_capture} (lift {bgnbd_lift}×) with BG/NBD.").format(
+                model_capture=lang.percent(_get(model, "capture_top10")),
+                model_lift=lang.decimal(_get(model, "lift_top10"), 2),
+                bgnbd_capture=lang.percent(_get(bgnbd, "capture_top10")),
+                bgnbd_lift=lang.decimal(_get(bgnbd, "lift_top10"), 2))
+            sentences.append(_("{comparison} {top}").format(
+                comparison=_(message).format(**split, model_auc=lang.decimal(m_auc), bgnbd_auc=lang.decimal(b_auc),
+                                             difference=lang.signed(m_auc - b_auc)),
+                top=top))
         elif b_auc is not None:
-            sentences.append(f"{split}, BG/NBD alone was evaluated: AUC {fmt_metric(b_auc)}, "
-                             f"lift at the top 10% {fmt_metric(_get(bgnbd, 'lift_top10'), 2)}×.")
-        for key in ("backtest_note", "model_note"):
-            if report.get(key):
-                sentences.append(f"{'Model column empty: ' if key == 'model_note' else ''}{report[key]}.")
+            sentences.append(_("In the backtest (trained on orders up to {cutoff} and checked against the following "
+                               "{days} days for {customers} customers, {base_rate} of whom bought again), BG/NBD alone "
+                               "was evaluated: AUC {auc}, lift at the top 10% {lift}×.").format(
+                **split, auc=lang.decimal(b_auc), lift=lang.decimal(_get(bgnbd, "lift_top10"), 2)))
+        if report.get("backtest_note"):
+            sentences.append(_("{note}.").format(note=report["backtest_note"]))
+        if report.get("model_note"):
+            sentences.append(_("Model column empty: {note}.").format(note=report["model_note"]))
         holdout = report.get("holdout_orders") or {}
         actual, predicted = _number(holdout.get("actual")), _number(holdout.get("model"))
         if actual and predicted is not None:
-            sentences.append(f"Over that period the model predicted {fmt_count(predicted)} orders; "
-                             f"{fmt_count(actual)} were placed ({fmt_signed_pct(predicted / actual - 1)}).")
+            sentences.append(_("Over that period the model predicted {predicted} orders; {actual} were placed "
+                               "({error}).").format(predicted=lang.count(predicted), actual=lang.count(actual),
+                                                    error=lang.signed_percent(predicted / actual - 1)))
     if audience is None:
-        sentences.append("No targeting rules were applied.")
+        sentences.append(_("No targeting rules were applied."))
     elif audience.empty:
-        sentences.append("Targeting rules were applied but selected no customers.")
+        sentences.append(_("Targeting rules were applied but selected no customers."))
     else:
         sizes = audience["action"].value_counts()
-        top = ", ".join(f"{_label(a)} {fmt_count(c)}" for a, c in sizes.head(3).items())
-        sentences.append(f"Targeting rules put {fmt_count(len(audience))} customers into {len(sizes)} "
-                         f"action{'s' if len(sizes) != 1 else ''} (largest: {top}).")
-    cards_html = "".join(f'<div class="card"><div class="value">{_esc(v)}</div><div class="label">{_esc(k)}</div></div>'
-                         for k, v in cards)
-    notes = "".join(f'<p class="model-note">{_esc(note)}</p>' for note in model_notes)
-    return f'<div class="cards">{cards_html}</div>' + notes + "".join(f"<p>{_esc(s)}</p>" for s in sentences)
+        top = _(", ").join(_("{action} {customers}").format(action=lang.label("action", a), customers=lang.count(c))
+                           for a, c in sizes.head(3).items())
+        sentences.append(lang.ngettext(
+            "Targeting rules put {customers} customers into {actions} action (largest: {top}).",
+            "Targeting rules put {customers} customers into {actions} actions (largest: {top}).", len(sizes),
+        ).format(customers=lang.count(len(audience)), actions=len(sizes), top=top))
+    return {"cards": [{"label": k, "value": v} for k, v in cards], "model_notes": list(model_notes),
+            "sentences": sentences}
 
 
-# (label, keys into a scorer's block, formatter, which way is better)
+# (label, keys into a scorer's block, format, which way is better)
 BACKTEST_ROWS = (
-    _Group("Who reorders (p_repurchase)"),
-    ("ROC AUC", ("auc",), fmt_metric, "higher"),
-    ("PR AUC", ("pr_auc",), fmt_metric, "higher"),
-    ("Brier score", ("brier",), fmt_metric, "lower"),
-    ("log loss", ("log_loss",), fmt_metric, "lower"),
-    ("calibration error (ECE)", ("ece",), fmt_metric, "lower"),
-    ("lift at top 10%", ("lift_top10",), fmt_metric, "higher"),
-    ("capture at top 10%", ("capture_top10",), fmt_pct, "higher"),
-    _Group("Revenue in the horizon"),
-    ("Gini (normalized)", ("revenue", "gini"), fmt_metric, "higher"),
-    ("Spearman", ("revenue", "spearman"), fmt_metric, "higher"),
-    ("decile MAPE", ("revenue", "decile_mape"), fmt_pct, "lower"),
-    _Group("Next-order timing"),
-    ("p50 MAE (days, reorderers)", ("timing", "p50_mae_days"), fmt_days, "lower"),
-    ("p10-p90 coverage (about 80% is right)", ("timing", "coverage_p10_p90"), fmt_pct, "closer to 80%"),
+    _group(N_("Who reorders (p_repurchase)")),
+    (N_("ROC AUC"), ("auc",), "metric", "higher"),
+    (N_("PR AUC"), ("pr_auc",), "metric", "higher"),
+    (N_("Brier score"), ("brier",), "metric", "lower"),
+    (N_("log loss"), ("log_loss",), "metric", "lower"),
+    (N_("calibration error (ECE)"), ("ece",), "metric", "lower"),
+    (N_("lift at top 10%"), ("lift_top10",), "metric", "higher"),
+    (N_("capture at top 10%"), ("capture_top10",), "percent", "higher"),
+    _group(N_("Revenue in the horizon")),
+    (N_("Gini (normalized)"), ("revenue", "gini"), "metric", "higher"),
+    (N_("Spearman"), ("revenue", "spearman"), "metric", "higher"),
+    (N_("decile MAPE"), ("revenue", "decile_mape"), "percent", "lower"),
+    _group(N_("Next-order timing")),
+    (N_("p50 MAE (days, reorderers)"), ("timing", "p50_mae_days"), "days", "lower"),
+    (N_("p10-p90 coverage (about 80% is right)"), ("timing", "coverage_p10_p90"), "percent", "closer to 80%"),
 )
-SCORERS = (("model", "model"), ("bgnbd", "BG/NBD"), ("recency_only", "recency only"))
+SCORERS = (("model", N_("model")), ("bgnbd", N_("BG/NBD")), ("recency_only", N_("recency only")))
+BETTER = {"higher": N_("higher"), "lower": N_("lower"), "closer to 80%": N_("closer to 80%")}
 
 
 def _best(values: list[float | None], better: str) -> int | None:
@@ -413,165 +428,164 @@ def _best(values: list[float | None], better: str) -> int | None:
     return min(present, key=key)[0]
 
 
-def _backtest_section(report: dict, plot_paths: dict[str, Path]) -> str:
-    parts = []
-    if report.get("cutoff"):
-        intro = (f"Trained on orders up to {report['cutoff']}; every scorer ranked the same "
-                 f"{fmt_count(report.get('n_customers'))} customers, and the truth is who ordered in the following "
-                 f"{fmt_count(report.get('horizon_days'))} days (base rate {fmt_pct(report.get('base_rate'))}). "
-                 "The best value of each row is in bold.")
-        parts.append(f"<p>{_esc(intro)}</p>")
+def _compare_rows(specs, blocks: dict, scorers, lang: Language) -> list:
+    """One row per metric, scorers side by side, the best in bold; sub-heading rows pass through."""
     rows = []
-    for spec in BACKTEST_ROWS:
-        if isinstance(spec, _Group):
-            rows.append(spec)
+    for spec in specs:
+        if isinstance(spec, dict):
+            rows.append(_group(lang.gettext(spec["group"])))
             continue
-        label, keys, formatter, better = spec
-        values = [_number(_get(report.get(key), *keys)) for key, _ in SCORERS]
+        label, keys, kind, better = spec
+        values = [_number(_get(blocks.get(key), *keys)) for key, _name in scorers]
         best = _best(values, better)
-        cells = [_Html(f"<b>{_esc(formatter(v))}</b>") if i == best else formatter(v) for i, v in enumerate(values)]
-        rows.append([label, *cells, better])
-    parts.append(_table(["metric", *(name for _, name in SCORERS), "better when"], rows, css_class="metrics"))
-    for key, lead in (("backtest_note", ""), ("model_note", "The model column is empty. ")):
-        if report.get(key):
-            parts.append(f'<p class="note">{_esc(lead + report[key])}.</p>')
+        cells = [_fmt(lang, kind, v) for v in values]
+        rows.append([lang.gettext(label), *(_best_cell(c) if i == best else c for i, c in enumerate(cells)),
+                     lang.gettext(BETTER[better])])
+    return rows
+
+
+def _backtest_section(report: dict, plot_paths: dict[str, Path], lang: Language) -> dict:
+    """Metrics against the baselines, holdout orders, fitted parameters and plots (``backtest.html.j2``)."""
+    _ = lang.gettext
+    body = {"intro": None, "notes": [], "calibration_by_origin": None, "bgnbd": None, "replenishment": None,
+            "figures": []}
+    if report.get("cutoff"):
+        body["intro"] = _("Trained on orders up to {cutoff}; every scorer ranked the same {customers} customers, and the "
+                          "truth is who ordered in the following {days} days (base rate {base_rate}). The best value "
+                          "of each row is in bold.").format(
+            cutoff=report["cutoff"], customers=lang.count(report.get("n_customers")),
+            days=lang.count(report.get("horizon_days")), base_rate=lang.percent(report.get("base_rate")))
+    body["metrics"] = _table([_("metric"), *(_(name) for _key, name in SCORERS), _("better when")],
+                             _compare_rows(BACKTEST_ROWS, report, SCORERS, lang), css_class="metrics")
+    if report.get("backtest_note"):
+        body["notes"].append(_("{note}.").format(note=report["backtest_note"]))
+    if report.get("model_note"):
+        body["notes"].append(_("The model column is empty. {note}.").format(note=report["model_note"]))
 
     holdout = report.get("holdout_orders") or {}
     actual = _number(holdout.get("actual"))
-    holdout_rows = [["actual", fmt_count(actual), DASH]]
+    holdout_rows = [[_("actual"), lang.count(actual), DASH]]
     for key, name in SCORERS[:2]:
         if key in holdout:
             predicted = _number(holdout.get(key))
             error = predicted / actual - 1 if predicted is not None and actual else None
-            holdout_rows.append([f"predicted: {name}", fmt_count(predicted), fmt_signed_pct(error)])
-    parts.append("<h3>Orders in the holdout period</h3>"
-                 + _table(["", "orders", "error vs actual"], holdout_rows, css_class="narrow"))
+            holdout_rows.append([_("predicted: {scorer}").format(scorer=_(name)), lang.count(predicted),
+                                 lang.signed_percent(error)])
+    body["holdout"] = _table(["", _("orders"), _("error vs actual")], holdout_rows, css_class="narrow")
 
     if report.get("calibration_by_origin"):
-        parts.append(_calibration_by_origin_table(report["calibration_by_origin"]))
+        body["calibration_by_origin"] = _calibration_by_origin_table(report["calibration_by_origin"], lang)
 
     bgnbd = report.get("bgnbd") or {}
     params = bgnbd.get("params") or {}
     if params:
         unit = bgnbd.get("time_unit")
-        rows = [[k, fmt_metric(params.get(k))] for k in ("r", "alpha", "a", "b")]
-        rows.append(["log-likelihood", fmt_metric(bgnbd.get("log_likelihood"), 1)])
+        rows = [[k, lang.decimal(params.get(k))] for k in ("r", "alpha", "a", "b")]
+        rows.append([_("log-likelihood"), lang.decimal(bgnbd.get("log_likelihood"), 1)])
         if bgnbd.get("fit_status"):
-            rows.append(["fit", bgnbd["fit_status"]])
+            rows.append([_("fit"), bgnbd["fit_status"]])
         for k, v in (bgnbd.get("gamma_gamma_params") or {}).items():
-            rows.append([f"Gamma-Gamma {k}", fmt_metric(v)])
+            rows.append([_("Gamma-Gamma {parameter}").format(parameter=k), lang.decimal(v)])
         if bgnbd.get("gamma_gamma_fit_status"):
-            rows.append(["Gamma-Gamma fit", bgnbd["gamma_gamma_fit_status"]])
+            rows.append([_("Gamma-Gamma fit"), bgnbd["gamma_gamma_fit_status"]])
         meaning = bgnbd.get("fit_meaning") if bgnbd.get("fit_status") not in (None, "interior") else None
-        parts.append(
-            "<h3>BG/NBD parameters</h3>"
-            + (f"<p class=note>{_esc(f'Time unit: {unit}. r and alpha shape how often customers buy, a and b how soon they drop out.')}</p>"
-               if unit else "")
-            + (f'<p class="note fit-status">{_esc(f"The BG/NBD fit: {meaning}.")}</p>' if meaning else "")
-            + _table(["parameter", "value"], rows, css_class="narrow")
-        )
+        body["bgnbd"] = {"time_unit": _(TIME_UNITS[unit]) if unit in TIME_UNITS else unit, "fit_meaning": meaning,
+                         "table": _table([_("parameter"), _("value")], rows, css_class="narrow")}
 
     replenishment = report.get("replenishment")
     if replenishment:
-        parts.append(_replenishment_table(replenishment))
+        body["replenishment"] = _replenishment_table(replenishment, lang)
 
     names = [n for n in PLOT_ORDER if n in plot_paths] + sorted(n for n in plot_paths if n not in PLOT_ORDER)
-    figures = []
     for name in names:
         path = Path(plot_paths[name])
-        title, caption = PLOT_CAPTIONS.get(name, (_label(name).capitalize(), ""))
+        title, caption = PLOT_CAPTIONS.get(name, (name.replace("_", " ").capitalize(), ""))
         if not path.is_file():
-            figures.append(f'<p class="note">{_esc(f"Plot {name!r} is missing ({path.name}).")}</p>')
+            body["figures"].append({"missing": _("Plot {name} is missing ({file}).").format(name=repr(name),
+                                                                                           file=path.name)})
             continue
-        data = path.read_bytes()
-        figures.append(_figure_html(_png_data_uri(data), title, caption, size=_png_size(data)))
-    if figures:
-        parts.append('<h3>Plots</h3><div class="figures">' + "".join(figures) + "</div>")
-    return "".join(parts)
+        body["figures"].append(_figure(path.read_bytes(), _(title) if title else title, _(caption) if caption else "",
+                                       sized=True))
+    return body
 
 
+TIME_UNITS = {"week": N_("week"), "day": N_("day")}
 ORIGIN_ROLES = {
-    "training": "training",
-    "season": "same season a year earlier: training and calibration",
-    "latest": "latest: early stopping and calibration",
-    "backtest": "backtest (the truth)",
+    "training": N_("training"),
+    "season": N_("same season a year earlier: training and calibration"),
+    "latest": N_("latest: early stopping and calibration"),
+    "backtest": N_("backtest (the truth)"),
 }
 
 
-def _calibration_by_origin_table(rows: list[dict]) -> str:
+def _calibration_by_origin_table(rows: list[dict], lang: Language) -> dict:
     """The model's level against each training origin's base rate, and on the backtest split."""
-    intro = ("How many customers bought again within the horizon at each training origin, against the calibrated "
-             "model's mean probability there, and on the backtest itself. An origin whose window held a peak (or a "
-             "quiet season) sits above (or below) the others. The calibrator learns from held-out customers of the "
-             "latest origin and, when the history reaches a year back, of the origin whose window is the horizon's "
-             "season a year earlier. The model was trained on the other origins, so its errors there flatter it.")
-    body = [[row.get("origin"), ORIGIN_ROLES.get(row.get("role"), row.get("role")), fmt_count(row.get("customers")),
-             fmt_pct(row.get("base_rate")), fmt_pct(row.get("mean_p_repurchase")),
-             fmt_points(row.get("calibration_gap")), fmt_metric(row.get("ece"))] for row in rows]
-    return ("<h3>Calibration by origin</h3>"
-            f'<p class="note">{_esc(intro)}</p>'
-            + _table(["origin", "role", "customers", "bought again", "mean predicted", "gap", "ECE"], body,
-                     text_columns=(0, 1), css_class="narrow calibration-by-origin"))
+    _ = lang.gettext
+    body = [[row.get("origin"), _(ORIGIN_ROLES[row.get("role")]) if row.get("role") in ORIGIN_ROLES else row.get("role"),
+             lang.count(row.get("customers")), lang.percent(row.get("base_rate")),
+             lang.percent(row.get("mean_p_repurchase")), _points(lang, row.get("calibration_gap")),
+             lang.decimal(row.get("ece"))] for row in rows]
+    return _table([_("origin"), _("role"), _("customers"), _("bought again"), _("mean predicted"), _("gap"), _("ECE")],
+                  body, text_columns=(0, 1), css_class="narrow calibration-by-origin")
 
 
-REPLENISHMENT_SCORERS = (("model", "model"), ("own_last_gap", "own last gap"), ("category_median", "category median gap"))
+REPLENISHMENT_SCORERS = (("model", N_("model")), ("own_last_gap", N_("own last gap")),
+                         ("category_median", N_("category median gap")))
 REPLENISHMENT_ROWS = (
-    ("p50 MAE (days, pairs that bought)", "p50_mae_days", lambda v: fmt_days(v), "lower"),
-    ("p10-p90 coverage", "coverage_p10_p90", lambda v: fmt_pct(v), "closer to 80%"),
-    ("AUC of P(purchase within the horizon)", "auc", lambda v: fmt_metric(v), "higher"),
+    (N_("p50 MAE (days, pairs that bought)"), ("p50_mae_days",), "days", "lower"),
+    (N_("p10-p90 coverage"), ("coverage_p10_p90",), "percent", "closer to 80%"),
+    (N_("AUC of P(purchase within the horizon)"), ("auc",), "metric", "higher"),
 )
 
 
-def _replenishment_table(block: dict) -> str:
+def _replenishment_table(block: dict, lang: Language) -> dict:
     """Product-level replenishment in the backtest: the model against its two baselines."""
-    intro = (f"Every (customer, category) pair bought by the cutoff ({fmt_count(block.get('n_pairs'))} pairs of "
-             f"{fmt_count(block.get('n_customers'))} customers); {fmt_pct(block.get('base_rate'))} bought the category "
-             "again within the horizon. Timing is scored on those; baselines: the pair's own last gap, and the "
-             "category's median gap.")
-    rows = []
-    for label, key, formatter, better in REPLENISHMENT_ROWS:
-        values = [_number(_get(block.get(name), key)) for name, _ in REPLENISHMENT_SCORERS]
-        best = _best(values, better)
-        cells = [_Html(f"<b>{_esc(formatter(v))}</b>") if i == best else formatter(v) for i, v in enumerate(values)]
-        rows.append([label, *cells, better])
-    return ("<h3>Replenishment: when each customer rebuys each category</h3>"
-            f"<p>{_esc(intro)}</p>"
-            + _table(["metric", *(name for _, name in REPLENISHMENT_SCORERS), "better when"], rows, css_class="metrics"))
+    _ = lang.gettext
+    return {"pairs": lang.count(block.get("n_pairs")), "customers": lang.count(block.get("n_customers")),
+            "base_rate": lang.percent(block.get("base_rate")),
+            "table": _table([_("metric"), *(_(name) for _key, name in REPLENISHMENT_SCORERS), _("better when")],
+                            _compare_rows(REPLENISHMENT_ROWS, block, REPLENISHMENT_SCORERS, lang), css_class="metrics")}
 
 
-def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizon: str) -> str:
+def _actions_section(scores: pd.DataFrame, audience: pd.DataFrame | None, horizon: str, lang: Language) -> dict:
+    """Audiences and revenue at stake per action (``actions.html.j2``)."""
+    _ = lang.gettext
     if audience is None:
-        return "<p>No targeting rules were applied, so there are no audiences.</p>"
+        return {"applied": False}
     if audience.empty:
-        return "<p>Targeting rules were applied but selected no customers.</p>"
+        return {"applied": True, "empty": True}
     summary = group_summary(audience, "action")
     summary["share"] = summary["customers"] / max(len(scores), 1)
     groups = _group_counts(audience, summary.index)
-    group_headers = [] if groups is None else [g for g in groups.columns]
-    rows = [[_label(a), fmt_count(r.customers), *([] if groups is None else [fmt_count(v) for v in groups.loc[a]]),
-             fmt_pct(r.share), fmt_metric(r.mean_p_repurchase), fmt_count(r.expected_revenue), fmt_count(r.clv)]
+    group_headers = [] if groups is None else [_(GROUP_COUNT_LABELS[g]) for g in groups.columns]
+    rows = [[lang.label("action", a), lang.count(r.customers),
+             *([] if groups is None else [lang.count(v) for v in groups.loc[a]]),
+             lang.percent(r.share), lang.decimal(r.mean_p_repurchase), lang.count(r.expected_revenue),
+             lang.count(r.clv)]
             for a, r in summary.iterrows()]
-    footer = ["all actions", fmt_count(summary["customers"].sum()),
-              *([] if groups is None else [fmt_count(v) for v in groups.sum()]),
-              fmt_pct(summary["customers"].sum() / max(len(scores), 1)),
-              fmt_metric(_score_column(audience, "p_repurchase").mean()), fmt_count(summary["expected_revenue"].sum()),
-              fmt_count(summary["clv"].sum())]
-    table = _table(["action", "customers", *group_headers, "share of scored", "mean p_repurchase",
-                    f"revenue at stake ({horizon})", "CLV at stake"], rows, footer=footer)
-    chart = _bar_chart(summary.index, {"customers": summary["customers"].to_numpy(),
-                                       f"expected revenue ({horizon})": summary["expected_revenue"].to_numpy(),
-                                       "CLV": summary["clv"].to_numpy()}, "Audiences and revenue at stake by action")
-    note = ("<p>Revenue at stake is the sum of the audience's expected revenue over the horizon and of its "
-            "customer lifetime value: what the action protects or grows, not what it is certain to add.</p>")
-    if groups is not None:
-        note += ("<p>Each action keeps a random holdout: customers drawn by chance (a hash of customer, action and "
-                 "date, never a score) who are not contacted, so that comparing them with the treatment group "
-                 "after the campaign shows what the action really added (<code>repurchase measure</code>). "
-                 "Only the treatment group is sent (send/)"
-                 + ("; customers held back by a cooldown or the contact cap are in neither group" if "held back" in
-                    groups.columns else "") + ".</p>")
-    return note + table + _figure_html(_png_data_uri(chart), "By action",
-                                       "Audience size, expected revenue and CLV of each action.", wide=True)
+    footer = [_("all actions"), lang.count(summary["customers"].sum()),
+              *([] if groups is None else [lang.count(v) for v in groups.sum()]),
+              lang.percent(summary["customers"].sum() / max(len(scores), 1)),
+              lang.decimal(_score_column(audience, "p_repurchase").mean()), lang.count(summary["expected_revenue"].sum()),
+              lang.count(summary["clv"].sum())]
+    revenue = _("expected revenue ({horizon})").format(horizon=horizon)
+    chart = _bar_chart([lang.label("action", a) for a in summary.index],
+                       {_("customers"): summary["customers"].to_numpy(), revenue: summary["expected_revenue"].to_numpy(),
+                        _("CLV"): summary["clv"].to_numpy()}, _("Audiences and revenue at stake by action"), lang)
+    return {
+        "applied": True,
+        "empty": False,
+        "holdouts": groups is not None,
+        "held_back": groups is not None and "held_back" in groups.columns,
+        "table": _table([_("action"), _("customers"), *group_headers, _("share of scored"), _("mean p_repurchase"),
+                         _("revenue at stake ({horizon})").format(horizon=horizon), _("CLV at stake")], rows,
+                        footer=footer),
+        "figure": _figure(chart, _("By action"), _("Audience size, expected revenue and CLV of each action."),
+                          wide=True),
+    }
+
+
+GROUP_COUNT_LABELS = {"treatment": N_("treatment (sent)"), "holdout": N_("holdout"), "held_back": N_("held back")}
 
 
 def _group_counts(audience: pd.DataFrame, actions) -> pd.DataFrame | None:
@@ -582,10 +596,10 @@ def _group_counts(audience: pd.DataFrame, actions) -> pd.DataFrame | None:
     held = (audience["held_back"].astype("string").fillna("") != "") if "held_back" in audience else None
     counts = pd.DataFrame(index=pd.Index(actions))
     kept = ~held if held is not None else pd.Series(True, index=audience.index)
-    counts["treatment (sent)"] = (group.eq("treatment") & kept).groupby(audience["action"]).sum()
+    counts["treatment"] = (group.eq("treatment") & kept).groupby(audience["action"]).sum()
     counts["holdout"] = (group.eq("holdout") & kept).groupby(audience["action"]).sum()
     if held is not None:
-        counts["held back"] = held.groupby(audience["action"]).sum()
+        counts["held_back"] = held.groupby(audience["action"]).sum()
     return counts.fillna(0).astype(int)
 
 
@@ -597,66 +611,64 @@ def _reason_pattern(reason: str) -> str:
     return _NUMBER.sub("#", reason)
 
 
-def _p50_text(value, horizon_days) -> str:
+def _p50_text(value, horizon_days, lang: Language) -> str:
     number = _number(value)
     if number is None:
-        return f"beyond {fmt_count(horizon_days)} days" if _number(horizon_days) is not None else "beyond horizon"
-    return fmt_days(number, 0)
+        if _number(horizon_days) is not None:
+            return lang.gettext("beyond {days} days").format(days=lang.count(horizon_days))
+        return lang.gettext("beyond horizon")
+    return lang.decimal(number, 0)
 
 
-def _reasons_section(audience: pd.DataFrame | None, horizon_days) -> str:
+def _reasons_section(audience: pd.DataFrame | None, horizon_days, lang: Language) -> dict:
+    """Per action: the rules behind it, its most common reasons and example customers (``reasons.html.j2``)."""
+    _ = lang.gettext
     if audience is None:
-        return "<p>No targeting rules were applied, so there are no reasons to show.</p>"
+        return {"applied": False}
     if audience.empty:
-        return "<p>Targeting rules were applied but selected no customers.</p>"
-    parts = ["<p>For each action: which rules chose its customers, the most common reasons (numbers replaced by #, "
-             f"so reasons that differ only in their numbers count together), and the {EXAMPLES_PER_ACTION} customers "
-             "with the highest CLV as examples.</p>"]
+        return {"applied": True, "empty": True}
     reasons = audience["reason"].astype("string").fillna("") if "reason" in audience else pd.Series("", index=audience.index)
+    actions = []
     for action in audience["action"].value_counts().index:
         rows = audience.loc[audience["action"] == action]
-        parts.append(f"<h3>{_esc(_label(action))} <span class=muted>({_esc(fmt_count(len(rows)))} customers)</span></h3>")
+        block = {"action": lang.label("action", action), "customers": lang.count(len(rows)), "rules": None,
+                 "reasons": None}
         if "rule" in rows:
             by_rule = rows["rule"].astype("string").fillna("(none)").value_counts()
-            parts.append(_table(["rule", "customers", "share of action"],
-                                [[r, fmt_count(c), fmt_pct(c / len(rows))] for r, c in by_rule.items()], css_class="narrow"))
+            block["rules"] = _table([_("rule"), _("customers"), _("share of action")],
+                                    [[r, lang.count(c), lang.percent(c / len(rows))] for r, c in by_rule.items()],
+                                    css_class="narrow")
         texts = reasons.loc[rows.index]
         if (texts != "").any():
             patterns = texts.map(_reason_pattern)
             counts = patterns.value_counts().head(TOP_REASONS)
             example = texts.groupby(patterns).first()
-            parts.append(_table(["reason", "customers", "example"],
-                                [[p, fmt_count(c), example[p]] for p, c in counts.items()], text_columns=(0, 2),
-                                css_class="reasons"))
-        else:
-            parts.append("<p class=note>No reason text given.</p>")
+            block["reasons"] = _table([_("reason"), _("customers"), _("example")],
+                                      [[p, lang.count(c), example[p]] for p, c in counts.items()], text_columns=(0, 2),
+                                      css_class="reasons")
         top = rows.assign(_clv=_score_column(rows, "clv")).sort_values("_clv", ascending=False, kind="stable")
         example_rows = [
-            [r.get("customer_id", DASH), fmt_metric(_number(r.get("p_repurchase"))),
-             _p50_text(r.get("next_order_days_p50"), horizon_days), fmt_count(_number(r.get("clv"))),
+            [r.get("customer_id", DASH), lang.decimal(_number(r.get("p_repurchase"))),
+             _p50_text(r.get("next_order_days_p50"), horizon_days, lang), lang.count(_number(r.get("clv"))),
              "" if pd.isna(r.get("reason")) else r.get("reason", "")]
-            for _, r in top.head(EXAMPLES_PER_ACTION).iterrows()
+            for _i, r in top.head(EXAMPLES_PER_ACTION).iterrows()
         ]
-        parts.append(_table(["customer", "p_repurchase", "next order p50 (days)", "CLV", "reason"], example_rows,
-                            text_columns=(0, 4), css_class="examples"))
-    return "".join(parts)
+        block["examples"] = _table([_("customer"), _("p_repurchase"), _("next order p50 (days)"), _("CLV"), _("reason")],
+                                   example_rows, text_columns=(0, 4), css_class="examples")
+        actions.append(block)
+    return {"applied": True, "empty": False, "examples_per_action": EXAMPLES_PER_ACTION, "actions": actions}
 
 
 # --- did it work? -----------------------------------------------------------------------------
 
-VERDICT_LABELS = {"significant": "significant", "not_significant": "not significant", "too_small": "too small to tell"}
+VERDICT_LABELS = {"significant": N_("significant"), "not_significant": N_("not significant"),
+                  "too_small": N_("too small to tell")}
 
 
-def fmt_points(value, decimals: int = 1) -> str:
-    """A difference of rates in percentage points: ``0.034`` -> ``+3.4 pts``."""
-    number = _number(value)
-    return DASH if number is None else f"{100 * number:+,.{decimals}f} pts"
-
-
-def _interval(values, fmt) -> str:
+def _interval(lang: Language, values) -> str:
     if not isinstance(values, (list, tuple)) or len(values) != 2:
         return DASH
-    return f"{fmt(values[0])} to {fmt(values[1])}"
+    return lang.gettext("{low} to {high}").format(low=_points(lang, values[0]), high=_points(lang, values[1]))
 
 
 def _p_text(value) -> str:
@@ -666,63 +678,59 @@ def _p_text(value) -> str:
     return "< 0.001" if number < 0.001 else f"{number:.3f}"
 
 
-def measurement_section(measurement: dict) -> str:
+def measurement_section(measurement: dict, lang: Language | None = None) -> dict:
     """The "Did it work?" section: per action, treatment against holdout, in words, tables and a chart."""
+    lang = lang or language("en")
+    _ = lang.gettext
     blocks = {**{a: b for a, b in (measurement.get("actions") or {}).items()}}
     if not blocks:
-        return "<p>No contacts to measure.</p>"
-    window = fmt_count(measurement.get("window_days"))
+        return {"empty": True}
     cost = _number(measurement.get("contact_cost"))
-    parts = [
-        f"<p>Each action kept a random holdout: customers chosen by chance and not contacted. Comparing who ordered "
-        f"within {_esc(window)} days after the contact in each group shows what the contact itself added; the "
-        "difference is significant when its 95% interval leaves out zero (p &lt; 0.05). Every contacted customer "
-        "counts, with or without an order.</p>"
-    ]
-    rows = [*blocks.items(), ("all actions", measurement.get("overall") or {})]
-    parts.append("<ul>" + "".join(f"<li><b>{_esc(_label(name))}</b> ({_esc(VERDICT_LABELS.get(b.get('verdict'), DASH))}):"
-                                  f" {_esc(b.get('summary', ''))}</li>" for name, b in rows) + "</ul>")
+    rows = [*((lang.label("action", a), b) for a, b in blocks.items()),
+            (_("all actions"), measurement.get("overall") or {})]
+    verdicts = [{"action": name, "verdict": _(VERDICT_LABELS[b.get("verdict")]) if b.get("verdict") in VERDICT_LABELS
+                 else DASH, "summary": b.get("summary", "")} for name, b in rows]
     group_rows = []
     for name, block in rows:
-        group_rows.append(_Group(_label(name)))
+        group_rows.append(_group(name))
         for group in ("treatment", "holdout"):
             g = block.get(group) or {}
-            group_rows.append([group, fmt_count(g.get("customers")), fmt_count(g.get("buyers")), fmt_pct(g.get("rate")),
-                               fmt_metric(g.get("orders_per_customer")), fmt_metric(g.get("revenue_per_customer"), 2)])
-    parts.append(_table(["group", "customers", "buyers", "repurchase rate", "orders per customer",
-                         "revenue per customer"], group_rows))
-    lift_rows = [[_label(name), fmt_points(b.get("rate_diff")), _interval(b.get("rate_diff_ci95"), fmt_points),
-                  _p_text(b.get("p_value")), fmt_signed_pct(b.get("rel_lift")), fmt_count(b.get("incremental_orders")),
-                  fmt_count(b.get("incremental_revenue")), fmt_signed_pct(b.get("roi"), 0), fmt_points(b.get("mde"))]
+            group_rows.append([lang.label("group", group), lang.count(g.get("customers")), lang.count(g.get("buyers")),
+                               lang.percent(g.get("rate")), lang.decimal(g.get("orders_per_customer")),
+                               lang.decimal(g.get("revenue_per_customer"), 2)])
+    lift_rows = [[name, _points(lang, b.get("rate_diff")), _interval(lang, b.get("rate_diff_ci95")),
+                  _p_text(b.get("p_value")), lang.signed_percent(b.get("rel_lift")),
+                  lang.count(b.get("incremental_orders")), lang.count(b.get("incremental_revenue")),
+                  lang.signed_percent(b.get("roi"), 0), _points(lang, b.get("mde"))]
                  for name, b in rows]
-    parts.append(_table(["action", "rate difference", "95% interval", "p-value", "relative lift", "incremental orders",
-                         "incremental revenue", "ROI", "detectable"], lift_rows))
     mismatched = [name for name, b in rows if (b.get("srm") or {}).get("mismatch")]
-    if mismatched:
-        parts.append(f"<p><b>Sample-ratio mismatch</b> in {_esc(', '.join(_label(n) for n in mismatched))}: the groups "
-                     "are not the planned split, so something other than chance decided who was held out; do not trust "
-                     "those results until that is explained.</p>")
-    cost_text = f"{cost:,.2f} per contact" if cost is not None else DASH
-    parts.append(f"<p class=note>Incremental orders and revenue: the per-customer difference times the treatment group. "
-                 f"ROI = (incremental revenue - contact cost) / contact cost at {_esc(cost_text)}, on revenue, not "
-                 "margin. Detectable: the smallest difference in the rate these group sizes find 4 times out of 5.</p>")
-    chart = _lift_chart(rows)
-    if chart is not None:
-        parts.append(_figure_html(_png_data_uri(chart), "Measured lift",
-                                  "Difference in repurchase rate, treatment minus holdout, with its 95% interval; "
-                                  "an interval crossing the dotted zero line may be chance.", wide=True))
-    return "".join(parts)
+    chart = _lift_chart(rows, lang)
+    return {
+        "empty": False,
+        "window": lang.count(measurement.get("window_days")),
+        "verdicts": verdicts,
+        "groups": _table([_("group"), _("customers"), _("buyers"), _("repurchase rate"), _("orders per customer"),
+                          _("revenue per customer")], group_rows),
+        "lift": _table([_("action"), _("rate difference"), _("95% interval"), _("p-value"), _("relative lift"),
+                        _("incremental orders"), _("incremental revenue"), _("ROI"), _("detectable")], lift_rows),
+        "mismatched": _(", ").join(mismatched),
+        "cost": _("{cost} per contact").format(cost=lang.decimal(cost, 2)) if cost is not None else DASH,
+        "figure": None if chart is None else _figure(
+            chart, _("Measured lift"), _("Difference in repurchase rate, treatment minus holdout, with its 95% "
+                                         "interval; an interval crossing the dotted zero line may be chance."),
+            wide=True),
+    }
 
 
-def _lift_chart(rows) -> bytes | None:
+def _lift_chart(rows, lang: Language) -> bytes | None:
     measured = [(name, b) for name, b in rows if _number(b.get("rate_diff")) is not None
                 and isinstance(b.get("rate_diff_ci95"), (list, tuple))]
     if not measured:
         return None
-    labels = [_label(name) for name, _ in measured]
-    diff = np.array([100 * float(b["rate_diff"]) for _, b in measured])
-    low = np.array([100 * float(b["rate_diff_ci95"][0]) for _, b in measured])
-    high = np.array([100 * float(b["rate_diff_ci95"][1]) for _, b in measured])
+    labels = [name for name, _b in measured]
+    diff = np.array([100 * float(b["rate_diff"]) for _n, b in measured])
+    low = np.array([100 * float(b["rate_diff_ci95"][0]) for _n, b in measured])
+    high = np.array([100 * float(b["rate_diff_ci95"][1]) for _n, b in measured])
     fig = Figure(figsize=(9, 1.2 + 0.45 * len(labels)))
     ax = fig.subplots()
     y = np.arange(len(labels))
@@ -730,71 +738,22 @@ def _lift_chart(rows) -> bytes | None:
     ax.axvline(0, color="#888", linestyle=":")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("treatment minus holdout, percentage points", fontsize=8)
+    ax.set_xlabel(lang.gettext("treatment minus holdout, percentage points"), fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    return _figure_png(fig)
+    return _figure_png(fig, lang)
 
 
-def render_measurement(measurement: dict, out_path: Path) -> Path:
+def render_measurement(measurement: dict, out_path: Path, *, lang: str | None = None) -> Path:
     """Write the "Did it work?" page (:func:`build_measurement_html`) atomically."""
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        tmp.write_text(build_measurement_html(measurement), encoding="utf-8")
+        tmp.write_text(build_measurement_html(measurement, lang=lang), encoding="utf-8")
     return out_path
 
 
 # --- the page ------------------------------------------------------------------------------------
-
-CSS = """
-:root { --ink: #1d2330; --muted: #5f6b7a; --line: #dde2e8; --accent: #1f77b4; --soft: #f4f7fa; }
-* { box-sizing: border-box; }
-body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
-       max-width: 1120px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; }
-header { border-bottom: 3px solid var(--accent); margin-bottom: 8px; }
-h1 { font-size: 28px; margin: 0 0 4px; }
-h2 { font-size: 21px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 16px; margin: 22px 0 8px; }
-.muted, .note, header p { color: var(--muted); }
-.note { font-size: 13px; }
-.model-note { background: var(--soft); border-left: 3px solid var(--accent); padding: 6px 10px; }
-nav { font-size: 13px; margin: 6px 0 0; }
-nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; margin: 14px 0 16px; }
-.card { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
-.card .value { font-size: 21px; font-weight: 600; font-variant-numeric: tabular-nums; }
-.card .label { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-table { border-collapse: collapse; width: 100%; margin: 8px 0 14px; font-size: 13.5px; }
-table.narrow { width: auto; min-width: 340px; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-thead th { background: var(--soft); font-weight: 600; border-bottom: 2px solid var(--line); }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.group th { background: #fff; color: var(--accent); font-weight: 600; padding-top: 12px; }
-tfoot td { font-weight: 600; border-top: 2px solid var(--line); }
-table.reasons, table.examples { table-layout: fixed; }
-table.reasons th:nth-child(1) { width: 46%; } table.reasons th:nth-child(2) { width: 12%; }
-table.examples th:nth-child(1) { width: 14%; } table.examples th:nth-child(2) { width: 13%; }
-table.examples th:nth-child(3) { width: 17%; } table.examples th:nth-child(4) { width: 12%; }
-table.reasons td, table.examples td { overflow-wrap: anywhere; }
-.figures { display: flex; flex-wrap: wrap; gap: 8px 22px; align-items: flex-start; }
-figure { margin: 8px 0 16px; }
-figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; border: 1px solid var(--line); }
-.figures figure img { width: 100%; }
-figure.wide img { width: 100%; }
-figcaption { font-size: 13px; color: var(--muted); margin-top: 6px; }
-footer { margin-top: 40px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); padding-top: 8px; }
-@page { size: A4; margin: 14mm; }
-@media print {
-  body { max-width: none; padding: 0; font-size: 10.5pt; }
-  nav { display: none; }
-  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-  section { break-before: page; }
-  section#summary { break-before: auto; }
-  h2, h3 { break-after: avoid; }
-  figure, tr, .card { break-inside: avoid; }
-}
-"""
 
 # Lets a headless browser check that every embedded image decoded.
 IMAGE_CHECK_SCRIPT = (
@@ -804,16 +763,19 @@ IMAGE_CHECK_SCRIPT = (
     " document.body.dataset.imagesLoaded = String(images.filter(function (i) {"
     " return i.complete && i.naturalWidth > 0; }).length); });"
 )
+# (heading, its short form in the navigation)
 SECTION_TITLES = {
-    "summary": "Summary",
-    "backtest": "How good are the predictions? Backtest against baselines",
-    "segments": "RFM segments",
-    "lifecycle": "Lifecycle stages",
-    "actions": "Actions and revenue at stake",
-    "reasons": "Why these customers",
-    MEASURED: "Did it work? Campaigns against their holdouts",
-    **EXTRA_TITLES,
+    "summary": (N_("Summary"), N_("Summary")),
+    "backtest": (N_("How good are the predictions? Backtest against baselines"), N_("How good are the predictions")),
+    "segments": (N_("RFM segments"), N_("RFM segments")),
+    "lifecycle": (N_("Lifecycle stages"), N_("Lifecycle stages")),
+    "actions": (N_("Actions and revenue at stake"), N_("Actions and revenue at stake")),
+    "reasons": (N_("Why these customers"), N_("Why these customers")),
+    MEASURED: (N_("Did it work? Campaigns against their holdouts"), N_("Did it work")),
+    **{key: (N_(title), N_(title.split(':')[0])) for key, title in EXTRA_TITLES.items()},
 }
+DEFAULT_TITLE = N_("Repurchase report")
+DEFAULT_MEASUREMENT_TITLE = N_("Repurchase report: did it work?")
 
 
 def _content_security_policy() -> str:
@@ -823,91 +785,111 @@ def _content_security_policy() -> str:
 
 
 def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.DataFrame, targeted: pd.DataFrame | None,
-                      *, title: str = "Repurchase report", model_notes=(), measurement: dict | None = None,
-                      extra_sections: dict[str, str] | None = None) -> str:
+                      *, title: str | None = None, model_notes=(), measurement: dict | None = None,
+                      lang: str | None = None, extra_sections: dict[str, str] | None = None) -> str:
     """The report page as a string (see :func:`render_report`)."""
+    lang = language(lang)
+    _ = lang.gettext
     report = report or {}
     audience = _audience(targeted)
     horizon_days = _horizon_days(scores, report)
-    horizon = f"{fmt_count(horizon_days)} d" if horizon_days is not None else "horizon"
+    horizon = _("{days} d").format(days=lang.count(horizon_days)) if horizon_days is not None else _("horizon")
     bodies = {
-        "summary": _summary_section(report, scores, audience, tuple(model_notes)),
-        "backtest": _backtest_section(report, plot_paths or {}),
-        "segments": _group_section_body(group_summary(scores, "rfm_segment", RFM_SEGMENTS, keep_empty=True),
-                                        scores, "RFM segment", horizon, SEGMENT_MEANINGS),
-        "lifecycle": _group_section_body(group_summary(scores, "lifecycle_stage", LIFECYCLE_STAGES, keep_empty=True),
-                                         scores, "lifecycle stage", horizon, stage_meanings(horizon_days)),
-        "actions": _actions_section(scores, audience, horizon),
-        "reasons": _reasons_section(audience, horizon_days),
+        "summary": _summary_section(report, scores, audience, lang, tuple(model_notes)),
+        "backtest": _backtest_section(report, plot_paths or {}, lang),
+        "segments": _group_section(group_summary(scores, "rfm_segment", RFM_SEGMENTS, keep_empty=True),
+                                   scores, "rfm_segment", horizon, lang,
+                                   {k: _(v) for k, v in SEGMENT_MEANINGS.items()}),
+        "lifecycle": _group_section(group_summary(scores, "lifecycle_stage", LIFECYCLE_STAGES, keep_empty=True),
+                                    scores, "lifecycle_stage", horizon, lang, stage_meanings(horizon_days, gettext=_)),
+        "actions": _actions_section(scores, audience, horizon, lang),
+        "reasons": _reasons_section(audience, horizon_days, lang),
     }
     order = SECTIONS
-    for key, body in (extra_sections or {}).items():  # tiers, economics, movement (serving.report_economics)
-        bodies[key] = body
+    for key, body in (extra_sections or {}).items():
+        # tiers, economics, movement: HTML fragments of serving.report_economics, data escaped there
+        # (English only for now; sections/<key>.html.j2 shows them as they are).
+        bodies[key] = Markup(body)
         order = (*order, key)
     if measurement is not None:
-        bodies[MEASURED] = measurement_section(measurement)
-        order = (*SECTIONS, MEASURED)
+        bodies[MEASURED] = measurement_section(measurement, lang)
+        order = (*order, MEASURED)
     versions = sorted({str(v) for v in scores.get("model_version", pd.Series(dtype=object)).dropna() if str(v)})
-    subtitle = f"{fmt_count(len(scores))} customers as of {_as_of(scores)}"
+    subtitle = _("{customers} customers as of {as_of}").format(customers=lang.count(len(scores)),
+                                                               as_of=_as_of(scores, lang))
     if versions:
-        subtitle += f", model version {', '.join(versions)}"
-    source = f" Source: {report['source']}." if report.get("source") else ""
-    return _page(title, subtitle, order, bodies,
-                 f"Expected values are sums of per-customer predictions; {DASH} means not measured.{source} "
-                 "This page is self-contained and works offline.")
+        subtitle = _("{customers} customers as of {as_of}, model version {versions}").format(
+            customers=lang.count(len(scores)), as_of=_as_of(scores, lang), versions=", ".join(versions))
+    footer = _("Expected values are sums of per-customer predictions; {dash} means not measured.").format(dash=DASH)
+    if report.get("source"):
+        footer = _("{footer} Source: {source}.").format(footer=footer, source=report["source"])
+    footer = _("{footer} This page is self-contained and works offline.").format(footer=footer)
+    return _page(_(DEFAULT_TITLE) if title is None else title, subtitle, order, bodies, footer, lang)
 
 
-def build_measurement_html(measurement: dict, *, title: str = "Repurchase report: did it work?") -> str:
+def build_measurement_html(measurement: dict, *, title: str | None = None, lang: str | None = None) -> str:
     """A page with the "Did it work?" section only (what ``repurchase measure`` writes beside its JSON)."""
-    subtitle = (f"{fmt_count(measurement.get('contacts'))} contacts from {measurement.get('first_contact', DASH)} to "
-                f"{measurement.get('last_contact', DASH)}, {fmt_count(measurement.get('window_days'))}-day window")
-    return _page(title, subtitle, (MEASURED,), {MEASURED: measurement_section(measurement)},
-                 f"Measured by repurchase measure; {DASH} means not measurable. This page is self-contained and works "
-                 "offline.")
+    lang = language(lang)
+    _ = lang.gettext
+    subtitle = _("{contacts} contacts from {first} to {last}, {days}-day window").format(
+        contacts=lang.count(measurement.get("contacts")), first=measurement.get("first_contact", DASH),
+        last=measurement.get("last_contact", DASH), days=lang.count(measurement.get("window_days")))
+    return _page(_(DEFAULT_MEASUREMENT_TITLE) if title is None else title, subtitle, (MEASURED,),
+                 {MEASURED: measurement_section(measurement, lang)},
+                 _("Measured by repurchase measure; {dash} means not measurable. This page is self-contained and "
+                   "works offline.").format(dash=DASH), lang)
 
 
-def _page(title: str, subtitle: str, order, bodies: dict[str, str], footer: str) -> str:
-    nav = "".join(f'<a href="#{s}">{_esc(SECTION_TITLES[s].split(":")[0].split("?")[0])}</a>' for s in order)
-    sections = "\n".join(f'<section id="{s}"><h2>{_esc(SECTION_TITLES[s])}</h2>{bodies[s]}</section>' for s in order)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_esc(_content_security_policy())}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="repurchase">
-<title>{_esc(title)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header><h1>{_esc(title)}</h1><p>{_esc(subtitle)}</p><nav>{nav}</nav></header>
-{sections}
-<footer>{_esc(footer)}</footer>
-<script>{IMAGE_CHECK_SCRIPT}</script>
-</body>
-</html>
-"""
+@functools.cache
+def _environment(lang: str) -> Environment:
+    """Templates from the installed package, with the language's messages; autoescaped, so data never becomes markup.
+
+    One environment per language, since gettext is installed into the environment.
+    """
+    environment = Environment(loader=PackageLoader("serving", "templates"), extensions=["jinja2.ext.i18n"],
+                              autoescape=select_autoescape(("html", "j2"), default_for_string=True, default=True))
+    environment.install_gettext_translations(language(lang).catalog, newstyle=True)
+    return environment
 
 
-def model_notes(model) -> list[str]:
-    """What a reader of the report must know about the model that scored, one line each."""
+def _page(title: str, subtitle: str, order, bodies: dict[str, dict], footer: str, lang: Language) -> str:
+    sections = [{"id": s, "title": lang.gettext(SECTION_TITLES[s][0]), "nav": lang.gettext(SECTION_TITLES[s][1]),
+                 "body": bodies[s]} for s in order]
+    return _environment(lang.code).get_template("report.html.j2").render(
+        lang=lang.code, title=title, subtitle=subtitle, sections=sections, footer=footer,
+        csp=_content_security_policy(), image_check_script=IMAGE_CHECK_SCRIPT,
+    )
+
+
+def model_notes(model, lang: str | None = None) -> list[str]:
+    """What a reader of the report must know about the model that scored, one line each, in ``lang``.
+
+    The model's own explanations (why it is BTYD-only, what a fit status means) stay as the model gives them.
+    """
     from training.btyd import INTERIOR, fit_status_meaning
 
+    _ = language(lang).gettext
     notes = []
     if model.is_btyd_only():
-        notes.append(f"Scores come from BG/NBD and Gamma-Gamma alone ({model.btyd_only_reason_}).")
+        notes.append(_("Scores come from BG/NBD and Gamma-Gamma alone ({reason}).").format(
+            reason=model.btyd_only_reason_))
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
     if status != INTERIOR:
-        notes.append(f"BG/NBD at {model.spec_.training_cutoff}: {fit_status_meaning(status)}.")
+        notes.append(_("BG/NBD at {cutoff}: {meaning}.").format(cutoff=model.spec_.training_cutoff,
+                                                              meaning=fit_status_meaning(status)))
     alive = getattr(model, "alive_model_", None)
     if alive is None:
-        notes.append("p_alive comes from BG/NBD, which reads 1 for every one-time buyer (the model was trained before "
-                     "p_alive came from MBG/NBD, or MBG/NBD had no fit): one-time buyers are never churned; "
-                     "retrain for the chance that they are still active.")
+        notes.append(_("p_alive comes from BG/NBD, which reads 1 for every one-time buyer (the model was trained before "
+                       "p_alive came from MBG/NBD, or MBG/NBD had no fit): one-time buyers are never churned; "
+                       "retrain for the chance that they are still active."))
     elif alive is not model.bgnbd_ and getattr(alive, "fit_status_", INTERIOR) != INTERIOR:
-        consequence = "; p_alive is 1, so nobody is churned until drop-out shows" if alive.params_["a"] == 0 else ""
-        notes.append(f"MBG/NBD behind p_alive at {model.spec_.training_cutoff}: "
-                     f"{fit_status_meaning(alive.fit_status_)}{consequence}.")
+        meaning = fit_status_meaning(alive.fit_status_)
+        if alive.params_["a"] == 0:
+            notes.append(_("MBG/NBD behind p_alive at {cutoff}: {meaning}; p_alive is 1, so nobody is churned until "
+                           "drop-out shows.").format(cutoff=model.spec_.training_cutoff, meaning=meaning))
+        else:
+            notes.append(_("MBG/NBD behind p_alive at {cutoff}: {meaning}.").format(
+                cutoff=model.spec_.training_cutoff, meaning=meaning))
     return notes
 
 
@@ -918,9 +900,10 @@ def render_report(
     targeted: pd.DataFrame | None,
     out_path: Path,
     *,
-    title: str = "Repurchase report",
+    title: str | None = None,
     model_notes=(),
     measurement: dict | None = None,
+    lang: str | None = None,
     extra_sections: dict[str, str] | None = None,
 ) -> Path:
     """Write the self-contained HTML report and return its path.
@@ -945,12 +928,18 @@ def render_report(
     measurement : dict, optional
         A campaign measurement (``training.measure.measure_campaigns``); adds the
         "Did it work?" section after the others.
+    title : str, optional
+        The page's title; "Repurchase report" in the page's language by default.
+    lang : str, optional
+        Language of the page (``en``, ``zh``; default ``$REPURCHASE_LANG``, else English): headings,
+        captions, explanations, labels of segments, stages and actions, numbers and dates. Text from
+        the data (reasons, rule names, notes) is shown as given.
     extra_sections : dict of str to str, optional
         HTML fragments by section key (``tiers``, ``economics``, ``movement``:
-        :mod:`serving.report_economics`), after the standard sections.
+        :mod:`serving.report_economics`), after the standard sections (in English).
     """
     page = build_report_html(report, plot_paths, scores, targeted, title=title, model_notes=model_notes,
-                             measurement=measurement, extra_sections=extra_sections)
+                             measurement=measurement, lang=lang, extra_sections=extra_sections)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_text(page, encoding="utf-8")

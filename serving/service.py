@@ -111,6 +111,7 @@ class HistoryItem(BaseModel):
     as_of: str
     target: bool = False
     explain: bool = False
+    lang: str | None = None
 
 
 @bentoml.service(
@@ -226,7 +227,7 @@ class RepurchaseService:
         if target and len(positions):
             scores = snapshot.scores.iloc[positions]
             features = snapshot.features.iloc[positions]
-            rows = json_rows(apply_targeting(self.model, scores, features))
+            rows = json_rows(apply_targeting(self.model, scores, features, lang=request.lang))
         else:
             rows = snapshot.score_rows(self.model, positions, self.model_version)
         if request.explain and len(positions):
@@ -236,7 +237,8 @@ class RepurchaseService:
 
     async def _answer_histories(self, request: ScoreRequest, *, target: bool) -> dict:
         as_of = request.as_of_day().isoformat()
-        items = [HistoryItem(customer=c, as_of=as_of, target=target, explain=request.explain) for c in request.customers]
+        items = [HistoryItem(customer=c, as_of=as_of, target=target, explain=request.explain, lang=request.lang)
+                 for c in request.customers]
         rows = await self._score_gathered(items)
         return {"scores": rows, "unknown_ids": [], "model_version": self.model_version}
 
@@ -280,10 +282,10 @@ class RepurchaseService:
     def _score_items(self, items: list[HistoryItem]) -> list[dict]:
         """Score history items, one feature-pipeline call per (as_of, target) group; rows in item order."""
         out: list[dict | None] = [None] * len(items)
-        groups: dict[tuple[str, bool, bool], list[int]] = {}
+        groups: dict[tuple[str, bool, bool, str | None], list[int]] = {}
         for position, item in enumerate(items):
-            groups.setdefault((item.as_of, item.target, item.explain), []).append(position)
-        for (as_of, target, explain), positions in groups.items():
+            groups.setdefault((item.as_of, item.target, item.explain, item.lang), []).append(position)
+        for (as_of, target, explain, lang), positions in groups.items():
             # Requests in one batch may share ids: score under unique keys, answer with theirs.
             customers = [
                 CustomerIn.model_construct(customer_id=str(k), orders=items[p].customer.orders)
@@ -294,7 +296,7 @@ class RepurchaseService:
             )
             if target:
                 real_ids = [items[p].customer.customer_id for p in positions]
-                scores = apply_targeting(self.model, scores, features, customer_ids=real_ids)
+                scores = apply_targeting(self.model, scores, features, customer_ids=real_ids, lang=lang)
             if explain:
                 scores[REASON_CODES] = self.model.reason_codes(features)
             scores["customer_id"] = [items[p].customer.customer_id for p in positions]

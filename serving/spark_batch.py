@@ -9,7 +9,9 @@
    with an ``as_of`` column, as the local path writes it.
 2. The snapshot is read back (so features are computed once) and every row goes through
    the MLflow pyfunc in Spark's Python workers (``spark_udf``, Arrow batches), with the
-   as-of date and the model version as the pyfunc's params.
+   as-of date and the model version as the pyfunc's params. A model with an uplift part
+   (``train --uplift``) adds ``uplift`` and ``uplift_<action>`` after the contract's
+   columns, as the DuckDB path does.
 3. Scores are written as a Parquet folder **partitioned by** ``lifecycle_stage``
    (``lifecycle_stage=active/part-*.parquet``, ...): each stage is what one campaign
    reads (win-back reads ``lapsed``, churn warnings ``at_risk``), the five stages make
@@ -45,15 +47,18 @@ PARTITION_COLUMN = "lifecycle_stage"
 _SPARK_TYPES = {"str": "string", "datetime64[ns]": "timestamp", "int64": "long", "float64": "double"}
 
 
-def score_struct():
-    """The score contract as a Spark struct type (the pyfunc's result type), without ``as_of``.
+def score_struct(uplift_columns=()):
+    """The score contract as a Spark struct type (the pyfunc's result type), without ``as_of``,
+    then ``uplift_columns`` as doubles (the model's uplift part, if any: ``uplift``,
+    ``uplift_<action>``, as :func:`serving.batch.score_schema` adds them).
 
     ``spark_udf`` returns no timestamps, and ``as_of`` is the snapshot's own column anyway.
     """
     from pyspark.sql import types as T
 
     kinds = {"string": T.StringType(), "long": T.LongType(), "double": T.DoubleType()}
-    return T.StructType([T.StructField(c, kinds[_SPARK_TYPES[SCORE_DTYPES[c]]]) for c in SCORE_COLUMNS if c != "as_of"])
+    fields = [T.StructField(c, kinds[_SPARK_TYPES[SCORE_DTYPES[c]]]) for c in SCORE_COLUMNS if c != "as_of"]
+    return T.StructType([*fields, *(T.StructField(c, T.DoubleType()) for c in uplift_columns)])
 
 
 def with_training_rfm(features: "DataFrame", rfm_reference: dict) -> "DataFrame":
@@ -141,6 +146,10 @@ def score_on_spark(
     say("loading the model")
     scorer, version = load_scorer(model_uri)
     spec = scorer.spec_
+    # A model with an uplift part scores ``uplift`` and ``uplift_<action>`` after the
+    # contract's columns (the pyfunc returns them), as the DuckDB path writes them.
+    columns = scorer.score_columns()
+    uplift_columns = columns[len(SCORE_COLUMNS):]
 
     n_future = after(log.orders, as_of).count() if log.last_order_date > as_of else 0
     past = until(log.orders, as_of)
@@ -159,12 +168,12 @@ def score_on_spark(
     predict = mlflow.pyfunc.spark_udf(
         spark,
         model_uri,
-        result_type=score_struct(),
+        result_type=score_struct(uplift_columns),
         env_manager="local",
         params={"as_of": as_of.date().isoformat(), "model_version": version},
     )
     scored = snapshot.select(predict(F.struct(*_model_inputs(snapshot, model_uri))).alias("score"), "as_of")
-    scored = scored.select(*[F.col("as_of") if c == "as_of" else F.col(f"score.{c}") for c in SCORE_COLUMNS])
+    scored = scored.select(*[F.col("as_of") if c == "as_of" else F.col(f"score.`{c}`") for c in columns])
     write_spark_parquet(scored, out_path, partition_by=[PARTITION_COLUMN])
     n_customers = spark.read.parquet(str(snapshot_path)).count()
     return ScoreRun(out_path, snapshot_path, n_customers, n_future)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from training.i18n import N_, Language, language
+
 METRICS = ("auc", "pr_auc", "brier", "log_loss", "ece", "lift_top10")
 """The backtest's headline metrics, in the order the table shows them."""
 
@@ -14,38 +16,46 @@ def number(value, digits: int = 4) -> str:
     return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def print_backtest(console: Console, report: dict, champion: dict | None = None) -> None:
+# the scorers' names as the table's columns show them, and the holdout block's keys
+COLUMN_NAMES = {"model": N_("model"), "bgnbd": N_("BG/NBD"), "recency_only": N_("recency only"), "champion": N_("champion")}
+
+
+def print_backtest(console: Console, report: dict, champion: dict | None = None, lang: Language | None = None) -> None:
     """The backtest's headline numbers: the model beside its baselines (and the champion's model, when given).
 
     One table (metrics, expected against actual orders in the horizon, revenue Gini), then a
-    line for an empty model column and one for a BG/NBD fit at a boundary.
+    line for an empty model column and one for a BG/NBD fit at a boundary. Words in ``lang``
+    (``training.i18n``; English by default); metric names are machine names and stay.
     """
     from training.btyd import INTERIOR, fit_status_meaning
 
+    lang = lang or language("en")
+    _ = lang.gettext
     if report.get("backtest_note"):
         console.print(report["backtest_note"])
         return
-    columns = [("model", report.get("model")), ("BG/NBD", report.get("bgnbd")), ("recency only", report.get("recency_only"))]
+    columns = [("model", report.get("model")), ("bgnbd", report.get("bgnbd")), ("recency_only", report.get("recency_only"))]
     if champion is not None:
         columns.insert(1, ("champion", champion.get("model")))
-    table = Table(title=f"backtest at {report['cutoff']}, horizon {report['horizon_days']} days, "
-                        f"{report['n_customers']:,} customers, base rate {report['base_rate']:.3f}")
+    table = Table(title=_("backtest at {cutoff}, horizon {days} days, {customers} customers, base rate {base_rate}").format(
+        cutoff=report["cutoff"], days=report["horizon_days"], customers=lang.count(report["n_customers"]),
+        base_rate=lang.decimal(report["base_rate"])))
     table.add_column("p_repurchase")
-    for name, _ in columns:
-        table.add_column(name, justify="right")
+    for key, _block in columns:
+        table.add_column(_(COLUMN_NAMES[key]), justify="right")
     for metric in METRICS:
-        table.add_row(metric, *[number((block or {}).get(metric)) for _, block in columns])
+        table.add_row(metric, *[number((block or {}).get(metric)) for _key, block in columns])
     holdout = report.get("holdout_orders") or {}
     if holdout:
-        expected = {"model": holdout.get("model"), "BG/NBD": holdout.get("bgnbd")}
-        cells = ["–" if expected.get(name) is None else f"{expected[name]:,.0f}" for name, _ in columns]
-        cells[-1] = f"actual {holdout['actual']:,}"
-        table.add_row("orders in horizon", *cells)
-    table.add_row("revenue gini", *[number(((block or {}).get("revenue") or {}).get("gini")) if name != "recency only" else ""
-                                    for name, block in columns])
+        expected = {"model": holdout.get("model"), "bgnbd": holdout.get("bgnbd")}
+        cells = [lang.count(expected.get(key)) for key, _block in columns]
+        cells[-1] = _("actual {orders}").format(orders=lang.count(holdout["actual"]))
+        table.add_row(_("orders in horizon"), *cells)
+    table.add_row(_("revenue gini"), *[number(((block or {}).get("revenue") or {}).get("gini")) if key != "recency_only"
+                                       else "" for key, block in columns])
     console.print(table)
     if report.get("model_note"):
-        console.print(f"model column empty: {report['model_note']}")
+        console.print(_("model column empty: {note}").format(note=report["model_note"]))
     status = (report.get("bgnbd") or {}).get("fit_status", INTERIOR)
     if status != INTERIOR:
         console.print(f"BG/NBD at {report['cutoff']}: {fit_status_meaning(status)}")

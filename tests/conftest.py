@@ -26,6 +26,27 @@ def fitted_model(synth_orders):
     return RepurchaseModel(horizon_days=60, n_origins=4, step_days=30).fit(synth_orders, "2025-06-30")
 
 
+@pytest.fixture(scope="session")
+def uplift_model(fitted_model, synth_orders):
+    """The fitted model with an uplift part learned from made-up randomised contacts before its cutoff."""
+    import pickle
+
+    import numpy as np
+    import pandas as pd
+
+    from features.contacts import holdout_draw, validate_contacts
+
+    past = synth_orders[synth_orders["order_ts"] < pd.Timestamp("2025-06-30") + pd.Timedelta(days=1)]
+    customers = np.sort(past.loc[past["order_ts"] < "2025-03-01", "customer_id"].astype(str).unique())[:1500]
+    dates = np.array(["2025-03-01", "2025-04-01", "2025-05-01"])[np.arange(len(customers)) % 3]
+    actions = np.array(["win_back", "churn_warning"])[np.arange(len(customers)) % 2]
+    draws = np.concatenate([holdout_draw([c], a, d) for c, a, d in zip(customers, actions, dates)])
+    contacts = validate_contacts(pd.DataFrame({"customer_id": customers, "action": actions, "contacted_at": dates,
+                                               "group": np.where(draws < 0.3, "holdout", "treatment")}))
+    model = pickle.loads(pickle.dumps(fitted_model))
+    return model.fit_uplift(model.uplift_frame(past, contacts, 30), window_days=30)
+
+
 @pytest.fixture()
 def mlflow_store(tmp_path, monkeypatch):
     """MLflow pointed at a SQLite store under tmp_path (never the working directory)."""

@@ -202,6 +202,16 @@ def test_cooldown_and_cap_hold_customers_back_and_say_why(tmp_path, scores_file)
     send = pd.read_csv(out / "send" / "win_back.csv")
     assert not set(held) & set(send["customer_id"])
     assert send["held_back"].isna().all() and (send["group"] == "treatment").all()
+    # in Chinese, the same customers are held back and told why in Chinese
+    chinese = tmp_path / "zh"
+    result = runner.invoke(app, ["target", "--scores", str(scores_file), "--out", str(chinese), "--rules", str(rules),
+                                 "--contacts", str(contacts), "--lang", "zh"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(chinese / "win_back.csv").set_index("customer_id")["held_back"].dropna().to_dict() == {
+        "c1": "3 天前已因补货提醒触达（冷却期 7 天）",
+        "c2": "最近 30 天已触达 2 次（上限 2 次）",
+        "c3": "5 天前在沉睡召回的对照组中（冷却期 7 天）",
+    }
 
 
 def test_held_back_customers_leave_their_budget_places_to_others():
@@ -311,3 +321,19 @@ def test_the_reports_actions_section_shows_both_groups():
     assert "treatment (sent)" in actions and "<th class=num>holdout</th>" in actions
     assert f"<td class=num>{treatment:,}</td><td class=num>{holdout:,}</td>" in actions
     assert "random holdout" in actions
+
+
+def test_target_in_chinese_changes_reasons_and_words_never_the_files_machine_values(tmp_path, scores_file):
+    english, chinese = tmp_path / "en", tmp_path / "zh"
+    assert runner.invoke(app, ["target", "--scores", str(scores_file), "--out", str(english)]).exit_code == 0
+    result = runner.invoke(app, ["target", "--scores", str(scores_file), "--out", str(chinese), "--lang", "zh"])
+    assert result.exit_code == 0, result.output
+    assert "位客户" in result.stdout and "to send" not in result.stdout
+    summary = pd.read_csv(chinese / "summary.csv")
+    pd.testing.assert_frame_equal(summary, pd.read_csv(english / "summary.csv"))  # names and numbers: English
+    for action in summary["action"]:
+        zh, en = pd.read_csv(chinese / f"{action}.csv"), pd.read_csv(english / f"{action}.csv")
+        assert list(zh.columns) == list(en.columns)
+        pd.testing.assert_frame_equal(zh.drop(columns="reason"), en.drop(columns="reason"))
+        assert zh["reason"].str.contains(r"[\u4e00-\u9fff]").all()
+        assert not en["reason"].str.contains(r"[\u4e00-\u9fff]").any()

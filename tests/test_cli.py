@@ -71,6 +71,30 @@ def test_bad_cutoff_is_exit_2(tmp_path):
     assert not (tmp_path / "f.parquet").exists()
 
 
+LANG_COMMANDS = ["quickstart", "train", "backtest", "target", "replenish", "measure"]
+
+
+@pytest.mark.parametrize("command", LANG_COMMANDS)
+def test_commands_that_print_tables_or_write_the_report_take_lang(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert "--lang" in result.output and "REPURCHASE_LANG" in result.output
+
+
+def test_a_language_not_offered_is_bad_input_before_any_work(tmp_path, monkeypatch):
+    out = tmp_path / "qs"
+    result = runner.invoke(app, ["quickstart", "--out", str(out), "--lang", "fr"])
+    assert result.exit_code == 2
+    assert "--lang: 'fr' is not a language offered here; choose one of en, zh" in result.output
+    assert not out.exists()
+    monkeypatch.setenv("REPURCHASE_LANG", "klingon")
+    json_path = tmp_path / "b.json"
+    result = runner.invoke(app, ["backtest", "--orders", "cdnow-sample", "--cutoff", "1997-06-30", "--json",
+                                 str(json_path)])
+    assert result.exit_code == 2
+    assert "REPURCHASE_LANG: 'klingon' is not a language offered here" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_quickstart_does_the_whole_job(tmp_path):
     import json
@@ -103,3 +127,51 @@ def test_quickstart_does_the_whole_job(tmp_path):
     assert economics["repurchase_by_month"][0]["month"] == "1997-01" and (out / "economics.cohorts.png").exists()
     assert '<section id="tiers"' in page and '<section id="economics"' in page and "no channel column" in page
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "qs"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_quickstart_in_chinese_writes_a_chinese_report_and_reasons_with_english_machine_names(tmp_path):
+    import re
+
+    import pandas as pd
+
+    from devtools import Chromium
+    from training.i18n import cjk_font_family
+
+    chromium = Path("/usr/bin/chromium")
+    for ready, message in ((chromium.exists(), "Chromium not installed (apt-get install chromium)"),
+                           (cjk_font_family() is not None, "no CJK font installed (apt-get install fonts-noto-cjk)")):
+        if not ready:
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+    out = tmp_path / "qs"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
+    env.pop("REPURCHASE_LANG", None)
+    proc = subprocess.run([repurchase_executable(), "quickstart", "--orders", "cdnow-sample", "--out", str(out),
+                           "--lang", "zh"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    assert "圈选人群" in proc.stdout and "Traceback" not in proc.stderr
+    summary = pd.read_csv(out / "audiences" / "summary.csv")
+    assert set(summary["action"]) <= {"vip_care", "replenishment_reminder", "churn_warning", "win_back",
+                                      "new_customer_nurture"}
+    for action in summary["action"]:
+        audience = pd.read_csv(out / "audiences" / f"{action}.csv")
+        assert (audience["action"] == action).all()
+        assert set(audience["lifecycle_stage"]) <= {"new", "active", "at_risk", "lapsed", "churned"}
+        assert audience["reason"].str.contains(cjk).all()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert '<html lang="zh">' in page
+    with Chromium(chromium, tmp_path / "profile") as browser:
+        session = browser.open((out / "report.html").resolve().as_uri())
+        for selector in ("section#summary h2", "section#reasons table.reasons td"):
+            text = browser.text_of(session, selector)
+            fonts = browser.fonts_of(session, selector)
+            assert cjk.search(text), (selector, text)
+            assert any("CJK" in f["familyName"] for f in fonts), (selector, fonts)
+        loaded = browser.call("Runtime.evaluate", {"expression": "document.body.dataset.imagesLoaded === "
+                                                   "document.body.dataset.imagesTotal", "returnByValue": True},
+                              session=session)["result"]["value"]
+        assert loaded is True

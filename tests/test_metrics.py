@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from training.metrics import (
+    calibration_bins,
     classification_metrics,
     decile_mape,
     expected_calibration_error,
@@ -33,6 +34,19 @@ def test_ece_of_perfectly_calibrated_bins_is_zero_and_of_a_bias_is_the_bias():
     y = np.array([0, 1] * 50)
     assert expected_calibration_error(y, np.full(100, 0.5)) == pytest.approx(0.0)
     assert expected_calibration_error(y, np.full(100, 0.7)) == pytest.approx(0.2)
+
+
+def test_calibration_bins_hold_equal_counts_even_through_ties():
+    # 7 customers in 3 bins: sizes 3, 2, 2 by rank; the tie at 0.2 is split between bins 1 and 2.
+    p = np.array([0.9, 0.2, 0.1, 0.2, 0.2, 0.5, 0.1])
+    y = np.array([1, 0, 0, 1, 0, 1, 0])
+    predicted, observed, sizes = calibration_bins(y, p, n_bins=3)
+    assert sizes.tolist() == [3, 2, 2]
+    # sorted (stable): 0.1 (y0), 0.1 (y0), 0.2 (y0) | 0.2 (y1), 0.2 (y0) | 0.5 (y1), 0.9 (y1)
+    assert predicted == pytest.approx([0.4 / 3, 0.2, 0.7])
+    assert observed == pytest.approx([0.0, 0.5, 1.0])
+    assert expected_calibration_error(y, p, n_bins=3) == pytest.approx(
+        3 / 7 * 0.4 / 3 + 2 / 7 * 0.3 + 2 / 7 * 0.3)
 
 
 def test_lift_and_capture_at_top_decile():

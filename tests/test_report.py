@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -329,3 +330,113 @@ def test_page_renders_in_headless_chromium(tmp_path, plot_paths, scores, targete
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(data[16:20], "big") == 1280
     assert len(data) > 50_000
+
+
+# --- languages -----------------------------------------------------------------------------------
+
+ENGLISH_HEADINGS = [
+    "Summary",
+    "How good are the predictions? Backtest against baselines",
+    "RFM segments",
+    "Lifecycle stages",
+    "Actions and revenue at stake",
+    "Why these customers",
+]
+CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def test_english_is_the_default_and_keeps_its_headings(tmp_path, plot_paths, scores, targeted, monkeypatch):
+    monkeypatch.delenv("REPURCHASE_LANG", raising=False)
+    _, default = _render(tmp_path, _report(), plot_paths, scores, targeted)
+    _, english = _render(tmp_path, _report(), plot_paths, scores, targeted, lang="en")
+    assert default == english
+    assert [s["h2"] for s in _Page(english).sections] == ENGLISH_HEADINGS
+    assert '<html lang="en">' in english and not CJK.search(english)
+
+
+def test_chinese_report_speaks_chinese_and_keeps_data_as_given(tmp_path, plot_paths, scores, targeted, monkeypatch):
+    monkeypatch.setenv("REPURCHASE_LANG", "zh")  # the default language comes from the environment
+    _, text = _render(tmp_path, _report(), plot_paths, scores, targeted)
+    page = _Page(text)
+    assert '<html lang="zh">' in text
+    assert [s["id"] for s in page.sections] == list(SECTIONS)  # ids are machine names: unchanged
+    for section in page.sections:
+        assert CJK.search(section["h2"]), section["h2"]
+        assert not re.search(r"\b(the|customers|of)\b", section["h2"])
+    # labels of machine names, as an operator says them; numbers formatted as before
+    assert page.row("核心客户")[2:4] == ["20", "40.0%"]
+    lifecycle = page.section("lifecycle")["text"]
+    stages = [lifecycle.index(f"{stage}{meaning_start}") for stage, meaning_start in
+              (("新客", "只在"), ("稳定期", "复购"), ("衰退期", "复购"), ("睡眠期", "距上次"), ("流失", "很可能"))]
+    assert stages == sorted(stages)  # the playbook's stages, in the lifecycle's order
+    assert page.row("补货提醒")[1] == "12"
+    assert page.row("ROC AUC")[1:4] == ["0.775", "0.764", "0.763"]
+    assert "2025年6月30日" in page.section("summary")["text"]
+    # text from data stays as it came, and escaped
+    assert "next order due in 3 days" in page.section("reasons")["text"]
+    assert INJECTED not in text and text.count("<script") == 1
+    assert "due_soon" in page.section("reasons")["text"]  # rule names are the user's
+
+
+def test_an_unknown_language_is_refused(tmp_path, plot_paths, scores, targeted):
+    with pytest.raises(ValueError, match="'fr' is not a language offered here; choose one of en, zh"):
+        _render(tmp_path, _report(), plot_paths, scores, targeted, lang="fr")
+
+
+def _cjk_font_installed() -> bool:
+    from training.i18n import cjk_font_family
+
+    return cjk_font_family() is not None
+
+
+def _need(condition: bool, message: str) -> None:
+    """Skip with ``message`` when ``condition`` fails; under CI the missing piece is a failure."""
+    if not condition:
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_chinese_plots_find_a_glyph_for_every_character(tmp_path, plot_paths, scores, targeted):
+    import warnings
+
+    _need(_cjk_font_installed(), "no CJK font for matplotlib (apt-get install fonts-noto-cjk)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _render(tmp_path, _report(), plot_paths, scores, targeted, lang="zh")
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert missing == []
+    # the same charts without the fallback font do miss glyphs: the check above can fail
+    from matplotlib.figure import Figure
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = Figure()
+        fig.suptitle("各 RFM 分群的客户数与价值")
+        fig.savefig(tmp_path / "plain.png")
+    assert any("missing from font" in str(w.message) for w in caught)
+
+
+@pytest.mark.browser
+def test_chinese_page_renders_with_a_cjk_font_in_headless_chromium(tmp_path, plot_paths, scores, targeted):
+    from devtools import Chromium
+
+    _need(CHROMIUM.exists(), "Chromium not installed (apt-get install chromium)")
+    _need(_cjk_font_installed(), "no CJK font installed (apt-get install fonts-noto-cjk)")
+    out, _ = _render(tmp_path, _report(), plot_paths, scores, targeted, lang="zh")
+    with Chromium(CHROMIUM, tmp_path / "profile") as browser:
+        session = browser.open(out.resolve().as_uri())
+        for selector in ("section#summary h2", "section#segments h2", "header nav a", "section#segments td",
+                         "section#lifecycle figcaption"):
+            text = browser.text_of(session, selector)
+            chinese = len(CJK.findall(text))
+            assert chinese, (selector, text)
+            fonts = browser.fonts_of(session, selector)
+            # Chromium names the font that drew the glyphs; without a CJK font it falls back to
+            # one without them and the characters show as boxes
+            drawn_by_cjk = sum(f["glyphCount"] for f in fonts if "CJK" in f["familyName"] or "Han" in f["familyName"]
+                               or f["familyName"] in ("WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei"))
+            assert drawn_by_cjk >= chinese, (selector, text, fonts)
+        body = browser.call("Runtime.evaluate", {"expression": "JSON.stringify(document.body.dataset)",
+                                                 "returnByValue": True}, session=session)["result"]["value"]
+        assert json.loads(body) == {"imagesTotal": "5", "imagesLoaded": "5"}  # the reason's script stayed text

@@ -499,3 +499,53 @@ def test_write_audiences_refuses_a_file_as_folder(tmp_path):
     target.write_text("not a folder")
     with pytest.raises(InputError, match="is a file"):
         write_audiences(targeted_population(), target)
+
+
+# --------------------------------------------------------------------------- reasons in the operator's language
+
+
+def test_reasons_in_chinese_from_reason_zh_with_labels_and_english_values_elsewhere():
+    rows = with_fillers([
+        score_row("late", lifecycle_stage="at_risk", p_alive=0.4, clv=50.0),
+        score_row("vip", lifecycle_stage="at_risk", p_alive=0.9, clv=10_000.0, next_order_days_p50=12.0),
+    ])
+    features = pd.DataFrame({"customer_id": ["late"], "gap_mean": [30.0], "days_since_last": [75.0],
+                             "overdue_ratio": [2.5]})
+    scores = scores_frame(rows)
+    english = apply_rules(scores, load_rules(None), features=features, lang="en")
+    chinese = apply_rules(scores, load_rules(None), features=features, lang="zh")
+    pd.testing.assert_frame_equal(chinese.drop(columns="reason"), english.drop(columns="reason"))
+    by_id = dict(zip(chinese["customer_id"], chinese["reason"]))
+    assert by_id["late"] == "平时每 30 天下一单，但距上次下单已有 75 天；已是平时间隔的 2.5 倍；仍活跃的概率 40%"
+    # the stage placeholder shows the operator's word for it; the column keeps the machine name
+    assert by_id["vip"] == "终身价值排在前 5%（10,000）；当前处于衰退期；预计 12 天内再次下单"
+    assert set(chinese["lifecycle_stage"]) <= {"active", "at_risk"}
+    assert dict(zip(english["customer_id"], english["reason"]))["vip"] == (
+        "among the top 5% of customers by lifetime value (10,000); lifecycle stage at_risk; "
+        "next order likely in 12 days")
+
+
+def test_a_rule_without_reason_zh_keeps_its_reason_and_reason_zh_is_checked_like_reason(tmp_path):
+    scores = scores_frame([score_row("a", lifecycle_stage="lapsed")])
+    plain = ruleset([{"name": "wb", "when": "lifecycle_stage == 'lapsed'", "action": "win_back",
+                      "reason": "stage {lifecycle_stage}"}])
+    assert apply_rules(scores, plain, lang="zh")["reason"].tolist() == ["stage 睡眠期"]
+    assert apply_rules(scores, plain, lang="en")["reason"].tolist() == ["stage lapsed"]
+    with pytest.raises(RulesError, match=r"rule 1 'wb': reason: unknown placeholder \{nope\}"):
+        apply_rules(scores, ruleset([{"name": "wb", "when": "lifecycle_stage == 'lapsed'", "action": "win_back",
+                                      "reason": "ok", "reason_zh": "{nope}"}]), lang="zh")
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - {name: wb, when: p_alive > 0, action: win_back, reason: ok, reason_zh: '{a!r}'}\n",
+                   encoding="utf-8")
+    with pytest.raises(RulesError, match=r"reason_zh.*conversions \(!r\) are not supported"):
+        load_rules(bad)
+    with pytest.raises(InputError, match="'fr' is not a language offered here"):
+        apply_rules(scores, plain, lang="fr")
+
+
+def test_the_shipped_rules_say_the_same_in_chinese():
+    from serving.targeting.reasons import placeholder_columns
+
+    for rule in load_rules(None).rules:
+        assert rule.reason_zh, rule.name
+        assert sorted(placeholder_columns(rule.reason_zh)) == sorted(placeholder_columns(rule.reason)), rule.name

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -557,3 +558,24 @@ def test_http_end_to_end(served):
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue
         log.close()
+
+
+def test_target_gives_reasons_in_the_language_asked_and_machine_names_in_english(service, served):
+    ids = served["scores"]["customer_id"].tolist()[:60]
+    status, english = call(service, {"customer_ids": ids, "lang": "en"}, target=True)
+    assert status == 200
+    status, chinese = call(service, {"customer_ids": ids, "lang": "zh"}, target=True)
+    assert status == 200
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    pairs = [(e, c) for e, c in zip(english["scores"], chinese["scores"]) if e["reason"] is not None]
+    assert pairs
+    for e, c in pairs:
+        assert {k: v for k, v in c.items() if k != "reason"} == {k: v for k, v in e.items() if k != "reason"}
+        assert cjk.search(c["reason"]) and not cjk.search(e["reason"])
+    history_ids = [e["customer_id"] for e, _c in pairs][:3]
+    status, by_history = call(service, {"customers": [history(served["lines"], i) for i in history_ids],
+                                        "as_of": AS_OF, "lang": "zh"}, target=True)
+    assert status == 200, by_history
+    assert all(cjk.search(r["reason"]) for r in by_history["scores"] if r["reason"] is not None)
+    status, answer = call(service, {"customer_ids": ids[:1], "lang": "fr"}, target=True)
+    assert status == 400 and "'fr' is not a language offered here; choose one of en, zh" in answer["error"]

@@ -243,6 +243,40 @@ def test_cli_score_on_spark_gives_the_local_scores_partitioned_by_stage(spark, m
     pd.testing.assert_frame_equal(snapshot, expected_snapshot, check_exact=False, rtol=1e-9, atol=1e-9, check_dtype=False)
 
 
+@pytest.mark.spark
+def test_score_on_spark_carries_the_uplift_columns_of_the_duckdb_path(spark, mlflow_store, uplift_model, synth_orders,
+                                                                      tmp_path):
+    """A model with an uplift part: ``uplift`` and ``uplift_<action>`` on Spark, the DuckDB path's values."""
+    from features.orders import OrderLog
+    from serving.batch import score_log
+    from serving.cli import app
+    from training.registry import log_run
+
+    report = {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 100, "base_rate": 0.3,
+              "model": {"auc": 0.8, "brier": 0.1}}
+    example = uplift_model.features(synth_orders, "2025-06-30").head(5)
+    log_run(uplift_model, report, params={"job": "test"}, example_features=example, register=True)
+    few = synth_orders[synth_orders["customer_id"].isin(synth_orders["customer_id"].unique()[:600])]
+    orders_path = tmp_path / "orders.parquet"
+    few.to_parquet(orders_path, index=False)
+    as_of = "2025-09-30"
+
+    out = tmp_path / "scores.parquet"
+    result = runner.invoke(app, ["score", "--orders", str(orders_path), "--as-of", as_of, "--engine", "spark",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    run = score_log(uplift_model, OrderLog(lines=few, source="synth"), pd.Timestamp(as_of),
+                    tmp_path / "local" / "scores.parquet", model_version="1")
+    expected = pd.read_parquet(run.scores_path)
+    assert list(expected.columns)[-3:] == ["uplift", "uplift_churn_warning", "uplift_win_back"]
+    got = pd.read_parquet(out)
+    assert set(got.columns) == set(expected.columns)
+    got = _sorted(got.assign(lifecycle_stage=got["lifecycle_stage"].astype(str))[list(expected.columns)])
+    assert len(got) == run.n_customers > 300
+    assert got["uplift"].notna().all() and got["uplift"].nunique() > 10  # values, not a constant fill
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-9, atol=1e-12, check_dtype=False)
+
+
 # --------------------------------------------------------------------------- set-up errors (no JVM)
 
 

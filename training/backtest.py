@@ -72,7 +72,8 @@ def _bgnbd_quantiles(bgnbd: BTYDModel, frame: pd.DataFrame, grid: np.ndarray) ->
     return quantiles_from_cdf(grid, cdf)
 
 
-def _tracking(orders: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int, bgnbd: BTYDModel, path: Path):
+def _tracking(orders: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int, bgnbd: BTYDModel, path: Path,
+              lang: str | None = None):
     """Weekly cumulative repeat purchase days of the cutoff's customers: actual vs BG/NBD."""
     cohort = set(frame["customer_id"])
     end = cutoff + pd.Timedelta(days=horizon_days)
@@ -91,7 +92,7 @@ def _tracking(orders: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp, h
         age = np.clip(weeks * 7.0 - birth, 0, None) / unit
         expected += count * bgnbd_unconditional_expected(bgnbd.params_, age)
     cutoff_week = ((cutoff - start).days + 1) / 7
-    plots.tracking_plot(weeks, actual, {"bgnbd": expected}, cutoff_week, path)
+    plots.tracking_plot(weeks, actual, {"bgnbd": expected}, cutoff_week, path, lang=lang)
     holdout_mask = weeks > cutoff_week
     return {
         "weeks": int(n_weeks),
@@ -126,6 +127,7 @@ def run_backtest(
     plot_dir: Path | None = None,
     source: str = "",
     tiers: Tiers | None = None,
+    lang: str | None = None,
 ) -> Backtest:
     """Fit on orders up to ``cutoff``, predict ``(cutoff, cutoff + H]``, score against the truth.
 
@@ -146,6 +148,8 @@ def run_backtest(
     tiers : Tiers, optional
         Member tiers for the ``tiers`` block (default: the shipped ones), which is added when
         the log reaches 365 days past the cutoff.
+    lang : str, optional
+        Language of the plots' text (``en``, ``zh``; default ``$REPURCHASE_LANG``, else English).
     """
     cutoff = parse_date(cutoff, "cutoff")
     year_orders = until(orders, cutoff, horizon_days=YEAR_DAYS)
@@ -257,7 +261,7 @@ def run_backtest(
 
     backtest = Backtest(report=report, frame=frame, model=model)
     if plot_dir is not None:
-        backtest.plots = draw_plots(backtest, orders, plot_dir)
+        backtest.plots = draw_plots(backtest, orders, plot_dir, lang=lang)
         report["plots"] = {k: v.name for k, v in backtest.plots.items()}
     report["tracking"] = report.get("tracking")
     report.setdefault("calibration_by_origin", None)  # no LightGBM model: nothing calibrated
@@ -304,8 +308,8 @@ def _timing(frame: pd.DataFrame, prefix: str, horizon_days: int) -> dict:
     )
 
 
-def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path) -> dict[str, Path]:
-    """The backtest's PNG plots; returns name -> path."""
+def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path, *, lang: str | None = None) -> dict[str, Path]:
+    """The backtest's PNG plots, their text in ``lang`` (``training.i18n``); returns name -> path."""
     plot_dir = Path(plot_dir)
     frame, report = backtest.frame, backtest.report
     y = frame["label_repurchase"].to_numpy()
@@ -315,9 +319,9 @@ def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path) -> dict
         probabilities = {"model": frame["model_p_repurchase"].to_numpy(), **probabilities}
     rankers = {**probabilities, "recency_only": frame["recency_score"].to_numpy()}
     out = {
-        "roc": plots.roc_plot(y, rankers, plot_dir / "roc.png"),
-        "calibration": plots.calibration_plot(y, probabilities, plot_dir / "calibration.png"),
-        "gain": plots.gain_plot(y, rankers, plot_dir / "gain.png"),
+        "roc": plots.roc_plot(y, rankers, plot_dir / "roc.png", lang=lang),
+        "calibration": plots.calibration_plot(y, probabilities, plot_dir / "calibration.png", lang=lang),
+        "gain": plots.gain_plot(y, rankers, plot_dir / "gain.png", lang=lang),
     }
     revenue = {"bgnbd": frame["bgnbd_expected_revenue"].to_numpy()}
     if with_model:
@@ -328,15 +332,18 @@ def draw_plots(backtest: Backtest, orders: pd.DataFrame, plot_dir: Path) -> dict
             *(frame.loc[reordered, f"model_next_order_days_{q}"].to_numpy() for q in ("p10", "p50", "p90")),
             path=plot_dir / "timing.png",
             horizon_days=report["horizon_days"],
+            lang=lang,
         )
         model = backtest.model
         out["importance"] = plots.importance_plot(
-            model.spec_.model_features, model.classifier_.feature_importance("gain"), plot_dir / "importance.png"
+            model.spec_.model_features, model.classifier_.feature_importance("gain"), plot_dir / "importance.png",
+            lang=lang,
         )
-    out["revenue_deciles"] = plots.decile_plot(frame["label_revenue"].to_numpy(), revenue, plot_dir / "revenue_deciles.png")
+    out["revenue_deciles"] = plots.decile_plot(frame["label_revenue"].to_numpy(), revenue, plot_dir / "revenue_deciles.png",
+                                               lang=lang)
     bgnbd = BTYDModel.from_params(report["bgnbd"]["params"])
     report["tracking"] = _tracking(orders, frame, pd.Timestamp(report["cutoff"]), report["horizon_days"], bgnbd,
-                                   plot_dir / "tracking.png")
+                                   plot_dir / "tracking.png", lang)
     out["tracking"] = plot_dir / "tracking.png"
     return out
 

@@ -188,8 +188,9 @@ def backtest_job(
     model_params: dict | None = None,
     log_to_mlflow: bool = True,
     tiers=None,
+    lang: str | None = None,
 ) -> Backtest:
-    """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it.
+    """Run a backtest at ``cutoff`` and write ``json_path`` plus ``<stem>.<plot>.png`` beside it (plots in ``lang``).
 
     ``tiers`` (``training.tiers.Tiers``; default the shipped ones) sets the ``tiers`` block,
     present when the log reaches a year past the cutoff.
@@ -203,6 +204,7 @@ def backtest_job(
         backtest = run_backtest(
             log.orders, cutoff, horizon_days, model_params=model_params, plot_dir=Path(tmp), source=log.source,
             tiers=tiers,
+            lang=lang,
         )
         if has_categories(log):
             from training.replenish import ReplenishmentDataError, replenishment_backtest

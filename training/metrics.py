@@ -21,16 +21,31 @@ def _checked(y_true, score) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def expected_calibration_error(y_true, p, n_bins: int = 10) -> float:
-    """ECE over equal-count bins: sum over bins of (bin share) x |mean p - observed rate|.
+def calibration_bins(y_true, p, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean predicted probability, observed rate and size of ``n_bins`` equal-count bins.
 
-    Equal-count bins, not equal-width ones, because repurchase probabilities pile up near
-    zero; each bin then holds enough customers for its rate to mean something.
+    Customers sorted by ``p`` (stable) are cut into ``n_bins`` runs whose sizes differ by at
+    most one; ties may fall in neighbouring bins. Equal-count bins, not equal-width ones,
+    because repurchase probabilities pile up near zero; each bin then holds enough customers
+    for its rate to mean something. Not ``sklearn.calibration.calibration_curve(...,
+    strategy="quantile")``: its bins are cut at quantiles of ``p``, so tied probabilities
+    (which Platt scaling of tied log-odds produces) share a bin and the sizes drift apart,
+    which changes the ECE (on 6,000 customers with probabilities rounded to 0.01:
+    0.00577 here, 0.00686 with quantile edges; on 105 untied ones 0.0610 against 0.0668).
+    Used by :func:`expected_calibration_error` and the calibration plot, so both show the
+    same bins.
     """
     y, p = _checked(y_true, p)
     order = np.argsort(p, kind="stable")
-    bins = np.array_split(order, min(n_bins, len(p)))
-    return float(sum(len(b) / len(p) * abs(p[b].mean() - y[b].mean()) for b in bins if len(b)))
+    bins = [b for b in np.array_split(order, min(n_bins, len(p))) if len(b)]
+    return (np.array([p[b].mean() for b in bins]), np.array([y[b].mean() for b in bins]),
+            np.array([len(b) for b in bins]))
+
+
+def expected_calibration_error(y_true, p, n_bins: int = 10) -> float:
+    """ECE over equal-count bins (:func:`calibration_bins`): sum over bins of (bin share) x |mean p - observed rate|."""
+    predicted, observed, sizes = calibration_bins(y_true, p, n_bins)
+    return float(sum(size / sizes.sum() * abs(mean_p - rate) for mean_p, rate, size in zip(predicted, observed, sizes)))
 
 
 def top_fraction_mask(score, fraction: float) -> np.ndarray:

@@ -85,6 +85,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from training.i18n import N_
+
 RFM_RECENCY_DAYS = (365, 180, 90, 30)
 """Days since the last order at or under which R rises past 1, 2, 3 and 4."""
 RFM_FREQUENCY_ORDERS = (2, 3, 5, 10)
@@ -104,17 +106,17 @@ RFM_SEGMENTS = (
     "lost",
 )
 SEGMENT_MEANINGS = {
-    "champions": "best customers: 5+ orders, the last within 30 days",
-    "loyal": "frequent buyers: 5+ orders, the last 31-180 days ago",
-    "cannot_lose": "were among the best (10+ orders) but none in the last 180 days",
-    "at_risk": "a good history (3-9 orders) but none in the last 180 days",
-    "potential_loyalist": "recent repeat buyers: 2-4 orders, the last within 90 days",
-    "new": "a first and only order within the last 30 days",
-    "promising": "one order, 31-90 days ago",
-    "need_attention": "3-4 orders, the last 91-180 days ago",
-    "about_to_sleep": "1-2 orders, the last 91-180 days ago",
-    "hibernating": "1-2 orders, the last 181-365 days ago",
-    "lost": "1-2 orders, none for over a year",
+    "champions": N_("best customers: 5+ orders, the last within 30 days"),
+    "loyal": N_("frequent buyers: 5+ orders, the last 31-180 days ago"),
+    "cannot_lose": N_("were among the best (10+ orders) but none in the last 180 days"),
+    "at_risk": N_("a good history (3-9 orders) but none in the last 180 days"),
+    "potential_loyalist": N_("recent repeat buyers: 2-4 orders, the last within 90 days"),
+    "new": N_("a first and only order within the last 30 days"),
+    "promising": N_("one order, 31-90 days ago"),
+    "need_attention": N_("3-4 orders, the last 91-180 days ago"),
+    "about_to_sleep": N_("1-2 orders, the last 91-180 days ago"),
+    "hibernating": N_("1-2 orders, the last 181-365 days ago"),
+    "lost": N_("1-2 orders, none for over a year"),
 }
 """One line per RFM segment, as the report shows it beside the segment's row."""
 
@@ -144,29 +146,43 @@ class ReminderThresholds:
 REMINDER = ReminderThresholds()
 
 
-def stage_meanings(horizon_days, thresholds: LifecycleThresholds = LifecycleThresholds()) -> dict[str, str]:
-    """One line per lifecycle stage, with the horizon and the cut points filled in."""
+def _english(message: str) -> str:
+    return message
+
+
+def stage_meanings(horizon_days, thresholds: LifecycleThresholds = LifecycleThresholds(), *,
+                   gettext=_english) -> dict[str, str]:
+    """One line per lifecycle stage, with the horizon and the cut points filled in.
+
+    ``gettext`` translates the messages (``training.i18n.Language.gettext``); English by default.
+    """
+    _ = gettext
     t = thresholds
-    h = "the horizon" if horizon_days is None else f"{horizon_days:g} days"
+    h = _("the horizon") if horizon_days is None else _("{days} days").format(days=f"{horizon_days:g}")
     return {
-        "new": f"a single purchase day, within the last {h}",
-        "active": f"repeat buyer, at most {t.active_max_overdue:g} usual gaps since the last order",
-        "at_risk": f"repeat buyer, {t.active_max_overdue:g} to {t.at_risk_max_overdue:g} usual gaps since the last order",
-        "lapsed": f"over {t.at_risk_max_overdue:g} usual gaps since the last order, or a one-time buyer older than {h}, "
-                  "and not churned",
-        "churned": f"probably dropped out: chance still active (p_alive) under {t.churned_max_p_alive:.0%}, "
-                   f"p_repurchase under {t.churned_max_p_repurchase:.0%} and no order within {h}",
+        "new": _("a single purchase day, within the last {horizon}").format(horizon=h),
+        "active": _("repeat buyer, at most {gaps} usual gaps since the last order").format(
+            gaps=f"{t.active_max_overdue:g}"),
+        "at_risk": _("repeat buyer, {low} to {high} usual gaps since the last order").format(
+            low=f"{t.active_max_overdue:g}", high=f"{t.at_risk_max_overdue:g}"),
+        "lapsed": _("over {gaps} usual gaps since the last order, or a one-time buyer older than {horizon}, "
+                    "and not churned").format(gaps=f"{t.at_risk_max_overdue:g}", horizon=h),
+        "churned": _("probably dropped out: chance still active (p_alive) under {p_alive}, p_repurchase under "
+                     "{p_repurchase} and no order within {horizon}").format(
+            p_alive=f"{t.churned_max_p_alive:.0%}", p_repurchase=f"{t.churned_max_p_repurchase:.0%}", horizon=h),
     }
 
 
-def rfm_scales() -> str:
+def rfm_scales(gettext=_english) -> str:
     """The R and F scales in words, one line (from :data:`RFM_RECENCY_DAYS` and :data:`RFM_FREQUENCY_ORDERS`)."""
+    _ = gettext
     days = sorted(RFM_RECENCY_DAYS)
-    recency = [f"5: within {days[0]}"] + [f"{4 - k}: {lo + 1}-{hi}" for k, (lo, hi) in enumerate(zip(days, days[1:]))]
+    recency = [_("5: within {days}").format(days=days[0])] + [
+        _("{score}: {low}-{high}").format(score=4 - k, low=lo + 1, high=hi) for k, (lo, hi) in enumerate(zip(days, days[1:]))]
     orders = [1, *sorted(RFM_FREQUENCY_ORDERS)]
     counts = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(orders, orders[1:])] + [f"{orders[-1]}+"]
-    return (f"R counts days since the last order ({', '.join(recency)}, 1: longer), "
-            f"F counts orders ({', '.join(counts)} for 1 to 5)")
+    return _("R counts days since the last order ({recency}, 1: longer), F counts orders ({counts} for 1 to 5)").format(
+        recency=_(", ").join(recency), counts=_(", ").join(counts))
 
 
 def monetary_cut_points(reference) -> np.ndarray:

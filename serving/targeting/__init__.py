@@ -10,6 +10,9 @@ A rules file is YAML::
         reason:                             # one clause, or a list of clauses
           - "no order for {days_since_last:.0f} days"
           - "lifetime value {clv:,.0f}"
+        reason_zh:                          # optional: the reason in Chinese (--lang zh), same placeholders
+          - "已有 {days_since_last:.0f} 天没有下单"
+          - "终身价值 {clv:,.0f}"
         holdout: 0.1                        # share kept back to measure the action (default 0.1; 0.0 = none)
         cooldown_days: 30                   # optional: skip customers in a campaign within 30 days
     budget:                                 # optional
@@ -88,6 +91,13 @@ sensibly: a clause that names a missing value (NaN, or a feature column the snap
 does not have, e.g. no snapshot was given) is left out; only when every clause would be
 left out are the clauses kept with "unknown" in place of the missing values. Without a
 format spec whole numbers print without ".0" and midnight timestamps as dates.
+
+``reason_zh`` (optional, same syntax) is the reason in Chinese, used with ``--lang zh``
+(or ``"lang": "zh"`` in an API request); a rule without it gives its ``reason``. In
+Chinese, ``{lifecycle_stage}``, ``{rfm_segment}``, ``{member_tier}``, ``{predicted_tier}``
+and ``{action}`` without a format spec show their labels (衰退期 for ``at_risk``), clauses
+are joined with "；" and a missing value reads "未知"; ``held_back`` says why in Chinese too. The
+columns keep their English values.
 
 Budget
 ------

@@ -24,6 +24,7 @@ from serving.targeting.expressions import evaluate_condition
 from serving.targeting.reasons import check_placeholder_columns, render_reasons
 from serving.targeting.schema import Budget, RuleSet, RulesError
 from training.contract import REASON_CODES, SCORE_COLUMNS, UPLIFT, uplift_columns
+from training.i18n import language
 
 
 def apply_rules(
@@ -34,6 +35,7 @@ def apply_rules(
     *,
     clv_reference: np.ndarray | None = None,
     campaign: Campaign | None = None,
+    lang: str | None = None,
 ) -> pd.DataFrame:
     """Give every scored customer at most one action (first matching rule wins) with a reason.
 
@@ -54,6 +56,11 @@ def apply_rules(
         Plan a campaign: draw each action's holdout and, with past contacts, hold back
         customers by cooldowns and the contact cap (see "Holdouts and contact hygiene" in
         the package docs). Without it, only the decisions are made.
+    lang
+        Language of the ``reason`` texts (``en``, ``zh``; default ``$REPURCHASE_LANG``, else
+        English): a rule's ``reason_<lang>`` when it has one, else its ``reason``; in Chinese,
+        labels of stages, segments, tiers and actions in place of their machine names. Every
+        other column keeps its English values.
 
     Returns
     -------
@@ -72,6 +79,10 @@ def apply_rules(
     """
     if not isinstance(rules, RuleSet):
         raise TypeError("rules must be a RuleSet (see load_rules)")
+    try:
+        reason_language = language(lang)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise InputError(f"scores: missing column(s) {', '.join(missing)}; expected the score contract")
@@ -100,12 +111,13 @@ def apply_rules(
     set_uplift(frame, _chosen_uplift(chosen, rules, uplift_of), rules.contact_cost)
     for position, rule in enumerate(rules.rules, start=1):
         with _located(rules, position, "reason"):
-            check_placeholder_columns(frame, rule.clauses)
+            check_placeholder_columns(frame, rule.clauses_in(reason_language.code))
     why_held = np.full(n, None, dtype=object)
     if campaign is not None:
         dates = campaign_dates(frame, campaign.date)
         if campaign.contacts is not None:
-            why_held = held_back(frame["customer_id"].astype(str).to_numpy(), chosen, dates, rules, campaign.contacts)
+            why_held = held_back(frame["customer_id"].astype(str).to_numpy(), chosen, dates, rules, campaign.contacts,
+                                 reason_language)
     if rules.budget is not None:
         held = np.array([h is not None for h in why_held], dtype=bool)
         ranked_by = "incremental_value" if rules.budget.rank_by == UPLIFT else "expected_value"
@@ -122,7 +134,7 @@ def apply_rules(
         action[rows] = rule.action
         rule_name[rows] = rule.name
         with _located(rules, index + 1, "reason"):
-            reason[rows] = render_reasons(frame.iloc[rows], rule.clauses)
+            reason[rows] = render_reasons(frame.iloc[rows], rule.clauses_in(reason_language.code), reason_language)
 
     hidden = set(SCORE_COLUMNS) | set(scored_uplift) | (set(REPLENISH_COLUMNS) if replenishment is None else set())
     used = [c for rule in rules.rules for c in rule.columns() if c in frame.columns and c not in hidden]

@@ -10,6 +10,7 @@ import pandas as pd
 
 from features.contacts import TREATMENT
 from features.common.errors import InputError
+from training.i18n import Language, language
 
 if TYPE_CHECKING:
     from serving.targeting.schema import RuleSet
@@ -39,14 +40,19 @@ def campaign_dates(frame: pd.DataFrame, campaign_date) -> np.ndarray:
     return as_of.to_numpy()
 
 
-def _days_text(days: int) -> str:
-    return "today" if days == 0 else f"{days} day{'s' if days != 1 else ''} ago"
+def _days_text(days: int, lang: Language) -> str:
+    if days == 0:
+        return lang.gettext("today")
+    return lang.ngettext("{days} day ago", "{days} days ago", days).format(days=days)
 
 
 def held_back(
-    customer_ids: np.ndarray, chosen: np.ndarray, dates: np.ndarray, rules: RuleSet, contacts: pd.DataFrame
+    customer_ids: np.ndarray, chosen: np.ndarray, dates: np.ndarray, rules: RuleSet, contacts: pd.DataFrame,
+    lang: Language | None = None,
 ) -> np.ndarray:
-    """Why each customer with an action is not sent (None when sent): cooldowns and the contact cap."""
+    """Why each customer with an action is not sent (None when sent): cooldowns and the contact cap, in ``lang``."""
+    lang = lang or language("en")
+    _ = lang.gettext
     out = np.full(len(chosen), None, dtype=object)
     cooldown = np.array([rules.rules[i].cooldown_days or 0 if i >= 0 else 0 for i in chosen], dtype=np.int64)
     cap = rules.contact_cap
@@ -65,17 +71,20 @@ def held_back(
     reasons: dict[int, list[str]] = {}
     cooling = pairs[pairs["days_ago"] < pairs["cooldown"]].sort_values(["row", "days_ago"], kind="mergesort")
     for record in cooling.drop_duplicates("row").itertuples(index=False):
-        when = _days_text(int(record.days_ago))
-        text = (f"contacted {when} for {record.action}" if record.group == TREATMENT
-                else f"in the holdout of {record.action} {when}")
-        reasons.setdefault(int(record.row), []).append(f"{text} (cooldown {int(record.cooldown)} days)")
+        when = _days_text(int(record.days_ago), lang)
+        action = lang.name_or_label("action", record.action)
+        text = (_("contacted {when} for {action}") if record.group == TREATMENT
+                else _("in the holdout of {action} {when}")).format(when=when, action=action)
+        reasons.setdefault(int(record.row), []).append(
+            _("{why} (cooldown {days} days)").format(why=text, days=int(record.cooldown)))
     if cap is not None:
         sent = pairs[(pairs["group"] == TREATMENT) & (pairs["days_ago"] < cap.days)]
         counts = sent.groupby("row").size()
         for row, count in counts[counts >= cap.contacts].items():
-            reasons.setdefault(int(row), []).append(
-                f"contacted {int(count)} time{'s' if count != 1 else ''} in the last {cap.days} days (cap {cap.contacts})"
-            )
+            reasons.setdefault(int(row), []).append(lang.ngettext(
+                "contacted {count} time in the last {days} days (cap {cap})",
+                "contacted {count} times in the last {days} days (cap {cap})", int(count),
+            ).format(count=int(count), days=cap.days, cap=cap.contacts))
     for row, texts in reasons.items():
-        out[row] = "; ".join(texts)
+        out[row] = _("; ").join(texts)
     return out

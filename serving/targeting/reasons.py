@@ -10,8 +10,13 @@ import numpy as np
 import pandas as pd
 
 from serving.targeting.columns import is_feature_name, unknown_column
+from training.i18n import N_, Language, language
 
-MISSING_TEXT = "unknown"
+MISSING_TEXT = N_("unknown")
+# Columns whose values are machine names: a reason in another language shows their label
+# (lifecycle_stage 'at_risk' -> 衰退期), under the label's context in the catalog.
+LABELLED_COLUMNS = {"lifecycle_stage": "lifecycle_stage", "rfm_segment": "rfm_segment", "member_tier": "member_tier",
+                    "predicted_tier": "member_tier", "action": "action"}
 MAX_REASON_CHARS = 1_000
 MAX_REASON_PLACEHOLDERS = 20
 MAX_SPEC_CHARS = 50
@@ -79,9 +84,15 @@ def parse_template(clause: str) -> list[tuple[str, str | None, str]]:
     return out
 
 
-def render_reasons(rows: pd.DataFrame, clauses: list[str]) -> list[str]:
+def render_reasons(rows: pd.DataFrame, clauses: list[str], lang: Language | None = None) -> list[str]:
     """One reason per row: clauses with a missing value are left out (see the package docs); a ValueError
-    names a value that its format spec cannot format."""
+    names a value that its format spec cannot format.
+
+    In a language other than English (``lang``), values of :data:`LABELLED_COLUMNS` without a format
+    spec show as their labels, and a missing value as the word for "unknown".
+    """
+    lang = lang or language("en")
+    missing_text = lang.gettext(MISSING_TEXT)
     parsed = [parse_template(clause) for clause in clauses]
     rendered: list[list[tuple[str, bool]]] = [[] for _ in range(len(rows))]
     for parts in parsed:
@@ -96,7 +107,10 @@ def render_reasons(rows: pd.DataFrame, clauses: list[str]) -> list[str]:
             for i, value in enumerate(values):
                 if _is_missing(value):
                     complete[i] = False
-                    pieces[i].append(MISSING_TEXT)
+                    pieces[i].append(missing_text)
+                    continue
+                if not spec and field in LABELLED_COLUMNS and not lang.is_default:
+                    pieces[i].append(lang.label(LABELLED_COLUMNS[field], value))
                     continue
                 try:
                     pieces[i].append(_format_value(value, spec))
@@ -107,7 +121,7 @@ def render_reasons(rows: pd.DataFrame, clauses: list[str]) -> list[str]:
     out = []
     for texts in rendered:
         kept = [text for text, complete in texts if complete]
-        out.append("; ".join(kept if kept else [text for text, _ in texts]))
+        out.append(lang.gettext("; ").join(kept if kept else [text for text, _ in texts]))
     return out
 
 

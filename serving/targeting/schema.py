@@ -72,6 +72,7 @@ class Rule(BaseModel):
     when: Text
     action: Annotated[str, StringConstraints(strict=True, pattern=f"^{ACTION_PATTERN}$")]
     reason: Annotated[list[Text], BeforeValidator(_as_clauses)]
+    reason_zh: Annotated[list[Text], BeforeValidator(_as_clauses)] | None = None
     description: str | None = None
     holdout: float = Field(default=DEFAULT_HOLDOUT_SHARE, ge=0, lt=1, allow_inf_nan=False)
     cooldown_days: int | None = Field(default=None, ge=1, le=3650)
@@ -89,19 +90,25 @@ class Rule(BaseModel):
             raise ValueError(f"'{SUMMARY}' is taken by {SUMMARY}.csv; choose another action name")
         return action
 
-    @field_validator("reason")
+    @field_validator("reason", "reason_zh")
     @classmethod
-    def _check_reason(cls, reason: list[str]) -> list[str]:
-        return check_clauses(reason)
+    def _check_reason(cls, reason: list[str] | None) -> list[str] | None:
+        return None if reason is None else check_clauses(reason)
 
     @property
     def clauses(self) -> list[str]:
         """The reason's clauses (a single text is one clause)."""
         return list(self.reason)
 
+    def clauses_in(self, lang: str) -> list[str]:
+        """The reason's clauses in ``lang``: ``reason_<lang>`` when the rule has one, else ``reason``."""
+        translated = getattr(self, f"reason_{lang}", None) if lang != "en" else None
+        return list(translated) if translated else self.clauses
+
     def columns(self) -> list[str]:
-        """Columns the condition and the reason name, in order of appearance."""
-        return list(dict.fromkeys(condition_columns(self.when) + placeholder_columns(self.clauses)))
+        """Columns the condition and the reasons (in every language) name, in order of appearance."""
+        translated = placeholder_columns(self.reason_zh) if self.reason_zh else []
+        return list(dict.fromkeys(condition_columns(self.when) + placeholder_columns(self.clauses) + translated))
 
 
 class RuleSet(BaseModel):
