@@ -70,7 +70,7 @@ def run_quickstart(
     from serving.batch import add_reason_codes, score_log
     from serving.migration import add_previous, check_order, read_previous, transitions
     from serving.report import model_notes, render_report
-    from serving.report_economics import economics_section, movement_section, tiers_section
+    from serving.report_economics import economics_data, movement_data, tiers_data
     from serving.targeting import Campaign, apply_rules, load_rules, write_audiences
     from training.backtest import Backtest, write_report
     from training.btyd import BTYDDataError
@@ -155,12 +155,12 @@ def run_quickstart(
         audiences = write_audiences(targeted, out_dir / "audiences", send_dir=out_dir / "send")
     with step("measuring repurchase economics ..."):
         economics = economics_report(log.orders, as_of, scores, economics_config, source=log.source)
-        written = write_economics(economics, out_dir / "economics.json")
+        written = write_economics(economics, out_dir / "economics.json", lang=language_.code)
     with step("writing the report ..."):
-        extra = {"tiers": tiers_section(scores, backtest.report),
-                 "economics": economics_section(economics, written["cohorts"])}
+        extra = {"tiers": tiers_data(scores, backtest.report, language_.code),
+                 "economics": economics_data(economics, written["cohorts"], language_.code)}
         if moves is not None:
-            extra["movement"] = movement_section(moves)
+            extra["movement"] = movement_data(moves, language_.code)
         title = language_.gettext("Repurchase report: {source} as of {as_of}").format(
             source=log.source, as_of=language_.date(as_of.date()))
         render_report(backtest.report, backtest.plots, scores, targeted, out_dir / "report.html", title=title,

@@ -31,7 +31,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.common.outputs import atomic_path
-from serving.report_economics import SECTION_TITLES as EXTRA_TITLES
 from training.i18n import N_, Language, language, use_language_fonts
 from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
 
@@ -772,7 +771,9 @@ SECTION_TITLES = {
     "actions": (N_("Actions and revenue at stake"), N_("Actions and revenue at stake")),
     "reasons": (N_("Why these customers"), N_("Why these customers")),
     MEASURED: (N_("Did it work? Campaigns against their holdouts"), N_("Did it work")),
-    **{key: (N_(title), N_(title.split(':')[0])) for key, title in EXTRA_TITLES.items()},
+    "tiers": (N_("Member tiers: who will reach or lose a tier"), N_("Member tiers")),
+    "economics": (N_("Economics: repurchase, cohorts, LTV"), N_("Economics")),
+    "movement": (N_("Movement since the previous run"), N_("Movement since the previous run")),
 }
 DEFAULT_TITLE = N_("Repurchase report")
 DEFAULT_MEASUREMENT_TITLE = N_("Repurchase report: did it work?")
@@ -786,7 +787,7 @@ def _content_security_policy() -> str:
 
 def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.DataFrame, targeted: pd.DataFrame | None,
                       *, title: str | None = None, model_notes=(), measurement: dict | None = None,
-                      lang: str | None = None, extra_sections: dict[str, str] | None = None) -> str:
+                      lang: str | None = None, extra_sections: dict[str, dict] | None = None) -> str:
     """The report page as a string (see :func:`render_report`)."""
     lang = language(lang)
     _ = lang.gettext
@@ -807,9 +808,8 @@ def build_report_html(report: dict, plot_paths: dict[str, Path], scores: pd.Data
     }
     order = SECTIONS
     for key, body in (extra_sections or {}).items():
-        # tiers, economics, movement: HTML fragments of serving.report_economics, data escaped there
-        # (English only for now; sections/<key>.html.j2 shows them as they are).
-        bodies[key] = Markup(body)
+        # tiers, economics, movement: data of serving.report_economics for sections/<key>.html.j2
+        bodies[key] = body
         order = (*order, key)
     if measurement is not None:
         bodies[MEASURED] = measurement_section(measurement, lang)
@@ -850,6 +850,11 @@ def _environment(lang: str) -> Environment:
                               autoescape=select_autoescape(("html", "j2"), default_for_string=True, default=True))
     environment.install_gettext_translations(language(lang).catalog, newstyle=True)
     return environment
+
+
+def render_section(key: str, body: dict, lang: str | None = None) -> Markup:
+    """One section's body (``sections/<key>.html.j2`` with the data ``body``) as an HTML fragment, without its heading."""
+    return Markup(_environment(language(lang).code).get_template(f"sections/{key}.html.j2").render(s={"body": body}))
 
 
 def _page(title: str, subtitle: str, order, bodies: dict[str, dict], footer: str, lang: Language) -> str:
@@ -904,7 +909,7 @@ def render_report(
     model_notes=(),
     measurement: dict | None = None,
     lang: str | None = None,
-    extra_sections: dict[str, str] | None = None,
+    extra_sections: dict[str, dict] | None = None,
 ) -> Path:
     """Write the self-contained HTML report and return its path.
 
@@ -934,9 +939,9 @@ def render_report(
         Language of the page (``en``, ``zh``; default ``$REPURCHASE_LANG``, else English): headings,
         captions, explanations, labels of segments, stages and actions, numbers and dates. Text from
         the data (reasons, rule names, notes) is shown as given.
-    extra_sections : dict of str to str, optional
-        HTML fragments by section key (``tiers``, ``economics``, ``movement``:
-        :mod:`serving.report_economics`), after the standard sections (in English).
+    extra_sections : dict of str to dict, optional
+        Data of further sections by key (``tiers``, ``economics``, ``movement``), built by
+        :mod:`serving.report_economics` in the same ``lang``; shown after the standard sections.
     """
     page = build_report_html(report, plot_paths, scores, targeted, title=title, model_notes=model_notes,
                              measurement=measurement, lang=lang, extra_sections=extra_sections)

@@ -1,157 +1,197 @@
-"""Report sections on member tiers, repurchase economics and movement since the previous run.
+"""Data of the report's sections on member tiers, repurchase economics and movement since the previous run.
 
-Each function returns an HTML fragment (text from data escaped) for one section of the
-report: :func:`tiers_section` (tiers now and a year on, and the backtest's ``tiers``
-block), :func:`economics_section` (``economics.json`` and its cohort heatmap) and
-:func:`movement_section` (``transitions.json``).
+Each ``*_data`` function turns its input into plain data for the section's template
+(``serving/templates/sections/{tiers,economics,movement}.html.j2``): text for people in the
+report's language, numbers formatted by Babel (:mod:`training.i18n`), machine names (tiers,
+stages, segments) as their labels. The templates escape everything, as in the other sections.
+
+:func:`tiers_data` (tiers now and a year on, and the backtest's ``tiers`` block),
+:func:`economics_data` (``economics.json`` and its cohort heatmap) and :func:`movement_data`
+(``transitions.json``) go to :func:`serving.report.render_report` as ``extra_sections``;
+the ``*_section`` functions render one section alone as an HTML fragment.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from babel.dates import format_skeleton
+from markupsafe import Markup
 
-DASH = "–"
-SECTION_TITLES = {
-    "tiers": "Member tiers: who will reach or lose a tier",
-    "economics": "Economics: repurchase, cohorts, LTV",
-    "movement": "Movement since the previous run",
-}
+from serving.report import DASH, GROUPINGS, _figure, _table, render_section
+from training.i18n import Language, language
 
-
-def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
+TIER_ORDER = ("silver", "gold", "diamond")
 
 
-def _num(value) -> float | None:
+def _lines(headers, rows) -> dict:
+    """A table whose cells are all text: these sections have always shown them so (left-aligned, no class)."""
+    headers = list(headers)
+    return _table(headers, rows, text_columns=range(len(headers)))
+
+
+def _month(lang: Language, value) -> str:
+    """A month such as ``2025-03``: as it is in English, "2025年3月" in Chinese."""
+    if lang.is_default:
+        return str(value)
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+        month = pd.Period(str(value), freq="M")
+    except ValueError:
+        return str(value)
+    return format_skeleton("yMMM", month.to_timestamp().date(), locale=lang.locale)
 
 
-def _pct(value, decimals: int = 1) -> str:
-    number = _num(value)
-    return DASH if number is None else f"{number:.{decimals}%}"
+def _day(lang: Language, value, missing: str) -> str:
+    """An ISO date from a JSON file in the page's language; ``missing`` when there is none."""
+    if value in (None, ""):
+        return missing
+    try:
+        return lang.date(pd.Timestamp(value).date())
+    except ValueError:
+        return str(value)
 
 
-def _money(value) -> str:
-    number = _num(value)
-    return DASH if number is None else f"{number:,.0f}"
+def _months(lang: Language, value) -> str:
+    return DASH if value is None else lang.ngettext("{n} month", "{n} months", int(value)).format(n=lang.count(value))
 
 
-def _fixed(value, decimals: int = 3) -> str:
-    number = _num(value)
-    return DASH if number is None else f"{number:.{decimals}f}"
-
-
-def _months(value) -> str:
-    return DASH if value is None else f"{value} month{'' if value == 1 else 's'}"
-
-
-def _table(headers, rows) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _image(path: Path | None, title: str, caption: str) -> str:
-    if path is None or not Path(path).is_file():
-        return ""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return (f'<figure class="wide"><img src="data:image/png;base64,{data}" alt="{_esc(title)}">'
-            f"<figcaption><b>{_esc(title)}</b>. {_esc(caption)}</figcaption></figure>")
-
-
-def tiers_section(scores: pd.DataFrame, backtest: dict | None = None) -> str:
+def tiers_data(scores: pd.DataFrame, backtest: dict | None = None, lang: str | None = None) -> dict:
     """Customers by tier today and predicted a year on, mean P(upgrade) / P(downgrade), and the backtest's tiers block."""
+    lang = language(lang)
+    _ = lang.gettext
     if "member_tier" not in scores.columns:
-        return "<p>These scores have no member tiers (written before tiers existed); score again for them.</p>"
-    parts = ["<p>A member's tier is the band of their spend over the last 365 days. The predicted tier is the highest "
-             "one their spend over the next 365 days reaches with a chance of at least one half (the median of its "
-             "predicted distribution: BTYD purchases times Gamma-Gamma order values); P(upgrade) and P(downgrade) come from the same "
-             "distribution.</p>"]
+        return {"has_tiers": False}
     names = list(dict.fromkeys(scores["member_tier"].astype(str)))
-    order = [n for n in ("silver", "gold", "diamond") if n in names] + [n for n in names if n not in ("silver", "gold", "diamond")]
+    order = [n for n in TIER_ORDER if n in names] + [n for n in names if n not in TIER_ORDER]
+    predicted = scores["predicted_tier"].astype(str)
     rows = []
     for name in order:
         part = scores[scores["member_tier"].astype(str) == name]
-        predicted = scores["predicted_tier"].astype(str)
-        rows.append([name, f"{len(part):,}", f"{int((predicted == name).sum()):,}", _pct(part["p_upgrade"].mean()),
-                     _pct(part["p_downgrade"].mean()), _money(part["spend_to_next_tier"].median())])
-    parts.append(_table(["tier", "members now", "predicted a year on", "mean P(upgrade)", "mean P(downgrade)",
-                         "median spend to next tier"], rows))
+        rows.append([lang.label("member_tier", name), lang.count(len(part)), lang.count((predicted == name).sum()),
+                     lang.percent(part["p_upgrade"].mean()), lang.percent(part["p_downgrade"].mean()),
+                     lang.count(part["spend_to_next_tier"].median())])
+    data = {"has_tiers": True, "backtest": None,
+            "table": _lines([_("tier"), _("members now"), _("predicted a year on"), _("mean P(upgrade)"),
+                             _("mean P(downgrade)"), _("median spend to next tier")], rows)}
     block = (backtest or {}).get("tiers")
     if block:
-        parts.append(
-            f"<p>Backtest at {_esc(backtest.get('cutoff', DASH))}: the tier predicted a year on against the one "
-            f"customers reached, beside \"the tier stays as it is\" ({block.get('n_customers', 0):,} customers).</p>")
-        parts.append(_table(["", "accuracy", "macro-F1"], [
-            ["model", _fixed(block.get("accuracy")), _fixed(block.get("macro_f1"))],
-            ["tier stays", _fixed(block.get("persistence_accuracy")), _fixed(block.get("persistence_macro_f1"))],
-        ]))
-    return "".join(parts)
+        data["backtest"] = {
+            "cutoff": _day(lang, backtest.get("cutoff"), DASH),
+            "customers": lang.count(block.get("n_customers", 0)),
+            "table": _lines(["", _("accuracy"), _("macro-F1")], [
+                [_("model"), lang.decimal(block.get("accuracy")), lang.decimal(block.get("macro_f1"))],
+                [_("tier stays"), lang.decimal(block.get("persistence_accuracy")),
+                 lang.decimal(block.get("persistence_macro_f1"))],
+            ]),
+        }
+    return data
 
 
-def economics_section(economics: dict | None, heatmap: Path | None = None) -> str:
+def _cac_note(economics: dict, lang: Language) -> str | None:
+    """Why LTV:CAC is missing or partial, in the page's language (``economics.json`` has it in English)."""
+    _ = lang.gettext
+    if economics.get("ltv_by_channel") is None:
+        return _("this log has no channel column: LTV:CAC and payback need each order's acquisition channel "
+                 "(the optional 'channel' column) and CAC per channel (--economics FILE)")
+    if economics.get("ltv_cac") is None:
+        return _("no CAC given: pass --economics FILE with economics: {cac: {CHANNEL: VALUE}} for LTV:CAC and "
+                 "payback months per channel")
+    notes = []
+    missing = economics.get("cac_not_in_log") or []
+    uncosted = [row["channel"] for row in economics["ltv_cac"] if row.get("cac") is None]
+    if missing:
+        notes.append(_("CAC given for channels not in the log: {channels}").format(channels=_(", ").join(missing)))
+    if uncosted:
+        notes.append(_("no CAC for: {channels}").format(channels=_(", ").join(uncosted)))
+    return _("; ").join(notes) or None
+
+
+def economics_data(economics: dict | None, heatmap: Path | None = None, lang: str | None = None) -> dict:
     """Repurchase rate by month, the cohort heatmap, LTV by cohort and channel, LTV:CAC, the value of more repurchase."""
+    lang = language(lang)
+    _ = lang.gettext
     if not economics:
-        return "<p>No economics measured.</p>"
-    parts = []
+        return {"empty": True}
     value = economics.get("value_of_repurchase") or {}
-    parts.append(
-        f"<p>In the last {value.get('window_days', 365)} days {value.get('buyers', 0):,} customers ordered and "
-        f"{_pct(value.get('repurchase_rate'))} of them ordered at least twice; each repeat buyer brought "
-        f"{_money(value.get('revenue_per_repeat_buyer'))} beyond their first order in that time.</p>")
-    parts.append(_table(["more repurchase rate", "more repeat buyers", "more revenue a year", "more margin a year"],
-                        [[f"+{row['points']} points", _money(row.get("extra_repeat_buyers")),
-                          _money(row.get("extra_revenue")), _money(row.get("extra_margin"))]
-                         for row in value.get("points", [])]))
     months = economics.get("repurchase_by_month") or []
-    parts.append("<p>Repurchase rate by month: of the customers who ordered in the month, the share who had ordered "
-                 "before or ordered twice in it (last 12 months).</p>")
-    parts.append(_table(["month", "buyers", "repeat buyers", "repurchase rate"],
-                        [[m["month"], f"{m['buyers']:,}", f"{m['repeat_buyers']:,}", _pct(m["repurchase_rate"])]
-                         for m in months[-12:]]))
-    parts.append(_image(heatmap, "Cohort retention",
-                        "Rows are customers grouped by the month of their first order, columns months since; the colour "
-                        "is the share of the cohort that ordered in that month. Months not over yet are blank."))
     cohorts = economics.get("ltv_by_cohort") or []
-    parts.append(_table(["acquisition cohort", "customers", "LTV realised", "LTV predicted (next 365 d)", "LTV"],
-                        [[c["cohort"], f"{c['customers']:,}", _money(c["ltv_realised"]), _money(c["ltv_predicted"]),
-                          _money(c["ltv"])] for c in cohorts[-12:]]))
+    data = {
+        "empty": False,
+        "window": lang.count(value.get("window_days", 365)),
+        "buyers": lang.count(value.get("buyers", 0)),
+        "rate": lang.percent(value.get("repurchase_rate")),
+        "per_repeat_buyer": lang.count(value.get("revenue_per_repeat_buyer")),
+        "points": _lines(
+            [_("more repurchase rate"), _("more repeat buyers"), _("more revenue a year"), _("more margin a year")],
+            [[_("+{points} points").format(points=lang.count(row["points"])), lang.count(row.get("extra_repeat_buyers")),
+              lang.count(row.get("extra_revenue")), lang.count(row.get("extra_margin"))]
+             for row in value.get("points", [])]),
+        "months": _lines(
+            [_("month"), _("buyers"), _("repeat buyers"), _("repurchase rate")],
+            [[_month(lang, m["month"]), lang.count(m["buyers"]), lang.count(m["repeat_buyers"]),
+              lang.percent(m["repurchase_rate"])] for m in months[-12:]]),
+        "heatmap": None,
+        "cohorts": _lines(
+            [_("acquisition cohort"), _("customers"), _("LTV realised"), _("LTV predicted (next 365 d)"), _("LTV")],
+            [[_month(lang, c["cohort"]), lang.count(c["customers"]), lang.count(c["ltv_realised"]),
+              lang.count(c["ltv_predicted"]), lang.count(c["ltv"])] for c in cohorts[-12:]]),
+        "channels": None,
+        "note": _cac_note(economics, lang),
+    }
+    if heatmap is not None and Path(heatmap).is_file():
+        data["heatmap"] = _figure(Path(heatmap).read_bytes(), _("Cohort retention"),
+                                  _("Rows are customers grouped by the month of their first order, columns months "
+                                    "since; the colour is the share of the cohort that ordered in that month. Months "
+                                    "not over yet are blank."), wide=True)
     channels = economics.get("ltv_by_channel")
     if channels:
         cac = {row["channel"]: row for row in economics.get("ltv_cac") or []}
-        parts.append(_table(["acquisition channel", "customers", "LTV", "CAC", "LTV:CAC", "payback"],
-                            [[c["channel"], f"{c['customers']:,}", _money(c["ltv"]),
-                              _money((cac.get(c["channel"]) or {}).get("cac")),
-                              _fixed((cac.get(c["channel"]) or {}).get("ltv_cac"), 2),
-                              _months((cac.get(c["channel"]) or {}).get("payback_months"))] for c in channels]))
-    if economics.get("ltv_cac_note"):
-        parts.append(f"<p class=note>{_esc(economics['ltv_cac_note'])}.</p>")
-    return "".join(parts)
+        data["channels"] = _lines(
+            [_("acquisition channel"), _("customers"), _("LTV"), _("CAC"), _("LTV:CAC"), _("payback")],
+            [[c["channel"], lang.count(c["customers"]), lang.count(c["ltv"]),
+              lang.count((cac.get(c["channel"]) or {}).get("cac")),
+              lang.decimal((cac.get(c["channel"]) or {}).get("ltv_cac"), 2),
+              _months(lang, (cac.get(c["channel"]) or {}).get("payback_months"))] for c in channels])
+    return data
 
 
-def movement_section(moves: dict | None) -> str:
+def movement_data(moves: dict | None, lang: str | None = None) -> dict:
     """The lifecycle and RFM transition matrices since the previous run."""
+    lang = language(lang)
+    _ = lang.gettext
     if not moves:
-        return ("<p>No previous run given: pass the scores of an earlier run with "
-                "<code>repurchase target --previous OLD_SCORES.parquet</code> to see who moved.</p>")
-    parts = [f"<p>Since {_esc(moves.get('previous_as_of', 'the previous run'))}: {moves.get('moved_lifecycle', 0):,} "
-             f"customers changed lifecycle stage, {moves.get('active_to_at_risk', 0):,} of them from active to at risk; "
-             f"{moves.get('acquired_since', 0):,} were acquired since. Rows: stage or segment then; columns: now.</p>"]
-    for key, title in (("lifecycle_stage", "lifecycle stage"), ("rfm_segment", "RFM segment")):
+        return {"empty": True}
+    matrices = []
+    for key in ("lifecycle_stage", "rfm_segment"):
         matrix = moves.get(key)
         if not matrix:
             continue
         counts = np.asarray(matrix["counts"], dtype=int)
-        rows = [[name, *[f"{v:,}" for v in counts[i]]] for i, name in enumerate(matrix["from"])]
-        parts.append(f"<h3>{_esc(title)}</h3>" + _table(["then / now", *matrix["to"]], rows))
-    return "".join(parts)
+        rows = [[lang.label(key, name), *[lang.count(v) for v in counts[i]]] for i, name in enumerate(matrix["from"])]
+        matrices.append({"title": _(GROUPINGS[key][0]),
+                         "table": _lines([_("then / now"), *[lang.label(key, n) for n in matrix["to"]]], rows)})
+    return {
+        "empty": False,
+        "previous": _day(lang, moves.get("previous_as_of"), _("the previous run")),
+        "moved": lang.count(moves.get("moved_lifecycle", 0)),
+        "at_risk": lang.count(moves.get("active_to_at_risk", 0)),
+        "acquired": lang.count(moves.get("acquired_since", 0)),
+        "matrices": matrices,
+    }
+
+
+def tiers_section(scores: pd.DataFrame, backtest: dict | None = None, lang: str | None = None) -> Markup:
+    """The tiers section alone as an HTML fragment (:func:`tiers_data` through ``sections/tiers.html.j2``)."""
+    return render_section("tiers", tiers_data(scores, backtest, lang), lang)
+
+
+def economics_section(economics: dict | None, heatmap: Path | None = None, lang: str | None = None) -> Markup:
+    """The economics section alone as an HTML fragment (:func:`economics_data`)."""
+    return render_section("economics", economics_data(economics, heatmap, lang), lang)
+
+
+def movement_section(moves: dict | None, lang: str | None = None) -> Markup:
+    """The movement section alone as an HTML fragment (:func:`movement_data`)."""
+    return render_section("movement", movement_data(moves, lang), lang)

@@ -440,3 +440,39 @@ def test_chinese_page_renders_with_a_cjk_font_in_headless_chromium(tmp_path, plo
         body = browser.call("Runtime.evaluate", {"expression": "JSON.stringify(document.body.dataset)",
                                                  "returnByValue": True}, session=session)["result"]["value"]
         assert json.loads(body) == {"imagesTotal": "5", "imagesLoaded": "5"}  # the reason's script stayed text
+
+
+def test_chinese_tiers_economics_and_movement_sections_have_no_english_left(tmp_path, plot_paths, scores, targeted):
+    from serving.migration import add_previous, transitions
+    from serving.report_economics import economics_data, movement_data, tiers_data
+    from training.economics import EconomicsConfig, economics_report, write_economics
+
+    now = scores.assign(member_tier=["silver"] * 30 + ["gold"] * 15 + ["diamond"] * 5,
+                        predicted_tier=["gold"] * 50, p_upgrade=0.3, p_downgrade=0.1, spend_to_next_tier=120.0)
+    before = now.iloc[5:].assign(as_of=pd.Timestamp("2025-03-31"), lifecycle_stage="active")
+    # channel names are the shop's data: shown as given, so Chinese ones keep the check below strict
+    orders = pd.DataFrame({"customer_id": ["c000", "c000", "c001", "c002", "c002"],
+                           "order_ts": pd.to_datetime(["2025-01-05", "2025-02-10", "2025-01-20", "2025-02-03",
+                                                       "2025-03-15"]),
+                           "amount": [100.0, 50.0, 40.0, 20.0, 60.0], "channel": ["广告", "广告", "广告", "自然", "自然"]})
+    economics = economics_report(orders, pd.Timestamp("2025-04-15"), now, EconomicsConfig(cac={"广告": 50.0}))
+    heatmap = write_economics(economics, tmp_path / "economics.json", lang="zh")["cohorts"]
+    backtest = {**_report(), "tiers": {"n_customers": 40, "accuracy": 0.5, "macro_f1": 0.25,
+                                       "persistence_accuracy": 0.75, "persistence_macro_f1": 0.5}}
+    extra = {"tiers": tiers_data(now, backtest, "zh"), "economics": economics_data(economics, heatmap, "zh"),
+             "movement": movement_data(transitions(add_previous(now, before), before), "zh")}
+    _, text = _render(tmp_path, backtest, plot_paths, now, targeted, lang="zh", extra_sections=extra)
+    page = _Page(text)
+    assert [s["id"] for s in page.sections][-3:] == ["tiers", "economics", "movement"]
+    assert [page.section(key)["h2"] for key in extra] == ["会员等级：谁会升级，谁会降级",
+                                                          "复购经济：复购率、同期群、客户终身价值 LTV", "与上期相比的客户流转"]
+    # every word a person reads is Chinese but for the acronyms an operator uses as they are
+    acronyms = {"LTV", "CAC", "F1", "RFM", "BTYD", "Gamma"}
+    for key in extra:
+        body = re.search(rf'<section id="{key}">(.*?)</section>', text, re.S).group(1)
+        shown = re.sub(r"<[^>]*>", " ", body)  # tags (and the images' data) are not read, cells are apart
+        words = set(re.findall(r"[A-Za-z][A-Za-z0-9]*", shown))
+        assert words <= acronyms, (key, words - acronyms)
+    assert page.row("金卡")[1:3] == ["15", "50"] and page.row("上期后新增")[0] == "上期后新增"
+    assert "以下渠道缺少获客成本：自然" in page.section("economics")["text"]
+    assert re.search(r'<section id="economics">.*alt="同期群留存".*</section>', text, re.S)  # the cohort heatmap

@@ -251,6 +251,7 @@ def economics_report(orders: pd.DataFrame, as_of, scores: pd.DataFrame | None = 
                          orders, customers, entry["channel"], cac, config.margin, as_of)})
     report["ltv_cac"] = rows
     missing = sorted(set(config.cac) - known)
+    report["cac_not_in_log"] = missing  # so that the report can say it in its own language
     uncosted = sorted(known - set(config.cac))
     notes = []
     if missing:
@@ -261,13 +262,13 @@ def economics_report(orders: pd.DataFrame, as_of, scores: pd.DataFrame | None = 
     return report
 
 
-def write_economics(report: dict, json_path: Path) -> dict[str, Path]:
-    """Write ``economics.json`` and the cohort heatmap beside it (``<stem>.cohorts.png``); returns the paths."""
+def write_economics(report: dict, json_path: Path, *, lang: str | None = None) -> dict[str, Path]:
+    """Write ``economics.json`` and the cohort heatmap beside it (``<stem>.cohorts.png``, text in ``lang``); returns the paths."""
     from training.backtest import write_report
     from training.plots import cohort_heatmap
 
     json_path = Path(json_path)
-    heatmap = cohort_heatmap(report["cohorts"], json_path.with_name(f"{json_path.stem}.cohorts.png"))
+    heatmap = cohort_heatmap(report["cohorts"], json_path.with_name(f"{json_path.stem}.cohorts.png"), lang=lang)
     report["plots"] = {"cohorts": heatmap.name}
     write_report(report, json_path)
     return {"json": json_path, "cohorts": heatmap}

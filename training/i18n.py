@@ -67,6 +67,8 @@ MACHINE_LABELS = (
     NC_("rfm_segment", "hibernating"), NC_("rfm_segment", "lost"),
     NC_("lifecycle_stage", "new"), NC_("lifecycle_stage", "active"), NC_("lifecycle_stage", "at_risk"),
     NC_("lifecycle_stage", "lapsed"), NC_("lifecycle_stage", "churned"),
+    # the previous value of customers acquired since the previous run (serving.migration.NEW)
+    NC_("lifecycle_stage", "acquired_since"), NC_("rfm_segment", "acquired_since"),
     NC_("member_tier", "silver"), NC_("member_tier", "gold"), NC_("member_tier", "diamond"),
     NC_("action", "vip_care"), NC_("action", "replenishment_reminder"), NC_("action", "churn_warning"),
     NC_("action", "win_back"), NC_("action", "new_customer_nurture"),

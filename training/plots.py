@@ -150,8 +150,9 @@ def tracking_plot(weeks, actual, expected: dict[str, np.ndarray], cutoff_week: f
 
 def cohort_heatmap(cohorts: dict, path: Path, max_rows: int = 36, *, lang: str | None = None) -> Path:
     """The cohort retention triangle (``economics.json``'s ``cohorts``) as a heatmap: rows are
-    acquisition months, columns months since, colour the share of the cohort ordering then."""
-    _ = language(lang).gettext
+    acquisition months, columns months since, colour the share of the cohort ordering then (text in ``lang``)."""
+    language_ = language(lang)
+    _ = language_.gettext
     rows = cohorts["rows"][-max_rows:]
     months = cohorts["months"]
     values = np.array([[np.nan if v is None else v for v in row["retention"]] for row in rows], dtype=float)
@@ -162,7 +163,7 @@ def cohort_heatmap(cohorts: dict, path: Path, max_rows: int = 36, *, lang: str |
                           vmax=max(float(np.nanmax(values)) if np.isfinite(values).any() else 1.0, 0.01))
         fig.colorbar(image, ax=ax, label=_("share who ordered in that month"))
     ax.set_xticks(range(len(months)), [str(m) for m in months], fontsize=7)
-    ax.set_yticks(range(len(rows)), [f"{row['cohort']} ({row['customers']:,})" for row in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [f"{row['cohort']} ({language_.count(row['customers'])})" for row in rows], fontsize=7)
     ax.set(xlabel=_("months after the first order"), ylabel=_("acquisition cohort (customers)"),
            title=_("Cohort retention: share ordering again in month k"))
     return _save(fig, path, lang)
