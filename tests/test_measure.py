@@ -247,7 +247,7 @@ GOOD = "h1,win_back,2025-01-10,holdout\n"
         ("empty group", HEADER + GOOD + "t1,win_back,2025-01-10,\n", "line 3: group: empty; use treatment or holdout"),
         ("unknown action", HEADER + GOOD + "t1,newsletter,2025-01-10,treatment\n",
          "line 3: action: unknown action 'newsletter'; the rules have churn_warning, new_customer_nurture, "
-         "replenishment_reminder, vip_care, win_back (give their --rules)"),
+         "replenishment_reminder, tier_retention, tier_upgrade_nudge, vip_care, win_back (give their --rules)"),
         ("not an action name", HEADER + "t1,Win Back!,2025-01-10,treatment\n", "line 2: action: 'Win Back!' is not an action name"),
         ("after the orders end", HEADER + GOOD + "t1,win_back,2025-04-02,treatment\n",
          "line 3: contacted_at 2025-04-02 is after the orders end (2025-03-31)"),
