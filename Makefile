@@ -15,7 +15,7 @@ quickstart: $(STAMP) fonts
 	$(VENV)/bin/repurchase quickstart
 
 test: $(STAMP) fonts
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP) fonts
 	$(VENV)/bin/python -m pytest -m "not slow and not spark"

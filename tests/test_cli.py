@@ -156,7 +156,7 @@ def test_quickstart_in_chinese_writes_a_chinese_report_and_reasons_with_english_
     assert "圈选人群" in proc.stdout and "Traceback" not in proc.stderr
     summary = pd.read_csv(out / "audiences" / "summary.csv")
     assert set(summary["action"]) <= {"vip_care", "replenishment_reminder", "churn_warning", "win_back",
-                                      "new_customer_nurture"}
+                                      "new_customer_nurture", "tier_upgrade_nudge", "tier_retention"}
     for action in summary["action"]:
         audience = pd.read_csv(out / "audiences" / f"{action}.csv")
         assert (audience["action"] == action).all()
