@@ -55,6 +55,17 @@ class Estimator(BaseEstimator):
                 state.setdefault(name, parameter.default)
         super().__setstate__(state)
 
+    def _lgb_params(self, objective: str, **overrides) -> dict:
+        """:func:`booster_params` from this estimator's hyperparameters of the same names;
+        ``overrides`` replace some of them or add objective-specific settings."""
+        settings = {name: getattr(self, name) for name in BOOSTER_SETTINGS}
+        return booster_params(objective, **{**settings, **overrides})
+
+
+BOOSTER_SETTINGS = ("learning_rate", "num_leaves", "min_child_samples", "feature_fraction", "bagging_fraction",
+                    "bagging_freq", "lambda_l2", "max_bin", "num_threads", "random_state")
+"""The hyperparameters every booster reads (:meth:`Estimator._lgb_params`)."""
+
 
 def booster_params(
     objective: str,

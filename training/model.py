@@ -97,7 +97,6 @@ from features.pipeline import LABELS, build_features, build_training_frame, mix_
 from features.timecut import as_day, until
 from training.boosting import (
     Estimator,
-    booster_params,
     fit_calibrated_booster,
     platt_probability,
     raw_score,
@@ -524,20 +523,7 @@ class RepurchaseModel(Estimator):
     # ------------------------------------------------------------------ fitting
 
     def _lgb_params(self, objective: str, **extra) -> dict:
-        return booster_params(
-            objective,
-            learning_rate=self.learning_rate_,
-            num_leaves=self.num_leaves,
-            min_child_samples=self.min_child_samples,
-            feature_fraction=self.feature_fraction,
-            bagging_fraction=self.bagging_fraction,
-            bagging_freq=self.bagging_freq,
-            lambda_l2=self.lambda_l2,
-            max_bin=self.max_bin,
-            num_threads=self.num_threads,
-            random_state=self.random_state,
-            **extra,
-        )
+        return super()._lgb_params(objective, learning_rate=self.learning_rate_, **extra)
 
     def _train_booster(self, params: dict, train: tuple, valid: tuple):
         """A booster early-stopped on ``valid`` (both ``(X, y, init_score)``)."""

@@ -52,7 +52,7 @@ from scipy.special import log_ndtr, ndtri_exp
 from features.common.errors import InputError
 from features.replenish import build_pair_features, pair_lines
 from features.timecut import as_day, until
-from training.boosting import Estimator, booster_params, fit_calibrated_booster, platt_probability, raw_score
+from training.boosting import Estimator, fit_calibrated_booster, platt_probability, raw_score
 from training.metrics import classification_metrics
 from training.model import QUANTILES, earliest_full_cutoff, training_origins
 
@@ -393,19 +393,7 @@ class ReplenishmentModel(Estimator):
         first_half = _stable_fraction(latest, self.random_state + 1) < 0.5
         stop, calib = latest[first_half], latest[~first_half]
         bought = lambda frame: np.isfinite(frame["label_days"].to_numpy(dtype=float)).astype(np.int8)  # noqa: E731
-        params = booster_params(
-            "binary",
-            learning_rate=self.learning_rate,
-            num_leaves=self.num_leaves,
-            min_child_samples=self.min_child_samples,
-            feature_fraction=self.feature_fraction,
-            bagging_fraction=self.bagging_fraction,
-            bagging_freq=self.bagging_freq,
-            lambda_l2=self.lambda_l2,
-            max_bin=self.max_bin,
-            num_threads=self.num_threads,
-            random_state=self.random_state,
-        )
+        params = self._lgb_params("binary")
         names = [*PAIR_FEATURES, "cycle_p_within_horizon"]
         self.booster_, self.calibrator_ = fit_calibrated_booster(
             params,

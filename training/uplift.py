@@ -84,7 +84,7 @@ from features.common.errors import InputError
 from features.contacts import TREATMENT
 from features.pipeline import LABELS, build_features
 from features.timecut import on_or_before
-from training.boosting import Estimator, booster_params, train_booster
+from training.boosting import Estimator, train_booster
 from training.contract import UPLIFT, uplift_column
 from training.measure import window_outcomes
 from training.metrics import qini_auc, uplift_at_k
@@ -298,19 +298,7 @@ class UpliftModel(Estimator):
         super().__setstate__({"holdout_model": "boosted", **state})
 
     def _params(self, num_leaves: int, min_child_samples: int) -> dict:
-        return booster_params(
-            "binary",
-            learning_rate=self.learning_rate,
-            num_leaves=num_leaves,
-            min_child_samples=min_child_samples,
-            feature_fraction=self.feature_fraction,
-            bagging_fraction=self.bagging_fraction,
-            bagging_freq=self.bagging_freq,
-            lambda_l2=self.lambda_l2,
-            max_bin=self.max_bin,
-            num_threads=self.num_threads,
-            random_state=self.random_state,
-        )
+        return self._lgb_params("binary", num_leaves=num_leaves, min_child_samples=min_child_samples)
 
     def fit(self, frame: pd.DataFrame) -> "UpliftModel":
         """Learn from an :func:`uplift_frame` (all its rows; split beforehand to evaluate)."""
