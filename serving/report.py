@@ -19,7 +19,6 @@ import base64
 import functools
 import hashlib
 import io
-import math
 import re
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.common.outputs import atomic_path
-from training.i18n import N_, Language, language, use_language_fonts
+from training.i18n import N_, Language, finite_number, language, use_language_fonts
 from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
 
 
@@ -73,17 +72,6 @@ EXAMPLES_PER_ACTION = 5
 TOP_REASONS = 5
 
 
-def _number(value) -> float | None:
-    """``value`` as a finite float, or None when it is missing, NaN, infinite or not a number."""
-    if value is None or isinstance(value, (bool, str)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _get(block, *keys):
     for key in keys:
         if not isinstance(block, dict):
@@ -103,7 +91,7 @@ def _fmt(lang: Language, kind: str, value) -> str:
 
 def _points(lang: Language, value, decimals: int = 1) -> str:
     """A difference of rates in percentage points: ``0.034`` -> ``+3.4 pts``."""
-    number = _number(value)
+    number = finite_number(value)
     return DASH if number is None else lang.gettext("{value} pts").format(value=lang.signed(100 * number, decimals))
 
 
@@ -297,7 +285,7 @@ def _horizon_days(scores: pd.DataFrame, report: dict):
         values = pd.to_numeric(scores["horizon_days"], errors="coerce").dropna().unique()
         if len(values) == 1:
             return int(values[0])
-    return _number(report.get("horizon_days"))
+    return finite_number(report.get("horizon_days"))
 
 
 def _audience(targeted: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -342,7 +330,7 @@ def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame 
     if report.get("cutoff"):
         split = dict(cutoff=report["cutoff"], days=lang.count(report.get("horizon_days")),
                      customers=lang.count(report.get("n_customers")), base_rate=lang.percent(report.get("base_rate")))
-        m_auc, b_auc = _number(_get(model, "auc")), _number(_get(bgnbd, "auc"))
+        m_auc, b_auc = finite_number(_get(model, "auc")), finite_number(_get(bgnbd, "auc"))
         if m_auc is not None and b_auc is not None:
             if m_auc - b_auc > 0.005:
                 message = N_("In the backtest (trained on orders up to {cutoff} and checked against the following {days} "
@@ -376,7 +364,7 @@ def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame 
         if report.get("model_note"):
             sentences.append(_("Model column empty: {note}.").format(note=report["model_note"]))
         holdout = report.get("holdout_orders") or {}
-        actual, predicted = _number(holdout.get("actual")), _number(holdout.get("model"))
+        actual, predicted = finite_number(holdout.get("actual")), finite_number(holdout.get("model"))
         if actual and predicted is not None:
             sentences.append(_("Over that period the model predicted {predicted} orders; {actual} were placed "
                                "({error}).").format(predicted=lang.count(predicted), actual=lang.count(actual),
@@ -435,7 +423,7 @@ def _compare_rows(specs, blocks: dict, scorers, lang: Language) -> list:
             rows.append(_group(lang.gettext(spec["group"])))
             continue
         label, keys, kind, better = spec
-        values = [_number(_get(blocks.get(key), *keys)) for key, _name in scorers]
+        values = [finite_number(_get(blocks.get(key), *keys)) for key, _name in scorers]
         best = _best(values, better)
         cells = [_fmt(lang, kind, v) for v in values]
         rows.append([lang.gettext(label), *(_best_cell(c) if i == best else c for i, c in enumerate(cells)),
@@ -462,11 +450,11 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path], lang: Language)
         body["notes"].append(_("The model column is empty. {note}.").format(note=report["model_note"]))
 
     holdout = report.get("holdout_orders") or {}
-    actual = _number(holdout.get("actual"))
+    actual = finite_number(holdout.get("actual"))
     holdout_rows = [[_("actual"), lang.count(actual), DASH]]
     for key, name in SCORERS[:2]:
         if key in holdout:
-            predicted = _number(holdout.get(key))
+            predicted = finite_number(holdout.get(key))
             error = predicted / actual - 1 if predicted is not None and actual else None
             holdout_rows.append([_("predicted: {scorer}").format(scorer=_(name)), lang.count(predicted),
                                  lang.signed_percent(error)])
@@ -611,9 +599,9 @@ def _reason_pattern(reason: str) -> str:
 
 
 def _p50_text(value, horizon_days, lang: Language) -> str:
-    number = _number(value)
+    number = finite_number(value)
     if number is None:
-        if _number(horizon_days) is not None:
+        if finite_number(horizon_days) is not None:
             return lang.gettext("beyond {days} days").format(days=lang.count(horizon_days))
         return lang.gettext("beyond horizon")
     return lang.decimal(number, 0)
@@ -647,8 +635,8 @@ def _reasons_section(audience: pd.DataFrame | None, horizon_days, lang: Language
                                       css_class="reasons")
         top = rows.assign(_clv=_score_column(rows, "clv")).sort_values("_clv", ascending=False, kind="stable")
         example_rows = [
-            [r.get("customer_id", DASH), lang.decimal(_number(r.get("p_repurchase"))),
-             _p50_text(r.get("next_order_days_p50"), horizon_days, lang), lang.count(_number(r.get("clv"))),
+            [r.get("customer_id", DASH), lang.decimal(finite_number(r.get("p_repurchase"))),
+             _p50_text(r.get("next_order_days_p50"), horizon_days, lang), lang.count(finite_number(r.get("clv"))),
              "" if pd.isna(r.get("reason")) else r.get("reason", "")]
             for _i, r in top.head(EXAMPLES_PER_ACTION).iterrows()
         ]
@@ -671,7 +659,7 @@ def _interval(lang: Language, values) -> str:
 
 
 def _p_text(value) -> str:
-    number = _number(value)
+    number = finite_number(value)
     if number is None:
         return DASH
     return "< 0.001" if number < 0.001 else f"{number:.3f}"
@@ -684,7 +672,7 @@ def measurement_section(measurement: dict, lang: Language | None = None) -> dict
     blocks = {**{a: b for a, b in (measurement.get("actions") or {}).items()}}
     if not blocks:
         return {"empty": True}
-    cost = _number(measurement.get("contact_cost"))
+    cost = finite_number(measurement.get("contact_cost"))
     rows = [*((lang.label("action", a), b) for a, b in blocks.items()),
             (_("all actions"), measurement.get("overall") or {})]
     verdicts = [{"action": name, "verdict": _(VERDICT_LABELS[b.get("verdict")]) if b.get("verdict") in VERDICT_LABELS
@@ -722,7 +710,7 @@ def measurement_section(measurement: dict, lang: Language | None = None) -> dict
 
 
 def _lift_chart(rows, lang: Language) -> bytes | None:
-    measured = [(name, b) for name, b in rows if _number(b.get("rate_diff")) is not None
+    measured = [(name, b) for name, b in rows if finite_number(b.get("rate_diff")) is not None
                 and isinstance(b.get("rate_diff_ci95"), (list, tuple))]
     if not measured:
         return None

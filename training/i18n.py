@@ -107,7 +107,8 @@ def _exact(number: float) -> decimal.Decimal:
     return decimal.Decimal(number)
 
 
-def _finite(value) -> float | None:
+def finite_number(value) -> float | None:
+    """``value`` as a finite float, or None when it is missing, NaN, infinite or not a number."""
     if value is None or isinstance(value, (bool, str)):
         return None
     try:
@@ -159,31 +160,31 @@ class Language:
 
     def count(self, value) -> str:
         """Whole number with the locale's grouping: ``23,570``."""
-        number = _finite(value)
+        number = finite_number(value)
         return DASH if number is None else format_decimal(_exact(number), "#,##0", locale=self.locale)
 
     def decimal(self, value, decimals: int = 3) -> str:
         """A number with fixed decimals: ``0.775``."""
-        number = _finite(value)
+        number = finite_number(value)
         pattern = "#,##0" + ("." + "0" * decimals if decimals > 0 else "")
         return DASH if number is None else format_decimal(_exact(number), pattern, locale=self.locale)
 
     def signed(self, value, decimals: int = 3) -> str:
         """A number with its sign: ``+0.011``."""
-        number = _finite(value)
+        number = finite_number(value)
         if number is None:
             return DASH
         return ("-" if math.copysign(1.0, number) < 0 else "+") + self.decimal(abs(number), decimals)
 
     def percent(self, value, decimals: int = 1) -> str:
         """A share as a percentage: ``0.341`` -> ``34.1%``."""
-        number = _finite(value)
+        number = finite_number(value)
         pattern = "#,##0" + ("." + "0" * decimals if decimals > 0 else "") + "%"
         # scaled in floating point first, as f"{100 * x:.1f}%" did, then exactly back
         return DASH if number is None else format_percent(_exact(100 * number) / 100, pattern, locale=self.locale)
 
     def signed_percent(self, value, decimals: int = 1) -> str:
-        number = _finite(value)
+        number = finite_number(value)
         if number is None:
             return DASH
         return ("-" if math.copysign(1.0, number) < 0 else "+") + self.percent(abs(number), decimals)
