@@ -758,6 +758,7 @@ def economics(
     economics_file: Optional[Path] = EconomicsOption,
     column_map: Optional[str] = MapOption,
     exclude_products: Optional[str] = ExcludeProductsOption,
+    lang: Optional[str] = LangOption,
 ) -> None:
     """Repurchase economics: repurchase rate by month, cohort retention, LTV, LTV:CAC, payback.
 
@@ -774,6 +775,7 @@ def economics(
     from training.economics import economics_report, load_economics, write_economics
 
     check_output_path(json_path)
+    language = _language(lang)
     config = load_economics(economics_file)
     day = parse_date(as_of, "--as-of") if as_of is not None else None
     score_rows = read_parquet_input(scores, "--scores") if scores is not None else None
@@ -782,27 +784,29 @@ def economics(
         _check_as_of(log, day, "--as-of", 90)
     report = economics_report(log.orders, day if day is not None else log.last_order_date, score_rows, config,
                               source=log.source)
-    written = write_economics(report, json_path)
-    _print_economics(report)
-    out.print(f"wrote {written['json']} and {written['cohorts']}")
+    written = write_economics(report, json_path, lang=language.code)
+    _print_economics(report, language)
+    out.print(language.gettext("wrote {json} and {cohorts}").format(json=written["json"], cohorts=written["cohorts"]))
 
 
-def _print_economics(report: dict) -> None:
+def _print_economics(report: dict, language) -> None:
+    _ = language.gettext
     value = report["value_of_repurchase"]
-    rate = value["repurchase_rate"]
-    out.print(f"last {value['window_days']} days: {value['buyers']:,} buyers, "
-              f"{'–' if rate is None else f'{rate:.1%}'} ordered twice or more")
+    out.print(_("last {days} days: {buyers} buyers, {rate} ordered twice or more").format(
+        days=value["window_days"], buyers=language.count(value["buyers"]), rate=language.percent(value["repurchase_rate"])))
     for row in value["points"]:
         if row["extra_revenue"] is not None:
-            out.print(f"  +{row['points']} points of repurchase rate: {row['extra_repeat_buyers']:,.0f} more repeat buyers, "
-                      f"{row['extra_revenue']:,.0f} more revenue a year")
+            out.print("  " + _("+{points} points of repurchase rate: {buyers} more repeat buyers, {revenue} more revenue "
+                               "a year").format(points=row["points"], buyers=language.count(row["extra_repeat_buyers"]),
+                                                revenue=language.count(row["extra_revenue"])))
     for row in report.get("ltv_cac") or []:
-        ratio = "–" if row["ltv_cac"] is None else f"{row['ltv_cac']:.2f}"
         months = row["payback_months"]
-        payback = "–" if months is None else f"{months} month{'' if months == 1 else 's'}"
-        out.print(f"  {row['channel']}: LTV {row['ltv']:,.0f}, LTV:CAC {ratio}, payback {payback}")
+        payback = "–" if months is None else language.ngettext("{n} month", "{n} months", months).format(n=months)
+        out.print("  " + _("{channel}: LTV {ltv}, LTV:CAC {ratio}, payback {payback}").format(
+            channel=row["channel"], ltv=language.count(row["ltv"]), ratio=language.decimal(row["ltv_cac"], 2),
+            payback=payback))
     if report.get("ltv_cac_note"):
-        out.print(report["ltv_cac_note"])
+        out.print(_(report["ltv_cac_note"]))
 
 
 @app.command()

@@ -144,6 +144,13 @@ def test_economics_command_writes_json_and_heatmap_on_synth(tmp_path):
     assert (tmp_path / "economics.cohorts.png").read_bytes().startswith(b"\x89PNG")
     again = runner.invoke(app, ["economics", "--orders", str(orders), "--json", str(out)])  # its own output: replaced
     assert again.exit_code == 0 and json.loads(out.read_text())["ltv_cac"] is None
+    assert "ordered twice or more" in result.output and "payback" in result.output
+    chinese = runner.invoke(app, ["economics", "--orders", str(orders), "--json", str(tmp_path / "zh.json"),
+                                  "--economics", str(config), "--lang", "zh"])
+    assert chinese.exit_code == 0, chinese.output
+    assert "下单两次及以上" in chinese.output and "回本周期" in chinese.output and "已写出" in chinese.output
+    assert "ordered twice" not in chinese.output and "payback" not in chinese.output
+    assert json.loads((tmp_path / "zh.json").read_text())["ltv_cac"] == report["ltv_cac"]  # files stay the same
 
 
 def test_economics_command_bad_file_is_exit_2_and_writes_nothing(tmp_path):
