@@ -82,6 +82,7 @@ def run_quickstart(
     from training.tiers import load_tiers
 
     language_ = language(lang)
+    _ = language_.gettext
     began = time.perf_counter()
     tiers = load_tiers(tiers_path)
     economics_config = load_economics(economics_path)
@@ -94,14 +95,14 @@ def run_quickstart(
         steps.append((message, time.perf_counter()))
         return console.status(message)
 
-    with step(f"loading and validating the order log {escape(str(source))} ..."):
+    with step(_("loading and validating the order log {source} ...").format(source=escape(str(source)))):
         log = load_order_log(source, column_map, exclude_products=exclude_products)
     summary = log.summary()
     console.print(Text.assemble(("order log", "bold"), log.describe().removeprefix("order log")), soft_wrap=True)
     cutoff = BACKTEST_CUTOFF if source == QUICKSTART_SOURCE else log.last_order_date - pd.Timedelta(days=HORIZON_DAYS)
     categories = has_categories(log)
-    with step(f"backtest at {cutoff.date()} over {HORIZON_DAYS} days"
-              f"{' (customers, and categories for replenishment)' if categories else ''} ..."):
+    with step((_("backtest at {cutoff} over {days} days (customers, and categories for replenishment) ...") if categories
+               else _("backtest at {cutoff} over {days} days ...")).format(cutoff=cutoff.date(), days=HORIZON_DAYS)):
         try:
             backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json", tiers=tiers,
                                     lang=language_.code)
@@ -113,13 +114,14 @@ def run_quickstart(
         _print_replenishment_backtest(console, backtest.report["replenishment"], language_)
 
     as_of = log.last_order_date
-    with step(f"training on all orders up to {as_of.date()} and registering ..."):
+    with step(_("training on all orders up to {as_of} and registering ...").format(as_of=as_of.date())):
         trained = train_job(log, as_of, HORIZON_DAYS, register=True)
-    console.print(f"registered [bold]repurchase[/] version {trained.logged.version} as {trained.logged.alias}", markup=True)
+    console.print(_("registered [bold]repurchase[/] version {version} as {alias}").format(
+        version=trained.logged.version, alias=trained.logged.alias), markup=True)
     for note in model_notes(trained.model, language_.code):
         console.print(note)
 
-    with step("scoring every customer with the champion ..."):
+    with step(_("scoring every customer with the champion ...")):
         champion, version = load_scorer()
         run = score_log(champion, log, as_of, out_dir / "scores.parquet", model_version=version, tiers=tiers)
     scores = pd.read_parquet(run.scores_path)
@@ -136,27 +138,27 @@ def run_quickstart(
         from training.replenish import ReplenishmentDataError
 
         try:
-            with step("predicting when each customer is due to rebuy each category ..."):
+            with step(_("predicting when each customer is due to rebuy each category ...")):
                 replenishment = replenish_job(log, as_of, HORIZON_DAYS, out_path=out_dir / "replenishment.parquet",
                                               log_to_mlflow=True).frame
         except ReplenishmentDataError as exc:
-            console.print(f"product-level replenishment skipped: {exc}")
+            console.print(_("product-level replenishment skipped: {reason}").format(reason=exc))
         else:
-            console.print(f"replenishment.parquet: {len(replenishment):,} customer-category pairs, "
-                          f"{int((replenishment['next_purchase_days_p50'] <= REMINDER.within_days).sum()):,} "
-                          f"due within {REMINDER.within_days} days")
+            due = int((replenishment["next_purchase_days_p50"] <= REMINDER.within_days).sum())
+            console.print(_("replenishment.parquet: {pairs} customer-category pairs, {due} due within {days} days").format(
+                pairs=language_.count(len(replenishment)), due=language_.count(due), days=REMINDER.within_days))
     else:
-        console.print("no categories in this log: product-level replenishment skipped")
+        console.print(_("no categories in this log: product-level replenishment skipped"))
 
-    with step("applying the default targeting rules ..."):
+    with step(_("applying the default targeting rules ...")):
         targeted = apply_rules(scores, load_rules(None), features=features, replenishment=replenishment,
                                clv_reference=champion.spec_.clv_reference, campaign=Campaign(), lang=language_.code)
         targeted = add_reason_codes(targeted, champion, features, rows=targeted["action"].notna().to_numpy())
         audiences = write_audiences(targeted, out_dir / "audiences", send_dir=out_dir / "send")
-    with step("measuring repurchase economics ..."):
+    with step(_("measuring repurchase economics ...")):
         economics = economics_report(log.orders, as_of, scores, economics_config, source=log.source)
         written = write_economics(economics, out_dir / "economics.json", lang=language_.code)
-    with step("writing the report ..."):
+    with step(_("writing the report ...")):
         extra = {"tiers": tiers_data(scores, backtest.report, language_.code),
                  "economics": economics_data(economics, written["cohorts"], language_.code)}
         if moves is not None:
@@ -167,12 +169,14 @@ def run_quickstart(
                       model_notes=model_notes(champion, language_.code), lang=language_.code, extra_sections=extra)
 
     _print_audiences(console, audiences, targeted, language_)
-    _print_tiers_and_economics(console, scores, tiers.names, backtest.report.get("tiers"), economics)
+    _print_tiers_and_economics(console, scores, tiers.names, backtest.report.get("tiers"), economics, language_)
     elapsed = time.perf_counter() - began
-    console.print(
-        f"\n[bold]done in {elapsed:.0f} s.[/] In {escape(str(out_dir))}/: scores.parquet ({len(scores):,} customers), "
-        f"backtest.json (+ plots), economics.json (+ cohort heatmap), report.html, audiences/, send/{', replenishment.parquet' if replenishment is not None else ''}. MLflow: "
-        f"{escape(tracking_uri)} (browse with `uv run mlflow ui --backend-store-uri {escape(tracking_uri)}`).",
+    console.print("\n" + _(
+        "[bold]done in {seconds} s.[/] In {folder}/: scores.parquet ({customers} customers), backtest.json (+ plots), "
+        "economics.json (+ cohort heatmap), report.html, audiences/, send/{replenishment}. MLflow: {uri} (browse with "
+        "`uv run mlflow ui --backend-store-uri {uri}`)."
+    ).format(seconds=f"{elapsed:.0f}", folder=escape(str(out_dir)), customers=language_.count(len(scores)),
+             replenishment=", replenishment.parquet" if replenishment is not None else "", uri=escape(tracking_uri)),
         markup=True,
     )
     return {"summary": summary, "backtest": backtest.report, "audiences": audiences, "seconds": elapsed}
@@ -206,19 +210,26 @@ def _print_audiences(console: Console, audiences: pd.DataFrame, targeted: pd.Dat
     console.print(table)
 
 
-def _print_tiers_and_economics(console: Console, scores: pd.DataFrame, names, block: dict | None, economics: dict) -> None:
+def _print_tiers_and_economics(console: Console, scores: pd.DataFrame, names, block: dict | None, economics: dict,
+                               lang: Language) -> None:
+    _ = lang.gettext
     counts = scores["member_tier"].value_counts()
     predicted = scores["predicted_tier"].value_counts()
-    console.print("member tiers now (a year on, predicted): " + ", ".join(
-        f"{name} {int(counts.get(name, 0)):,} ({int(predicted.get(name, 0)):,})" for name in names))
+    console.print(_("member tiers now (a year on, predicted): {tiers}").format(tiers=", ".join(
+        f"{lang.name_or_label('member_tier', name)} {lang.count(int(counts.get(name, 0)))} "
+        f"({lang.count(int(predicted.get(name, 0)))})" for name in names)))
     if block:
-        console.print(f"tiers backtest: macro-F1 {block['macro_f1']:.3f} against {block['persistence_macro_f1']:.3f} "
-                      f"for 'the tier stays' (accuracy {block['accuracy']:.3f} against {block['persistence_accuracy']:.3f})")
+        console.print(_("tiers backtest: macro-F1 {f1} against {kept_f1} for 'the tier stays' (accuracy {accuracy} "
+                        "against {kept_accuracy})").format(
+            f1=lang.decimal(block["macro_f1"]), kept_f1=lang.decimal(block["persistence_macro_f1"]),
+            accuracy=lang.decimal(block["accuracy"]), kept_accuracy=lang.decimal(block["persistence_accuracy"])))
     value = economics["value_of_repurchase"]
     if value["repurchase_rate"] is not None:
         five = next((row for row in value["points"] if row["points"] == 5), None)
-        worth = f"; 5 more points would bring {five['extra_revenue']:,.0f} a year" if five and five["extra_revenue"] else ""
-        console.print(f"repurchase: {value['repurchase_rate']:.1%} of the last year's {value['buyers']:,} buyers ordered "
-                      f"twice or more{worth}")
+        line = _("repurchase: {rate} of the last year's {buyers} buyers ordered twice or more").format(
+            rate=lang.percent(value["repurchase_rate"]), buyers=lang.count(value["buyers"]))
+        if five and five["extra_revenue"]:
+            line += _("; 5 more points would bring {revenue} a year").format(revenue=lang.count(five["extra_revenue"]))
+        console.print(line)
     if economics.get("ltv_cac_note"):
-        console.print(escape(economics["ltv_cac_note"]))
+        console.print(escape(_(economics["ltv_cac_note"])))
