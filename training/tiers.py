@@ -39,6 +39,7 @@ import numpy as np
 import yaml
 
 from features.common.errors import InputError
+from features.common.inputs import read_small_file
 from training.contract import TIER_COLUMNS  # noqa: F401 - named here for readers of this module
 
 BASES = {"spend": "spend_365d", "orders": "orders_365d"}
@@ -87,18 +88,8 @@ class Tiers:
 def read_yaml_mapping(path: Path | str, what: str) -> dict:
     """A small YAML file read as a mapping, or one line naming the file and what is wrong."""
     origin = str(path)
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{origin}: no such file")
-    if path.is_dir():
-        raise InputError(f"{origin}: is a folder, not a {what} file")
-    try:
-        with path.open("rb") as handle:  # bounded: the path may be a device such as /dev/zero
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"{origin}: cannot be read ({exc.strerror or exc})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise InputError(f"{origin}: larger than {MAX_CONFIG_BYTES // 1000} kB; a {what} file is a few lines")
+    raw = read_small_file(path, what, MAX_CONFIG_BYTES,
+                          too_large=f"larger than {MAX_CONFIG_BYTES // 1000} kB; a {what} file is a few lines")
     try:
         data = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -1,1 +1,2 @@
-"""Modules every layer uses: the input errors (:mod:`.errors`) and lose-nothing output writing (:mod:`.outputs`)."""
+"""Modules every layer uses: the input errors (:mod:`.errors`), bounded reads of small user files
+(:mod:`.inputs`) and lose-nothing output writing (:mod:`.outputs`)."""

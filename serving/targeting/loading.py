@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from features.common.inputs import read_small_file
 from serving.targeting.schema import RuleSet, RulesError, validation_message
 
 DEFAULT_RULES = "default_rules.yaml"
@@ -29,18 +30,8 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         text = resources.files("serving.targeting").joinpath(DEFAULT_RULES).read_text(encoding="utf-8")
     else:
         origin = str(path)
-        path = Path(path)
-        if not path.exists():
-            raise RulesError(f"{origin}: no such file")
-        if path.is_dir():
-            raise RulesError(f"{origin}: is a folder, not a rules file")
-        try:
-            with path.open("rb") as handle:  # a bounded read: the path may be a device such as /dev/zero
-                raw = handle.read(MAX_RULES_FILE_BYTES + 1)
-        except OSError as exc:
-            raise RulesError(f"{origin}: cannot be read ({exc.strerror or exc})") from None
-        if len(raw) > MAX_RULES_FILE_BYTES:
-            raise RulesError(f"{origin}: larger than {MAX_RULES_FILE_BYTES // 1_000_000} MB; a rules file is a few kilobytes")
+        raw = read_small_file(path, "rules", MAX_RULES_FILE_BYTES, error=RulesError,
+                              too_large=f"larger than {MAX_RULES_FILE_BYTES // 1_000_000} MB; a rules file is a few kilobytes")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
