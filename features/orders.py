@@ -318,51 +318,97 @@ class OrderLog:
             "heavy_customers": {str(k): int(v) for k, v in heavy.items()},
         }
 
-    def describe(self) -> str:
-        """The summary as one line: span and size, then each rule that changed something."""
-        return describe_summary(self.summary())
+    def describe(self, lang=None) -> str:
+        """The summary as one line: span and size, then each rule that changed something (``lang``: see
+        :func:`describe_summary`)."""
+        return describe_summary(self.summary(), lang)
 
 
-def describe_summary(s: Mapping) -> str:
+class _PlainEnglish:
+    """The words and numbers of :func:`describe_summary` when no language is given: English as written.
+
+    The layer below ``training`` cannot import ``training.i18n``; callers pass its ``Language`` to
+    be read in another language, and this says the same as its English one.
+    """
+
+    def gettext(self, message: str) -> str:
+        return message
+
+    def ngettext(self, singular: str, plural: str, n: int) -> str:
+        return singular if n == 1 else plural
+
+    def count(self, value) -> str:
+        return f"{value:,.0f}"
+
+    def decimal(self, value, decimals: int = 3) -> str:
+        return f"{value:,.{decimals}f}"
+
+    def date(self, value: dt.date) -> str:
+        return value.isoformat()
+
+
+def describe_summary(s: Mapping, lang=None) -> str:
     """An order-log summary (:meth:`OrderLog.summary`) as one line: span and size, then each
-    rule for messy exports that changed something, e.g. "ignored columns: description"."""
-    parts = [f"order log {s['source']}: {_many(s['customers'], 'customer')}, {_many(s['orders'], 'order')}, "
-             f"{s['first_order']} to {s['last_order']}, revenue {s['revenue']:,.2f}"]
+    rule for messy exports that changed something, e.g. "ignored columns: description".
+
+    ``lang`` says it: an object with ``gettext``, ``ngettext``, ``count``, ``decimal`` and ``date``
+    (a ``training.i18n.Language``); plain English when None.
+    """
+    lang = lang or _PlainEnglish()
+    _ = lang.gettext
+    comma = _(", ")
+
+    def ngettext(singular: str, plural: str, n: int) -> str:  # so named, pybabel extracts the calls' messages
+        return lang.ngettext(singular, plural, n).format(n=lang.count(n))
+
+    def shown(values) -> str:
+        return comma.join(_shown(v, quote=False) for v in values)
+
+    parts = [_("order log {source}: {customers}, {orders}, {first} to {last}, revenue {revenue}").format(
+        source=s["source"], customers=ngettext("{n} customer", "{n} customers", s["customers"]),
+        orders=ngettext("{n} order", "{n} orders", s["orders"]), first=lang.date(dt.date.fromisoformat(s["first_order"])),
+        last=lang.date(dt.date.fromisoformat(s["last_order"])), revenue=lang.decimal(s["revenue"], 2))]
     if s["duplicate_rows_dropped"]:
-        parts.append(f"dropped {_many(s['duplicate_rows_dropped'], 'duplicate row')}")
+        parts.append(_("dropped {rows}").format(
+            rows=ngettext("{n} duplicate row", "{n} duplicate rows", s["duplicate_rows_dropped"])))
     if s["excluded_products"]:
-        found = [_shown(p, quote=False) for p in s["excluded_products"] if p not in s["products_not_found"]]
-        text = f"excluded {_many(s['excluded_lines'], 'line')} of {', '.join(found) or 'no product'}"
+        found = [p for p in s["excluded_products"] if p not in s["products_not_found"]]
+        text = _("excluded {lines} of {products}").format(lines=ngettext("{n} line", "{n} lines", s["excluded_lines"]),
+                                                          products=shown(found) or _("no product"))
         if s["excluded_lines"]:
-            text += f" (amount {s['excluded_amount']:,.2f})"
+            text += _(" (amount {amount})").format(amount=lang.decimal(s["excluded_amount"], 2))
         if s["products_not_found"]:
-            text += f", no line has product {', '.join(_shown(p, quote=False) for p in s['products_not_found'])}"
+            text += _(", no line has product {products}").format(products=shown(s["products_not_found"]))
         parts.append(text)
     if s["returns_dropped"]:
-        parts.append(f"dropped {_many(s['returns_dropped'], 'return')} without order_id")
+        parts.append(_("dropped {returns} without order_id").format(
+            returns=ngettext("{n} return", "{n} returns", s["returns_dropped"])))
     if s["credit_invoices"]:
-        text = (f"{_many(s['credit_invoices'], 'cancellation invoice')}: "
-                f"{_many(s['credit_lines_netted'], 'line')} netted into earlier orders")
+        text = _("{invoices}: {lines} netted into earlier orders").format(
+            invoices=ngettext("{n} cancellation invoice", "{n} cancellation invoices", s["credit_invoices"]),
+            lines=ngettext("{n} line", "{n} lines", s["credit_lines_netted"]))
         if s["credit_lines_dropped"] or s["credit_amount_dropped"] > 0:
-            text += (f", {_many(s['credit_lines_dropped'], 'line')} with nothing to cancel dropped (amount beyond "
-                     f"what was bought {s['credit_amount_dropped']:,.2f})")
+            text += _(", {lines} with nothing to cancel dropped (amount beyond what was bought {amount})").format(
+                lines=ngettext("{n} line", "{n} lines", s["credit_lines_dropped"]),
+                amount=lang.decimal(s["credit_amount_dropped"], 2))
         parts.append(text)
     if s["orders_reversed"]:
-        parts.append(f"{_many(s['orders_reversed'], 'order')} cancelled or refunded in full dropped")
+        parts.append(_("{orders} cancelled or refunded in full dropped").format(
+            orders=ngettext("{n} order", "{n} orders", s["orders_reversed"])))
     if s["outlier_orders"]:
-        parts.append(f"{_many(s['outlier_orders'], 'order')} above {OUTLIER_ORDER_MULTIPLE:g}x the median order "
-                     f"value capped at {s['outlier_cap']:,.2f}")
+        parts.append(_("{orders} above {multiple}x the median order value capped at {cap}").format(
+            orders=ngettext("{n} order", "{n} orders", s["outlier_orders"]), multiple=f"{OUTLIER_ORDER_MULTIPLE:g}",
+            cap=lang.decimal(s["outlier_cap"], 2)))
     if s.get("heavy_customers"):
-        named = ", ".join(f"{_shown(who, quote=False)} ({n:,} orders)" for who, n in list(s["heavy_customers"].items())[:3])
-        more = f" and {len(s['heavy_customers']) - 3:,} more" if len(s["heavy_customers"]) > 3 else ""
-        parts.append(f"possible wholesale customers (kept): {named}{more}")
+        heavy = list(s["heavy_customers"].items())
+        named = comma.join(_("{customer} ({n} orders)").format(customer=_shown(who, quote=False), n=lang.count(n))
+                           for who, n in heavy[:3])
+        more = _(" and {n} more").format(n=lang.count(len(heavy) - 3)) if len(heavy) > 3 else ""
+        parts.append(_("possible wholesale customers (kept): {customers}{more}").format(customers=named, more=more))
     if s["ignored_columns"]:
-        parts.append(f"ignored columns: {', '.join(_shown(c, quote=False) if c else '(no name)' for c in s['ignored_columns'])}")
-    return "; ".join(parts)
-
-
-def _many(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+        parts.append(_("ignored columns: {columns}").format(
+            columns=comma.join(_shown(c, quote=False) if c else _("(no name)") for c in s["ignored_columns"])))
+    return _("; ").join(parts)
 
 
 def parse_column_map(text: str | None) -> dict[str, str]:
@@ -1295,6 +1341,7 @@ def check_cutoff(
     horizon_days: int | None = None,
     flag: str = "--cutoff",
     stale_after_days: int | None = None,
+    lang=None,
 ) -> str | None:
     """Any date on or after the first order is an as-of date; a backtest's also needs its future.
 
@@ -1303,7 +1350,8 @@ def check_cutoff(
     horizon_days`` must lie on or before the last order. With ``stale_after_days``, a date
     more than that many days after the last order gives a warning line (a stale export?).
 
-    Raises :class:`CutoffError` naming the valid range; returns the warning line, or None.
+    Raises :class:`CutoffError` naming the valid range; returns the warning line (in ``lang``, as
+    :func:`describe_summary` takes it), or None.
     """
     first, last = log.first_order_date, log.last_order_date
     day = lambda ts: ts.date().isoformat()  # noqa: E731
@@ -1320,6 +1368,8 @@ def check_cutoff(
             )
     quiet_days = (cutoff.normalize() - last).days
     if stale_after_days is not None and quiet_days > stale_after_days:
-        return (f"{flag} {day(cutoff)} is {quiet_days} days after the last order in {log.source} ({day(last)}), "
-                f"more than the {stale_after_days}-day horizon: is the export stale?")
+        return (lang or _PlainEnglish()).gettext(
+            "{flag} {date} is {days} days after the last order in {source} ({last}), more than the {horizon}-day "
+            "horizon: is the export stale?").format(flag=flag, date=day(cutoff), days=quiet_days, source=log.source,
+                                                     last=day(last), horizon=stale_after_days)
     return None

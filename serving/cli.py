@@ -18,7 +18,7 @@ from rich.text import Text
 
 from features.common.errors import InputError
 from serving.tables import print_backtest
-from training.i18n import N_
+from training.i18n import N_, NC_
 
 app = typer.Typer(
     name="repurchase",
@@ -112,19 +112,21 @@ def handles_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _check_as_of(log, day, flag: str, horizon_days: int, *, count_orders: bool = True) -> None:
-    """Refuse a date before the first order; warn (one line) about a stale export, or count the
-    orders after the date, which are ignored."""
+def _check_as_of(log, day, flag: str, horizon_days: int, *, count_orders: bool = True, lang=None) -> None:
+    """Refuse a date before the first order; warn (one line, in ``lang``) about a stale export, or
+    count the orders after the date, which are ignored."""
     from features.orders import check_cutoff
     from features.timecut import after
 
-    stale = check_cutoff(log, day, flag=flag, stale_after_days=horizon_days)
+    lang = lang or _language("en")
+    stale = check_cutoff(log, day, flag=flag, stale_after_days=horizon_days, lang=lang)
     if stale:
-        err.print(f"warning: {stale}")
+        err.print(lang.gettext("warning: {message}").format(message=stale))
     if count_orders and log.last_order_date > day:
         n_after = len(after(log.orders, day))
         if n_after:
-            err.print(f"warning: ignored {n_after:,} orders after {flag} {day.date()}")
+            err.print(lang.gettext("warning: ignored {n} orders after {flag} {date}").format(
+                n=lang.count(n_after), flag=flag, date=day.date()))
 
 
 @app.command()
@@ -256,13 +258,13 @@ def _check_engine(engine: str) -> None:
         raise InputError(f"--engine: '{engine}' is not an engine; use duckdb or spark")
 
 
-def _load(orders: str, column_map: Optional[str], exclude_products: Optional[str]):
-    """Load and check the order log, and say in one line what it holds and what the loader's rules did."""
+def _load(orders: str, column_map: Optional[str], exclude_products: Optional[str], lang=None):
+    """Load and check the order log, and say in one line (in ``lang``) what it holds and what the loader's rules did."""
     from features.orders import load_order_log
 
     with err.status("loading orders ..."):
         log = load_order_log(orders, column_map, exclude_products=exclude_products)
-        description = log.describe()
+        description = log.describe(lang)
     out.print(description, soft_wrap=True)
     return log
 
@@ -387,77 +389,97 @@ def train(
         from features.contacts import load_contacts
 
         past_contacts = load_contacts(contacts)
-    log = _load(orders, column_map, exclude_products)
-    _check_as_of(log, cut, "--cutoff", horizon_days)
+    log = _load(orders, column_map, exclude_products, language)
+    _check_as_of(log, cut, "--cutoff", horizon_days, lang=language)
     uplift_data = None
     if past_contacts is not None:
         with err.status(f"reading {len(past_contacts):,} contacts' features as of their dates ..."):
             uplift_data = prepare_uplift(log, past_contacts, cut, window_days)
+        _ = language.gettext
         if uplift_data.n_window_not_over:
-            err.print(f"warning: ignored {uplift_data.n_window_not_over:,} contacts whose {window_days}-day window ends "
-                      f"after {uplift_data.learn_until.date()}")
+            err.print(_("warning: ignored {n} contacts whose {days}-day window ends after {date}").format(
+                n=language.count(uplift_data.n_window_not_over), days=window_days, date=uplift_data.learn_until.date()))
         if uplift_data.n_without_history:
-            err.print(f"warning: ignored {uplift_data.n_without_history:,} contacts of customers with no order on or "
-                      "before their contact date")
+            err.print(_("warning: ignored {n} contacts of customers with no order on or before their contact date")
+                      .format(n=language.count(uplift_data.n_without_history)))
     configure_tracking()
     with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
         result = train_job(log, cut, horizon_days, register=register, uplift=uplift_data)
     print_backtest(out, result.backtest.report, lang=language,
                    champion=result.champion_backtest.report if result.champion_backtest else None)
     if result.uplift is not None:
-        _print_uplift(result.uplift)
-    _print_model(result.model)
-    registered = f"; registered version {result.logged.version} as {result.logged.alias}" if result.logged.version else ""
-    out.print(f"MLflow run {result.logged.run_id}{registered}")
+        _print_uplift(result.uplift, language)
+    _print_model(result.model, language)
+    _ = language.gettext
+    registered = (_("; registered version {version} as {alias}").format(version=result.logged.version,
+                                                                      alias=result.logged.alias)
+                  if result.logged.version else "")
+    out.print(_("MLflow run {run_id}{registered}").format(run_id=result.logged.run_id, registered=registered))
 
 
-def _print_uplift(report: dict) -> None:
+# the rankings of the uplift table, as a reader of another language sees them (English: the names)
+UPLIFT_RANKINGS = (NC_("ranking", "uplift"), NC_("ranking", "p_repurchase"), NC_("ranking", "random"))
+
+
+def _print_uplift(report: dict, lang) -> None:
     """The uplift model on the held-out campaigns, beside ranking by p_repurchase and at random."""
     from rich.table import Table
 
+    _ = lang.gettext
     learn, held = report["learn"], report["held_out"]
-    table = Table(title=f"uplift on the held-out campaigns {held['first']} to {held['last']} ({held['contacts']:,} "
-                        f"contacts, {held['holdout']:,} held out), {report['window_days']}-day window")
-    columns = ("ranking", "qini", "uplift@10%", "uplift@30%", "extra buyers @30%", "extra orders @30%")
+    table = Table(title=_("uplift on the held-out campaigns {first} to {last} ({contacts} contacts, {holdout} held out), "
+                          "{days}-day window").format(first=held["first"], last=held["last"],
+                                                      contacts=lang.count(held["contacts"]),
+                                                      holdout=lang.count(held["holdout"]), days=report["window_days"]))
+    columns = (N_("ranking"), N_("qini"), N_("uplift@10%"), N_("uplift@30%"), N_("extra buyers @30%"),
+               N_("extra orders @30%"))
     for column in columns:
-        table.add_column(column, justify="left" if column == "ranking" else "right")
+        table.add_column(_(column), justify="left" if column == "ranking" else "right")
 
     def cell(value, kind) -> str:
         if value is None:
             return "-"
-        return {"points": f"{100 * value:+.1f} pts", "count": f"{value:+,.0f}", "ratio": f"{value:.3f}"}[kind]
+        if kind == "points":
+            return _("{points} pts").format(points=lang.signed(100 * value, 1))
+        return lang.signed(value, 0) if kind == "count" else lang.decimal(value)
 
     for name, block in report["rankings"].items():
-        table.add_row(name, cell(block["qini_auc"], "ratio"), cell(block["uplift_at_10"], "points"),
-                      cell(block["uplift_at_30"], "points"), cell(block["incremental_buyers_at_30"], "count"),
-                      cell(block["incremental_orders_at_30"], "count"))
+        table.add_row(lang.name_or_label("ranking", name), cell(block["qini_auc"], "ratio"),
+                      cell(block["uplift_at_10"], "points"), cell(block["uplift_at_30"], "points"),
+                      cell(block["incremental_buyers_at_30"], "count"), cell(block["incremental_orders_at_30"], "count"))
     out.print(table)
     ratio = report.get("ratio_at_30")
-    versus = (f"{ratio:.2f}x ranking by p_repurchase" if ratio is not None
-              else report.get("p_repurchase_note") or "p_repurchase's uplift@30% is not positive: no ratio")
-    out.print(f"uplift@30%: {versus}; learned from {learn['contacts']:,} contacts ({learn['first']} to {learn['last']}), "
-              f"then from all {report['final']['contacts']:,} for the model ({', '.join(report['final']['actions'])})")
+    versus = (_("{ratio}x ranking by p_repurchase").format(ratio=lang.decimal(ratio, 2)) if ratio is not None
+              else report.get("p_repurchase_note") or _("p_repurchase's uplift@30% is not positive: no ratio"))
+    out.print(_("uplift@30%: {versus}; learned from {contacts} contacts ({first} to {last}), then from all {total} for "
+                "the model ({actions})").format(
+        versus=versus, contacts=lang.count(learn["contacts"]), first=learn["first"], last=learn["last"],
+        total=lang.count(report["final"]["contacts"]),
+        actions=_(", ").join(lang.name_or_label("action", a) for a in report["final"]["actions"])))
 
 
-def _print_model(model) -> None:
+def _print_model(model, lang) -> None:
     """What was trained, in a line or two: BTYD-only or the full model, and a BTYD fit that ran to a boundary."""
     from training.btyd import INTERIOR, fit_status_meaning
+    from training.model import btyd_only_note
 
+    _ = lang.gettext
     cutoff = model.spec_.training_cutoff
     if model.is_btyd_only():
-        out.print(f"model at {cutoff}: {model.btyd_only_reason_}")
+        out.print(_("model at {cutoff}: {reason}").format(cutoff=cutoff, reason=btyd_only_note(model, lang)))
     else:
         origins = model.spec_.origins
         season = getattr(model, "season_origin_", None)  # models pickled before seasons have none
-        seasonal = f"; {season} covers the horizon's season a year earlier" if season else ""
-        out.print(f"model at {cutoff}: LightGBM on BTYD features, {len(origins)} training origins "
-                  f"({origins[0]} to {origins[-1]}{seasonal})")
+        seasonal = _("; {season} covers the horizon's season a year earlier").format(season=season) if season else ""
+        out.print(_("model at {cutoff}: LightGBM on BTYD features, {n} training origins ({first} to {last}{seasonal})")
+                  .format(cutoff=cutoff, n=len(origins), first=origins[0], last=origins[-1], seasonal=seasonal))
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
     if status != INTERIOR:
-        out.print(f"BG/NBD at {cutoff}: {fit_status_meaning(status)}")
+        out.print(_("BG/NBD at {cutoff}: {meaning}").format(cutoff=cutoff, meaning=fit_status_meaning(status, lang)))
     alive = getattr(model, "alive_model_", None)
     if alive is not None and alive is not model.bgnbd_ and alive.fit_status_ != INTERIOR:
-        out.print(f"MBG/NBD (p_alive) at {cutoff}: {fit_status_meaning(alive.fit_status_)}")
+        out.print(_("MBG/NBD (p_alive) at {cutoff}: {meaning}").format(
+            cutoff=cutoff, meaning=fit_status_meaning(alive.fit_status_, lang)))
 
 
 def _days(n: int):
@@ -498,21 +520,28 @@ def backtest(
     cut = parse_date(cutoff, "--cutoff")
     tier_set = _load_tiers(tiers)
     check_output_path(json_path)
-    log = _load(orders, column_map, exclude_products)
+    log = _load(orders, column_map, exclude_products, language)
     configure_tracking()
     with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
         result = backtest_job(log, cut, horizon_days, json_path, tiers=tier_set, lang=language.code)
     print_backtest(out, result.report, lang=language)
-    _print_tiers(result.report.get("tiers"))
-    out.print(f"wrote {json_path} and {len(result.plots)} plots beside it")
+    _print_tiers(result.report.get("tiers"), language)
+    out.print(language.gettext("wrote {json} and {n} plots beside it").format(json=json_path, n=len(result.plots)))
 
 
-def _print_tiers(block: dict | None) -> None:
+TIER_BASES = {"spend": N_("spend"), "orders": N_("orders")}
+
+
+def _print_tiers(block: dict | None, lang) -> None:
     if not block:
         return
-    out.print(f"member tiers a year on ({block['n_customers']:,} customers, {block['basis']}): "
-              f"accuracy {block['accuracy']:.3f}, macro-F1 {block['macro_f1']:.3f}; the tier stays: "
-              f"accuracy {block['persistence_accuracy']:.3f}, macro-F1 {block['persistence_macro_f1']:.3f}")
+    _ = lang.gettext
+    basis = block["basis"]
+    out.print(_("member tiers a year on ({customers} customers, {basis}): accuracy {accuracy}, macro-F1 {f1}; the tier "
+                "stays: accuracy {kept_accuracy}, macro-F1 {kept_f1}").format(
+        customers=lang.count(block["n_customers"]), basis=_(TIER_BASES[basis]) if basis in TIER_BASES else basis,
+        accuracy=lang.decimal(block["accuracy"]), f1=lang.decimal(block["macro_f1"]),
+        kept_accuracy=lang.decimal(block["persistence_accuracy"]), kept_f1=lang.decimal(block["persistence_macro_f1"])))
 
 
 @app.command()
@@ -694,9 +723,13 @@ def target(
     if before is not None:
         moves = transitions(add_previous(scores_frame, before), before)
         write_transitions(moves, out_dir / "transitions.json")
-        out.print(f"since {moves.get('previous_as_of', 'the previous run')}: {moves['moved_lifecycle']:,} customers "
-                  f"changed lifecycle stage ({moves['active_to_at_risk']:,} from active to at_risk), "
-                  f"{moves['acquired_since']:,} acquired since; transitions.json in {out_dir}")
+        since = moves.get("previous_as_of") or _("the previous run")
+        out.print(_("since {since}: {moved} customers changed lifecycle stage ({at_risk} from {active} to {risky}), "
+                    "{acquired} acquired since; transitions.json in {folder}").format(
+            since=since, moved=language.count(moves["moved_lifecycle"]), at_risk=language.count(moves["active_to_at_risk"]),
+            active=language.name_or_label("lifecycle_stage", "active"),
+            risky=language.name_or_label("lifecycle_stage", "at_risk"),
+            acquired=language.count(moves["acquired_since"]), folder=out_dir))
     counts = _group_counts(targeted)
     extra = _extra_buyers(targeted)
     for row in summary.itertuples(index=False):
@@ -779,9 +812,9 @@ def economics(
     config = load_economics(economics_file)
     day = parse_date(as_of, "--as-of") if as_of is not None else None
     score_rows = read_parquet_input(scores, "--scores") if scores is not None else None
-    log = _load(orders, column_map, exclude_products)
+    log = _load(orders, column_map, exclude_products, language)
     if day is not None:
-        _check_as_of(log, day, "--as-of", 90)
+        _check_as_of(log, day, "--as-of", 90, lang=language)
     report = economics_report(log.orders, day if day is not None else log.last_order_date, score_rows, config,
                               source=log.source)
     written = write_economics(report, json_path, lang=language.code)
@@ -873,9 +906,11 @@ def measure(
     run_id = log_measurement(result, json_path, report_path, orders_source=log.source, contacts_source=str(contacts))
     _print_measurement(result, language)
     if result["contacts_without_any_order"]:
-        err.print(f"note: {result['contacts_without_any_order']:,} contacted customers have no order at all in "
-                  f"{log.source}; they count as non-buyers")
-    out.print(f"wrote {json_path} and {report_path}; MLflow run {run_id}")
+        err.print(language.gettext("note: {n} contacted customers have no order at all in {source}; they count as "
+                                   "non-buyers").format(n=language.count(result["contacts_without_any_order"]),
+                                                        source=log.source))
+    out.print(language.gettext("wrote {json} and {page}; MLflow run {run_id}").format(json=json_path, page=report_path,
+                                                                                     run_id=run_id))
 
 
 def _write_measurement(result: dict, json_path: Path, report_path: Path, lang: str) -> None:
@@ -896,6 +931,8 @@ VERDICTS = {"significant": N_("significant"), "not_significant": N_("not signifi
 
 def _print_measurement(result: dict, lang) -> None:
     from rich.table import Table
+
+    from training.measure import verdict_summary
 
     _ = lang.gettext
 
@@ -920,7 +957,8 @@ def _print_measurement(result: dict, lang) -> None:
         )
     out.print(table)
     for name, block in [*result["actions"].items(), ("overall", result["overall"])]:
-        out.print(f"{name}: {block['summary']}")
+        shown = _("overall") if name == "overall" else lang.name_or_label("action", name)
+        out.print(_("{action}: {summary}").format(action=shown, summary=verdict_summary(block, lang)))
 
 
 @app.command()
@@ -956,15 +994,17 @@ def replenish(
     language = _language(lang)
     day = parse_date(as_of, "--as-of")
     check_output_path(out_path)
-    log = _load(orders, column_map, exclude_products)
-    _check_as_of(log, day, "--as-of", horizon_days, count_orders=False)
+    log = _load(orders, column_map, exclude_products, language)
+    _check_as_of(log, day, "--as-of", horizon_days, count_orders=False, lang=language)
     configure_tracking()
     with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
     if result.n_future_lines_ignored:
-        err.print(f"warning: ignored {result.n_future_lines_ignored:,} order lines after --as-of {day.date()}")
+        err.print(language.gettext("warning: ignored {n} order lines after --as-of {date}").format(
+            n=language.count(result.n_future_lines_ignored), date=day.date()))
     _print_replenishment(result.frame, language)
-    out.print(f"wrote {out_path} ({len(result.frame):,} customer-category pairs)")
+    out.print(language.gettext("wrote {path} ({n} customer-category pairs)").format(
+        path=out_path, n=language.count(len(result.frame))))
 
 
 def _print_replenishment(frame, lang) -> None:

@@ -98,7 +98,8 @@ def run_quickstart(
     with step(_("loading and validating the order log {source} ...").format(source=escape(str(source)))):
         log = load_order_log(source, column_map, exclude_products=exclude_products)
     summary = log.summary()
-    console.print(Text.assemble(("order log", "bold"), log.describe().removeprefix("order log")), soft_wrap=True)
+    head = _("order log")
+    console.print(Text.assemble((head, "bold"), log.describe(language_).removeprefix(head)), soft_wrap=True)
     cutoff = BACKTEST_CUTOFF if source == QUICKSTART_SOURCE else log.last_order_date - pd.Timedelta(days=HORIZON_DAYS)
     categories = has_categories(log)
     with step((_("backtest at {cutoff} over {days} days (customers, and categories for replenishment) ...") if categories
@@ -176,7 +177,7 @@ def run_quickstart(
         "economics.json (+ cohort heatmap), report.html, audiences/, send/{replenishment}. MLflow: {uri} (browse with "
         "`uv run mlflow ui --backend-store-uri {uri}`)."
     ).format(seconds=f"{elapsed:.0f}", folder=escape(str(out_dir)), customers=language_.count(len(scores)),
-             replenishment=", replenishment.parquet" if replenishment is not None else "", uri=escape(tracking_uri)),
+             replenishment=_(", ") + "replenishment.parquet" if replenishment is not None else "", uri=escape(tracking_uri)),
         markup=True,
     )
     return {"summary": summary, "backtest": backtest.report, "audiences": audiences, "seconds": elapsed}
@@ -215,7 +216,7 @@ def _print_tiers_and_economics(console: Console, scores: pd.DataFrame, names, bl
     _ = lang.gettext
     counts = scores["member_tier"].value_counts()
     predicted = scores["predicted_tier"].value_counts()
-    console.print(_("member tiers now (a year on, predicted): {tiers}").format(tiers=", ".join(
+    console.print(_("member tiers now (a year on, predicted): {tiers}").format(tiers=_(", ").join(
         f"{lang.name_or_label('member_tier', name)} {lang.count(int(counts.get(name, 0)))} "
         f"({lang.count(int(predicted.get(name, 0)))})" for name in names)))
     if block:

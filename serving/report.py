@@ -30,7 +30,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.common.outputs import atomic_path
+from training.backtest import fit_meaning, model_note
+from training.btyd import fit_status_label
 from training.i18n import N_, Language, finite_number, language, use_language_fonts
+from training.measure import verdict_summary
+from training.model import btyd_only_note
 from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS, rfm_scales, stage_meanings
 
 
@@ -362,7 +366,7 @@ def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame 
         if report.get("backtest_note"):
             sentences.append(_("{note}.").format(note=report["backtest_note"]))
         if report.get("model_note"):
-            sentences.append(_("Model column empty: {note}.").format(note=report["model_note"]))
+            sentences.append(_("Model column empty: {note}.").format(note=model_note(report, lang)))
         holdout = report.get("holdout_orders") or {}
         actual, predicted = finite_number(holdout.get("actual")), finite_number(holdout.get("model"))
         if actual and predicted is not None:
@@ -447,7 +451,7 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path], lang: Language)
     if report.get("backtest_note"):
         body["notes"].append(_("{note}.").format(note=report["backtest_note"]))
     if report.get("model_note"):
-        body["notes"].append(_("The model column is empty. {note}.").format(note=report["model_note"]))
+        body["notes"].append(_("The model column is empty. {note}.").format(note=model_note(report, lang)))
 
     holdout = report.get("holdout_orders") or {}
     actual = finite_number(holdout.get("actual"))
@@ -470,12 +474,12 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path], lang: Language)
         rows = [[k, lang.decimal(params.get(k))] for k in ("r", "alpha", "a", "b")]
         rows.append([_("log-likelihood"), lang.decimal(bgnbd.get("log_likelihood"), 1)])
         if bgnbd.get("fit_status"):
-            rows.append([_("fit"), bgnbd["fit_status"]])
+            rows.append([_("fit"), fit_status_label(bgnbd["fit_status"], lang)])
         for k, v in (bgnbd.get("gamma_gamma_params") or {}).items():
             rows.append([_("Gamma-Gamma {parameter}").format(parameter=k), lang.decimal(v)])
         if bgnbd.get("gamma_gamma_fit_status"):
-            rows.append([_("Gamma-Gamma fit"), bgnbd["gamma_gamma_fit_status"]])
-        meaning = bgnbd.get("fit_meaning") if bgnbd.get("fit_status") not in (None, "interior") else None
+            rows.append([_("Gamma-Gamma fit"), fit_status_label(bgnbd["gamma_gamma_fit_status"], lang)])
+        meaning = fit_meaning(bgnbd, lang) if bgnbd.get("fit_status") not in (None, "interior") else None
         body["bgnbd"] = {"time_unit": _(TIME_UNITS[unit]) if unit in TIME_UNITS else unit, "fit_meaning": meaning,
                          "table": _table([_("parameter"), _("value")], rows, css_class="narrow")}
 
@@ -648,6 +652,16 @@ def _reasons_section(audience: pd.DataFrame | None, horizon_days, lang: Language
 
 # --- did it work? -----------------------------------------------------------------------------
 
+def _verdict_summary(block: dict, lang: Language) -> str:
+    """The block's verdict in the reader's language; the JSON's own sentence for a block that lacks a number."""
+    if lang.is_default:
+        return block.get("summary", "")
+    try:
+        return verdict_summary(block, lang)
+    except (KeyError, TypeError, ValueError):
+        return block.get("summary", "")
+
+
 VERDICT_LABELS = {"significant": N_("significant"), "not_significant": N_("not significant"),
                   "too_small": N_("too small to tell")}
 
@@ -676,7 +690,7 @@ def measurement_section(measurement: dict, lang: Language | None = None) -> dict
     rows = [*((lang.label("action", a), b) for a, b in blocks.items()),
             (_("all actions"), measurement.get("overall") or {})]
     verdicts = [{"action": name, "verdict": _(VERDICT_LABELS[b.get("verdict")]) if b.get("verdict") in VERDICT_LABELS
-                 else DASH, "summary": b.get("summary", "")} for name, b in rows]
+                 else DASH, "summary": _verdict_summary(b, lang)} for name, b in rows]
     group_rows = []
     for name, block in rows:
         group_rows.append(_group(name))
@@ -855,28 +869,26 @@ def _page(title: str, subtitle: str, order, bodies: dict[str, dict], footer: str
 
 
 def model_notes(model, lang: str | None = None) -> list[str]:
-    """What a reader of the report must know about the model that scored, one line each, in ``lang``.
-
-    The model's own explanations (why it is BTYD-only, what a fit status means) stay as the model gives them.
-    """
+    """What a reader of the report must know about the model that scored, one line each, in ``lang``."""
     from training.btyd import INTERIOR, fit_status_meaning
 
-    _ = language(lang).gettext
+    lang = language(lang)
+    _ = lang.gettext
     notes = []
     if model.is_btyd_only():
         notes.append(_("Scores come from BG/NBD and Gamma-Gamma alone ({reason}).").format(
-            reason=model.btyd_only_reason_))
+            reason=btyd_only_note(model, lang)))
     status = getattr(model.bgnbd_, "fit_status_", INTERIOR)
     if status != INTERIOR:
         notes.append(_("BG/NBD at {cutoff}: {meaning}.").format(cutoff=model.spec_.training_cutoff,
-                                                              meaning=fit_status_meaning(status)))
+                                                              meaning=fit_status_meaning(status, lang)))
     alive = getattr(model, "alive_model_", None)
     if alive is None:
         notes.append(_("p_alive comes from BG/NBD, which reads 1 for every one-time buyer (the model was trained before "
                        "p_alive came from MBG/NBD, or MBG/NBD had no fit): one-time buyers are never churned; "
                        "retrain for the chance that they are still active."))
     elif alive is not model.bgnbd_ and getattr(alive, "fit_status_", INTERIOR) != INTERIOR:
-        meaning = fit_status_meaning(alive.fit_status_)
+        meaning = fit_status_meaning(alive.fit_status_, lang)
         if alive.params_["a"] == 0:
             notes.append(_("MBG/NBD behind p_alive at {cutoff}: {meaning}; p_alive is 1, so nobody is churned until "
                            "drop-out shows.").format(cutoff=model.spec_.training_cutoff, meaning=meaning))

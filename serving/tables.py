@@ -27,7 +27,8 @@ def print_backtest(console: Console, report: dict, champion: dict | None = None,
     line for an empty model column and one for a BG/NBD fit at a boundary. Words in ``lang``
     (``training.i18n``; English by default); metric names are machine names and stay.
     """
-    from training.btyd import INTERIOR, fit_status_meaning
+    from training.backtest import fit_meaning, model_note
+    from training.btyd import INTERIOR
 
     lang = lang or language("en")
     _ = lang.gettext
@@ -55,7 +56,8 @@ def print_backtest(console: Console, report: dict, champion: dict | None = None,
                                        else "" for key, block in columns])
     console.print(table)
     if report.get("model_note"):
-        console.print(_("model column empty: {note}").format(note=report["model_note"]))
+        console.print(_("model column empty: {note}").format(note=model_note(report, lang)))
     status = (report.get("bgnbd") or {}).get("fit_status", INTERIOR)
     if status != INTERIOR:
-        console.print(f"BG/NBD at {report['cutoff']}: {fit_status_meaning(status)}")
+        console.print(_("BG/NBD at {cutoff}: {meaning}").format(cutoff=report["cutoff"],
+                                                              meaning=fit_meaning(report["bgnbd"], lang)))

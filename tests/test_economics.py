@@ -150,6 +150,7 @@ def test_economics_command_writes_json_and_heatmap_on_synth(tmp_path):
     assert chinese.exit_code == 0, chinese.output
     assert "下单两次及以上" in chinese.output and "回本周期" in chinese.output and "已写出" in chinese.output
     assert "ordered twice" not in chinese.output and "payback" not in chinese.output
+    assert "订单日志" in chinese.output and "300 位客户" in chinese.output and "order log" not in chinese.output
     assert json.loads((tmp_path / "zh.json").read_text())["ltv_cac"] == report["ltv_cac"]  # files stay the same
 
 

@@ -213,6 +213,16 @@ def test_measure_command_writes_json_page_and_mlflow_run(tiny, tmp_path, mlflow_
                                 "--window-days", "20"])
     assert again.exit_code == 0, again.output
     assert json.loads(out.read_text())["window_days"] == 20
+    # in Chinese: the verdicts, the note and the page, with the JSON's English sentences unchanged
+    chinese = runner.invoke(app, ["measure", "--contacts", str(contacts), "--orders", str(orders), "--json",
+                                  str(tmp_path / "zh" / "measure.json"), "--lang", "zh"])
+    assert chinese.exit_code == 0, chinese.output
+    assert "沉睡召回：人数太少" in chinese.stdout and "2 位被触达的客户" in chinese.stderr
+    page = (tmp_path / "zh" / "measure.html").read_text()
+    for english in ("Too few customers to tell", "contacted customers have no order", "win_back:", "wrote "):
+        assert english not in chinese.output and english not in page, english
+    assert json.loads((tmp_path / "zh" / "measure.json").read_text())["actions"]["win_back"]["summary"].startswith(
+        "Too few customers to tell")
 
 
 def test_the_report_gets_a_did_it_work_section_only_when_measured(tiny):

@@ -177,6 +177,23 @@ def test_the_report_says_the_model_is_btyd_only_and_what_its_bgnbd_fit_means(fou
     assert "Scores come from BG/NBD and Gamma-Gamma alone" in page
     assert "The model column is empty. BTYD-only: " in page
     assert f"<td class=num>{report['bgnbd']['fit_status']}</td>" in page
+    # in Chinese: the model's notes, the empty model column and the fit, said again from their numbers
+    from rich.console import Console
+
+    from english import english_words
+    from serving.tables import print_backtest
+    from training.i18n import Language
+
+    chinese = model_notes(model, "zh")
+    assert chinese[0].startswith("评分只来自 BG/NBD 和 Gamma-Gamma（只用 BTYD：")
+    page = build_report_html(report, {}, scores, None, model_notes=chinese, lang="zh")
+    for english in ("BTYD-only", "would unlock", "Scores come from", report["bgnbd"]["fit_status"]):
+        assert english not in page, english
+    console = Console(record=True, width=300)
+    print_backtest(console, report, lang=Language("zh"))
+    printed = console.export_text()
+    assert "模型一栏为空：只用 BTYD" in printed and "BTYD-only" not in printed
+    assert english_words(" ".join(chinese)) == [] and english_words(printed, kept={"auc", "brier", "ece"}) == []
 
 
 def test_a_btyd_only_challenger_is_scored_by_what_it_answers():

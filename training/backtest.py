@@ -34,9 +34,10 @@ from features.orders import parse_date
 from features.pipeline import build_features, build_labels
 from features.timecut import between, day_end, until
 from training import plots
-from training.btyd import BTYDModel, fit_status_meaning
+from training.btyd import GAMMA_GAMMA_NOT_FITTED, BTYDModel, fit_status_meaning
+from training.i18n import Language
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
-from training.model import RepurchaseModel, fit_gamma_gamma, origin_calibration_row, quantiles_from_cdf
+from training.model import RepurchaseModel, btyd_only_reason, fit_gamma_gamma, origin_calibration_row, quantiles_from_cdf
 from training.tiers import YEAR_DAYS, Tiers, default_tiers, next_year_tier_probabilities, tier_columns, tier_metrics
 
 # The model block's classification metrics, null when the model could not be trained.
@@ -189,7 +190,7 @@ def run_backtest(
         fit_meaning=fit_status_meaning(bgnbd.fit_status_),
         fit_detail=bgnbd.fit_detail_,
         gamma_gamma_params=gamma_gamma.params_ if gamma_gamma is not None else None,
-        gamma_gamma_fit_status=gamma_gamma.fit_status_ if gamma_gamma is not None else "not fitted: too few repeat buyers",
+        gamma_gamma_fit_status=gamma_gamma.fit_status_ if gamma_gamma is not None else GAMMA_GAMMA_NOT_FITTED,
         orders=regression_metrics(frame["label_orders"], frame["bgnbd_expected_orders"]),
         revenue=regression_metrics(frame["label_revenue"], frame["bgnbd_expected_revenue"]),
     )
@@ -211,6 +212,8 @@ def run_backtest(
         # Its answers are BG/NBD's (the column beside it): an empty column and the reason say more.
         report["model"] = dict.fromkeys(MODEL_METRICS)
         report["model_note"] = model.btyd_only_reason_
+        if getattr(model, "btyd_only_why_", None):
+            report["model_note_why"] = model.btyd_only_why_  # the note's numbers, for readers of other languages
         report["holdout_orders"]["model"] = None
         grid = model.timing_grid_
     elif model is not None:
@@ -353,3 +356,23 @@ def write_report(report: dict, path: Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_clean(report), indent=2))
     return path
+
+
+def model_note(report: dict, lang: Language | str | None = "en") -> str | None:
+    """The report's ``model_note`` (why the model column is empty) in ``lang``; None without one.
+
+    backtest.json keeps the English line; its numbers (``model_note_why``) let other languages say it.
+    """
+    note = report.get("model_note")
+    why = report.get("model_note_why")
+    if not note or not why:
+        return note or None
+    return btyd_only_reason(why, lang)
+
+
+def fit_meaning(block: dict, lang: Language | str | None = "en") -> str | None:
+    """The ``fit_meaning`` of a backtest's BG/NBD block in ``lang``, said again from its ``fit_status``."""
+    status = block.get("fit_status")
+    if status is None:
+        return block.get("fit_meaning")
+    return fit_status_meaning(status, lang)

@@ -41,6 +41,7 @@ from scipy import optimize
 from scipy.special import betainc, betaln, digamma, expit, gammaln, hyp2f1, roots_legendre
 
 from features.common.errors import InputError
+from training.i18n import N_, NC_, Language, language
 
 __all__ = [
     "BTYDDataError",
@@ -92,11 +93,11 @@ MEASURABLE_GAIN = 3.0
 # The parameter that is 0 in the no-drop-out limit, and the one that then means nothing.
 _DROPOUT_PARAMS = {"bgnbd": ("a", "b"), "mbgnbd": ("a", "b"), "pareto": ("s", "beta")}
 FIT_STATUS_MEANING = {
-    INTERIOR: "an interior optimum: the usual fit",
-    NO_DROPOUT: "no measurable drop-out yet: almost every customer is still buying, so P(alive) = 1 "
-                "and purchase rates alone (NBD) predict; drop-out becomes measurable as the log grows",
-    DROPOUT_NOT_IDENTIFIED: "drop-out is not identified by this data and no small penalty pins it down: "
-                            "fitted without drop-out (NBD), P(alive) = 1",
+    INTERIOR: N_("an interior optimum: the usual fit"),
+    NO_DROPOUT: N_("no measurable drop-out yet: almost every customer is still buying, so P(alive) = 1 and purchase "
+                   "rates alone (NBD) predict; drop-out becomes measurable as the log grows"),
+    DROPOUT_NOT_IDENTIFIED: N_("drop-out is not identified by this data and no small penalty pins it down: fitted "
+                               "without drop-out (NBD), P(alive) = 1"),
 }
 _QUADRATURE_NODES, _QUADRATURE_WEIGHTS = roots_legendre(48)
 _QUADRATURE_CHUNK = 65536
@@ -387,17 +388,38 @@ def _runaway(scaled_params: dict, log_param_limit: float = _LOG_PARAM_LIMIT) -> 
     return None
 
 
-def fit_status_meaning(status: str) -> str:
-    """What a ``fit_status_`` means, in a sentence for the report and the CLI."""
+def fit_status_meaning(status: str, lang: Language | str | None = "en") -> str:
+    """What a ``fit_status_`` means, in a sentence for the report and the CLI, in ``lang`` (English by default)."""
+    lang = lang if isinstance(lang, Language) else language(lang)
+    _ = lang.gettext
     if status in FIT_STATUS_MEANING:
-        return FIT_STATUS_MEANING[status]
-    if status.startswith("penalized"):
-        return (f"{status}: the likelihood has no interior optimum (for BG/NBD: drop-out is measurable, its spread "
-                "across customers is not), so a small L2 penalty on the parameters, as lifetimes applies it, picks the fit")
+        return _(FIT_STATUS_MEANING[status])
+    if status.startswith("penalized "):
+        return _("penalized {penalty}: the likelihood has no interior optimum (for BG/NBD: drop-out is measurable, its "
+                 "spread across customers is not), so a small L2 penalty on the parameters, as lifetimes applies it, picks "
+                 "the fit").format(penalty=status.removeprefix("penalized "))
     if status == MEAN_SPEND:
-        return ("mean spend: Gamma-Gamma has no optimum on this data, so each repeat customer's own mean "
-                "order value, and the mean over repeat customers for one-time buyers")
+        return _("mean spend: Gamma-Gamma has no optimum on this data, so each repeat customer's own mean order value, "
+                 "and the mean over repeat customers for one-time buyers")
     return status
+
+
+GAMMA_GAMMA_NOT_FITTED = "not fitted: too few repeat buyers"
+# Fit statuses as a reader of another language sees them (English: the status itself); literal,
+# so that pybabel extracts them, and equal to the constants above (tests/test_i18n.py checks).
+FIT_STATUS_LABELS = (NC_("fit_status", "interior"), NC_("fit_status", "boundary: no measurable drop-out yet"),
+                     NC_("fit_status", "boundary: drop-out not identified, fitted without it"),
+                     NC_("fit_status", "boundary: mean spend"), NC_("fit_status", "not fitted: too few repeat buyers"))
+
+
+def fit_status_label(status: str, lang: Language | str | None = "en") -> str:
+    """A ``fit_status_`` as a table shows it in ``lang``: the status itself in English."""
+    lang = lang if isinstance(lang, Language) else language(lang)
+    if lang.is_default:
+        return status
+    if status.startswith("penalized "):
+        return lang.gettext("penalized {penalty}").format(penalty=status.removeprefix("penalized "))
+    return lang.pgettext("fit_status", status)
 
 
 # ---------------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ MACHINE_LABELS = (
     NC_("lifecycle_stage", "acquired_since"), NC_("rfm_segment", "acquired_since"),
     NC_("member_tier", "silver"), NC_("member_tier", "gold"), NC_("member_tier", "diamond"),
     NC_("action", "vip_care"), NC_("action", "replenishment_reminder"), NC_("action", "churn_warning"),
-    NC_("action", "win_back"), NC_("action", "new_customer_nurture"),
+    NC_("action", "win_back"), NC_("action", "new_customer_nurture"), NC_("action", "tier_upgrade_nudge"),
+    NC_("action", "tier_retention"),
     NC_("group", "treatment"), NC_("group", "holdout"),
 )
 

@@ -55,6 +55,7 @@ import pandas as pd
 
 from features.contacts import HOLDOUT, HOLDOUT_SHARE, TREATMENT, ContactsError
 from features.timecut import in_horizon
+from training.i18n import Language, language
 
 ALPHA = 0.05
 POWER = 0.8
@@ -242,37 +243,57 @@ def compare(rows: pd.DataFrame, *, contact_cost: float, planned_holdout: float) 
     return block
 
 
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f} points"
-
-
 def _verdict(block: dict) -> tuple[str, str]:
+    return verdict_of(block), verdict_summary(block)
+
+
+def verdict_of(block: dict) -> str:
+    """``significant``, ``not_significant`` or ``too_small`` (see the module docs)."""
+    if min(block["treatment"]["customers"], block["holdout"]["customers"]) < MIN_GROUP:
+        return "too_small"
+    if block["treatment"]["buyers"] == 0 and block["holdout"]["buyers"] == 0:
+        return "too_small"
+    return "significant" if block["p_value"] < ALPHA else "not_significant"
+
+
+def verdict_summary(block: dict, lang: Language | str | None = "en") -> str:
+    """The verdict of one block (:func:`compare`) as one plain sentence in ``lang`` (English by default).
+
+    The JSON keeps the English sentence (``summary``); the CLI and the page say it in the reader's language.
+    """
+    lang = lang if isinstance(lang, Language) else language(lang)
+    _ = lang.gettext
     n_t, n_h = block["treatment"]["customers"], block["holdout"]["customers"]
     mde = block["mde"]
-    reach = f"; groups this size detect only differences of {100 * mde:.1f} points or more" if mde is not None else ""
+    reach = (_("; groups this size detect only differences of {mde} points or more").format(
+        mde=lang.decimal(100 * mde, 1)) if mde is not None else "")
     srm = block["srm"]
     warning = ""
     if srm["mismatch"]:
-        warning = (f" Warning: the holdout is {100 * srm['observed_holdout_share']:.1f}% of the contacts, not the "
-                   f"planned {100 * srm['planned_holdout_share']:.0f}% (sample-ratio test p = {srm['p_value']:.2g}): "
-                   "check how the groups were kept before trusting the result.")
-    if min(n_t, n_h) < MIN_GROUP:
-        return "too_small", (f"Too few customers to tell: {n_t:,} in treatment and {n_h:,} in the holdout "
-                             f"(at least {MIN_GROUP} in each are needed){reach}." + warning)
-    if block["treatment"]["buyers"] == 0 and block["holdout"]["buyers"] == 0:
-        return "too_small", ("Too little to tell: nobody in either group ordered in the window; a longer window or "
-                             "more customers may show something." + warning)
+        warning = " " + _("Warning: the holdout is {observed} of the contacts, not the planned {planned} (sample-ratio "
+                          "test p = {p}): check how the groups were kept before trusting the result.").format(
+            observed=lang.percent(srm["observed_holdout_share"]), planned=lang.percent(srm["planned_holdout_share"], 0),
+            p=f"{srm['p_value']:.2g}")
+    verdict = verdict_of(block)
+    if verdict == "too_small" and min(n_t, n_h) < MIN_GROUP:
+        return _("Too few customers to tell: {treatment} in treatment and {holdout} in the holdout (at least {minimum} "
+                 "in each are needed){reach}.").format(treatment=lang.count(n_t), holdout=lang.count(n_h),
+                                                      minimum=MIN_GROUP, reach=reach) + warning
+    if verdict == "too_small":
+        return _("Too little to tell: nobody in either group ordered in the window; a longer window or more customers "
+                 "may show something.") + warning
     low, high = block["rate_diff_ci95"]
-    numbers = (f"{_points(block['rate_diff'])} in the repurchase rate (95% interval {100 * low:+.1f} to "
-               f"{100 * high:+.1f}, p = {block['p_value']:.2g})")
-    if block["p_value"] < ALPHA:
-        if block["rate_diff"] > 0:
-            return "significant", (f"It worked: {numbers}, about {block['incremental_orders']:,.0f} orders and "
-                                   f"{block['incremental_revenue']:,.0f} in revenue that would not have come "
-                                   "without the contact." + warning)
-        return "significant", (f"It backfired: {numbers}; contacted customers ordered less than the holdout."
-                               + warning)
-    return "not_significant", (f"Not significant: {numbers} could be chance{reach}." + warning)
+    numbers = _("{diff} points in the repurchase rate (95% interval {low} to {high}, p = {p})").format(
+        diff=lang.signed(100 * block["rate_diff"], 1), low=lang.signed(100 * low, 1), high=lang.signed(100 * high, 1),
+        p=f"{block['p_value']:.2g}")
+    if verdict == "significant" and block["rate_diff"] > 0:
+        return _("It worked: {numbers}, about {orders} orders and {revenue} in revenue that would not have come without "
+                 "the contact.").format(numbers=numbers, orders=lang.count(block["incremental_orders"]),
+                                        revenue=lang.count(block["incremental_revenue"])) + warning
+    if verdict == "significant":
+        return _("It backfired: {numbers}; contacted customers ordered less than the holdout.").format(
+            numbers=numbers) + warning
+    return _("Not significant: {numbers} could be chance{reach}.").format(numbers=numbers, reach=reach) + warning
 
 
 # --------------------------------------------------------------------------- the whole measurement

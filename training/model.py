@@ -105,6 +105,7 @@ from training.boosting import (
 from training.btyd import BTYDModel, MIN_REPEAT_CUSTOMERS, BTYDDataError, BTYDFitError, GammaGamma
 from training.btyd import clv as btyd_clv
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
+from training.i18n import Language, language
 from training.metrics import expected_calibration_error
 from training.segments import lifecycle_stage, monetary_cut_points, rfm_scores, rfm_segment
 from training.tiers import Tiers, default_tiers, next_year_tier_probabilities, tier_columns
@@ -252,6 +253,33 @@ def boosting_pace(n_rows: int, learning_rate: float, max_rounds: int, small_data
 def earliest_full_cutoff(first_order: dt.date, horizon_days: int) -> dt.date:
     """The first cutoff at which :func:`training_origins` gives two origins."""
     return first_order + dt.timedelta(days=MIN_ORIGIN_HISTORY_DAYS + MIN_STEP_DAYS + horizon_days)
+
+
+def btyd_only_reason(why: dict, lang: Language | str | None = "en") -> str:
+    """Why a model is BTYD-only and what more data would unlock the LightGBM model (``btyd_only_why_``),
+    in one line in ``lang`` (English by default: ``btyd_only_reason_``, the line MLflow and backtest.json keep)."""
+    lang = lang if isinstance(lang, Language) else language(lang)
+    _ = lang.gettext
+
+    def day(iso: str) -> str:
+        return lang.date(dt.date.fromisoformat(iso))
+
+    if why["kind"] == "short_history":
+        return _("BTYD-only: {days} days of orders before {cutoff}; the LightGBM model needs two training origins, each "
+                 "with {history} days of history and a whole {horizon}-day label window before the cutoff; a cutoff from "
+                 "{unlock} ({more} more days of orders) would unlock it").format(
+            days=why["days"], cutoff=day(why["cutoff"]), history=why["history_days"], horizon=why["horizon_days"],
+            unlock=day(why["unlock"]), more=why["more_days"])
+    return _("BTYD-only: only {usable} of {origins} training origins ({first} to {last}) have {repeat} repeat buyers; "
+             "more customers or a later cutoff would unlock the LightGBM model").format(
+        usable=why["usable"], origins=why["origins"], first=day(why["first"]), last=day(why["last"]),
+        repeat=why["repeat_buyers"])
+
+
+def btyd_only_note(model, lang: Language | str | None = "en") -> str:
+    """``model``'s BTYD-only reason in ``lang``; a model pickled before ``btyd_only_why_`` gives its English line."""
+    why = getattr(model, "btyd_only_why_", None)
+    return btyd_only_reason(why, lang) if why else model.btyd_only_reason_
 
 
 class LeakageError(InputError):
@@ -436,6 +464,9 @@ class RepurchaseModel(Estimator):
         Gamma-Gamma (see "When the data are thin" above); the boosters are None.
     btyd_only_reason_ : str
         One line: why, and what more data would unlock the LightGBM model ("" when not BTYD-only).
+    btyd_only_why_ : dict
+        The same as numbers, for :func:`btyd_only_reason` to say in the reader's language ({} when
+        not BTYD-only; models pickled before it lack it).
     bgnbd_, gamma_gamma_ : BTYDModel, GammaGamma or None
         The BTYD fits at the training cutoff; their ``fit_status_`` says whether the fit was
         interior or ran to a boundary.
@@ -594,20 +625,16 @@ class RepurchaseModel(Estimator):
             parts.append(part)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
-    def _btyd_only_reason(self, first_order: dt.date, cutoff: dt.date, origins: list[dt.date], n_usable: int) -> str:
-        """Why the LightGBM model cannot be trained, and what more data would unlock it, in one line."""
+    def _btyd_only_why(self, first_order: dt.date, cutoff: dt.date, origins: list[dt.date], n_usable: int) -> dict:
+        """Why the LightGBM model cannot be trained, and what more data would unlock it, as numbers
+        (:func:`btyd_only_reason` words them)."""
         if len(origins) < 2:
             unlock = earliest_full_cutoff(first_order, self.horizon_days)
-            return (
-                f"BTYD-only: {(cutoff - first_order).days} days of orders before {cutoff}; the LightGBM model needs two "
-                f"training origins, each with {MIN_ORIGIN_HISTORY_DAYS} days of history and a whole {self.horizon_days}-day "
-                f"label window before the cutoff; a cutoff from {unlock} ({(unlock - cutoff).days} more days of orders) "
-                "would unlock it"
-            )
-        return (
-            f"BTYD-only: only {n_usable} of {len(origins)} training origins ({origins[0]} to {origins[-1]}) have "
-            f"{self.min_origin_repeat_buyers} repeat buyers; more customers or a later cutoff would unlock the LightGBM model"
-        )
+            return {"kind": "short_history", "days": (cutoff - first_order).days, "cutoff": cutoff.isoformat(),
+                    "history_days": MIN_ORIGIN_HISTORY_DAYS, "horizon_days": self.horizon_days,
+                    "unlock": unlock.isoformat(), "more_days": (unlock - cutoff).days}
+        return {"kind": "few_repeat_buyers", "usable": n_usable, "origins": len(origins), "first": origins[0].isoformat(),
+                "last": origins[-1].isoformat(), "repeat_buyers": self.min_origin_repeat_buyers}
 
     def fit(self, orders: pd.DataFrame, cutoff) -> "RepurchaseModel":
         """Learn from ``orders`` up to ``cutoff`` (a date); nothing after it is read.
@@ -636,11 +663,13 @@ class RepurchaseModel(Estimator):
         self.timing_grid_ = np.unique(np.round(np.array(TIMING_FRACTIONS) * self.horizon_days)).astype(float)
         self.btyd_only_ = len(usable) < 2
         if self.btyd_only_:
-            self.btyd_only_reason_ = self._btyd_only_reason(first_order, cutoff, origins, len(usable))
+            self.btyd_only_why_ = self._btyd_only_why(first_order, cutoff, origins, len(usable))
+            self.btyd_only_reason_ = btyd_only_reason(self.btyd_only_why_)
             self.classifier_ = self.calibrator_ = self.orders_model_ = self.revenue_model_ = self.timing_model_ = None
             self.origin_calibration_ = []
             features = []
         else:
+            self.btyd_only_why_ = {}
             self.btyd_only_reason_ = ""
             features = self._fit_boosters(frame, self.season_origin_)
         self.timing_feature_names_ = features + ["horizon_h"] if features else []
