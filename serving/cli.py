@@ -262,7 +262,7 @@ def _load(orders: str, column_map: Optional[str], exclude_products: Optional[str
     """Load and check the order log, and say in one line (in ``lang``) what it holds and what the loader's rules did."""
     from features.orders import load_order_log
 
-    with err.status("loading orders ..."):
+    with err.status((lang or _language("en")).gettext("loading orders ...")):
         log = load_order_log(orders, column_map, exclude_products=exclude_products)
         description = log.describe(lang)
     out.print(description, soft_wrap=True)
@@ -393,7 +393,8 @@ def train(
     _check_as_of(log, cut, "--cutoff", horizon_days, lang=language)
     uplift_data = None
     if past_contacts is not None:
-        with err.status(f"reading {len(past_contacts):,} contacts' features as of their dates ..."):
+        with err.status(language.gettext("reading {n} contacts' features as of their dates ...").format(
+                n=language.count(len(past_contacts)))):
             uplift_data = prepare_uplift(log, past_contacts, cut, window_days)
         _ = language.gettext
         if uplift_data.n_window_not_over:
@@ -403,7 +404,8 @@ def train(
             err.print(_("warning: ignored {n} contacts of customers with no order on or before their contact date")
                       .format(n=language.count(uplift_data.n_without_history)))
     configure_tracking()
-    with err.status(f"backtesting at {(cut - _days(horizon_days)).date()} and training at {cut.date()} ..."):
+    with err.status(language.gettext("backtesting at {split} and training at {cutoff} ...").format(
+            split=(cut - _days(horizon_days)).date(), cutoff=cut.date())):
         result = train_job(log, cut, horizon_days, register=register, uplift=uplift_data)
     print_backtest(out, result.backtest.report, lang=language,
                    champion=result.champion_backtest.report if result.champion_backtest else None)
@@ -522,7 +524,8 @@ def backtest(
     check_output_path(json_path)
     log = _load(orders, column_map, exclude_products, language)
     configure_tracking()
-    with err.status(f"backtesting at {cut.date()} over {horizon_days} days ..."):
+    with err.status(language.gettext("backtesting at {cutoff} over {days} days ...").format(cutoff=cut.date(),
+                                                                                      days=horizon_days)):
         result = backtest_job(log, cut, horizon_days, json_path, tiers=tier_set, lang=language.code)
     print_backtest(out, result.report, lang=language)
     _print_tiers(result.report.get("tiers"), language)
@@ -895,10 +898,11 @@ def measure(
     check_output_path(report_path)
     actions = {rule.action for rule in load_rules(rules).rules}
     past = load_contacts(contacts, known_actions=actions)
-    with err.status("loading orders ..."):
+    with err.status(language.gettext("loading orders ...")):
         log = load_order_log(orders, column_map)
     check_contact_windows(past, log.first_order_date, log.last_order_date, window_days, origin=past.attrs["origin"])
-    with err.status(f"measuring {len(past):,} contacts over {window_days}-day windows ..."):
+    with err.status(language.gettext("measuring {n} contacts over {days}-day windows ...").format(
+            n=language.count(len(past)), days=window_days)):
         result = measure_campaigns(past, log.orders, window_days=window_days, contact_cost=contact_cost,
                                    holdout_share=holdout_share)
     _write_measurement(result, json_path, report_path, language.code)
@@ -997,7 +1001,8 @@ def replenish(
     log = _load(orders, column_map, exclude_products, language)
     _check_as_of(log, day, "--as-of", horizon_days, count_orders=False, lang=language)
     configure_tracking()
-    with err.status(f"learning replenishment cycles up to {day.date()} and predicting ..."):
+    with err.status(language.gettext("learning replenishment cycles up to {as_of} and predicting ...").format(
+            as_of=day.date())):
         result = replenish_job(log, day, horizon_days, lead_days=lead_days, out_path=out_path, log_to_mlflow=True)
     if result.n_future_lines_ignored:
         err.print(language.gettext("warning: ignored {n} order lines after --as-of {date}").format(

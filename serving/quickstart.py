@@ -108,7 +108,8 @@ def run_quickstart(
             backtest = backtest_job(log, cutoff, HORIZON_DAYS, out_dir / "backtest.json", tiers=tiers,
                                     lang=language_.code)
         except BTYDDataError as exc:
-            backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc)), frame=pd.DataFrame())
+            backtest = Backtest(report=no_backtest_report(log, cutoff, HORIZON_DAYS, str(exc), exc.why),
+                                frame=pd.DataFrame())
             write_report(backtest.report, out_dir / "backtest.json")
     print_backtest(console, backtest.report, lang=language_)
     if "replenishment" in backtest.report:

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from features.common.outputs import atomic_path
-from training.backtest import fit_meaning, model_note
+from training.backtest import backtest_note, fit_meaning, model_note
 from training.btyd import fit_status_label
 from training.i18n import N_, Language, finite_number, language, use_language_fonts
 from training.measure import verdict_summary
@@ -364,7 +364,7 @@ def _summary_section(report: dict, scores: pd.DataFrame, audience: pd.DataFrame 
                                "was evaluated: AUC {auc}, lift at the top 10% {lift}×.").format(
                 **split, auc=lang.decimal(b_auc), lift=lang.decimal(_get(bgnbd, "lift_top10"), 2)))
         if report.get("backtest_note"):
-            sentences.append(_("{note}.").format(note=report["backtest_note"]))
+            sentences.append(_("{note}.").format(note=backtest_note(report, lang)))
         if report.get("model_note"):
             sentences.append(_("Model column empty: {note}.").format(note=model_note(report, lang)))
         holdout = report.get("holdout_orders") or {}
@@ -449,7 +449,7 @@ def _backtest_section(report: dict, plot_paths: dict[str, Path], lang: Language)
     body["metrics"] = _table([_("metric"), *(_(name) for _key, name in SCORERS), _("better when")],
                              _compare_rows(BACKTEST_ROWS, report, SCORERS, lang), css_class="metrics")
     if report.get("backtest_note"):
-        body["notes"].append(_("{note}.").format(note=report["backtest_note"]))
+        body["notes"].append(_("{note}.").format(note=backtest_note(report, lang)))
     if report.get("model_note"):
         body["notes"].append(_("The model column is empty. {note}.").format(note=model_note(report, lang)))
 

@@ -27,13 +27,13 @@ def print_backtest(console: Console, report: dict, champion: dict | None = None,
     line for an empty model column and one for a BG/NBD fit at a boundary. Words in ``lang``
     (``training.i18n``; English by default); metric names are machine names and stay.
     """
-    from training.backtest import fit_meaning, model_note
+    from training.backtest import backtest_note, fit_meaning, model_note
     from training.btyd import INTERIOR
 
     lang = lang or language("en")
     _ = lang.gettext
     if report.get("backtest_note"):
-        console.print(report["backtest_note"])
+        console.print(backtest_note(report, lang))
         return
     columns = [("model", report.get("model")), ("bgnbd", report.get("bgnbd")), ("recency_only", report.get("recency_only"))]
     if champion is not None:

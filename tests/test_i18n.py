@@ -215,3 +215,21 @@ def test_the_uplift_table_in_chinese(monkeypatch):
     assert "+12.0 pts" in printed["en"] and "win_back, churn_warning" in printed["en"]
     assert "+12.0 个百分点" in printed["zh"] and "沉睡召回、流失预警" in printed["zh"]
     assert english_words(printed["zh"]) == [], printed["zh"]
+
+
+def test_why_there_is_no_backtest_in_chinese():
+    from english import english_words
+    from training.backtest import backtest_note
+    from training.btyd import thin_data_reason
+
+    thin = {"customers": 50, "repeat_customers": 0, "needed": 20, "model": "BG/NBD"}
+    assert thin_data_reason(thin) == ("all 50 customers are one-time buyers, so BG/NBD cannot estimate repeat buying or "
+                                      "churn: use a later cutoff or a longer order history")
+    for why in (thin, {**thin, "repeat_customers": 3}, {"kind": "truth_after_last_order", "last_order": "2025-12-31"}):
+        report = {"backtest_note": "no backtest at 2025-10-02 (90 days before the cutoff): ...",
+                  "backtest_note_why": {"cutoff": "2025-10-02", "horizon_days": 90, **why}}
+        assert backtest_note(report) == report["backtest_note"]  # English: the line backtest.json keeps
+        chinese = backtest_note(report, "zh")
+        assert chinese.startswith("没有做 2025-10-02 的回测") and english_words(chinese) == [], chinese
+    # a note without its numbers (an older backtest.json) is shown as it is
+    assert backtest_note({"backtest_note": "no backtest at 2025-10-02: x"}, "zh") == "no backtest at 2025-10-02: x"

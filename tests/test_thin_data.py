@@ -149,6 +149,12 @@ def test_a_young_shop_trains_and_registers_a_labelled_btyd_only_model(mlflow_sto
     assert result.model.is_btyd_only()
     # Three months leave no history before the backtest split: trained all the same, and said so.
     assert result.backtest.report["backtest_note"].startswith("no backtest at 2025-10-02")
+    from training.backtest import backtest_note
+
+    report = result.backtest.report
+    assert backtest_note(report) == report["backtest_note"]
+    assert backtest_note(report, "zh").startswith("没有做 2025-10-02 的回测（截止日前 90 天）：")
+    assert "no backtest" not in backtest_note(report, "zh") and "one-time" not in backtest_note(report, "zh")
     assert result.logged.alias == "champion"
     client = mlflow.MlflowClient()
     tags = client.get_model_version("repurchase", result.logged.version).tags

@@ -34,8 +34,8 @@ from features.orders import parse_date
 from features.pipeline import build_features, build_labels
 from features.timecut import between, day_end, until
 from training import plots
-from training.btyd import GAMMA_GAMMA_NOT_FITTED, BTYDModel, fit_status_meaning
-from training.i18n import Language
+from training.btyd import GAMMA_GAMMA_NOT_FITTED, BTYDModel, fit_status_meaning, thin_data_reason
+from training.i18n import Language, language
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
 from training.model import RepurchaseModel, btyd_only_reason, fit_gamma_gamma, origin_calibration_row, quantiles_from_cdf
 from training.tiers import YEAR_DAYS, Tiers, default_tiers, next_year_tier_probabilities, tier_columns, tier_metrics
@@ -376,3 +376,28 @@ def fit_meaning(block: dict, lang: Language | str | None = "en") -> str | None:
     if status is None:
         return block.get("fit_meaning")
     return fit_status_meaning(status, lang)
+
+
+def no_backtest_reason(why: dict, lang: Language | str | None = "en") -> str | None:
+    """Why there is no backtest (a report's ``backtest_note_why``) in ``lang``; None for a reason without numbers."""
+    lang = lang if isinstance(lang, Language) else language(lang)
+    if why.get("kind") == "truth_after_last_order":
+        return lang.gettext("its {days} days of truth lie after the last order ({last_order})").format(
+            days=why["horizon_days"], last_order=why["last_order"])
+    if "repeat_customers" in why:
+        return thin_data_reason(why, lang)
+    return None
+
+
+def backtest_note(report: dict, lang: Language | str | None = "en") -> str | None:
+    """The report's ``backtest_note`` (why there is no backtest) in ``lang``; None without one.
+
+    backtest.json keeps the English line; its numbers (``backtest_note_why``) let other languages say it.
+    """
+    note, why = report.get("backtest_note"), report.get("backtest_note_why")
+    lang = lang if isinstance(lang, Language) else language(lang)
+    reason = no_backtest_reason(why, lang) if why and not lang.is_default else None
+    if reason is None:
+        return note or None
+    return lang.gettext("no backtest at {cutoff} ({days} days before the cutoff): {reason}").format(
+        cutoff=why["cutoff"], days=why["horizon_days"], reason=reason)

@@ -104,7 +104,15 @@ _QUADRATURE_CHUNK = 65536
 
 
 class BTYDDataError(InputError):
-    """The data cannot support the fit (bad values, too few repeat customers)."""
+    """The data cannot support the fit (bad values, too few repeat customers).
+
+    ``why``: for too few repeat customers, the numbers (``customers``, ``repeat_customers``,
+    ``needed``, ``model``) that :func:`thin_data_reason` says in the reader's language; else {}.
+    """
+
+    def __init__(self, message: str, why: dict | None = None):
+        super().__init__(message)
+        self.why = why or {}
 
 
 class BTYDFitError(InputError):
@@ -258,16 +266,22 @@ def compress_rfm(frequency, recency, T, weights=None) -> RFMTable:
 
 def _check_supports_fit(table: RFMTable, title: str) -> None:
     n, n_repeat = table.n_customers, table.n_repeat_customers
-    if n_repeat == 0:
-        raise BTYDDataError(
-            f"all {n:.0f} customers are one-time buyers, so {title} cannot estimate repeat buying or churn: "
-            "use a later cutoff or a longer order history"
-        )
     if n_repeat < MIN_REPEAT_CUSTOMERS:
-        raise BTYDDataError(
-            f"only {n_repeat:.0f} of {n:.0f} customers made a repeat purchase; {title} needs at least "
-            f"{MIN_REPEAT_CUSTOMERS}: use a later cutoff or a longer order history"
-        )
+        why = {"customers": int(round(n)), "repeat_customers": int(round(n_repeat)), "needed": MIN_REPEAT_CUSTOMERS,
+               "model": title}
+        raise BTYDDataError(thin_data_reason(why), why)
+
+
+def thin_data_reason(why: dict, lang: Language | str | None = "en") -> str:
+    """Why a BTYD model cannot be fitted (:class:`BTYDDataError`'s ``why``), in ``lang`` (English by default)."""
+    lang = lang if isinstance(lang, Language) else language(lang)
+    _ = lang.gettext
+    if why["repeat_customers"] == 0:
+        return _("all {customers} customers are one-time buyers, so {model} cannot estimate repeat buying or churn: "
+                 "use a later cutoff or a longer order history").format(customers=why["customers"], model=why["model"])
+    return _("only {repeat} of {customers} customers made a repeat purchase; {model} needs at least {needed}: use a "
+             "later cutoff or a longer order history").format(repeat=why["repeat_customers"], customers=why["customers"],
+                                                             model=why["model"], needed=why["needed"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from features.common.errors import InputError
 from features.common.outputs import atomic_path
 from features.orders import OrderLog, check_cutoff, parse_date
 from features.timecut import as_day, on_or_before, until
-from training.backtest import MODEL_METRICS, Backtest, run_backtest, write_report
+from training.backtest import MODEL_METRICS, Backtest, no_backtest_reason, run_backtest, write_report
 from training.btyd import BTYDDataError, BTYDFitError
 from training.model import RepurchaseModel
 from training.registry import LoggedModel, champion_version, load_scorer, log_run, model_kind, tracked_run
@@ -274,8 +274,8 @@ def train_job(
     split = cutoff - pd.Timedelta(days=horizon_days)
     with tempfile.TemporaryDirectory() as tmp:
         if split >= log.last_order_date:
-            reason = f"its {horizon_days} days of truth lie after the last order ({log.last_order_date.date()})"
-            backtest = Backtest(report=no_backtest_report(log, split, horizon_days, reason), frame=pd.DataFrame())
+            why = {"kind": "truth_after_last_order", "last_order": log.last_order_date.date().isoformat()}
+            backtest = Backtest(report=no_backtest_report(log, split, horizon_days, why=why), frame=pd.DataFrame())
         else:
             try:
                 backtest = run_backtest(
@@ -283,7 +283,8 @@ def train_job(
                     source=log.source,
                 )
             except BTYDDataError as exc:  # no repeat buyers (or no customers) before the split
-                backtest = Backtest(report=no_backtest_report(log, split, horizon_days, str(exc)), frame=pd.DataFrame())
+                backtest = Backtest(report=no_backtest_report(log, split, horizon_days, str(exc), exc.why),
+                                    frame=pd.DataFrame())
         if "backtest_note" in backtest.report or not register:
             champion_backtest = None
         else:
@@ -308,9 +309,18 @@ def train_job(
                        uplift=uplift_report)
 
 
-def no_backtest_report(log: OrderLog, split: pd.Timestamp, horizon_days: int, reason: str) -> dict:
-    """The backtest report's keys, with nulls, when the split has too little history to backtest."""
-    return {
+def no_backtest_report(log: OrderLog, split: pd.Timestamp, horizon_days: int, reason: str | None = None,
+                       why: dict | None = None) -> dict:
+    """The backtest report's keys, with nulls, when the split has too little history to backtest.
+
+    ``reason`` says why in English; ``why`` gives its numbers (:func:`training.backtest.backtest_note`
+    says it in the reader's language): a :class:`~training.btyd.BTYDDataError`'s ``why``, or
+    ``{"kind": "truth_after_last_order", "last_order": ISO date}``, which needs no ``reason``.
+    """
+    why = {"cutoff": split.date().isoformat(), "horizon_days": int(horizon_days), **why} if why else None
+    if reason is None:
+        reason = no_backtest_reason(why)
+    report = {
         "source": log.source,
         "cutoff": split.date().isoformat(),
         "horizon_days": int(horizon_days),
@@ -323,6 +333,9 @@ def no_backtest_report(log: OrderLog, split: pd.Timestamp, horizon_days: int, re
         "holdout_orders": {"actual": None, "bgnbd": None, "model": None},
         "backtest_note": f"no backtest at {split.date()} ({horizon_days} days before the cutoff): {reason}",
     }
+    if why:
+        report["backtest_note_why"] = why
+    return report
 
 
 @dataclass
