@@ -137,14 +137,15 @@ def run_quickstart(
 
     replenishment = None
     if categories:
-        from training.replenish import ReplenishmentDataError
+        from training.replenish import ReplenishmentDataError, replenishment_data_reason
 
         try:
             with step(_("predicting when each customer is due to rebuy each category ...")):
                 replenishment = replenish_job(log, as_of, HORIZON_DAYS, out_path=out_dir / "replenishment.parquet",
                                               log_to_mlflow=True).frame
         except ReplenishmentDataError as exc:
-            console.print(_("product-level replenishment skipped: {reason}").format(reason=exc))
+            reason = replenishment_data_reason(exc.why, language_) if exc.why else str(exc)
+            console.print(_("product-level replenishment skipped: {reason}").format(reason=reason))
         else:
             due = int((replenishment["next_purchase_days_p50"] <= REMINDER.within_days).sum())
             console.print(_("replenishment.parquet: {pairs} customer-category pairs, {due} due within {days} days").format(

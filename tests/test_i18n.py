@@ -233,3 +233,18 @@ def test_why_there_is_no_backtest_in_chinese():
         assert chinese.startswith("没有做 2025-10-02 的回测") and english_words(chinese) == [], chinese
     # a note without its numbers (an older backtest.json) is shown as it is
     assert backtest_note({"backtest_note": "no backtest at 2025-10-02: x"}, "zh") == "no backtest at 2025-10-02: x"
+
+
+def test_why_replenishment_is_skipped_in_chinese():
+    from english import english_words
+    from training.replenish import replenishment_data_reason
+
+    young = {"kind": "log_too_young", "cutoff": "2025-03-01", "first": "2025-01-01", "horizon_days": 90,
+             "earliest": "2025-05-01"}
+    short = {"kind": "too_little_history", "first_origin": "2024-06-01", "last_origin": "2024-12-01", "horizon_days": 90,
+             "cutoff": "2025-03-01", "steps": 5, "step_days": 30}
+    assert replenishment_data_reason(young).startswith("too few (customer, category) pairs to learn replenishment "
+                                                       "from before 2025-03-01: the log starts 2025-01-01")
+    for why in (young, short):
+        chinese = replenishment_data_reason(why, "zh")
+        assert english_words(chinese) == [] and why["cutoff"] in chinese, chinese

@@ -53,6 +53,7 @@ from features.common.errors import InputError
 from features.replenish import build_pair_features, pair_lines
 from features.timecut import as_day, until
 from training.boosting import Estimator, fit_calibrated_booster, platt_probability, raw_score
+from training.i18n import Language, language
 from training.metrics import classification_metrics
 from training.model import QUANTILES, earliest_full_cutoff, training_origins
 
@@ -105,7 +106,28 @@ MIN_TIMING_PAIRS = 20
 
 
 class ReplenishmentDataError(InputError):
-    """Too little history to learn replenishment from."""
+    """Too little history to learn replenishment from; ``why`` holds the numbers that
+    :func:`replenishment_data_reason` says in the reader's language."""
+
+    def __init__(self, message: str, why: dict | None = None):
+        super().__init__(message)
+        self.why = why or {}
+
+
+def replenishment_data_reason(why: dict, lang: Language | str | None = "en") -> str:
+    """Why replenishment cannot be learned (:class:`ReplenishmentDataError`'s ``why``) in ``lang``."""
+    lang = lang if isinstance(lang, Language) else language(lang)
+    _ = lang.gettext
+    if why["kind"] == "log_too_young":
+        return _("too few (customer, category) pairs to learn replenishment from before {cutoff}: the log starts "
+                 "{first}, and learning needs a {days}-day horizon after a month of purchases; use a date from "
+                 "{earliest} on").format(cutoff=why["cutoff"], first=why["first"], days=why["horizon_days"],
+                                         earliest=why["earliest"])
+    return _("too few (customer, category) pairs to learn replenishment from: it trains at {first} to {last} (a "
+             "{days}-day horizon before {cutoff}, then {steps} steps of {step_days} days back) and the log has too "
+             "little before those dates; use a later date or a shorter horizon").format(
+        first=why["first_origin"], last=why["last_origin"], days=why["horizon_days"], cutoff=why["cutoff"],
+        steps=why["steps"], step_days=why["step_days"])
 
 
 def _stable_fraction(pairs: pd.DataFrame, seed: int) -> np.ndarray:
@@ -375,19 +397,16 @@ class ReplenishmentModel(Estimator):
             for origin in origins
         ]
         if not origins and first is not None:
-            raise ReplenishmentDataError(
-                f"too few (customer, category) pairs to learn replenishment from before {as_day(cutoff)}: the log starts "
-                f"{as_day(first)}, and learning needs a {self.horizon_days}-day horizon after a month of purchases; "
-                f"use a date from {earliest_full_cutoff(as_day(first), self.horizon_days)} on"
-            )
+            why = {"kind": "log_too_young", "cutoff": str(as_day(cutoff)), "first": str(as_day(first)),
+                   "horizon_days": self.horizon_days,
+                   "earliest": str(earliest_full_cutoff(as_day(first), self.horizon_days))}
+            raise ReplenishmentDataError(replenishment_data_reason(why), why)
         if len(origins) < 2 or sum(len(f) for f in frames[:-1]) == 0 or len(frames[-1]) < 2:
             origins = origins or self.origins(cutoff)
-            raise ReplenishmentDataError(
-                f"too few (customer, category) pairs to learn replenishment from: it trains at {origins[0]} to "
-                f"{origins[-1]} (a {self.horizon_days}-day horizon before {as_day(cutoff)}, then "
-                f"{self.n_origins - 1} steps of {self.step_days} days back) and the log has too little before "
-                "those dates; use a later date or a shorter horizon"
-            )
+            why = {"kind": "too_little_history", "first_origin": str(origins[0]), "last_origin": str(origins[-1]),
+                   "horizon_days": self.horizon_days, "cutoff": str(as_day(cutoff)), "steps": self.n_origins - 1,
+                   "step_days": self.step_days}
+            raise ReplenishmentDataError(replenishment_data_reason(why), why)
         latest = frames[-1]
         train = pd.concat(frames[:-1])
         first_half = _stable_fraction(latest, self.random_state + 1) < 0.5
