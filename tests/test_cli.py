@@ -147,13 +147,21 @@ def test_quickstart_in_chinese_writes_a_chinese_report_and_reasons_with_english_
                 pytest.fail(message)
             pytest.skip(message)
     out = tmp_path / "qs"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
+    # wide lines: a path folded across lines would leave fragments that read as words
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "COLUMNS": "1000"}
     env.pop("REPURCHASE_LANG", None)
     proc = subprocess.run([repurchase_executable(), "quickstart", "--orders", "cdnow-sample", "--out", str(out),
                            "--lang", "zh"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cjk = re.compile(r"[\u4e00-\u9fff]")
     assert "圈选人群" in proc.stdout and "Traceback" not in proc.stderr
+    from english import english_words
+
+    # every line a person reads is Chinese: table metrics, the model's alias, a column name and the YAML example stay
+    assert "订单日志 cdnow-sample：2,357 位客户" in proc.stdout
+    assert english_words(proc.stdout + proc.stderr, kept={"auc", "brier", "ece", "repurchase", "champion", "challenger",
+                                                          "channel", "FILE", "CHANNEL", "VALUE", "cac", "economics",
+                                                          "run"}) == []
     summary = pd.read_csv(out / "audiences" / "summary.csv")
     assert set(summary["action"]) <= {"vip_care", "replenishment_reminder", "churn_warning", "win_back",
                                       "new_customer_nurture", "tier_upgrade_nudge", "tier_retention"}
