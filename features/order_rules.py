@@ -173,13 +173,14 @@ def duplicate_positions(raw: ir.Table, ts: str, amount: str) -> ir.Table:
     return ranked.filter(ranked.copy > 0).select(POSITION)
 
 
-def merge_lines(lines: ir.Table) -> ir.Table:
+def merge_lines(lines: ir.Table, *, last_ts: bool = False) -> ir.Table:
     """Lines to orders by ``(customer_id, order_id)`` (rules in :mod:`features.orders`).
 
     One row per order: ``customer_id``, ``order_id``, ``order_ts`` (its earliest line),
     ``amount`` (net), ``quantity`` (summed), ``category`` (of its largest line), ``channel``
     (of its first line), where the lines have them; ``refunded`` (a return took it to zero
-    or less: not an order) and ``purchased`` (it had a positive line).
+    or less: not an order) and ``purchased`` (it had a positive line); with ``last_ts``, its
+    latest line's time too (a refunded order's lines still count in the log's span).
     """
     values: dict[str, ir.Value] = {"order_ts": lines.order_ts.min(), "amount": lines.amount.sum()}
     if "quantity" in lines.columns:
@@ -190,6 +191,8 @@ def merge_lines(lines: ir.Table) -> ir.Table:
         values["channel"] = _min_by_ts(lines.channel, lines.order_ts)
     values["refunded"] = (lines.amount.min() < 0) & (lines.amount.sum() <= NET_ZERO * lines.amount.abs().sum())
     values["purchased"] = lines.amount.max() > 0
+    if last_ts:
+        values["last_ts"] = lines.order_ts.max()
     return lines.group_by(["customer_id", "order_id"]).aggregate(**values)
 
 

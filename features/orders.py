@@ -11,6 +11,13 @@ Sources
 * a Parquet file (``.parquet``, ``.pq``) or a folder of Parquet files;
 * a DuckDB table, written ``FILE.duckdb:TABLE``.
 
+A Parquet source whose columns are typed (ids as text or integers, ``order_ts`` a
+timestamp without zone or a date, numbers as numbers) is checked, cleaned and merged by
+DuckDB where it lies (:mod:`features.order_engine`, the rules as Ibis expressions in
+:mod:`features.order_rules`), with the same rules and messages; its orders reach the
+feature pipeline as a table in the engine, and pandas frames are made only when asked
+for. Other sources go through the pandas parsers below.
+
 Contract
 --------
 Required columns: ``customer_id``, ``order_ts`` (a date or timestamp), ``amount`` (the
