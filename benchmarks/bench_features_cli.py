@@ -111,11 +111,11 @@ def polars_core(orders_path: str, cutoff: str, out_path: str) -> None:
 # --------------------------------------------------------------------------- runs
 
 
-def _timed(command: list[str]) -> tuple[float, float]:
+def _timed(command: list[str], cwd: Path = ROOT) -> tuple[float, float]:
     """Wall-clock seconds and CPU seconds (user + system, all threads) of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cutoff", default="2025-12-31")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--polars-python", help="an interpreter with polars installed (not the project's)")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit (git archive COMMIT | tar -x -C DIR): "
+                        "its `repurchase features` runs too, with this environment, as cli-before")
     parser.add_argument("--peer", choices=("pandas", "polars"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -182,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
             "pandas": [sys.executable, __file__, "--peer", "pandas", "--orders", orders, "--cutoff", args.cutoff,
                        "--out", str(tmp_path / "pandas.parquet")],
         }
+        if args.before is not None:
+            commands["cli-before"] = [sys.executable, "-m", "serving.cli", "features", "--orders", orders, "--cutoff",
+                                      args.cutoff, "--out", str(tmp_path / "cli-before.parquet")]
         if _has_polars(polars_python):
             commands["polars"] = [polars_python, __file__, "--peer", "polars", "--orders", orders, "--cutoff",
                                   args.cutoff, "--out", str(tmp_path / "polars.parquet")]
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeat):
             for name, command in commands.items():
                 loads.append(os.getloadavg()[0])
-                wall, cpu = _timed(command)
+                wall, cpu = _timed(command, args.before.resolve() if name == "cli-before" else ROOT)
                 times[name].append(wall)
                 cpus[name].append(cpu)
         agreement = _agree({name: tmp_path / f"{name}.parquet" for name in commands})

@@ -238,7 +238,9 @@ def _merge(con, backend, tables: dict, has_order_id: bool) -> dict:
         merged = _arrow(con, backend.compile(rules.merge_lines(lines)))
         refunded = merged.column("refunded")
         n_reversed = pc.sum(pc.and_(refunded, merged.column("purchased"))).as_py() or 0
-        orders = merged.filter(pc.invert(refunded)).select(keep)
+        orders = merged.select(keep)
+        if n_reversed or pc.any(refunded).as_py():
+            orders = orders.filter(pc.invert(refunded))
     else:
         orders = _arrow(con, f"select {', '.join(keep)} from {LINES}")
     amounts = orders.column("amount")
