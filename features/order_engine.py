@@ -36,7 +36,7 @@ from features.orders import (
     parse_product_list,
 )
 
-LINES, MERGED, ORDERS, RAW = "repurchase_lines", "repurchase_merged", "repurchase_orders", "repurchase_raw"
+LINES, ORDERS, RAW = "repurchase_lines", "repurchase_orders", "repurchase_raw"
 
 
 TEXT_COLUMNS = ("customer_id", "order_id", "product_id", "category", "channel")
