@@ -11,6 +11,13 @@ Sources
 * a Parquet file (``.parquet``, ``.pq``) or a folder of Parquet files;
 * a DuckDB table, written ``FILE.duckdb:TABLE``.
 
+A Parquet source whose columns are typed (ids as text or integers, ``order_ts`` a
+timestamp without zone or a date, numbers as numbers) is checked, cleaned and merged by
+DuckDB where it lies (:mod:`features.order_engine`, the rules as Ibis expressions in
+:mod:`features.order_rules`), with the same rules and messages; its orders reach the
+feature pipeline as a table in the engine, and pandas frames are made only when asked
+for. Other sources go through the pandas parsers below.
+
 Contract
 --------
 Required columns: ``customer_id``, ``order_ts`` (a date or timestamp), ``amount`` (the
@@ -158,6 +165,7 @@ OUTLIER_ORDER_MULTIPLE = 250.0  # orders worth more than this many median orders
 HEAVY_CUSTOMER_ORDERS = 100  # customers with this many orders, buying on more than
 HEAVY_CUSTOMER_DAY_SHARE = 0.5  # this share of the days of their span, are named in the summary
 NET_ZERO = 1e-9  # a net order value within this share of its summed line values is zero (rounding)
+SYNTHETIC_ORDER_PREFIX = "\x00row"  # ids no real order can have, for rows without one
 
 
 @dataclass(frozen=True)
@@ -276,6 +284,17 @@ class OrderLog:
         keep = np.ones(len(lines), dtype=bool)
         keep[gone["pos"].to_numpy(dtype=np.int64)] = False
         return lines.loc[keep].reset_index(drop=True)
+
+    def orders_table(self) -> pd.DataFrame:
+        """The orders in the form the feature pipeline runs on best: here the frame; an
+        engine-held log (:class:`features.order_engine.EngineOrderLog`) gives its Ibis table."""
+        return self.orders
+
+    def orders_after(self, day) -> int:
+        """How many orders lie after the as-of ``day`` (they are ignored)."""
+        from features.timecut import after
+
+        return len(after(self.orders, day))
 
     @property
     def first_order_date(self) -> pd.Timestamp:
@@ -479,7 +498,12 @@ def load_order_log(
             raise InputError(f"--map: the built-in log '{source}' needs no mapping")
         lines = load_cdnow(source)
         return _finish(lines, source, has_order_id=False, cleaning=Cleaning(), exclude_products=excluded)
-    raw, origin, rows = _read_source(source)
+    raw, origin, rows = _read_source(source, arrow=True)
+    if not isinstance(raw, pd.DataFrame):  # Parquet, as Arrow: checked and merged by the engine when typed
+        log = _load_in_engine(raw, origin, column_map, excluded)
+        if log is not None:
+            return log
+        raw = _arrow_to_frame(raw)
     lines = validate_order_lines(raw, origin, column_map, rows=rows)
     resolved = _resolve_columns(raw, origin, column_map)
     cleaning = Cleaning(ignored_columns=tuple(str(c) for c in raw.columns if str(c) not in resolved.values()))
@@ -491,6 +515,19 @@ def load_order_log(
             cleaning = replace(cleaning, duplicate_rows=int(repeated.sum()))
     del raw
     return _finish(lines, origin, has_order_id=has_order_id, cleaning=cleaning, exclude_products=excluded)
+
+
+def _load_in_engine(table, origin: str, column_map: Mapping[str, str], excluded: tuple[str, ...]) -> "OrderLog | None":
+    """:func:`features.order_engine.load_typed` (None when the source needs the loader's own parsers)."""
+    from features.order_engine import load_typed
+
+    return load_typed(table, origin, column_map, excluded)
+
+
+def _arrow_to_frame(table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    frame.columns = list(table.column_names)
+    return frame
 
 
 def _duplicate_rows(raw: pd.DataFrame, lines: pd.DataFrame) -> np.ndarray:
@@ -579,8 +616,12 @@ class _Rows:
         return f"{self.word} {position + self.base if number is None else number}"
 
 
-def _read_source(source: str) -> tuple[pd.DataFrame, str, _Rows]:
-    """Read a source into a raw frame; returns (frame, origin, how its rows are named)."""
+def _read_source(source: str, *, arrow: bool = False) -> tuple[pd.DataFrame, str, _Rows]:
+    """Read a source into a raw frame; returns (frame, origin, how its rows are named).
+
+    With ``arrow``, Parquet comes back as a pyarrow Table (columns named as in the frame),
+    for the engine to check where it lies.
+    """
     table = None
     path_text = source
     match = re.match(r"^(.*\.(?:duckdb|ddb|db)):([A-Za-z_][\w.]*)$", source)
@@ -599,7 +640,7 @@ def _read_source(source: str) -> tuple[pd.DataFrame, str, _Rows]:
     try:
         if path.is_dir():
             _check_parquet_folder(path, origin)
-            return _read_parquet(path, origin), origin, _Rows()
+            return _read_parquet(path, origin, arrow=arrow), origin, _Rows()
         if not path.is_file():
             raise OrderLogError(f"{origin}: is not a regular file (a device or a pipe?); give a file, a folder of Parquet files or a built-in name")
         if path.stat().st_size == 0:
@@ -609,7 +650,7 @@ def _read_source(source: str) -> tuple[pd.DataFrame, str, _Rows]:
                 raise OrderLogError(f"{origin}: name the table too, as {path_text}:TABLE")
             return _read_duckdb(path, table, origin), f"{origin}:{table}", _Rows()
         if suffix in PARQUET_SUFFIXES:
-            return _read_parquet(path, origin), origin, _Rows()
+            return _read_parquet(path, origin, arrow=arrow), origin, _Rows()
         if suffix in CSV_SUFFIXES:
             frame, rows = _read_csv(path, origin)
             return frame, origin, rows
@@ -804,7 +845,7 @@ def _locate_bad_utf8(path: Path, compressed: bool, exc: UnicodeDecodeError) -> s
     return f"is not UTF-8 text ({exc.reason})"
 
 
-def _read_parquet(path: Path, origin: str) -> pd.DataFrame:
+def _read_parquet(path: Path, origin: str, *, arrow: bool = False) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -820,6 +861,8 @@ def _read_parquet(path: Path, origin: str) -> pd.DataFrame:
         if "Multiple matches for FieldRef" in str(exc) and path.is_file():
             _check_duplicate_names([_clean_header(n) for n in pq.read_schema(path).names], origin, {})
         raise OrderLogError(f"{origin}: cannot be read as Parquet ({_shown(str(exc).splitlines()[0], quote=False, limit=120)})") from None
+    if arrow:
+        return table.rename_columns([_clean_header(c) for c in table.column_names])
     frame = table.to_pandas()
     frame.columns = [_clean_header(c) for c in frame.columns]
     return frame
@@ -920,10 +963,14 @@ def _resolve_columns(frame, origin: str, column_map: Mapping[str, str]) -> dict[
 def _fail(origin: str, column: str, mask, rows: _Rows, what: str | Callable[[int], str], fix: str = "") -> None:
     """Raise for the first row in ``mask``; ``what`` may depend on that row's position."""
     positions = np.flatnonzero(np.asarray(mask, dtype=bool))
-    if not len(positions):
-        return
-    first = int(positions[0])
-    more = f" (and {len(positions) - 1} more)" if len(positions) > 1 else ""
+    if len(positions):
+        _fail_at(origin, column, int(positions[0]), len(positions), rows, what, fix)
+
+
+def _fail_at(origin: str, column: str, first: int, n: int, rows: _Rows, what: str | Callable[[int], str],
+             fix: str = "") -> None:
+    """Raise for row ``first``, the first of ``n`` rows that break one rule."""
+    more = f" (and {n - 1} more)" if n > 1 else ""
     what = what(first) if callable(what) else what
     raise OrderLogError(f"{origin}: column '{column}' {rows.name(first)}{more}: {what}{'; ' + fix if fix else ''}")
 
@@ -1075,7 +1122,7 @@ def validate_order_lines(
         order_ids = _as_string(raw[resolved["order_id"]])
         missing = order_ids.isna() | (order_ids.str.strip() == "")
         # Rows without an id are orders of their own: give them ids no real order can have.
-        synthetic = pd.Series("\x00row" + pd.RangeIndex(len(raw)).astype("str"), index=raw.index)
+        synthetic = pd.Series(SYNTHETIC_ORDER_PREFIX + pd.RangeIndex(len(raw)).astype("str"), index=raw.index)
         out["order_id"] = order_ids.str.strip().where(~missing, synthetic).astype("str")
     if "quantity" in resolved:
         source_qty = raw[resolved["quantity"]]

@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 from features.common.errors import InputError, OrderLogError
 from features.common.outputs import check_output_path, clean_stale, commit_folder, temporary_name
 from features.orders import (
-    NET_ZERO,
     OUTLIER_ORDER_MULTIPLE,
     PARQUET_SUFFIXES,
     _resolve_columns,
@@ -562,33 +561,19 @@ def _net_credit_invoices(lines: "DataFrame") -> tuple["DataFrame", dict, "DataFr
 
 
 def _merge_lines(lines: "DataFrame", origin: str) -> "DataFrame":
-    """Lines to orders by the rules of :func:`features.orders.merge_order_lines`, with the
-    flags the summary counts: ``refunded`` (dropped), ``purchased``, ``in_span`` and ``last_ts``."""
+    """Lines to orders by :func:`features.order_rules.merge_lines` (the rules DuckDB runs), with
+    the flags the summary counts: ``refunded`` (dropped), ``purchased``, ``in_span`` and ``last_ts``."""
+    import ibis
     from pyspark.sql import functions as F
 
+    from features.order_rules import merge_lines
+
     if "order_id" in lines.columns:
-        extra = []
-        if "quantity" in lines.columns:
-            extra.append(F.sum("quantity").alias("quantity"))
-        if "category" in lines.columns:
-            extra.append(F.max_by("category", "amount").alias("category"))
-        if "channel" in lines.columns:
-            extra.append(F.min_by("channel", "order_ts").alias("channel"))
-        merged = (
-            lines.groupBy("customer_id", "order_id")
-            .agg(
-                F.min("order_ts").alias("order_ts"),
-                F.sum("amount").alias("amount"),
-                (F.min("amount") < 0).alias("has_return"),
-                (F.max("amount") > 0).alias("purchased"),
-                F.sum(F.abs("amount")).alias("gross"),
-                F.max("order_ts").alias("last_ts"),
-                *extra,
-            )
-            .withColumn("refunded", F.col("has_return") & (F.col("amount") <= NET_ZERO * F.col("gross")))
-            .withColumn("in_span", F.lit(True))
-            .drop("order_id", "has_return", "gross")
-        )
+        con = ibis.pyspark.connect(lines.sparkSession)
+        view = f"repurchase_lines_{uuid.uuid4().hex[:12]}"
+        lines.createOrReplaceTempView(view)
+        merged = lines.sparkSession.sql(con.compile(merge_lines(con.table(view), last_ts=True)))
+        merged = merged.withColumn("in_span", F.lit(True)).drop("order_id")
     else:  # unmatched returns are dropped, and the log's span is that of what is left
         refunded = F.col("amount") < 0
         merged = lines.select("*", refunded.alias("refunded"), F.lit(False).alias("purchased"),

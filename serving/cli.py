@@ -116,14 +116,13 @@ def _check_as_of(log, day, flag: str, horizon_days: int, *, count_orders: bool =
     """Refuse a date before the first order; warn (one line, in ``lang``) about a stale export, or
     count the orders after the date, which are ignored."""
     from features.orders import check_cutoff
-    from features.timecut import after
 
     lang = lang or _language("en")
     stale = check_cutoff(log, day, flag=flag, stale_after_days=horizon_days, lang=lang)
     if stale:
         err.print(lang.gettext("warning: {message}").format(message=stale))
     if count_orders and log.last_order_date > day:
-        n_after = len(after(log.orders, day))
+        n_after = log.orders_after(day)
         if n_after:
             err.print(lang.gettext("warning: ignored {n} orders after {flag} {date}").format(
                 n=lang.count(n_after), flag=flag, date=day.date()))
@@ -301,7 +300,7 @@ def features(
     from features.pipeline import build_features
 
     with err.status(f"computing features as of {cut.date()} ..."):
-        frame = build_features(log.orders, cut)
+        frame = build_features(log.orders_table(), cut)
     write_parquet(frame, out_path)
     out.print(f"wrote {out_path}: {len(frame):,} customers x {frame.shape[1] - 1} features as of {cut.date()}")
 

@@ -3,11 +3,12 @@ on a messy synthetic export against the rates make_messy documents, and clean lo
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.common.errors import InputError
+from features.common.errors import InputError, OrderLogError
 from features.orders import (
     OUTLIER_ORDER_MULTIPLE,
     cap_outlier_orders,
@@ -243,6 +244,49 @@ def test_cli_features_on_a_messy_export_counts_each_rule_at_its_rate(messy_expor
     assert (log.orders["amount"] > 0).all()
     features = pd.read_parquet(out)
     assert features["monetary_value"].max() < OUTLIER_ORDER_MULTIPLE * log.orders["amount"].median()
+
+
+def test_the_engine_loads_a_typed_export_as_the_pandas_loader_does(messy_export, tmp_path):
+    """A typed Parquet export is checked and merged by DuckDB (features.order_engine); the
+    same export as CSV text goes through the pandas parsers: the same orders, lines and summary."""
+    from features.order_engine import EngineOrderLog
+
+    _, messy, path = messy_export
+    as_text = tmp_path / "export.csv"
+    messy.to_csv(as_text, index=False)
+    engine, text = load_order_log(path, exclude_products=FEES), load_order_log(as_text, exclude_products=FEES)
+    assert isinstance(engine, EngineOrderLog) and not isinstance(text, EngineOrderLog)
+    ours, theirs = engine.summary(), text.summary()
+    for key in ("revenue", "excluded_amount", "credit_amount_dropped", "outlier_amount_capped", "outlier_cap"):
+        assert ours.pop(key) == pytest.approx(theirs.pop(key), rel=1e-12)
+    assert ours == {**theirs, "source": "export.parquet"}
+    pd.testing.assert_frame_equal(engine.orders, text.orders, check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(engine.lines, text.lines, check_exact=False, rtol=1e-12)
+    day = pd.Timestamp("2025-09-30")
+    pd.testing.assert_frame_equal(build_features(engine.orders_table(), day), build_features(text.orders, day),
+                                  check_exact=False, rtol=1e-12)
+
+
+def test_the_engine_names_the_first_bad_row_as_the_pandas_loader_does(tmp_path):
+    frame = pd.DataFrame({"customer_id": ["a", "b", " ", "c"], "order_id": ["1", None, "3", "4"],
+                          "order_ts": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03", "1850-01-01"]),
+                          "amount": [1.0, 2e16, 3.0, np.inf]})
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path, index=False)
+    with pytest.raises(OrderLogError, match=r"^bad.parquet: column 'customer_id' row 3: is empty; every order needs a customer$"):
+        load_order_log(path)
+    frame["customer_id"] = "a"
+    frame.to_parquet(path, index=False)
+    with pytest.raises(OrderLogError, match=r"^bad.parquet: column 'order_ts' row 4: '1850-01-01 00:00:00' is out of range"):
+        load_order_log(path)
+    frame["order_ts"] = pd.Timestamp("2024-01-01")
+    frame.to_parquet(path, index=False)
+    with pytest.raises(OrderLogError, match=r"^bad.parquet: column 'amount' row 4: is infinite$"):
+        load_order_log(path)
+    frame["amount"] = [1.0, 2e16, 3.0, 4e16]
+    frame.to_parquet(path, index=False)
+    with pytest.raises(OrderLogError, match=r"^bad.parquet: column 'amount' row 2 \(and 1 more\): '2e\+16' is too large"):
+        load_order_log(path)
 
 
 def test_the_commands_that_read_orders_take_exclude_products():

@@ -104,6 +104,25 @@ def test_returns_without_order_id_are_dropped_and_counted(tmp_path):
     assert len(log.orders) == 3 and (log.orders["amount"] >= 0).all()
 
 
+def test_typed_parquet_without_order_id_loads_as_its_csv_does(tmp_path):
+    """The engine path (typed Parquet: integer ids, a date column) and the pandas path (CSV)."""
+    import datetime as dt
+
+    from features.order_engine import EngineOrderLog
+
+    frame = pd.DataFrame({"customer_id": [17, 17, 18, 18], "amount": [10.0, -2.0, 7.0, 3.0],
+                          "order_ts": [dt.date(2024, 1, 1), dt.date(2024, 1, 9), dt.date(2024, 1, 2), dt.date(2024, 1, 5)],
+                          "channel": ["web ", None, "app", "app"]})
+    frame.to_parquet(tmp_path / "r.parquet", index=False)
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    engine, text = load_order_log(tmp_path / "r.parquet"), load_order_log(tmp_path / "r.csv")
+    assert isinstance(engine, EngineOrderLog)
+    assert engine.n_returns_dropped == text.n_returns_dropped == 1
+    assert engine.describe() == text.describe().replace("r.csv", "r.parquet")
+    pd.testing.assert_frame_equal(engine.orders, text.orders)
+    assert engine.orders["channel"].tolist() == ["web", "app", "app"]
+
+
 def test_same_day_orders_stay_separate_orders(tmp_path):
     path = write(tmp_path, "d.csv", "customer_id,order_ts,amount\nA,2024-01-01 09:00,1\nA,2024-01-01 18:00,2\n")
     assert len(load_order_log(path).orders) == 2
