@@ -22,8 +22,11 @@ median minimises the expected number of tiers the prediction is off, where the m
 probable tier would almost never name a minority tier), ``p_upgrade`` (P(next-year spend reaches the next tier up)),
 ``p_downgrade`` (P(it falls below today's tier)) and ``spend_to_next_tier`` (how much more
 trailing spend reaches the next tier; NaN at the top; in orders with ``basis: orders``).
-Tiers are a scoring-time option (``repurchase score --tiers FILE``): thresholds change
-without retraining. With ``basis: orders`` N counts purchase days (the BTYD summary's
+Tiers are a scoring-time option: thresholds change without retraining, and the model
+carries none. Batch takes ``repurchase score --tiers FILE``, the service ``repurchase serve
+--tiers FILE``, the MLflow pyfunc the param ``tiers`` (the tiers as text,
+:func:`tiers_text`; Spark batch scoring passes it so), each with the shipped default
+when none is given. With ``basis: orders`` N counts purchase days (the BTYD summary's
 unit), the trailing count orders.
 """
 
@@ -83,6 +86,25 @@ class Tiers:
         """The tier index of each tier name."""
         position = {name: k for k, name in enumerate(self.names)}
         return np.array([position[name] for name in names], dtype=int)
+
+
+def tiers_text(tiers: Tiers) -> str:
+    """The tiers as one line of JSON (which is YAML too): what the pyfunc's ``tiers`` param carries."""
+    import json
+
+    return json.dumps({"basis": tiers.basis,
+                       "tiers": [{"name": n, "min": t} for n, t in zip(tiers.names, tiers.thresholds)]})
+
+
+def tiers_from_text(text: str, origin: str = "tiers") -> Tiers:
+    """Tiers from YAML or JSON text (a tiers file's content, or :func:`tiers_text`); one-line errors."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TiersError(f"{origin}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(data, dict):
+        raise TiersError(f"{origin}: expected a mapping with 'tiers', got {'nothing' if data is None else type(data).__name__}")
+    return parse_tiers(data, origin)
 
 
 def read_yaml_mapping(path: Path | str, what: str) -> dict:
