@@ -158,6 +158,9 @@ class RepurchaseService:
             self.tiers = load_tiers(self.tiers_path)
             configure_tracking(self.tracking_uri)
             model, version = load_scorer(self.model_uri)
+            # The predicted tier's weights for these tiers, computed once here rather than by
+            # whichever of two concurrent history batches comes first.
+            model.tier_weights(self.tiers)
             self.model, self.model_version = model, version
             logger.info("model %s loaded (version %s)", self.model_uri, version or "-")
             if self.snapshot_path:
