@@ -233,6 +233,18 @@ def test_score_with_a_bad_tiers_file_is_one_line_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+def test_serve_with_a_bad_tiers_file_is_one_line_exit_2_before_any_server(tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    tiers = write(tmp_path, "tiers: [{name: silver, min: 0}, {name: gold, min: -5}]")
+    result = CliRunner().invoke(app, ["serve", "--tiers", str(tiers), "--snapshot", str(tmp_path / "none.parquet")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tier 2 'gold': 'min' must be a number >= 0" in lines[0]
+
+
 def test_tiers_block_counts_against_the_year_ahead():
     from training.backtest import tiers_block
 
