@@ -577,7 +577,8 @@ def score(
 
     Member tiers: member_tier (trailing 365-day spend), predicted_tier (12 months ahead),
     p_upgrade, p_downgrade and spend_to_next_tier, on the shipped silver / gold / diamond
-    thresholds or those in --tiers FILE (no retraining needed to change them).
+    thresholds or those in --tiers FILE (no retraining needed to change them; on Spark they
+    go to the pyfunc as its tiers param, which models registered before it existed lack).
     """
     from features.common.outputs import check_output_path
     from features.orders import parse_date
@@ -587,15 +588,13 @@ def score(
     _check_engine(engine)
     day = parse_date(as_of, "--as-of")
     tier_set = _load_tiers(tiers)
-    if engine == "spark" and tiers is not None:
-        raise InputError("--tiers: the Spark path scores with the shipped tiers; drop --tiers or use --engine duckdb")
     if engine == "spark" and explain:
         raise InputError("--explain: reason codes are computed by the local engine only; drop --explain or use --engine duckdb")
     for path in (out_path, snapshot_path_for(out_path)):
         check_output_path(path, folder=engine == "spark")
     if engine == "spark":
         configure_tracking()
-        _score_on_spark(orders, day, out_path, model, column_map, exclude_products)
+        _score_on_spark(orders, day, out_path, model, column_map, exclude_products, tier_set if tiers is not None else None)
         return
     log = _load(orders, column_map, exclude_products)
     configure_tracking()
@@ -615,7 +614,7 @@ def score(
 
 
 def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Optional[str],
-                    exclude_products: Optional[str]) -> None:
+                    exclude_products: Optional[str], tiers=None) -> None:
     import time
 
     from features.spark import open_spark, read_orders
@@ -626,7 +625,7 @@ def _score_on_spark(orders: str, day, out_path: Path, model: str, column_map: Op
         status.update("reading and checking orders on Spark ...")
         log = read_orders(spark, orders, column_map, exclude_products=exclude_products)
         out.print(log.description, soft_wrap=True)
-        run = score_on_spark(spark, log, day, out_path, model_uri=model,
+        run = score_on_spark(spark, log, day, out_path, model_uri=model, tiers=tiers,
                              progress=lambda message: status.update(f"{message} on Spark ..."))
     if run.n_future_orders_ignored:
         err.print(f"warning: ignored {run.n_future_orders_ignored:,} orders after --as-of {day.date()}")
@@ -1047,6 +1046,7 @@ def serve(
         f"default {DEFAULT_SNAPSHOT} when it exists. Without one, only scoring from order histories works.",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
+    tiers: Optional[Path] = TiersOption,
 ) -> None:
     """Serve online scoring over HTTP with BentoML.
 
@@ -1055,12 +1055,16 @@ def serve(
     (scored from the history by the same feature code as batch). GET /healthz, /readyz;
     API docs (Swagger UI) at /, the OpenAPI document at /docs.json. With REPURCHASE_API_KEY
     set, requests need "Authorization: Bearer <key>". Ctrl-C stops it.
+
+    Member tiers in the answers follow --tiers FILE (else the shipped silver / gold /
+    diamond), read at start: give the file `repurchase score --tiers` was given and the
+    tier columns by id and by history equal the batch ones. The model stores no tiers.
     """
     from serving.launch import serve_command
 
     if snapshot is None and DEFAULT_SNAPSHOT.exists():
         snapshot = DEFAULT_SNAPSHOT
-    serve_command(model, port, snapshot, host=host)
+    serve_command(model, port, snapshot, host=host, tiers=tiers)
 
 
 @app.command()

@@ -39,12 +39,14 @@ def check_model(model_uri: str, tracking_uri: str | None = None) -> str:
     return version
 
 
-def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = "127.0.0.1") -> None:
+def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = "127.0.0.1",
+                  tiers: Path | None = None) -> None:
     """Run BentoML's server for :class:`serving.service.RepurchaseService` until Ctrl-C.
 
     Checks first that the model loads and the snapshot reads (an :class:`InputError` with
     one line if not), then runs ``bentoml serve serving.service:RepurchaseService`` with
-    ``REPURCHASE_MODEL_URI``, ``REPURCHASE_SNAPSHOT`` and ``MLFLOW_TRACKING_URI`` set,
+    ``REPURCHASE_MODEL_URI``, ``REPURCHASE_SNAPSHOT``, ``REPURCHASE_TIERS`` (``tiers``, a
+    member tiers YAML, checked here first) and ``MLFLOW_TRACKING_URI`` set,
     ``REPURCHASE_API_KEY`` passed on, BentoML's usage tracking off
     (``BENTOML_DO_NOT_TRACK=True``) and OpenMP waiting passively (:func:`passive_openmp_waits`). On Linux the server dies with this process, even when
     this one is killed with SIGKILL (:data:`_DIE_WITH_PARENT`).
@@ -56,6 +58,13 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
     api_key = os.environ.get("REPURCHASE_API_KEY")
     if api_key is not None and not api_key.strip():
         raise InputError("REPURCHASE_API_KEY is set but empty: set it to the key clients must send, or unset it")
+    if tiers is not None:
+        from training.tiers import load_tiers
+
+        tier_set = load_tiers(tiers)
+        tiers_note = f"; member tiers {', '.join(tier_set.names)} from {tiers}"
+    else:
+        tiers_note = ""
     if snapshot is not None:
         from serving.online import Snapshot
 
@@ -78,6 +87,10 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
         env["REPURCHASE_SNAPSHOT"] = str(Path(snapshot).resolve())
     else:
         env.pop("REPURCHASE_SNAPSHOT", None)
+    if tiers is not None:
+        env["REPURCHASE_TIERS"] = str(Path(tiers).resolve())
+    else:
+        env.pop("REPURCHASE_TIERS", None)  # the shipped tiers, as `repurchase score` without --tiers
     project = Path(__file__).resolve().parent.parent
     command = [
         str(Path(sys.executable).with_name("bentoml")) if Path(sys.executable).with_name("bentoml").exists() else "bentoml",
@@ -92,7 +105,7 @@ def serve_command(model_uri: str, port: int, snapshot: Path | None, host: str = 
     ]
     if sys.platform.startswith("linux"):
         command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
-    print(f"model {model_uri} (version {version or '-'}); {snapshot_note}", flush=True)
+    print(f"model {model_uri} (version {version or '-'}); {snapshot_note}{tiers_note}", flush=True)
     if api_key is not None:
         print("API key required on /score, /target and /metrics (REPURCHASE_API_KEY)", flush=True)
     elif host not in ("127.0.0.1", "localhost", "::1"):

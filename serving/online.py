@@ -46,7 +46,9 @@ four ``null`` when no rule fires); there ``uplift`` is that of the action chosen
 row adds ``reason_codes``: the three features that moved the customer's ``p_repurchase``
 most, as ``name=value (+log-odds)`` (:meth:`training.model.RepurchaseModel.reason_codes`).
 Rows come in request order, one per distinct customer (an id asked for twice is answered
-once).
+once). The member-tier columns (``member_tier``, ``predicted_tier``, ``p_upgrade``,
+``p_downgrade``, ``spend_to_next_tier``) follow the tiers the service was started with
+(``repurchase serve --tiers FILE``, ``REPURCHASE_TIERS``), else the shipped tiers.
 """
 
 from __future__ import annotations
@@ -404,19 +406,21 @@ def history_log_orders(customers: list[CustomerIn]) -> pd.DataFrame:
 
 
 def score_histories(
-    model, customers: list[CustomerIn], as_of: date, model_version: str, *, with_features: bool = False
+    model, customers: list[CustomerIn], as_of: date, model_version: str, *, with_features: bool = False,
+    tiers=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Score rows for customers sent with their histories (same feature code as batch).
 
     Returns ``(scores, features)``, one row per customer in request order; ``features``
     (with the BTYD columns, what the targeting rules read) only when ``with_features``.
+    ``tiers`` (:class:`training.tiers.Tiers`; None: the shipped tiers) sets the member-tier columns.
     """
     as_of_ts = pd.Timestamp(as_of)
     features = model.point_in_time_features(history_orders(customers), as_of_ts)
     order = [c.customer_id for c in customers]
     if features["customer_id"].astype(str).tolist() != order:
         features = features.set_index(features["customer_id"].astype(str)).reindex(order).reset_index(drop=True)
-    scores = model.score_features(features, as_of_ts, model_version)
+    scores = model.score_features(features, as_of_ts, model_version, tiers=tiers)
     return scores, (model.with_btyd(features) if with_features else None)
 
 
@@ -493,6 +497,7 @@ class Snapshot:
         self.index = pd.Index(self.features["customer_id"].astype(str).to_numpy())
         self.scores: pd.DataFrame | None = None
         self._rows: list[dict] | None = None
+        self._tiers = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Snapshot":
@@ -529,10 +534,14 @@ class Snapshot:
         unknown = [i for i, p in zip(ids, found) if p < 0]
         return found[found >= 0], unknown
 
-    def score_all(self, model, model_version: str, chunk_rows: int = 50_000) -> None:
-        """Score every snapshot customer once (chunks, as batch scoring does) and keep the rows."""
+    def score_all(self, model, model_version: str, chunk_rows: int = 50_000, tiers=None) -> None:
+        """Score every snapshot customer once (chunks, as batch scoring does) and keep the rows.
+
+        ``tiers`` (:class:`training.tiers.Tiers`; None: the shipped tiers) sets the member-tier columns.
+        """
+        self._tiers = tiers
         parts = [
-            model.score_features(self.features.iloc[start:start + chunk_rows], self.as_of, model_version)
+            model.score_features(self.features.iloc[start:start + chunk_rows], self.as_of, model_version, tiers=tiers)
             for start in range(0, len(self.features), chunk_rows)
         ]
         scores = pd.concat(parts, ignore_index=True)
@@ -543,7 +552,7 @@ class Snapshot:
         """JSON score rows at these positions (precomputed when :meth:`score_all` ran)."""
         if self._rows is not None:
             return [self._rows[p] for p in positions.tolist()]
-        return json_rows(model.score_features(self.features.iloc[positions], self.as_of, model_version))
+        return json_rows(model.score_features(self.features.iloc[positions], self.as_of, model_version, tiers=self._tiers))
 
 
 def check_snapshot_model(path: str | os.PathLike, model_version: str) -> None:

@@ -9,6 +9,10 @@ Configuration (environment, read when the service starts, not at import)
 ``REPURCHASE_SNAPSHOT``   feature snapshot Parquet (``<scores>.features.parquet``); optional:
                           without it, ids get 409 "no snapshot loaded", histories still work
 ``MLFLOW_TRACKING_URI``   MLflow store (default ``sqlite:///mlruns/mlflow.db``)
+``REPURCHASE_TIERS``      member tiers YAML (``repurchase serve --tiers FILE``); default the
+                          shipped silver / gold / diamond. Tiers are read here, not stored
+                          with the model, as ``repurchase score --tiers`` reads them, so the
+                          service and batch give the same tier columns for the same file
 ``REPURCHASE_API_KEY``    when set, every path but the health probes and the API docs needs
                           ``Authorization: Bearer <key>`` (401 otherwise)
 
@@ -131,6 +135,8 @@ class RepurchaseService:
         self.model_uri = os.environ.get("REPURCHASE_MODEL_URI") or DEFAULT_MODEL_URI
         self.snapshot_path = os.environ.get("REPURCHASE_SNAPSHOT") or None
         self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+        self.tiers_path = os.environ.get("REPURCHASE_TIERS") or None
+        self.tiers = None
         self.model = None
         self.model_version = ""
         self.snapshot: Snapshot | None = None
@@ -147,15 +153,20 @@ class RepurchaseService:
     def _load(self) -> None:
         try:
             from training.registry import configure_tracking, load_scorer
+            from training.tiers import load_tiers
 
+            self.tiers = load_tiers(self.tiers_path)
             configure_tracking(self.tracking_uri)
             model, version = load_scorer(self.model_uri)
+            # The predicted tier's weights for these tiers, computed once here rather than by
+            # whichever of two concurrent history batches comes first.
+            model.tier_weights(self.tiers)
             self.model, self.model_version = model, version
             logger.info("model %s loaded (version %s)", self.model_uri, version or "-")
             if self.snapshot_path:
                 check_snapshot_model(self.snapshot_path, version)
                 snapshot = Snapshot.load(self.snapshot_path)
-                snapshot.score_all(model, version)
+                snapshot.score_all(model, version, tiers=self.tiers)
                 self.snapshot = snapshot
                 logger.info("snapshot %s: %d customers as of %s", self.snapshot_path, len(snapshot), snapshot.as_of.date())
         except Exception as exc:  # the probes report it; the log has the details
@@ -292,7 +303,8 @@ class RepurchaseService:
                 for k, p in enumerate(positions)
             ]
             scores, features = score_histories(
-                self.model, customers, date.fromisoformat(as_of), self.model_version, with_features=target or explain
+                self.model, customers, date.fromisoformat(as_of), self.model_version, with_features=target or explain,
+                tiers=self.tiers,
             )
             if target:
                 real_ids = [items[p].customer.customer_id for p in positions]

@@ -11,7 +11,8 @@
    the MLflow pyfunc in Spark's Python workers (``spark_udf``, Arrow batches), with the
    as-of date and the model version as the pyfunc's params. A model with an uplift part
    (``train --uplift``) adds ``uplift`` and ``uplift_<action>`` after the contract's
-   columns, as the DuckDB path does.
+   columns, as the DuckDB path does. Member tiers other than the shipped ones go to the
+   pyfunc as its ``tiers`` param (:func:`training.tiers.tiers_text`).
 3. Scores are written as a Parquet folder **partitioned by** ``lifecycle_stage``
    (``lifecycle_stage=active/part-*.parquet``, ...): each stage is what one campaign
    reads (win-back reads ``lapsed``, churn warnings ``at_risk``), the five stages make
@@ -29,13 +30,14 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
-from features.common.errors import CutoffError
+from features.common.errors import CutoffError, InputError
 from features.orders import parse_date
 from features.spark import SparkOrderLog, feature_frame, write_spark_parquet
 from features.timecut import after, until
 from serving.batch import ScoreRun, snapshot_path_for
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RFM_RANK_COLUMNS, RFM_SCORE_COLUMNS, rfm_columns, rfm_rank_columns
+from training.tiers import Tiers, tiers_text
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -110,6 +112,7 @@ def score_on_spark(
     *,
     model_uri: str,
     progress: Callable[[str], None] | None = None,
+    tiers: Tiers | None = None,
 ) -> ScoreRun:
     """Score every customer with an order on or before ``as_of`` on Spark; later orders are ignored.
 
@@ -128,6 +131,10 @@ def score_on_spark(
         The registered model (``models:/repurchase@champion``) or any pyfunc URI.
     progress
         Called with a short message as each stage starts.
+    tiers
+        Member tiers (:func:`training.tiers.load_tiers`); None: the shipped tiers. The
+        model must have been logged with the pyfunc's ``tiers`` param
+        (:func:`training.registry.takes_tiers`), else :class:`InputError`.
 
     Returns
     -------
@@ -137,7 +144,7 @@ def score_on_spark(
     import mlflow
     from pyspark.sql import functions as F
 
-    from training.registry import load_scorer
+    from training.registry import load_scorer, takes_tiers
 
     say = progress or (lambda message: None)
     as_of = parse_date(as_of, "as_of")
@@ -145,6 +152,13 @@ def score_on_spark(
         raise CutoffError(f"--as-of {as_of.date()} is before the first order in {log.source} ({log.first_order_date.date()})")
     say("loading the model")
     scorer, version = load_scorer(model_uri)
+    params = {"as_of": as_of.date().isoformat(), "model_version": version}
+    if tiers is not None:
+        if not takes_tiers(model_uri):
+            raise InputError(f"--tiers: model {model_uri} was logged before its pyfunc took tiers, so Spark would score "
+                             "it with the shipped tiers; retrain it (repurchase train ... --register), drop --tiers, "
+                             "or use --engine duckdb")
+        params["tiers"] = tiers_text(tiers)
     spec = scorer.spec_
     # A model with an uplift part scores ``uplift`` and ``uplift_<action>`` after the
     # contract's columns (the pyfunc returns them), as the DuckDB path writes them.
@@ -170,7 +184,7 @@ def score_on_spark(
         model_uri,
         result_type=score_struct(uplift_columns),
         env_manager="local",
-        params={"as_of": as_of.date().isoformat(), "model_version": version},
+        params=params,
     )
     scored = snapshot.select(predict(F.struct(*_model_inputs(snapshot, model_uri))).alias("score"), "as_of")
     scored = scored.select(*[F.col("as_of") if c == "as_of" else F.col(f"score.`{c}`") for c in columns])

@@ -6,7 +6,20 @@ import mlflow
 import pandas as pd
 import pytest
 
-from training.registry import CHAMPION, REGISTERED_MODEL, beats, champion_version, load_scorer, log_run
+from training.registry import (
+    CHAMPION,
+    REGISTERED_MODEL,
+    RepurchasePyfunc,
+    beats,
+    champion_version,
+    load_scorer,
+    log_run,
+    takes_tiers,
+)
+from training.tiers import TiersError, parse_tiers, tiers_text
+
+STRICT_TIERS = parse_tiers({"basis": "spend", "tiers": [{"name": "basic", "min": 0}, {"name": "plus", "min": 500},
+                                                        {"name": "elite", "min": 2500}]})
 
 
 def report(auc: float, brier: float) -> dict:
@@ -21,6 +34,21 @@ def test_promotion_rule():
     other_split = {**report(0.9, 0.1), "cutoff": "2025-05-31"}
     with pytest.raises(ValueError, match="same backtest split"):
         beats(other_split, report(0.79, 0.10))
+
+
+def test_the_pyfunc_scores_the_tiers_it_is_given_as_batch_does(fitted_model, synth_orders):
+    pyfunc = RepurchasePyfunc()
+    pyfunc.model = fitted_model
+    features = fitted_model.features(synth_orders, "2025-09-30").head(300)
+    given = pyfunc.predict(None, features, params={"as_of": "2025-09-30", "model_version": "7",
+                                                   "tiers": tiers_text(STRICT_TIERS)})
+    expected = fitted_model.score_features(features, "2025-09-30", "7", tiers=STRICT_TIERS)
+    pd.testing.assert_frame_equal(given, expected)
+    assert set(given["member_tier"]) <= set(STRICT_TIERS.names) and given["member_tier"].nunique() > 1
+    shipped = pyfunc.predict(None, features, params={"as_of": "2025-09-30", "model_version": "7", "tiers": ""})
+    pd.testing.assert_frame_equal(shipped, fitted_model.score_features(features, "2025-09-30", "7"))
+    with pytest.raises(TiersError, match=r"^params.tiers: tier 2 'plus': 'min' 0 must be above"):
+        pyfunc.predict(None, features, params={"tiers": "tiers: [{name: basic, min: 0}, {name: plus, min: 0}]"})
 
 
 @pytest.mark.slow
@@ -46,6 +74,13 @@ def test_register_champion_then_challenger_and_reload_identically(mlflow_store, 
     served = pyfunc.predict(features, params={"as_of": "2025-09-30", "model_version": "3"})
     pd.testing.assert_frame_equal(served.reset_index(drop=True), expected)
     assert pyfunc.metadata.get_input_schema() is not None and pyfunc.metadata.get_output_schema() is not None
+    # Member tiers travel as the pyfunc's param, through MLflow's params schema.
+    assert takes_tiers(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
+    tiered = pyfunc.predict(features, params={"as_of": "2025-09-30", "model_version": "3", "tiers": tiers_text(STRICT_TIERS)})
+    pd.testing.assert_frame_equal(tiered.reset_index(drop=True),
+                                  fitted_model.score_features(features, "2025-09-30", "3", tiers=STRICT_TIERS))
+    unsigned = log_run(fitted_model, report(0.5, 0.2), params={"job": "test"})  # no example: no params schema
+    assert not takes_tiers(unsigned.model_uri)
     assert not (tmp_path.parent / "mlruns").exists() or tmp_path.parent == tmp_path
 
 

@@ -29,6 +29,15 @@ from serving.online import MAX_CUSTOMERS, RequestError, ScoreRequest, parse_requ
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 
 AS_OF = "2025-06-30"
+# Member tiers other than the shipped ones (four, other names, thresholds that split this
+# small synth log), so that tier columns equal to batch show that the file reached the service.
+TIERS_YAML = """basis: spend
+tiers:
+  - {name: bronze, min: 0}
+  - {name: silver, min: 300}
+  - {name: gold, min: 1500}
+  - {name: platinum, min: 3000}
+"""
 NUMERIC = [c for c in SCORE_COLUMNS if SCORE_DTYPES[c] not in ("str", "datetime64[ns]")]
 
 
@@ -37,13 +46,14 @@ NUMERIC = [c for c in SCORE_COLUMNS if SCORE_DTYPES[c] not in ("str", "datetime6
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, fitted_model):
-    """A registered model in a private MLflow store, a small log scored in batch, and its snapshot."""
+    """A registered model in a private MLflow store, a small log scored in batch with :data:`TIERS_YAML`, and its snapshot."""
     import mlflow
 
     from features.orders import load_order_log
     from features.synth import generate_order_log
     from serving.batch import score_log
     from training.registry import configure_tracking, log_run
+    from training.tiers import load_tiers
 
     root = tmp_path_factory.mktemp("service")
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
@@ -58,13 +68,17 @@ def served(tmp_path_factory, fitted_model):
     log_path = root / "orders.parquet"
     lines.to_parquet(log_path, index=False)
     log = load_order_log(log_path)
-    run = score_log(fitted_model, log, pd.Timestamp(AS_OF), root / "scores.parquet", model_version=logged.version)
+    tiers_path = root / "tiers.yaml"
+    tiers_path.write_text(TIERS_YAML)
+    run = score_log(fitted_model, log, pd.Timestamp(AS_OF), root / "scores.parquet", model_version=logged.version,
+                    tiers=load_tiers(tiers_path))
     yield {
         "uri": uri,
         "version": logged.version,
         "lines": log.lines,
         "scores": pd.read_parquet(run.scores_path),
         "snapshot": run.snapshot_path,
+        "tiers": tiers_path,
         "root": root,
     }
     if previous is None:
@@ -76,8 +90,10 @@ def served(tmp_path_factory, fitted_model):
 def _service(served, snapshot: bool):
     from serving.service import RepurchaseService
 
-    saved = {k: os.environ.get(k) for k in ("REPURCHASE_MODEL_URI", "REPURCHASE_SNAPSHOT", "MLFLOW_TRACKING_URI")}
+    saved = {k: os.environ.get(k) for k in ("REPURCHASE_MODEL_URI", "REPURCHASE_SNAPSHOT", "MLFLOW_TRACKING_URI",
+                                            "REPURCHASE_TIERS")}
     os.environ["MLFLOW_TRACKING_URI"] = served["uri"]
+    os.environ["REPURCHASE_TIERS"] = str(served["tiers"])
     os.environ["REPURCHASE_MODEL_URI"] = "models:/repurchase@champion"
     if snapshot:
         os.environ["REPURCHASE_SNAPSHOT"] = str(served["snapshot"])
@@ -137,7 +153,7 @@ def assert_same_scores(batch: pd.DataFrame, rows: list[dict]) -> None:
             online[column].astype(float).to_numpy(), batch[column].astype(float).to_numpy(), rtol=0, atol=1e-9, err_msg=column
         )
     assert (online["as_of"] == batch["as_of"].dt.strftime("%Y-%m-%d")).all()
-    for column in ("rfm_segment", "lifecycle_stage", "model_version"):
+    for column in ("rfm_segment", "lifecycle_stage", "model_version", "member_tier", "predicted_tier"):
         assert (online[column] == batch[column].astype(str)).all(), column
 
 
@@ -152,6 +168,36 @@ def test_scores_by_id_equal_batch(service, served):
     assert list(answer["scores"][0]) == list(SCORE_COLUMNS)
     assert answer["model_version"] == served["version"]
     assert_same_scores(served["scores"], answer["scores"])
+
+
+def test_tier_columns_follow_the_tiers_file_the_service_was_started_with(service, served):
+    """The batch scores used a four-tier file; the service, started with it, answers in those tiers."""
+    batch = served["scores"]
+    assert set(batch["member_tier"]) <= {"bronze", "silver", "gold", "platinum"}
+    assert batch["member_tier"].nunique() >= 3 and batch["predicted_tier"].nunique() >= 2  # the file splits this log
+    ids = batch["customer_id"].tolist()
+    status, by_id = call(service, {"customer_ids": ids})
+    assert status == 200
+    customers = [history(served["lines"], i) for i in ids[:20]]
+    status, by_history = call(service, {"customers": customers, "as_of": AS_OF}, target=True)
+    assert status == 200, by_history
+    for rows in (by_id["scores"], by_history["scores"]):
+        assert_same_scores(batch, rows)  # tier names and p_upgrade, p_downgrade, spend_to_next_tier included
+
+
+def test_a_bad_tiers_file_fails_loading_with_one_line(served, tmp_path, monkeypatch):
+    from serving.service import RepurchaseService
+
+    bad = tmp_path / "tiers.yaml"
+    bad.write_text("tiers: [{name: silver, min: 0}, {name: gold, min: -5}]")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served["uri"])
+    monkeypatch.setenv("REPURCHASE_TIERS", str(bad))
+    monkeypatch.delenv("REPURCHASE_SNAPSHOT", raising=False)
+    service = RepurchaseService()
+    assert not service.wait_loaded(60)
+    assert "'min' must be a number >= 0" in service.load_error and "\n" not in service.load_error
+    status, answer = call(service, {"customer_ids": ["1"]})
+    assert status == 409 and "could not be loaded" in answer["error"]
 
 
 def test_scores_by_history_equal_batch(service, served):
@@ -502,7 +548,8 @@ def test_http_end_to_end(served):
     env = {**os.environ, "MLFLOW_TRACKING_URI": served["uri"], "PYTHONUNBUFFERED": "1"}
     code = (
         "from pathlib import Path; from serving.launch import serve_command; "
-        f"serve_command('models:/repurchase@champion', {port}, Path(r'{served['snapshot']}'))"
+        f"serve_command('models:/repurchase@champion', {port}, Path(r'{served['snapshot']}'), "
+        f"tiers=Path(r'{served['tiers']}'))"
     )
     log = open(served["root"] / "server.log", "wb")
     server = subprocess.Popen(

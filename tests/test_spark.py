@@ -212,6 +212,7 @@ def test_cli_score_on_spark_gives_the_local_scores_partitioned_by_stage(spark, m
     from serving.batch import score_log
     from serving.cli import app
     from training.registry import log_run
+    from training.tiers import load_tiers
 
     report = {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 100, "base_rate": 0.3,
               "model": {"auc": 0.8, "brier": 0.1}}
@@ -221,13 +222,17 @@ def test_cli_score_on_spark_gives_the_local_scores_partitioned_by_stage(spark, m
     synth_orders.to_parquet(orders_path, index=False)
     as_of = "2025-09-30"
 
+    # Tiers other than the shipped ones reach the pyfunc on Spark as its tiers param.
+    tiers_path = tmp_path / "tiers.yaml"
+    tiers_path.write_text("tiers: [{name: basic, min: 0}, {name: plus, min: 500}, {name: elite, min: 2500}]\n")
+
     out = tmp_path / "scores.parquet"
     result = runner.invoke(app, ["score", "--orders", str(orders_path), "--as-of", as_of, "--engine", "spark",
-                                 "--out", str(out)])
+                                 "--out", str(out), "--tiers", str(tiers_path)])
     assert result.exit_code == 0, result.output
     local = tmp_path / "local" / "scores.parquet"
     run = score_log(fitted_model, OrderLog(lines=synth_orders, source="synth"), pd.Timestamp(as_of), local,
-                    model_version="1")
+                    model_version="1", tiers=load_tiers(tiers_path))
     assert f"ignored {run.n_future_orders_ignored:,} orders" in result.output
 
     stages = sorted(p.name for p in out.iterdir() if p.is_dir())
@@ -237,6 +242,7 @@ def test_cli_score_on_spark_gives_the_local_scores_partitioned_by_stage(spark, m
     expected = pd.read_parquet(local)
     assert len(got) == run.n_customers > 1000
     assert (got["model_version"] == "1").all()
+    assert set(got["member_tier"]) == {"basic", "plus", "elite"} and got["predicted_tier"].nunique() > 1
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-9, atol=1e-12, check_dtype=False)
     snapshot = _sorted(pd.read_parquet(tmp_path / "scores.features.parquet"))
     expected_snapshot = pd.read_parquet(run.snapshot_path)
@@ -278,6 +284,20 @@ def test_score_on_spark_carries_the_uplift_columns_of_the_duckdb_path(spark, mlf
 
 
 # --------------------------------------------------------------------------- set-up errors (no JVM)
+
+
+def test_tiers_on_spark_with_a_model_logged_before_the_tiers_param_is_one_line(mlflow_store, fitted_model):
+    """Such a pyfunc would drop the param and score the shipped tiers: refused before Spark does any work."""
+    from types import SimpleNamespace
+
+    from serving.spark_batch import score_on_spark
+    from training.registry import log_run
+    from training.tiers import load_tiers
+
+    old = log_run(fitted_model, {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 100}, params={"job": "test"})
+    log = SimpleNamespace(first_order_date=pd.Timestamp("2023-01-01"), source="synth")
+    with pytest.raises(InputError, match=r"^--tiers: model .* was logged before its pyfunc took tiers"):
+        score_on_spark(None, log, pd.Timestamp("2025-06-30"), "unused", model_uri=old.model_uri, tiers=load_tiers())
 
 
 def test_missing_pyspark_is_one_line_naming_the_extra(monkeypatch):

@@ -16,7 +16,9 @@ from training.btyd import BTYDModel, GammaGamma
 from training.tiers import (
     TIER_COLUMNS,
     Tiers,
+    expected_macro_f1,
     load_tiers,
+    macro_f1_weights,
     next_year_tier_probabilities,
     parse_tiers,
     tier_columns,
@@ -81,6 +83,52 @@ def test_spend_tail_matches_a_simulation_of_gamma_gamma():
     np.testing.assert_allclose(tail[0], [0.0, 0.0, 0.0])
     np.testing.assert_allclose(tail[1], [(spend >= a).mean() for a in amounts], atol=4e-3)
     assert np.all(np.diff(tail[1]) < 0)  # a higher bar is reached less often
+
+
+def test_expected_macro_f1_of_certain_probabilities_is_the_macro_f1():
+    from sklearn.metrics import f1_score
+
+    truth = np.array([0, 0, 0, 1, 1, 2, 0, 2])
+    predicted = np.array([0, 1, 0, 1, 0, 2, 0, 0])
+    certain = np.eye(3)[truth]
+    assert expected_macro_f1(certain, predicted) == pytest.approx(f1_score(truth, predicted, average="macro"))
+
+
+def test_macro_f1_weights_name_rare_tiers_and_earn_more_macro_f1_than_the_median():
+    """Calibrated probabilities of a population with a rare top tier: tiers drawn from them are the truth."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(5)
+    probabilities = rng.dirichlet([6.0, 1.0, 0.3], size=20_000)
+    truth = np.array([rng.choice(3, p=row) for row in probabilities])
+    weights = macro_f1_weights(probabilities[:2_000])  # a reference sample, as the model keeps one
+    assert weights[0] == 1 and weights[2] > 1
+    tiers = Tiers(("silver", "gold", "diamond"), (0.0, 100.0, 300.0))
+    median = tiers.index_of_names(tier_columns(tiers, np.zeros(len(truth)), probabilities)["predicted_tier"])
+    chosen = tiers.index_of_names(tier_columns(tiers, np.zeros(len(truth)), probabilities, weights)["predicted_tier"])
+    assert (chosen == 2).sum() > (median == 2).sum()
+    assert f1_score(truth, chosen, average="macro") > f1_score(truth, median, average="macro") + 0.01
+    np.testing.assert_array_equal(macro_f1_weights(probabilities[:2_000]), weights)  # deterministic
+
+
+def test_the_model_keeps_a_reference_for_the_weights_and_old_models_use_the_median(fitted_model, synth_orders):
+    features = fitted_model.point_in_time_features(synth_orders, "2025-06-30")
+    reference = fitted_model.spec_.tier_reference
+    assert 0 < len(reference["frequency"]) <= 2_000
+    weights = fitted_model.tier_weights(load_tiers())
+    assert weights is fitted_model.tier_weights(load_tiers())  # computed once per tiers
+    alone = fitted_model.score_features(features.head(1), "2025-06-30")
+    together = fitted_model.score_features(features, "2025-06-30")
+    assert alone["predicted_tier"].iloc[0] == together["predicted_tier"].iloc[0]
+    import copy
+    import dataclasses
+
+    old = copy.copy(fitted_model)
+    old.spec_ = dataclasses.replace(fitted_model.spec_, tier_reference=None)
+    assert old.tier_weights(load_tiers()) is None
+    median = old.tier_columns(features)["predicted_tier"]
+    assert (median != together["predicted_tier"].to_numpy()).any()  # the weights name other tiers than the median
+    assert (together["predicted_tier"] != "silver").sum() > (median != "silver").sum()
 
 
 def test_tier_columns_from_known_probabilities():
@@ -183,6 +231,18 @@ def test_score_with_a_bad_tiers_file_is_one_line_exit_2(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "tier 2 'gold': 'min' must be a number >= 0" in lines[0]
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_serve_with_a_bad_tiers_file_is_one_line_exit_2_before_any_server(tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    tiers = write(tmp_path, "tiers: [{name: silver, min: 0}, {name: gold, min: -5}]")
+    result = CliRunner().invoke(app, ["serve", "--tiers", str(tiers), "--snapshot", str(tmp_path / "none.parquet")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tier 2 'gold': 'min' must be a number >= 0" in lines[0]
 
 
 def test_tiers_block_counts_against_the_year_ahead():

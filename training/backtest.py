@@ -38,7 +38,15 @@ from training.btyd import GAMMA_GAMMA_NOT_FITTED, BTYDModel, fit_status_meaning,
 from training.i18n import Language, language
 from training.metrics import classification_metrics, regression_metrics, timing_metrics
 from training.model import RepurchaseModel, btyd_only_reason, fit_gamma_gamma, origin_calibration_row, quantiles_from_cdf
-from training.tiers import YEAR_DAYS, Tiers, default_tiers, next_year_tier_probabilities, tier_columns, tier_metrics
+from training.tiers import (
+    YEAR_DAYS,
+    Tiers,
+    default_tiers,
+    macro_f1_weights,
+    next_year_tier_probabilities,
+    tier_columns,
+    tier_metrics,
+)
 
 # The model block's classification metrics, null when the model could not be trained.
 MODEL_METRICS = ("n", "base_rate", "auc", "pr_auc", "lift_top10", "capture_top10", "brier", "log_loss", "ece")
@@ -259,7 +267,9 @@ def run_backtest(
             probabilities = next_year_tier_probabilities(
                 tiers_used, bgnbd, gamma_gamma, f, r, T, frame["monetary_value"].to_numpy(dtype=float), order_value
             )
-            predicted = tier_columns(tiers_used, frame[tiers_used.column], probabilities)
+            # No model, so no training reference: the weights come from this population's own
+            # probabilities (still no outcome used).
+            predicted = tier_columns(tiers_used, frame[tiers_used.column], probabilities, macro_f1_weights(probabilities))
         report["tiers"] = tiers_block(year_orders, cutoff, frame["customer_id"], predicted, tiers or default_tiers())
 
     backtest = Backtest(report=report, frame=frame, model=model)

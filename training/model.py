@@ -85,6 +85,7 @@ value (the customer's mean order value where Gamma-Gamma cannot be fitted).
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 import zlib
 from dataclasses import dataclass, field
 
@@ -108,7 +109,7 @@ from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.i18n import Language, language
 from training.metrics import expected_calibration_error
 from training.segments import lifecycle_stage, monetary_cut_points, rfm_scores, rfm_segment
-from training.tiers import Tiers, default_tiers, next_year_tier_probabilities, tier_columns
+from training.tiers import Tiers, default_tiers, macro_f1_weights, next_year_tier_probabilities, tier_columns
 from training.uplift import DEFAULT_WINDOW_DAYS, UpliftModel, uplift_frame
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
@@ -298,6 +299,24 @@ class FeatureSpec:
     origins: list[str] = field(default_factory=list)
     rfm_reference: dict[str, np.ndarray] = field(default_factory=dict)
     clv_reference: np.ndarray | None = None
+    # A sample of the customers at the training cutoff (their BTYD summary), whose next-year
+    # tier probabilities set the predicted tier's decision weights (training.tiers).
+    tier_reference: dict[str, np.ndarray] | None = None
+
+
+TIER_REFERENCE_COLUMNS = ("frequency", "recency", "T", "monetary_value", "avg_order_value")
+TIER_REFERENCE_SIZE = 2_000
+# Decision weights of the predicted tier per model and tiers (RepurchaseModel.tier_weights):
+# a cache beside the model, so that pickling a model never carries it.
+_TIER_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def tier_reference(features: pd.DataFrame, size: int = TIER_REFERENCE_SIZE) -> dict[str, np.ndarray]:
+    """A sample of ``size`` customers' BTYD summary (fixed seed: the same sample for the same frame)."""
+    rows = np.arange(len(features))
+    if len(rows) > size:
+        rows = np.sort(np.random.default_rng(0).choice(rows, size, replace=False))
+    return {c: features[c].to_numpy(dtype=float)[rows] for c in TIER_REFERENCE_COLUMNS if c in features.columns}
 
 
 def reference_quantiles(values) -> np.ndarray:
@@ -693,6 +712,7 @@ class RepurchaseModel(Estimator):
             rfm_reference=rfm_reference,
         )
         self.spec_.clv_reference = reference_quantiles(self.clv(self.with_btyd(at_cutoff)))
+        self.spec_.tier_reference = tier_reference(at_cutoff)
         return self
 
     def uplift_frame(self, orders: pd.DataFrame, contacts: pd.DataFrame, window_days: int = DEFAULT_WINDOW_DAYS) -> pd.DataFrame:
@@ -1018,18 +1038,38 @@ class RepurchaseModel(Estimator):
         """Member tier today and a year on, P(upgrade), P(downgrade), spend to the next tier (``training.tiers``).
 
         Next-year purchases come from the model behind ``p_alive`` (MBG/NBD, else BG/NBD),
-        their value from Gamma-Gamma; ``tiers`` defaults to the shipped tiers.
+        their value from Gamma-Gamma; ``tiers`` defaults to the shipped tiers. The predicted
+        tier's weights come from the training-cutoff reference (:meth:`tier_weights`).
         """
         tiers = tiers or default_tiers()
         if tiers.column not in features.columns:
             raise InputError(f"feature frame lacks {tiers.column}, which member tiers are read from")
-        f, r, T = (_values(features, c) for c in ("frequency", "recency", "T"))
-        monetary = _values(features, "monetary_value")
-        value = _values(features, "avg_order_value") if "avg_order_value" in features.columns else monetary
-        probabilities = next_year_tier_probabilities(
-            tiers, getattr(self, "alive_model_", None) or self.bgnbd_, self.gamma_gamma_, f, r, T, monetary, value
+        probabilities = self._tier_probabilities(tiers, {c: _values(features, c) for c in TIER_REFERENCE_COLUMNS
+                                                         if c in features.columns})
+        return tier_columns(tiers, _values(features, tiers.column), probabilities, self.tier_weights(tiers))
+
+    def _tier_probabilities(self, tiers: Tiers, columns: dict[str, np.ndarray]) -> np.ndarray:
+        monetary = columns["monetary_value"]
+        value = columns.get("avg_order_value", monetary)
+        return next_year_tier_probabilities(
+            tiers, getattr(self, "alive_model_", None) or self.bgnbd_, self.gamma_gamma_,
+            columns["frequency"], columns["recency"], columns["T"], monetary, value,
         )
-        return tier_columns(tiers, _values(features, tiers.column), probabilities)
+
+    def tier_weights(self, tiers: Tiers) -> np.ndarray | None:
+        """Decision weights of ``predicted_tier`` for these tiers (:func:`training.tiers.macro_f1_weights`).
+
+        From the tier probabilities of the training-cutoff reference sample, computed once per
+        tiers and kept beside the model (not in it: a cache, not something learned). None for
+        a model pickled before the reference existed: the median tier then.
+        """
+        reference = getattr(self.spec_, "tier_reference", None)
+        if not reference:
+            return None
+        cache = _TIER_WEIGHTS.setdefault(self, {})
+        if tiers not in cache:
+            cache[tiers] = macro_f1_weights(self._tier_probabilities(tiers, reference))
+        return cache[tiers]
 
     def score_features(self, features: pd.DataFrame, as_of, model_version: str = "", tiers: Tiers | None = None) -> pd.DataFrame:
         """Score rows (the design's score contract) for a feature frame built as of ``as_of``.

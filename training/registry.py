@@ -18,6 +18,11 @@ with the first (the uplift features are the same customer features). Such runs a
 are tagged ``uplift_actions`` and ``uplift_window_days``; the run has the evaluation on the
 latest campaigns as ``uplift.<ranking>.<metric>`` metrics and ``uplift.json``. Promotion
 still compares ``p_repurchase`` only.
+
+Member tiers are not stored with the model: the pyfunc takes them per call (param
+``tiers``, the tiers as text), as ``score --tiers`` and ``serve --tiers`` do, so an operator
+edits thresholds without retraining. Versions logged before the param existed ignore it;
+:func:`takes_tiers` tells them apart (Spark scoring refuses ``--tiers`` for them).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ EXPERIMENT = "repurchase"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
 BRIER_TOLERANCE = 0.001
+PYFUNC_PARAMS = {"as_of": "", "model_version": "", "tiers": ""}
+"""The pyfunc's params and their defaults (``as_of`` defaults to the training cutoff)."""
 _REQUIREMENTS = ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "lifetimes", "ibis-framework", "duckdb", "pyarrow")
 
 
@@ -198,7 +205,10 @@ with contextlib.redirect_stderr(io.StringIO()):
 
         Input: the feature frame of ``features.pipeline.build_features`` (``customer_id`` and
         the feature columns; extra columns are ignored). Params: ``as_of`` (the date the
-        features were built for) and ``model_version``. Output: the score contract.
+        features were built for), ``model_version`` and ``tiers`` (the member tiers as
+        YAML or JSON text, :func:`training.tiers.tiers_text`; empty: the shipped tiers).
+        Output: the score contract. Tiers travel with the call, not with the model, as
+        ``repurchase score --tiers`` takes them: thresholds change without retraining.
         """
 
         def load_context(self, context):
@@ -206,9 +216,14 @@ with contextlib.redirect_stderr(io.StringIO()):
                 self.model = pickle.load(handle)
 
         def predict(self, context, model_input, params=None):
+            from training.tiers import tiers_from_text
+
             params = params or {}
             as_of = params.get("as_of") or self.model.spec_.training_cutoff
-            return self.model.score_features(pd.DataFrame(model_input), as_of, str(params.get("model_version", "")))
+            text = params.get("tiers") or ""
+            tiers = tiers_from_text(text, "params.tiers") if text.strip() else None
+            return self.model.score_features(pd.DataFrame(model_input), as_of, str(params.get("model_version", "")),
+                                             tiers=tiers)
 
 
 def model_kind(model: RepurchaseModel) -> str:
@@ -300,7 +315,7 @@ def log_run(
             signature = None
             if example is not None:
                 output = model.score_features(example, model.spec_.training_cutoff, "0")
-                signature = infer_signature(example, output, params={"as_of": model.spec_.training_cutoff, "model_version": ""})
+                signature = infer_signature(example, output, params=PYFUNC_PARAMS | {"as_of": model.spec_.training_cutoff})
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=RepurchasePyfunc(),
@@ -375,6 +390,15 @@ def champion_version() -> str | None:
         return None
 
 
+def takes_tiers(model_uri: str) -> bool:
+    """Whether the pyfunc at ``model_uri`` takes the ``tiers`` param (models logged before it did ignore it)."""
+    import mlflow
+
+    signature = mlflow.models.get_model_info(model_uri).signature
+    schema = getattr(signature, "params", None)
+    return schema is not None and any(param.name == "tiers" for param in schema.params)
+
+
 def load_scorer(model_uri: str = f"models:/{REGISTERED_MODEL}@{CHAMPION}") -> tuple[RepurchaseModel, str]:
     """The fitted composite model behind a model URI, and its registry version ("" if unregistered)."""
     import mlflow
@@ -400,6 +424,7 @@ __all__ = [
     "REGISTERED_MODEL",
     "SCORE_COLUMNS",
     "LoggedModel",
+    "PYFUNC_PARAMS",
     "RepurchasePyfunc",
     "beats",
     "champion_version",
@@ -410,5 +435,6 @@ __all__ = [
     "model_tags",
     "register_model",
     "store_lock",
+    "takes_tiers",
     "tracked_run",
 ]

@@ -16,14 +16,30 @@ distribution of next-year spend, not a rule of thumb:
   compound that keeps Gamma-Gamma's spread; without a Gamma-Gamma fit, every order is
   worth the customer's mean order value.
 
-Scores then carry ``member_tier`` (today's band), ``predicted_tier`` (the median band a
-year on: the highest tier reached with probability >= 1/2; tiers are ordered, and the
-median minimises the expected number of tiers the prediction is off, where the most
-probable tier would almost never name a minority tier), ``p_upgrade`` (P(next-year spend reaches the next tier up)),
+Scores then carry ``member_tier`` (today's band), ``predicted_tier`` (the tier a year on
+chosen for macro-F1, below), ``p_upgrade`` (P(next-year spend reaches the next tier up)),
 ``p_downgrade`` (P(it falls below today's tier)) and ``spend_to_next_tier`` (how much more
 trailing spend reaches the next tier; NaN at the top; in orders with ``basis: orders``).
-Tiers are a scoring-time option (``repurchase score --tiers FILE``): thresholds change
-without retraining. With ``basis: orders`` N counts purchase days (the BTYD summary's
+The decision rule. Tiers are judged by macro-F1 (each tier's F1 counts alike, so the few
+who reach diamond weigh as much as the many silver ones). The most probable tier almost
+never names a minority tier, and the median (the tier reached with probability >= 1/2)
+still names too few: the F1-optimal threshold of a calibrated probability is well below
+1/2 for a rare class (Lipton, Elkan and Naryanaswamy 2014: half the F1 attainable). So
+``predicted_tier`` is ``argmax_k w_k P(tier k)`` with weights that maximise the expected
+macro-F1 under the model's own probabilities (the decision-theoretic plug-in of Jansche
+2007 and Nan et al. 2012: the expected F1 of tier k is about ``2 sum_{i named k} P_ik /
+(#named k + sum_i P_ik)``), found by coordinate ascent (:func:`macro_f1_weights`). No
+outcome is used: the weights come from the probabilities of a reference population, the
+customers at the training cutoff (a sample of 2,000 kept with the model,
+``FeatureSpec.tier_reference``), so a customer's predicted tier does not depend on who is
+scored beside them, and batch, API and pyfunc agree. Models pickled before the reference
+existed fall back to the median tier.
+
+Tiers are a scoring-time option: thresholds change without retraining, and the model
+carries none. Batch takes ``repurchase score --tiers FILE``, the service ``repurchase serve
+--tiers FILE``, the MLflow pyfunc the param ``tiers`` (the tiers as text,
+:func:`tiers_text`; Spark batch scoring passes it so), each with the shipped default
+when none is given. With ``basis: orders`` N counts purchase days (the BTYD summary's
 unit), the trailing count orders.
 """
 
@@ -83,6 +99,25 @@ class Tiers:
         """The tier index of each tier name."""
         position = {name: k for k, name in enumerate(self.names)}
         return np.array([position[name] for name in names], dtype=int)
+
+
+def tiers_text(tiers: Tiers) -> str:
+    """The tiers as one line of JSON (which is YAML too): what the pyfunc's ``tiers`` param carries."""
+    import json
+
+    return json.dumps({"basis": tiers.basis,
+                       "tiers": [{"name": n, "min": t} for n, t in zip(tiers.names, tiers.thresholds)]})
+
+
+def tiers_from_text(text: str, origin: str = "tiers") -> Tiers:
+    """Tiers from YAML or JSON text (a tiers file's content, or :func:`tiers_text`); one-line errors."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TiersError(f"{origin}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(data, dict):
+        raise TiersError(f"{origin}: expected a mapping with 'tiers', got {'nothing' if data is None else type(data).__name__}")
+    return parse_tiers(data, origin)
 
 
 def read_yaml_mapping(path: Path | str, what: str) -> dict:
@@ -201,8 +236,57 @@ def next_year_tier_probabilities(
     return at_least - np.append(at_least[:, 1:], np.zeros((at_least.shape[0], 1)), axis=1)
 
 
-def tier_columns(tiers: Tiers, current, probabilities: np.ndarray) -> dict[str, np.ndarray]:
-    """The score's tier columns from trailing values (``spend_365d``) and next-year tier probabilities."""
+def expected_macro_f1(probabilities: np.ndarray, predicted: np.ndarray) -> float:
+    """The macro-F1 that tier predictions are expected to earn if the tier probabilities are right.
+
+    Tier k's F1 is ``2 TP / (#predicted k + #truly k)``; its expectation is approximated by
+    the ratio of expectations, ``2 sum_{i predicted k} P_ik / (#predicted k + sum_i P_ik)``
+    (Jansche 2007; Nan et al. 2012, "Optimizing F-measures: a tale of two approaches").
+    """
+    probabilities = np.asarray(probabilities, dtype=float)
+    named = np.zeros_like(probabilities, dtype=bool)
+    named[np.arange(len(predicted)), predicted] = True
+    hits = (probabilities * named).sum(axis=0)
+    denominator = named.sum(axis=0) + probabilities.sum(axis=0)
+    return float(np.mean(np.divide(2.0 * hits, denominator, out=np.zeros(len(hits)), where=denominator > 0)))
+
+
+# Candidate weights of a tier against the lowest one: 1/50 to 50, log-spaced, 1 among them.
+_WEIGHT_GRID = np.geomspace(0.02, 50.0, 41)
+
+
+def macro_f1_weights(probabilities: np.ndarray, sweeps: int = 4) -> np.ndarray:
+    """Tier weights ``w`` (``w[0] = 1``) for which ``argmax_k w_k P_ik`` maximises :func:`expected_macro_f1`.
+
+    Coordinate ascent over a log-spaced grid, from ``w = 1`` (the most probable tier); a
+    weight moves only when the expected macro-F1 rises, so the result is deterministic.
+    ``probabilities``: tier probabilities of a reference population (rows: customers).
+    """
+    probabilities = np.asarray(probabilities, dtype=float)
+    weights = np.ones(probabilities.shape[1])
+    if len(probabilities) == 0:
+        return weights
+    best = expected_macro_f1(probabilities, np.argmax(probabilities * weights, axis=1))
+    for _ in range(sweeps):
+        moved = False
+        for k in range(1, len(weights)):
+            for value in _WEIGHT_GRID:
+                trial = weights.copy()
+                trial[k] = value
+                score = expected_macro_f1(probabilities, np.argmax(probabilities * trial, axis=1))
+                if score > best + 1e-12:
+                    best, weights, moved = score, trial, True
+        if not moved:
+            break
+    return weights
+
+
+def tier_columns(tiers: Tiers, current, probabilities: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The score's tier columns from trailing values (``spend_365d``) and next-year tier probabilities.
+
+    ``weights`` (:func:`macro_f1_weights`) choose ``predicted_tier`` as ``argmax_k w_k P_ik``;
+    without them it is the median tier (the highest one reached with probability >= 1/2).
+    """
     current = np.nan_to_num(np.asarray(current, dtype=float), nan=0.0)
     index = tiers.index_of(current)
     top = len(tiers.names) - 1
@@ -210,10 +294,13 @@ def tier_columns(tiers: Tiers, current, probabilities: np.ndarray) -> dict[str, 
     rows = np.arange(len(index))
     upper = np.minimum(index + 1, top)
     thresholds = np.asarray(tiers.thresholds)
+    if weights is None:
+        predicted = (at_least >= 0.5).sum(axis=1) - 1
+    else:
+        predicted = np.argmax(probabilities * np.asarray(weights, dtype=float), axis=1)
     return {
         "member_tier": tiers.names_of(index),
-        # The median tier: the highest one reached with probability >= 1/2.
-        "predicted_tier": tiers.names_of((at_least >= 0.5).sum(axis=1) - 1),
+        "predicted_tier": tiers.names_of(predicted),
         "p_upgrade": np.where(index < top, at_least[rows, upper], 0.0),
         "p_downgrade": np.where(index > 0, np.clip(1.0 - at_least[rows, index], 0.0, 1.0), 0.0),
         "spend_to_next_tier": np.where(index < top, thresholds[upper] - current, np.nan),
