@@ -18,9 +18,13 @@ import time
 
 import pandas as pd
 
-from features.orders import merge_order_lines
-from features.synth import generate_order_log
-from training.backtest import run_backtest
+from serving.launch import passive_openmp_waits
+
+passive_openmp_waits()  # an entry point: before LightGBM loads (spinning threads stall on busy cores)
+
+from features.orders import merge_order_lines  # noqa: E402
+from features.synth import generate_order_log  # noqa: E402
+from training.backtest import run_backtest  # noqa: E402
 
 CUTOFF = pd.Timestamp("2025-10-02")
 END = "2025-12-31"
