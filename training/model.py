@@ -434,7 +434,8 @@ class RepurchaseModel(Estimator):
         Below ``small_data_rows`` the calibrator also weighs log(1 + days since the last
         order) (see "When the data are thin"). On 5-month synth shops (5,000 customers,
         seeds 0-3) it raised the model's AUC gain over BG/NBD from +0.002..+0.018 to
-        +0.013..+0.018 (``benchmarks/README.md``, "Young shops").
+        +0.013..+0.018; at 12 months (about 20,000 rows) it did not help (one seed of four
+        lost 0.005) (``benchmarks/README.md``, "Young shops").
     check_latest_origin : bool
         Register BTYD-only when the model ranks no better than BG/NBD on its latest
         origin's held-out half (see "When the data are thin").
