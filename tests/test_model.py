@@ -235,3 +235,19 @@ def test_small_training_frames_learn_in_smaller_steps():
     assert boosting_pace(10_000, 0.1, 400, 50_000, 0.03) == (0.03, 1334)
     assert boosting_pace(50_000, 0.1, 400, 50_000, 0.03) == (0.1, 400)
     assert boosting_pace(10_000, 0.02, 400, 50_000, 0.03) == (0.02, 400)  # never speeds a slower rate up
+
+
+def test_a_small_data_calibrator_weighs_recency_beside_the_booster(fitted_model, synth_orders):
+    """Below small_data_rows the calibrator reads log(1 + days since the last order) too."""
+    assert fitted_model.recency_in_calibration_  # 3,000 customers: far below small_data_rows
+    score_weight, recency_weight = fitted_model.calibrator_.coef_.ravel()
+    assert score_weight > 0 and recency_weight < 0  # a higher score and a more recent order both raise p
+    features = fitted_model.features(synth_orders, "2025-06-30").head(200)
+    p = fitted_model.p_repurchase(features)
+    # A model pickled before the recency term read the raw score alone: it still loads and scores.
+    import pickle
+
+    old = pickle.loads(pickle.dumps(fitted_model))
+    del old.recency_in_calibration_
+    old.calibrator_ = old.calibrator_.fit(np.column_stack([np.zeros(4), np.arange(4)])[:, :1], [0, 0, 1, 1])
+    assert np.isfinite(old.p_repurchase(features)).all() and not np.allclose(old.p_repurchase(features), p)

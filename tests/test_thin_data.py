@@ -292,6 +292,35 @@ def test_the_papers_split_reports_bgnbd_with_the_published_parameters_and_an_emp
     assert f"model column empty: {report['model_note'][:40]}" in " ".join(result.stdout.split())
 
 
+# --------------------------------------------------------------------------- the latest-origin check
+
+
+def test_the_latest_origin_check_ranks_the_model_and_bgnbd_on_the_same_customers():
+    from training.model import latest_origin_check
+
+    y = np.array([0, 0, 1, 1])
+    check = latest_origin_check("2025-07-04", y, np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.9, 0.2, 0.1, 0.8]))
+    assert check == {"origin": "2025-07-04", "customers": 4, "model_auc": 1.0, "bgnbd_auc": 0.25}
+    assert latest_origin_check("2025-07-04", np.ones(3), np.ones(3), np.ones(3))["model_auc"] is None
+
+
+def test_a_model_that_does_not_beat_bgnbd_on_its_latest_origin_is_registered_btyd_only(synth_orders, monkeypatch):
+    import training.model
+
+    def losing(origin, y, model_p, bgnbd_p):
+        return {"origin": origin, "customers": len(y), "model_auc": 0.70, "bgnbd_auc": 0.71}
+
+    monkeypatch.setattr(training.model, "latest_origin_check", losing)
+    model = RepurchaseModel(horizon_days=60, n_origins=3).fit(synth_orders, "2025-06-30")
+    assert model.is_btyd_only() and model.classifier_ is None
+    assert model.btyd_only_reason_.startswith("BTYD-only: on its latest training origin 2025-05-01")
+    assert "AUC 0.700 against 0.710" in model.btyd_only_reason_
+    scores = model.score(synth_orders, "2025-06-30")
+    np.testing.assert_allclose(scores["p_repurchase"], model.features(synth_orders, "2025-06-30")["btyd_p_repurchase"])
+    unchecked = RepurchaseModel(horizon_days=60, n_origins=3, check_latest_origin=False).fit(synth_orders, "2025-06-30")
+    assert not unchecked.is_btyd_only()
+
+
 # --------------------------------------------------------------------------- end to end
 
 

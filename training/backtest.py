@@ -242,6 +242,7 @@ def run_backtest(
             "season_origin": getattr(model, "season_origin_", None),
             "n_features": len(model.spec_.model_features),
             "best_iteration": int(model.classifier_.best_iteration),
+            "latest_origin_check": getattr(model, "latest_origin_check_", None),  # None: pickled before it
         }
         report["model"] = model_block
         report["calibration_by_origin"] = [

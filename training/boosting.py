@@ -141,14 +141,23 @@ def raw_score(booster: lgb.Booster, X: np.ndarray, init_score: np.ndarray | None
     return raw if init_score is None else raw + init_score
 
 
+def _as_columns(raw: np.ndarray) -> np.ndarray:
+    raw = np.asarray(raw)
+    return raw.reshape(-1, 1) if raw.ndim == 1 else raw
+
+
 def fit_platt(raw: np.ndarray, y) -> LogisticRegression:
-    """Platt scaling: a logistic regression on the raw score, which keeps the ranking and moves the level."""
-    return LogisticRegression(C=PLATT_C).fit(np.asarray(raw).reshape(-1, 1), y)
+    """Platt scaling: a logistic regression on the raw score, which keeps the ranking and moves the level.
+
+    ``raw`` may be a matrix whose first column is the raw score and the others further
+    inputs weighed beside it (which then do move the ranking).
+    """
+    return LogisticRegression(C=PLATT_C).fit(_as_columns(raw), y)
 
 
 def platt_probability(calibrator: LogisticRegression, raw: np.ndarray) -> np.ndarray:
-    """The calibrated probability for raw scores (:func:`fit_platt`)."""
-    return calibrator.predict_proba(np.asarray(raw).reshape(-1, 1))[:, 1]
+    """The calibrated probability for raw scores, or the matrix it was fitted on (:func:`fit_platt`)."""
+    return calibrator.predict_proba(_as_columns(raw))[:, 1]
 
 
 def fit_calibrated_booster(
