@@ -20,10 +20,11 @@ def synth_orders():
 
 @pytest.fixture(scope="session")
 def fitted_model(synth_orders):
-    """A composite model fitted on the synthetic log at 2025-06-30."""
-    from training.model import RepurchaseModel
+    """A composite model trained on the synthetic log at 2025-06-30, its BTYD parts from known
+    parameters and its boosters short (``known_models``): for the tests that are not about fitting."""
+    from known_models import known_repurchase_model
 
-    return RepurchaseModel(horizon_days=60, n_origins=4, step_days=30).fit(synth_orders, "2025-06-30")
+    return known_repurchase_model(synth_orders, "2025-06-30", horizon_days=60)
 
 
 @pytest.fixture(scope="session")
