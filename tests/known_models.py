@@ -1,9 +1,10 @@
 """A composite model built from known parameters in about 2 s, for the tests that are not about fitting.
 
 A real :class:`training.model.RepurchaseModel` fit on the 3,000-customer synthetic log costs
-about 12 s of CPU (this one about 1.9 s; half of that is building the features): five training origins (the season origin included), a BG/NBD and a Gamma-Gamma fit
-at each and at the cutoff, an MBG/NBD fit, and boosters of up to 1,334 rounds at the small-data
-learning rate. Tests of scoring, serving, targeting, the registry, the pyfunc and uplift only
+about 12 s of CPU: five training origins (the season origin included), a BG/NBD and a
+Gamma-Gamma fit at each and at the cutoff, an MBG/NBD fit, and boosters of up to 1,334 rounds
+at the small-data learning rate. This one costs about 1.9 s, mostly the features of its two
+origins and the cutoff. Tests of scoring, serving, targeting, the registry, the pyfunc and uplift only
 need a model with the whole fitted state and sane answers. :func:`known_repurchase_model` gives
 them one:
 
