@@ -1,5 +1,6 @@
-"""Batch scoring on Spark: features computed by Spark, the registered pyfunc applied by
-``mlflow.pyfunc.spark_udf``; the same scores as :func:`serving.batch.score_log` (tested).
+"""Batch scoring on Spark, with the same scores as :func:`serving.batch.score_log` (tested).
+
+Features are computed by Spark and the registered pyfunc is applied by ``mlflow.pyfunc.spark_udf``.
 
 1. The orders up to the as-of date go through :func:`features.spark.feature_frame` with
    the champion's mix values (the columns it was trained with); the RFM ranks and the

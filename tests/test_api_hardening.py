@@ -62,25 +62,10 @@ def _status(port: int, path: str, headers: dict | None = None) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, fitted_model):
+def server(tmp_path_factory, fitted_model, champion_store):
     """``repurchase serve`` on a registered model (no snapshot), with ``REPURCHASE_API_KEY`` set."""
-    import mlflow
-
-    from training.registry import configure_tracking, log_run
-
     root = tmp_path_factory.mktemp("hardening")
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        configure_tracking(uri)
-        log_run(fitted_model, {"cutoff": "2025-06-30", "horizon_days": 60, "model": {"auc": 0.7}}, params={}, register=True)
-    finally:
-        mlflow.set_tracking_uri(None)
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    uri, _ = champion_store(root, fitted_model, {"cutoff": "2025-06-30", "horizon_days": 60, "model": {"auc": 0.7}})
 
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("BENTOML_", "REPURCHASE_"))}

@@ -96,7 +96,7 @@ def test_a_language_not_offered_is_bad_input_before_any_work(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_quickstart_does_the_whole_job(tmp_path):
+def test_quickstart_does_the_whole_job(tmp_path, mlflow_store):
     import json
 
     import pandas as pd
@@ -104,7 +104,7 @@ def test_quickstart_does_the_whole_job(tmp_path):
     from training.contract import SCORE_COLUMNS
 
     out = tmp_path / "qs"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
     proc = subprocess.run([repurchase_executable(), "quickstart", "--out", str(out)], capture_output=True, text=True,
                           cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -131,7 +131,7 @@ def test_quickstart_does_the_whole_job(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_quickstart_in_chinese_writes_a_chinese_report_and_reasons_with_english_machine_names(tmp_path):
+def test_quickstart_in_chinese_writes_a_chinese_report_and_reasons_with_english_machine_names(tmp_path, mlflow_store):
     import re
 
     import pandas as pd
@@ -148,7 +148,7 @@ def test_quickstart_in_chinese_writes_a_chinese_report_and_reasons_with_english_
             pytest.skip(message)
     out = tmp_path / "qs"
     # wide lines: a path folded across lines would leave fragments that read as words
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "COLUMNS": "1000"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "COLUMNS": "1000"}
     env.pop("REPURCHASE_LANG", None)
     proc = subprocess.run([repurchase_executable(), "quickstart", "--orders", "cdnow-sample", "--out", str(out),
                            "--lang", "zh"], capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from features.pipeline import build_features, build_labels
+from known_models import known_repurchase_model
 from training.model import SCORE_COLUMNS, LeakageError, assert_no_leakage, quantiles_from_cdf
 
 
@@ -129,9 +130,7 @@ def test_reference_rfm_ranks_match_the_pipeline_on_the_training_population(fitte
 
 
 def test_the_booster_can_learn_without_the_btyd_start(synth_orders):
-    from training.model import RepurchaseModel
-
-    model = RepurchaseModel(horizon_days=60, n_origins=3, max_rounds=30, boost_from_btyd=False).fit(synth_orders, "2025-06-30")
+    model = known_repurchase_model(synth_orders, "2025-06-30", boost_from_btyd=False)
     scores = model.score(synth_orders, "2025-09-30")
     assert scores["p_repurchase"].between(0, 1).all() and scores["p_repurchase"].std() > 0.05
     assert (scores["expected_revenue"] >= 0).all()

@@ -20,14 +20,13 @@ def test_notebooks_are_stored_without_outputs():
 
 
 @pytest.mark.slow
-def test_retrain_notebook_runs_and_registers(tmp_path, monkeypatch):
+def test_retrain_notebook_runs_and_registers(tmp_path, mlflow_store):
     nb = nbformat.read(NOTEBOOKS / "01-retrain.ipynb", as_version=4)
     (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     params.source = (
         'SOURCE = "cdnow-sample"\nCUTOFF = "1998-06-30"\nHORIZON_DAYS = 90\n'
         f'REGISTER = True\nOUT_DIR = "{tmp_path / "out"}"'
     )
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "registered version 1 as champion" in text

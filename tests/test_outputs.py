@@ -224,19 +224,12 @@ def test_a_commit_interrupted_between_its_renames_is_finished_by_the_next_write(
 
 
 @pytest.fixture(scope="module")
-def scored_shop(tmp_path_factory, fitted_model, synth_orders):
+def scored_shop(tmp_path_factory, fitted_model, synth_orders, champion_store):
     """A registered champion, a log, and a first complete `score` + `target` run."""
-    from training.registry import configure_tracking, log_run
-
     root = tmp_path_factory.mktemp("shop")
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    configure_tracking(uri)
     report = {"cutoff": "2025-03-31", "horizon_days": 60, "n_customers": 1, "model": {"auc": 0.8, "brier": 0.1}}
-    log_run(fitted_model, report, params={}, example_features=None, register=True)
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
+    uri, _ = champion_store(root, fitted_model, report, example_features=None)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     orders = root / "orders.parquet"
     synth_orders.to_parquet(orders)
     out = root / "out"

@@ -45,24 +45,16 @@ NUMERIC = [c for c in SCORE_COLUMNS if SCORE_DTYPES[c] not in ("str", "datetime6
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory, fitted_model):
+def served(tmp_path_factory, fitted_model, champion_store):
     """A registered model in a private MLflow store, a small log scored in batch with :data:`TIERS_YAML`, and its snapshot."""
-    import mlflow
-
     from features.orders import load_order_log
     from features.synth import generate_order_log
     from serving.batch import score_log
-    from training.registry import configure_tracking, log_run
     from training.tiers import load_tiers
 
     root = tmp_path_factory.mktemp("service")
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    configure_tracking(uri)
     report = {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 3000, "model": {"auc": 0.7, "brier": 0.2}}
-    logged = log_run(fitted_model, report, params={"test": 1}, register=True)
-    mlflow.set_tracking_uri(None)
+    uri, logged = champion_store(root, fitted_model, report, params={"test": 1})
 
     lines = generate_order_log(120, seed=11)
     log_path = root / "orders.parquet"
@@ -72,7 +64,7 @@ def served(tmp_path_factory, fitted_model):
     tiers_path.write_text(TIERS_YAML)
     run = score_log(fitted_model, log, pd.Timestamp(AS_OF), root / "scores.parquet", model_version=logged.version,
                     tiers=load_tiers(tiers_path))
-    yield {
+    return {
         "uri": uri,
         "version": logged.version,
         "lines": log.lines,
@@ -81,10 +73,6 @@ def served(tmp_path_factory, fitted_model):
         "tiers": tiers_path,
         "root": root,
     }
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def _service(served, snapshot: bool):

@@ -205,19 +205,25 @@ def test_cli_bad_input_on_spark_exits_2_and_writes_nothing(spark, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.parquet"]
 
 
+def _register_champion(model, synth_orders) -> None:
+    """Log ``model`` with an example of its features and register it as champion in the test's ``mlflow_store``."""
+    from training.registry import log_run
+
+    report = {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 100, "base_rate": 0.3,
+              "model": {"auc": 0.8, "brier": 0.1}}
+    example = model.features(synth_orders, "2025-06-30").head(5)
+    log_run(model, report, params={"job": "test"}, example_features=example, register=True)
+
+
 @pytest.mark.spark
 def test_cli_score_on_spark_gives_the_local_scores_partitioned_by_stage(spark, mlflow_store, fitted_model, synth_orders,
                                                                        tmp_path):
     from features.orders import OrderLog
     from serving.batch import score_log
     from serving.cli import app
-    from training.registry import log_run
     from training.tiers import load_tiers
 
-    report = {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 100, "base_rate": 0.3,
-              "model": {"auc": 0.8, "brier": 0.1}}
-    example = fitted_model.features(synth_orders, "2025-06-30").head(5)
-    log_run(fitted_model, report, params={"job": "test"}, example_features=example, register=True)
+    _register_champion(fitted_model, synth_orders)
     orders_path = tmp_path / "orders.parquet"
     synth_orders.to_parquet(orders_path, index=False)
     as_of = "2025-09-30"
@@ -256,12 +262,8 @@ def test_score_on_spark_carries_the_uplift_columns_of_the_duckdb_path(spark, mlf
     from features.orders import OrderLog
     from serving.batch import score_log
     from serving.cli import app
-    from training.registry import log_run
 
-    report = {"cutoff": "2025-06-30", "horizon_days": 60, "n_customers": 100, "base_rate": 0.3,
-              "model": {"auc": 0.8, "brier": 0.1}}
-    example = uplift_model.features(synth_orders, "2025-06-30").head(5)
-    log_run(uplift_model, report, params={"job": "test"}, example_features=example, register=True)
+    _register_champion(uplift_model, synth_orders)
     few = synth_orders[synth_orders["customer_id"].isin(synth_orders["customer_id"].unique()[:600])]
     orders_path = tmp_path / "orders.parquet"
     few.to_parquet(orders_path, index=False)

@@ -271,8 +271,7 @@ def _app():
 # --------------------------------------------------------------------------- the paper's split
 
 
-def test_the_papers_split_reports_bgnbd_with_the_published_parameters_and_an_empty_model_column(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+def test_the_papers_split_reports_bgnbd_with_the_published_parameters_and_an_empty_model_column(tmp_path, mlflow_store):
     out = tmp_path / "bt.json"
     result = runner.invoke(_app(), ["backtest", "--orders", "cdnow-sample", "--cutoff", "1997-09-30",
                                     "--horizon-days", "273", "--json", str(out)])
@@ -325,12 +324,12 @@ def test_a_model_that_does_not_beat_bgnbd_on_its_latest_origin_is_registered_bty
 
 
 @pytest.mark.slow
-def test_a_seven_month_shop_trains_registers_and_scores_from_the_command_line(tmp_path):
+def test_a_seven_month_shop_trains_registers_and_scores_from_the_command_line(tmp_path, mlflow_store):
     """Seven months of a young shop (plus ten days past the cutoff): `train --register`, then `score`."""
     lines = young_lines(1500, 7, seed=11, end="2026-01-10")
     path = tmp_path / "young.parquet"
     lines.to_parquet(path)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
     exe = str(Path(sys.executable).with_name("repurchase"))
     train = subprocess.run([exe, "train", "--orders", str(path), "--cutoff", LAST_DAY, "--register"],
                            capture_output=True, text=True, cwd=tmp_path, env=env)

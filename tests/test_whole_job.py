@@ -12,9 +12,8 @@ from serving.cli import app
 
 
 @pytest.mark.slow
-def test_the_whole_job_on_a_young_messy_shop_and_a_day_after_its_last_order(tmp_path, monkeypatch):
+def test_the_whole_job_on_a_young_messy_shop_and_a_day_after_its_last_order(tmp_path, monkeypatch, mlflow_store):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runner = CliRunner()
     made = runner.invoke(app, ["synth", "--customers", "1500", "--months", "7", "--messy", "--seed", "4",
                                "--out", "shop.parquet"])

@@ -1,5 +1,6 @@
-"""Probabilistic ("buy till you die") models on the BTYD summary: BG/NBD and its
-alternatives, Gamma-Gamma spend and BTYD customer lifetime value.
+"""BTYD ("buy till you die") models: BG/NBD and its alternatives, Gamma-Gamma spend and customer lifetime value.
+
+They are probabilistic models of the BTYD summary.
 
 All public inputs are in days, as `features/` computes them (frequency = repeat purchase
 days, recency = age at last purchase, T = age at cutoff, as ``lifetimes`` defines them).

@@ -1,5 +1,6 @@
-"""Backtest metrics: how well scores rank, how honest their probabilities are, and what
-they are worth to a campaign. Pure functions over arrays, each checked by hand in the tests.
+"""Backtest metrics: how well scores rank, how honest their probabilities are, what they are worth to a campaign.
+
+Pure functions over arrays, each checked by hand in the tests.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""MLflow: runs with params, metrics and plots; the composite model as one pyfunc; the
-``repurchase`` registered model with ``champion`` and ``challenger`` aliases.
+"""MLflow: training runs, the composite model as one pyfunc, and the registered model's champion and challenger.
+
+Runs carry params, metrics and plots; the ``repurchase`` registered model has the
+``champion`` and ``challenger`` aliases.
 
 Promotion rule: a new version becomes ``champion`` when there is none. Otherwise it
 becomes ``challenger`` unless, on the same backtest split (same orders, cutoff and horizon),

@@ -1,5 +1,6 @@
-"""Uplift: how much contacting a customer changes P(an order within the window), learned
-from past randomised contacts (``repurchase train --uplift --contacts FILE``).
+"""Uplift: how much contacting a customer changes P(an order within the window), learned from past contacts.
+
+The contacts were randomised (a holdout); ``repurchase train --uplift --contacts FILE`` learns it.
 
 The training frame (:func:`uplift_frame`)
 -----------------------------------------
