@@ -327,7 +327,6 @@ class EngineOrderLog(OrderLog):
     def summary(self) -> dict:
         from features.order_rules import heavy_customer_counts, per_customer_counts
 
-        cleaning = self.cleaning or Cleaning()
         import pyarrow.compute as pc
 
         orders = self._tables[ORDERS]
@@ -340,34 +339,9 @@ class EngineOrderLog(OrderLog):
             heavy = self._backend.to_pyarrow(heavy_customer_counts(
                 self.orders_table(), self._backend.table("repurchase_many"), HEAVY_CUSTOMER_DAY_SHARE)).to_pylist()
             self._con.unregister("repurchase_many")
-        n_customers = per_customer.num_rows
-        merged = self._merge_counts
-        return {
-            "source": self.source,
-            "lines": int(self._n_lines),
-            "orders": int(n_orders),
-            "customers": int(n_customers),
-            "first_order": self._first.date().isoformat(),
-            "last_order": self._last.date().isoformat(),
-            "revenue": float(revenue),
-            "returns_dropped": self.n_returns_dropped,
-            "columns": [c for c in OPTIONAL_COLUMNS if c in self._columns],
-            "ignored_columns": list(cleaning.ignored_columns),
-            "duplicate_rows_dropped": cleaning.duplicate_rows,
-            "excluded_products": list(cleaning.excluded_products),
-            "products_not_found": list(cleaning.products_not_found),
-            "excluded_lines": cleaning.excluded_lines,
-            "excluded_amount": cleaning.excluded_amount,
-            "credit_invoices": cleaning.credit_invoices,
-            "credit_lines_netted": cleaning.credit_lines_netted,
-            "credit_lines_dropped": cleaning.credit_lines_dropped,
-            "credit_amount_dropped": cleaning.credit_amount_dropped,
-            "orders_reversed": merged["orders_reversed"],
-            "outlier_orders": merged["outlier_orders"],
-            "outlier_cap": merged["outlier_cap"],
-            "outlier_amount_capped": merged["outlier_amount_capped"],
-            "heavy_customers": {str(row["customer_id"]): int(row["n"]) for row in heavy},
-        }
+        return self._summary(lines=self._n_lines, orders=n_orders, customers=per_customer.num_rows, revenue=revenue,
+                             columns=self._columns, merged=self._merge_counts,
+                             heavy={str(row["customer_id"]): int(row["n"]) for row in heavy})
 
     @cached_property
     def _columns(self) -> list[str]:

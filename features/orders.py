@@ -307,19 +307,26 @@ class OrderLog:
     def summary(self) -> dict:
         """Counts and span, and what the rules for messy exports did, for a short printout."""
         orders, merged = self._merged
-        cleaning = self.cleaning or Cleaning()
         per_customer = orders["customer_id"].value_counts()
         heavy = heavy_customers(orders, per_customer)
+        return self._summary(lines=len(self.lines), orders=len(orders), customers=int(len(per_customer)),
+                             revenue=float(orders["amount"].sum()), columns=self.lines.columns, merged=merged,
+                             heavy={str(k): int(v) for k, v in heavy.items()})
+
+    def _summary(self, *, lines: int, orders: int, customers: int, revenue: float, columns, merged: Mapping,
+                 heavy: dict[str, int]) -> dict:
+        """The summary's dict from the counts each engine computes its own way (see :meth:`summary`)."""
+        cleaning = self.cleaning or Cleaning()
         return {
             "source": self.source,
-            "lines": len(self.lines),
-            "orders": len(orders),
-            "customers": int(len(per_customer)),
+            "lines": int(lines),
+            "orders": int(orders),
+            "customers": int(customers),
             "first_order": self.first_order_date.date().isoformat(),
             "last_order": self.last_order_date.date().isoformat(),
-            "revenue": float(orders["amount"].sum()),
+            "revenue": float(revenue),
             "returns_dropped": self.n_returns_dropped,
-            "columns": [c for c in OPTIONAL_COLUMNS if c in self.lines.columns],
+            "columns": [c for c in OPTIONAL_COLUMNS if c in columns],
             "ignored_columns": list(cleaning.ignored_columns),
             "duplicate_rows_dropped": cleaning.duplicate_rows,
             "excluded_products": list(cleaning.excluded_products),
@@ -334,7 +341,7 @@ class OrderLog:
             "outlier_orders": merged["outlier_orders"],
             "outlier_cap": merged["outlier_cap"],
             "outlier_amount_capped": merged["outlier_amount_capped"],
-            "heavy_customers": {str(k): int(v) for k, v in heavy.items()},
+            "heavy_customers": heavy,
         }
 
     def describe(self, lang=None) -> str:
