@@ -62,3 +62,11 @@ def random_scores(n: int, seed: int = 0, prefix: str = "c", **values) -> pd.Data
         "churn_risk": 1 - p,
     }
     return pd.DataFrame({**score_row("", **values), **drawn}, columns=list(SCORE_COLUMNS))
+
+
+def experiment_rows(rng: np.random.Generator, rate_t: float, rate_h: float, n_t: int = 2000, n_h: int = 2000) -> pd.DataFrame:
+    """Per-customer outcomes of a randomised campaign (``training.measure.compare`` input): buyers drawn at
+    ``rate_t`` among ``n_t`` treated and ``rate_h`` among ``n_h`` held out, one order of 10.0 each."""
+    bought = np.r_[rng.random(n_t) < rate_t, rng.random(n_h) < rate_h]
+    return pd.DataFrame({"group": ["treatment"] * n_t + ["holdout"] * n_h, "bought": bought,
+                         "orders": bought.astype(int), "revenue": bought * 10.0})

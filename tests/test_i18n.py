@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from score_rows import experiment_rows
 from training.i18n import LOCALE_DIR, Language, language, resolve_language
 from training.segments import LIFECYCLE_STAGES, RFM_SEGMENTS, SEGMENT_MEANINGS
 
@@ -148,10 +149,8 @@ def test_measure_verdicts_in_chinese_say_the_same_numbers():
 
     rng = np.random.default_rng(3)
 
-    def rows(rate_t, rate_h, n_t=2000, n_h=2000):
-        bought = np.r_[rng.random(n_t) < rate_t, rng.random(n_h) < rate_h]
-        return pd.DataFrame({"group": ["treatment"] * n_t + ["holdout"] * n_h, "bought": bought,
-                             "orders": bought.astype(int), "revenue": bought * 10.0})
+    def rows(*args):
+        return experiment_rows(rng, *args)
 
     blocks = [compare(rows(*rates), contact_cost=0.5, planned_holdout=0.5)
               for rates in ((0.2, 0.2), (0.3, 0.2), (0.15, 0.25), (0.0, 0.0), (0.3, 0.2, 10, 10))]

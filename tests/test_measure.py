@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from score_rows import experiment_rows
 from features.contacts import load_contacts
 from features.orders import load_order_log
 from serving.cli import app
@@ -147,10 +148,8 @@ def test_sample_ratio_mismatch():
 def test_says_plainly_when_not_significant_and_when_significant():
     rng = np.random.default_rng(3)
 
-    def rows(rate_t, rate_h, n_t=2000, n_h=2000):
-        bought = np.r_[rng.random(n_t) < rate_t, rng.random(n_h) < rate_h]
-        return pd.DataFrame({"group": ["treatment"] * n_t + ["holdout"] * n_h, "bought": bought,
-                             "orders": bought.astype(int), "revenue": bought * 10.0})
+    def rows(*args):
+        return experiment_rows(rng, *args)
 
     flat = compare(rows(0.2, 0.2), contact_cost=0.5, planned_holdout=0.5)
     assert flat["verdict"] == "not_significant" and flat["summary"].startswith("Not significant:")
