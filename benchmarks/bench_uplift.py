@@ -13,8 +13,10 @@ through the same steps (:func:`training.jobs.prepare_uplift`,
 whose windows ended before the held-out ones (the latest, about 30% of the contacts), and
 is judged on the held-out contacts against ranking by ``p_repurchase`` (a model trained
 at the first held-out date, the project's default settings) and against a random ranking.
-The learner shipped before (``UpliftModel(holdout_model="boosted")``) is fitted on the same
-contacts and judged on the same held-out ones (``boosted``), to compare on the same seeds.
+The learners shipped before are fitted on the same contacts and judged on the same held-out
+ones, to compare on the same seeds: one persuaded share per action, blind to the last
+order's channel (``UpliftModel(channel_prior=None)``, ``per_action``), and the boosted
+holdout correction before it (``UpliftModel(holdout_model="boosted")``, ``boosted``).
 
 Measured: uplift@30% of each ranking (treatment rate minus holdout rate among the top 30%
 of the held-out contacts), i.e. incremental buyers per contact at the same number of
@@ -52,7 +54,8 @@ from training.metrics import top_fraction_mask  # noqa: E402
 from training.uplift import UpliftModel, contact_uplift, ranking_metrics  # noqa: E402
 
 CUTOFF = pd.Timestamp("2025-12-31")  # the synthetic log's last day: every campaign's window is over
-RANKINGS = ("uplift", "boosted", "p_repurchase", "random")
+RANKINGS = ("uplift", "per_action", "boosted", "p_repurchase", "random")
+PREVIOUS = {"per_action": {"channel_prior": None}, "boosted": {"holdout_model": "boosted"}}
 
 
 def synth(customers: int, seed: int, out: Path) -> None:
@@ -69,7 +72,7 @@ def true_at_30(held_out: pd.DataFrame, units: pd.DataFrame) -> dict[str, float]:
     effect = units.assign(effect=units["bought_with"].astype(float) - units["bought_without"].astype(float))
     truth = held_out[keys].merge(effect[[*keys, "effect"]], on=keys, how="left")["effect"].to_numpy()
     out = {name: float(truth[top_fraction_mask(held_out[name].to_numpy(dtype=float), 0.3)].mean())
-           for name in ("uplift", "boosted", "p_repurchase")}
+           for name in RANKINGS if name != "random"}
     out["random"] = float(truth.mean())
     return out
 
@@ -87,13 +90,14 @@ def one_seed(seed: int, customers: int, folder: Path) -> dict:
     pd.testing.assert_frame_equal(contacts[same.columns].reset_index(drop=True), same, check_dtype=False)
     data = prepare_uplift(log, contacts, CUTOFF, simulated.window_days)
     report, held_out = evaluate_uplift_job(data, log.orders, 90)
-    # The previous learner on the same contacts, scored on the same held-out rows (same order).
-    previous = UpliftModel(window_days=data.window_days, holdout_model="boosted").fit(data.frame[data.learn])
-    rows = data.frame[data.held_out]
-    rows = rows[rows["action"].isin(previous.actions_).to_numpy()].reset_index(drop=True)
-    assert rows["customer_id"].tolist() == held_out["customer_id"].tolist()
-    held_out["boosted"] = contact_uplift(previous, rows)
-    report["rankings"]["boosted"] = ranking_metrics(held_out, held_out["boosted"].to_numpy())
+    # The previous learners on the same contacts, scored on the same held-out rows (same order).
+    for name, params in PREVIOUS.items():
+        previous = UpliftModel(window_days=data.window_days, **params).fit(data.frame[data.learn])
+        rows = data.frame[data.held_out]
+        rows = rows[rows["action"].isin(previous.actions_).to_numpy()].reset_index(drop=True)
+        assert rows["customer_id"].tolist() == held_out["customer_id"].tolist()
+        held_out[name] = contact_uplift(previous, rows)
+        report["rankings"][name] = ranking_metrics(held_out, held_out[name].to_numpy())
     truth = true_at_30(held_out, simulated.units)
     log_path.unlink()
     contacts_path.unlink()
@@ -124,9 +128,10 @@ def main() -> None:
             rows.append(row)
             ratio = "-" if row["ratio_at_30"] is None else f"{row['ratio_at_30']:.2f}x"
             print(f"seed {seed}: learned from {row['learn']:,}, judged on {row['held_out']:,} ({row['held_out_holdout']:,} "
-                  f"held out); uplift@30% measured uplift {row['uplift_at_30']:+.3f} boosted {row['boosted_at_30']:+.3f} "
+                  f"held out); uplift@30% measured uplift {row['uplift_at_30']:+.3f} per_action {row['per_action_at_30']:+.3f} "
+                  f"boosted {row['boosted_at_30']:+.3f} "
                   f"p_repurchase {row['p_repurchase_at_30']:+.3f} random {row['random_at_30']:+.3f} ({ratio}); true "
-                  f"{row['uplift_true_at_30']:+.3f} / {row['boosted_true_at_30']:+.3f} / "
+                  f"{row['uplift_true_at_30']:+.3f} / {row['per_action_true_at_30']:+.3f} / {row['boosted_true_at_30']:+.3f} / "
                   f"{row['p_repurchase_true_at_30']:+.3f} / {row['random_true_at_30']:+.3f}; {row['seconds']:.0f} s",
                   flush=True)
     frame = pd.DataFrame(rows)
@@ -144,9 +149,10 @@ def main() -> None:
     print(f"\nuplift@30% of the uplift ranking over p_repurchase's: measured {measured_ratio:.2f}x (pooled), "
           f"true {true_ratio:.2f}x; the uplift ranking measured higher in {wins} of {len(frame)} seeds; "
           f"bar 1.5x measured: {'met' if measured_ratio >= 1.5 else 'missed'}")
-    boosted = frame["boosted_at_30"].mean() / frame["p_repurchase_at_30"].mean()
-    boosted_true = frame["boosted_true_at_30"].mean() / frame["p_repurchase_true_at_30"].mean()
-    print(f"the previous learner (boosted) over p_repurchase's: measured {boosted:.2f}x, true {boosted_true:.2f}x")
+    for name in PREVIOUS:
+        measured = frame[f"{name}_at_30"].mean() / frame["p_repurchase_at_30"].mean()
+        true = frame[f"{name}_true_at_30"].mean() / frame["p_repurchase_true_at_30"].mean()
+        print(f"a previous learner ({name}) over p_repurchase's: measured {measured:.2f}x, true {true:.2f}x")
     print(f"over random: measured {frame['uplift_at_30'].mean() / frame['random_at_30'].mean():.2f}x, "
           f"true {frame['uplift_true_at_30'].mean() / frame['random_true_at_30'].mean():.2f}x")
     print(f"total {frame['seconds'].sum():.0f} s")

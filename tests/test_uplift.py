@@ -22,14 +22,18 @@ from serving.targeting import RuleSet, RulesError, apply_rules
 from training.contract import SCORE_COLUMNS, UPLIFT
 from training.metrics import qini_auc, qini_curve, uplift_at_k
 from training.uplift import (
+    LAST_CHANNEL,
     RFM_SCORE_COLUMNS,
+    SHRINK_CHANNEL_NON_BUYERS,
     SHRINK_NON_BUYERS,
     UpliftDataError,
     UpliftModel,
     campaign_split,
+    channel_shares,
     feature_columns,
     persuaded_shares,
     uplift_frame,
+    with_last_channel,
 )
 
 runner = CliRunner()
@@ -222,6 +226,95 @@ def test_the_boosted_holdout_model_and_models_pickled_before_the_share_still_sco
     np.testing.assert_array_equal(old.uplift(frame.head(50), "win_back"), boosted.uplift(frame.head(50), "win_back"))
     with pytest.raises(InputError, match="holdout_model must be one of persuaded_share, boosted, got 'nope'"):
         UpliftModel(holdout_model="nope").fit(frame)
+
+
+def test_the_last_channel_is_that_of_the_last_order_before_the_contact_and_later_orders_never_change_it():
+    channels = ORDERS.assign(channel=["web", "app", "shop", "app", "app", "app", "web", "web"])
+    frame = uplift_frame(channels, CONTACTS, 30).set_index("customer_id")
+    # a: "shop" came on the contact's day itself (it may answer the contact), so "app" before it
+    assert frame[LAST_CHANNEL].to_dict() == {"a": "app", "b": "app"}
+    assert LAST_CHANNEL not in feature_columns(frame.reset_index())  # it picks a share, it is no model input
+    later = pd.DataFrame({"customer_id": ["a", "b"], "amount": [9.0, 9.0], "channel": ["shop", "shop"],
+                          "order_ts": pd.to_datetime(["2025-03-11 00:00", "2025-03-20 10:00"])})
+    again = uplift_frame(pd.concat([channels, later], ignore_index=True), CONTACTS, 30).set_index("customer_id")
+    assert again[LAST_CHANNEL].to_dict() == {"a": "app", "b": "app"}
+    # scoring: the same cut, before the scoring date (a's two orders on 03-11 do not count)
+    features = pd.DataFrame({"customer_id": ["a", "b", "c"]})
+    scored = with_last_channel(features, pd.concat([channels, later], ignore_index=True), "2025-03-11")
+    assert scored[LAST_CHANNEL].tolist()[:2] == ["shop", "app"] and pd.isna(scored[LAST_CHANNEL].iloc[2])
+    assert LAST_CHANNEL not in uplift_frame(ORDERS, CONTACTS, 30).columns  # a log without channel: no column
+    assert with_last_channel(features, ORDERS, "2025-03-11") is features
+
+
+def test_the_share_per_action_and_channel_by_hand_shrunk_towards_the_actions():
+    actions = np.array(["a"] * 5)
+    channels = np.array(["x", "x", "y", "y", None], dtype=object)
+    no_order_if_sent = np.array([0.9, 0.7, 0.6, 0.6, 0.5])
+    no_order = np.array([1, 1, 1, 0, 1])
+    k = 10.0
+    cells = channel_shares(actions, channels, no_order_if_sent, no_order, {"a": 0.2}, k)
+    assert set(cells["a"]) == {"x", "y"}  # a contact without a channel forms no cell
+    assert cells["a"]["x"] == pytest.approx(1 - (1.6 + k * 0.8) / (2 + k))
+    assert cells["a"]["y"] == pytest.approx(1 - (1.2 + k * 0.8) / (1 + k))
+    # with no prior a cell is its own moments; a huge prior gives the action's share
+    assert channel_shares(actions, channels, no_order_if_sent, no_order, {"a": 0.2}, 0)["a"]["x"] == pytest.approx(0.2)
+    assert channel_shares(actions, channels, no_order_if_sent, no_order, {"a": 0.2}, 1e9)["a"]["y"] == pytest.approx(0.2)
+
+
+def test_the_learner_uses_the_last_channel_and_a_log_without_it_scores_as_before():
+    rng = np.random.default_rng(1)
+    n = 40_000
+    channel = np.where(rng.random(n) < 0.5, "community", "storefront")
+    frame = simulated_frame(n, {"replenishment_reminder": 0.0}, seed=1).assign(**{LAST_CHANNEL: channel})
+    # persuade by channel: 45% of the community's would-be non-buyers, 15% of the storefront's
+    persuaded = rng.random(n) < np.where(channel == "community", 0.45, 0.15)
+    frame["bought"] = (frame["bought"].astype(bool) | (frame["treated"].astype(bool) & persuaded)).astype(np.int8)
+    model = UpliftModel().fit(frame)
+    assert model.channel_prior == SHRINK_CHANNEL_NON_BUYERS
+    cells = model.channel_share_["replenishment_reminder"]
+    assert cells["community"] == pytest.approx(0.45, abs=0.05) and cells["storefront"] == pytest.approx(0.15, abs=0.05)
+    grid = pd.DataFrame({"x": [0.0] * 4, LAST_CHANNEL: ["community", "storefront", None, "never_seen"]})
+    lift = model.uplift(grid, "replenishment_reminder")
+    assert lift[0] > 2 * lift[1] > 0
+    action_only = model.uplift(grid.drop(columns=[LAST_CHANNEL]), "replenishment_reminder")
+    np.testing.assert_allclose(lift[2:], action_only[2:])  # no or an unknown channel: the action's share
+    # a log without channel: no column, hence exactly the one-share-per-action learner
+    without = UpliftModel().fit(frame.drop(columns=[LAST_CHANNEL]))
+    before = UpliftModel(channel_prior=None).fit(frame)
+    assert without.channel_share_ is None and before.channel_share_ is None
+    np.testing.assert_array_equal(without.uplift(frame.head(500), "replenishment_reminder"),
+                                  before.uplift(frame.head(500), "replenishment_reminder"))
+    # a model pickled before the channel share scores as it did
+    state = {k: v for k, v in before.__dict__.items() if k not in ("channel_share_", "channel_prior")}
+    old = pickle.loads(pickle.dumps(before))
+    old.__dict__.clear()
+    old.__setstate__(state)
+    np.testing.assert_array_equal(old.uplift(frame.head(500), "replenishment_reminder"),
+                                  before.uplift(frame.head(500), "replenishment_reminder"))
+
+
+def test_scores_read_the_last_channel_from_the_log_before_the_scoring_date(uplift_model, synth_orders):
+    assert uplift_model.uplift_.channel_share_  # the synthetic log has channels
+    ids = synth_orders["customer_id"].unique()[:200]
+    orders = synth_orders[synth_orders["customer_id"].isin(ids)]
+    features = uplift_model.point_in_time_features(orders, CUTOFF)
+    past = orders[orders["order_ts"] < pd.Timestamp(CUTOFF)]  # strictly before the scoring date
+    expected = past.sort_values("order_ts", kind="mergesort").groupby("customer_id")["channel"].last()
+    assert features[LAST_CHANNEL].tolist() == expected.reindex(features["customer_id"]).tolist()
+    # a later order in another channel changes nothing as of the same date
+    later = orders.groupby("customer_id").head(1).assign(order_ts=pd.Timestamp("2025-08-01"), channel="elsewhere")
+    again = uplift_model.point_in_time_features(pd.concat([orders, later], ignore_index=True), CUTOFF)
+    assert again[LAST_CHANNEL].tolist() == features[LAST_CHANNEL].tolist()
+    action_only = pickle.loads(pickle.dumps(uplift_model.uplift_))
+    action_only.channel_share_ = None  # the learner before the channel: one share per action
+    scores = uplift_model.score_features(features, CUTOFF)["uplift_win_back"].to_numpy()
+    assert not np.allclose(scores, action_only.uplift(features, "win_back"))  # the channel's share is used
+    # the same log without channel: an empty column (the pyfunc's signature lists it), the
+    # action's share (what scores were before the channel)
+    plain = uplift_model.point_in_time_features(orders.drop(columns=["channel"]), CUTOFF)
+    assert plain[LAST_CHANNEL].isna().all()
+    np.testing.assert_array_equal(uplift_model.score_features(plain, CUTOFF)["uplift_win_back"],
+                                  action_only.uplift(plain, "win_back"))
 
 
 # --------------------------------------------------------------------------- uplift in the scores

@@ -126,7 +126,7 @@ from training.i18n import Language, language
 from training.metrics import expected_calibration_error
 from training.segments import lifecycle_stage, monetary_cut_points, rfm_scores, rfm_segment
 from training.tiers import Tiers, default_tiers, macro_f1_weights, next_year_tier_probabilities, tier_columns
-from training.uplift import DEFAULT_WINDOW_DAYS, UpliftModel, uplift_frame
+from training.uplift import DEFAULT_WINDOW_DAYS, LAST_CHANNEL, UpliftModel, uplift_frame, with_last_channel
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_p_repurchase", "btyd_expected_orders", "btyd_expected_order_value")
 # RFM ranks (features.pipeline) place a customer within the population at a cutoff. That is
@@ -956,8 +956,13 @@ class RepurchaseModel(Estimator):
         the contract's defaults (:meth:`missing_inputs`). The RFM ranks and the scores' RFM
         columns are set against the training population (:func:`rfm_rank_columns`,
         :func:`rfm_columns`): what the boosters read and the score rows carry, so a feature
-        snapshot agrees with its scores exactly.
+        snapshot agrees with its scores exactly. A model whose uplift part has a persuaded
+        share per last channel also gets ``last_channel`` (the channel of each customer's
+        latest order before ``as_of``, :func:`training.uplift.with_last_channel`), empty
+        when the log has no ``channel``; an empty or absent ``last_channel`` (a log without
+        channel, the Spark pipeline's features) scores with each action's share.
         """
+        original = orders
         unused = [c for c, values in (("channel", self.spec_.channel_values), ("category", self.spec_.category_values))
                   if values is None and c in orders.columns]
         defaults = self.missing_inputs(orders.columns)
@@ -973,7 +978,14 @@ class RepurchaseModel(Estimator):
         )
         # RFM ranks and scores against the training population: the snapshot carries what was scored.
         reference = self.spec_.rfm_reference
-        return features.assign(**rfm_rank_columns(features, reference), **rfm_columns(features, reference))
+        features = features.assign(**rfm_rank_columns(features, reference), **rfm_columns(features, reference))
+        if self.has_uplift() and getattr(self.uplift_, "channel_share_", None):
+            # The uplift part's persuaded share depends on the last order's channel (from the
+            # log as given: a defaulted "unknown" channel would only pick the action's share).
+            # Without channel the column is empty, not absent: the logged signature lists it.
+            features = (with_last_channel(features, original, as_of) if "channel" in original.columns
+                        else features.assign(**{LAST_CHANNEL: pd.Series(None, index=features.index, dtype=object)}))
+        return features
 
     def with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
         """Add the BTYD columns, and RFM ranks and scores against the training population (idempotent)."""

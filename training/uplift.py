@@ -43,7 +43,22 @@ do, ``1 - mu1(x) = (1 - theta) (1 - mu0(x))``, hence
 non-buyers is what ``(1 - mu1(x)) / (1 - theta)`` predicts for them, shrunk towards the
 share pooled over all actions by :data:`SHRINK_NON_BUYERS` pseudo non-buyers (an action
 with few held-out contacts gets about the pooled share). A negative ``theta`` (the action
-puts customers off) gives negative uplifts. The assumption is that, within an action, the
+puts customers off) gives negative uplifts.
+
+By the last order's channel. A contact may persuade more of the customers who last
+ordered through one channel than through another (a reminder by e-mail to those who last
+bought in the community more than to the storefront's). When the order log has a
+``channel`` column, the frame carries :data:`LAST_CHANNEL`, the channel of each customer's
+latest order *before* the contact's date (:func:`last_channels`; for scoring, before the
+scoring date), and ``theta`` is estimated per (action, last channel) by the same moments
+(:func:`channel_shares`), shrunk towards the action's ``theta`` by
+:data:`SHRINK_CHANNEL_NON_BUYERS` pseudo non-buyers, so that a small cell gets about its
+action's share. ``mu1`` does not read the last channel, so within a cell it can be off on
+average; each cell's ``1 - mu1`` is first rescaled to what its treated contacts show
+(:func:`cell_calibration`). A customer whose last channel is missing or was not learned
+(and every customer of a log without ``channel``) gets the action's ``theta``: exactly the
+one-share-per-action learner. The last channel is not a feature of ``mu1``: the order of
+customers within an (action, channel) cell stays that of ``mu1``. The assumption is that, within an action, the
 customers least likely to order anyway have the most to gain and the order of customers is
 that of ``mu1``; the customer's features enter through ``mu1`` only.
 
@@ -78,13 +93,15 @@ incremental buyers and orders at 30% (the uplift at 30% times the contacts in th
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 
 from features.common.errors import InputError
 from features.contacts import TREATMENT
 from features.pipeline import LABELS, build_features
-from features.timecut import on_or_before
+from features.timecut import as_day, on_or_before, until
 from training.boosting import Estimator, train_booster
 from training.contract import UPLIFT, uplift_column
 from training.measure import window_outcomes
@@ -94,12 +111,18 @@ DEFAULT_WINDOW_DAYS = 30
 EVAL_SHARE = 0.3
 MIN_GROUP_CONTACTS = 30
 SHRINK_NON_BUYERS = 30
+# Seeds 0-2 of the simulated campaigns (two channels, thousands of held-out contacts per
+# cell) were best without shrinking (k 0 / 10 / 30: true uplift@30% 11.8 / 11.6 / 11.6
+# points); a few pseudo non-buyers cost nothing there and keep a shop's small cells (a rare
+# channel, a small action) near their action's share.
+SHRINK_CHANNEL_NON_BUYERS = 10
+LAST_CHANNEL = "last_channel"
 HOLDOUT_MODELS = ("persuaded_share", "boosted")
 AT_K = (0.1, 0.3)
 RFM_SCORE_COLUMNS = ("rfm_rank_r", "rfm_rank_f", "rfm_rank_m", "rfm_rank_sum", "rfm_rank_cell")
 CONTACT_KEYS = ("customer_id", "action", "contacted_at", "group")
 OUTCOMES = ("treated", "bought", "orders")
-NOT_FEATURES = frozenset({*CONTACT_KEYS, *OUTCOMES, "holdout_share", *LABELS, *RFM_SCORE_COLUMNS})
+NOT_FEATURES = frozenset({*CONTACT_KEYS, *OUTCOMES, "holdout_share", LAST_CHANNEL, *LABELS, *RFM_SCORE_COLUMNS})
 ACTION_PREFIX = "action="
 
 
@@ -114,6 +137,33 @@ def usable_contacts(contacts: pd.DataFrame, learn_until: pd.Timestamp, window_da
     """The contacts whose window ``(contacted_at, contacted_at + window_days]`` has ended by ``learn_until``."""
     ends = contacts["contacted_at"] + pd.Timedelta(days=window_days)
     return contacts[(ends <= pd.Timestamp(learn_until).normalize()).to_numpy()]
+
+
+def last_channels(orders: pd.DataFrame, day) -> pd.Series:
+    """The channel of each customer's latest order before ``day`` (index ``customer_id`` as text).
+
+    Strictly before: an order on ``day`` itself may answer a contact made that day (a
+    contact has a date, not a time), so only orders up to the end of the day before count
+    (:func:`features.timecut.until`), for a contact's date and for a scoring date alike
+    (``target`` dates its contacts with the scores' ``as_of`` unless told otherwise). Orders
+    at the same instant keep the log's order (the later row wins). Empty when the log has
+    no ``channel`` column; a customer whose latest order has no channel gets NaN.
+    """
+    if "channel" not in orders.columns:
+        return pd.Series(dtype=object, name=LAST_CHANNEL)
+    past = until(orders[["customer_id", "order_ts", "channel"]], as_day(day) - dt.timedelta(days=1))
+    latest = past.assign(customer_id=past["customer_id"].astype(str)).sort_values("order_ts", kind="mergesort")
+    latest = latest.drop_duplicates("customer_id", keep="last")
+    return pd.Series(latest["channel"].to_numpy(dtype=object), index=latest["customer_id"].to_numpy(), name=LAST_CHANNEL)
+
+
+def with_last_channel(features: pd.DataFrame, orders: pd.DataFrame, day) -> pd.DataFrame:
+    """``features`` (one row per ``customer_id``) with :data:`LAST_CHANNEL` before ``day``, when the
+    log has a ``channel`` column; unchanged otherwise (see :func:`last_channels`)."""
+    if "channel" not in orders.columns:
+        return features
+    channel = last_channels(orders, day)
+    return features.assign(**{LAST_CHANNEL: features["customer_id"].astype(str).map(channel).to_numpy(dtype=object)})
 
 
 def uplift_frame(
@@ -132,7 +182,10 @@ def uplift_frame(
     mix values fix the ``share_channel_*`` / ``share_category_*`` columns (give the
     scoring model's, so that the columns match). Rows come sorted by ``contacted_at``,
     then in contact order; ``attrs["without_history"]`` counts the contacts left out
-    because the customer had no order on or before the contact's date.
+    because the customer had no order on or before the contact's date. A log with a
+    ``channel`` column adds :data:`LAST_CHANNEL`, the channel of the customer's latest order
+    before the contact's date (:func:`last_channels`; not a model feature: it picks
+    the persuaded share, see :class:`UpliftModel`).
     """
     contacts = contacts[list(CONTACT_KEYS)].reset_index(drop=True)
     outcome = window_outcomes(contacts, orders, window_days)
@@ -148,6 +201,7 @@ def uplift_frame(
         mine = customer.isin(set(rows["customer_id"])).to_numpy()
         past = orders[mine & on_or_before(orders["order_ts"], day).to_numpy()]
         features = build_features(past, day, channel_values=channel_values, category_values=category_values)
+        features = with_last_channel(features.astype({"customer_id": "str"}), past, day)
         parts.append(rows.merge(features.astype({"customer_id": "str"}), on="customer_id", how="inner"))
     frame = pd.concat(parts, ignore_index=True)
     frame.attrs["without_history"] = int(len(contacts) - len(frame))
@@ -215,6 +269,54 @@ def persuaded_shares(actions: np.ndarray, no_order_if_sent: np.ndarray, no_order
     return out
 
 
+def channel_shares(actions: np.ndarray, channels: np.ndarray, no_order_if_sent: np.ndarray, no_order: np.ndarray,
+                   action_shares: dict[str, float], prior: float, calibration: dict | None = None) -> dict[str, dict[str, float]]:
+    """``theta`` per action and last channel from held-out contacts, shrunk towards the action's.
+
+    The same moments as :func:`persuaded_shares` within each (action, channel) cell, with
+    ``prior`` pseudo non-buyers at the action's ratio ``1 - theta_action``: a cell with few
+    held-out non-buyers gets about its action's share, a large one its own (an empirical
+    Bayes prior of ``prior`` non-buyers). Contacts without a channel (NaN) form no cell.
+    ``calibration`` (``{(action, channel): factor}``, :func:`cell_calibration`) rescales
+    each cell's ``1 - mu1``. Returns ``{action: {channel: theta}}``.
+    """
+    known = pd.notna(channels)
+    text = channels.astype(str)
+    out: dict[str, dict[str, float]] = {}
+    for action in np.unique(actions):
+        prior_ratio = 1.0 - action_shares[str(action)]
+        cells = {}
+        for channel in map(str, np.unique(text[known & (actions == action)])):
+            rows = known & (actions == action) & (text == channel)
+            factor = 1.0 if calibration is None else calibration.get((str(action), channel), 1.0)
+            ratio = (factor * no_order_if_sent[rows].sum() + prior * prior_ratio) / (no_order[rows].sum() + prior)
+            cells[channel] = float(1.0 - ratio)
+        out[str(action)] = cells
+    return out
+
+
+def cell_calibration(actions: np.ndarray, channels: np.ndarray, no_order_if_sent: np.ndarray,
+                     no_order: np.ndarray) -> dict[tuple[str, str], float]:
+    """Per (action, channel): the treated contacts' non-buyers over the count ``mu1`` predicts for them.
+
+    ``mu1`` does not read the last channel, so within a channel it can be off on average
+    (a contact persuades more of one channel: its treated customers order more than ``mu1``
+    says), and the cell's moments would pull its share towards the action's. The treated
+    contacts of the cell (nine in ten) measure that offset; the held-out ones' ``1 - mu1``
+    is rescaled by it. ``no_order_if_sent`` and ``no_order`` are the *treated* contacts' ones.
+    """
+    known = pd.notna(channels)
+    text = channels.astype(str)
+    out = {}
+    for action in np.unique(actions):
+        for channel in map(str, np.unique(text[known & (actions == action)])):
+            rows = known & (actions == action) & (text == channel)
+            predicted = no_order_if_sent[rows].sum()
+            if predicted > 0:
+                out[(str(action), channel)] = float(no_order[rows].sum() / predicted)
+    return out
+
+
 class UpliftModel(Estimator):
     """The treated outcome model on LightGBM and a persuaded share per action from the holdout:
     the change in P(an order within the window) that an action causes (see the module docs).
@@ -231,6 +333,10 @@ class UpliftModel(Estimator):
         What the held-out contacts learn: one persuaded share per action (default), or a
         LightGBM correction to the treated model's log-odds boosted from them (the learner
         shipped before, kept to compare with).
+    channel_prior : float or None
+        With ``holdout_model="persuaded_share"`` and a frame with :data:`LAST_CHANNEL`: the
+        pseudo non-buyers (at the action's share) each (action, last channel) share is
+        shrunk with (:func:`channel_shares`); None: one share per action only.
     holdout_rounds, holdout_leaves, holdout_min_child_samples
         The boosted correction's settings: few shallow trees on many rows each.
     feature_fraction, bagging_fraction, bagging_freq, lambda_l2, max_bin
@@ -253,6 +359,10 @@ class UpliftModel(Estimator):
         ``mu1``.
     persuaded_share_ : dict of str to float, or None
         ``theta`` per action (``holdout_model="persuaded_share"``).
+    channel_share_ : dict of str to dict of str to float, or None
+        ``theta`` per action and channel of the last order before the contact; None when
+        the contacts' log had no ``channel`` (or ``channel_prior`` is None). A customer
+        whose last channel is missing or was not learned gets the action's share.
     holdout_correction_ : lightgbm.Booster or None
         The holdout's log-odds minus the treated's (``holdout_model="boosted"``).
     """
@@ -266,6 +376,7 @@ class UpliftModel(Estimator):
         min_child_samples: int = 50,
         n_rounds: int = 200,
         holdout_model: str = "persuaded_share",
+        channel_prior: float | None = SHRINK_CHANNEL_NON_BUYERS,
         holdout_rounds: int = 50,
         holdout_leaves: int = 3,
         holdout_min_child_samples: int = 100,
@@ -283,6 +394,7 @@ class UpliftModel(Estimator):
         self.min_child_samples = min_child_samples
         self.n_rounds = n_rounds
         self.holdout_model = holdout_model
+        self.channel_prior = channel_prior
         self.holdout_rounds = holdout_rounds
         self.holdout_leaves = holdout_leaves
         self.holdout_min_child_samples = holdout_min_child_samples
@@ -295,8 +407,9 @@ class UpliftModel(Estimator):
         self.random_state = random_state
 
     def __setstate__(self, state: dict) -> None:
-        # Models pickled before ``holdout_model`` existed all had the boosted correction.
-        super().__setstate__({"holdout_model": "boosted", **state})
+        # Models pickled before ``holdout_model`` existed all had the boosted correction, and
+        # those pickled before ``channel_share_`` one share per action.
+        super().__setstate__({"holdout_model": "boosted", "channel_share_": None, **state})
 
     def _params(self, num_leaves: int, min_child_samples: int) -> dict:
         return self._lgb_params("binary", num_leaves=num_leaves, min_child_samples=min_child_samples)
@@ -321,9 +434,16 @@ class UpliftModel(Estimator):
         self.treated_model_ = train_booster(self._params(self.num_leaves, self.min_child_samples),
                                             (X[treated], y[treated]), max_rounds=self.n_rounds)
         start = self.treated_model_.predict(X[~treated], raw_score=True)
-        self.persuaded_share_, self.holdout_correction_ = None, None
+        self.persuaded_share_, self.holdout_correction_, self.channel_share_ = None, None, None
         if self.holdout_model == "persuaded_share":
-            self.persuaded_share_ = persuaded_shares(actions[~treated], 1.0 - _sigmoid(start), 1.0 - y[~treated])
+            no_order_if_sent, no_order = 1.0 - _sigmoid(start), 1.0 - y[~treated]
+            self.persuaded_share_ = persuaded_shares(actions[~treated], no_order_if_sent, no_order)
+            if self.channel_prior is not None and LAST_CHANNEL in frame.columns:
+                channels = frame[LAST_CHANNEL].to_numpy(dtype=object)
+                fitted = 1.0 - _sigmoid(self.treated_model_.predict(X[treated], raw_score=True))
+                calibration = cell_calibration(actions[treated], channels[treated], fitted, 1.0 - y[treated])
+                self.channel_share_ = channel_shares(actions[~treated], channels[~treated], no_order_if_sent, no_order,
+                                                     self.persuaded_share_, self.channel_prior, calibration)
         else:
             self.holdout_correction_ = train_booster(
                 self._params(self.holdout_leaves, self.holdout_min_child_samples),
@@ -352,10 +472,20 @@ class UpliftModel(Estimator):
         X = self._matrix(features, np.full(len(features), action, dtype=object))
         treated = self.treated_model_.predict(X, raw_score=True)
         if self.holdout_model == "persuaded_share":
-            theta = self.persuaded_share_[action]
+            theta = self._theta(features, action)
             return theta / (1.0 - theta) * (1.0 - _sigmoid(treated))
         holdout = treated + self.holdout_correction_.predict(X, raw_score=True)
         return _sigmoid(treated) - _sigmoid(holdout)
+
+    def _theta(self, features, action: str):
+        """The persuaded share of each row: its (action, last channel) share, else the action's."""
+        theta = self.persuaded_share_[action]
+        if not self.channel_share_ or LAST_CHANNEL not in features:
+            return theta
+        cells = self.channel_share_.get(action, {})
+        channels = pd.Series(np.asarray(features[LAST_CHANNEL], dtype=object))
+        known = channels.notna().to_numpy()
+        return np.where(known, channels.astype(str).map(cells).fillna(theta).to_numpy(dtype=float), theta)
 
     def columns(self) -> list[str]:
         """The score columns it adds: ``uplift``, then ``uplift_<action>`` per action learned."""
