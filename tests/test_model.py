@@ -10,7 +10,7 @@ import pytest
 
 from features.pipeline import build_features, build_labels
 from known_models import known_repurchase_model
-from training.model import SCORE_COLUMNS, LeakageError, assert_no_leakage, quantiles_from_cdf
+from training.model import SCORE_COLUMNS, LeakageError, RepurchaseModel, assert_no_leakage, quantiles_from_cdf
 
 
 def test_quantiles_from_cdf_by_hand():
@@ -236,8 +236,10 @@ def test_small_training_frames_learn_in_smaller_steps():
     assert boosting_pace(10_000, 0.02, 400, 50_000, 0.03) == (0.02, 400)  # never speeds a slower rate up
 
 
-def test_a_small_data_calibrator_weighs_recency_beside_the_booster(fitted_model, synth_orders):
+def test_a_small_data_calibrator_weighs_recency_beside_the_booster(synth_orders):
     """Below small_data_rows the calibrator reads log(1 + days since the last order) too."""
+    # what a real fit learns (the session's fitted_model has short boosters and no small-data settings)
+    fitted_model = RepurchaseModel(horizon_days=60, n_origins=4, step_days=30).fit(synth_orders, "2025-06-30")
     assert fitted_model.recency_in_calibration_  # 3,000 customers: far below small_data_rows
     score_weight, recency_weight = fitted_model.calibrator_.coef_.ravel()
     assert score_weight > 0 and recency_weight < 0  # a higher score and a more recent order both raise p
