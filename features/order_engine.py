@@ -34,6 +34,7 @@ from features.orders import (
     _Rows,
     _shown,
     parse_product_list,
+    with_order_dtypes,
 )
 
 LINES, ORDERS, RAW = "repurchase_lines", "repurchase_orders", "repurchase_raw"
@@ -298,13 +299,7 @@ class EngineOrderLog(OrderLog):
     @cached_property
     def _merged(self) -> tuple[pd.DataFrame, dict]:
         tie = ", order_id" if self.has_order_id else ""
-        orders = self._frame(f"select * from {ORDERS} order by customer_id, order_ts{tie}")
-        orders["customer_id"] = orders["customer_id"].astype("str")
-        orders["order_ts"] = orders["order_ts"].astype("datetime64[ns]")
-        orders["amount"] = orders["amount"].astype("float64")
-        for name in ("order_id", "category", "channel"):
-            if name in orders:
-                orders[name] = orders[name].astype("str")
+        orders = with_order_dtypes(self._frame(f"select * from {ORDERS} order by customer_id, order_ts{tie}"))
         return orders, self._merge_counts
 
     def orders_table(self):

@@ -1220,14 +1220,22 @@ def _merge_order_lines(lines: pd.DataFrame, has_order_id: bool, *, net_credits: 
         n_reversed = int((refunded & merged.pop("purchased").to_numpy(dtype=bool)).sum())
         orders = merged.loc[~refunded]
         orders = orders[["customer_id", "order_ts", "amount", "order_id", *[c for c in ("quantity", "category", "channel") if c in orders]]]
-    orders = orders.sort_values(["customer_id", "order_ts"], kind="stable").reset_index(drop=True)
+    # ties in time are ordered by order_id, as the DuckDB engine orders them: the query's row order is not fixed
+    tie = ["order_id"] if "order_id" in orders else []
+    orders = orders.sort_values(["customer_id", "order_ts", *tie], kind="stable").reset_index(drop=True)
+    return with_order_dtypes(orders), n_reversed
+
+
+def with_order_dtypes(orders: pd.DataFrame) -> pd.DataFrame:
+    """Merged orders with the contract's dtypes whichever engine merged them: ids and text as
+    ``str``, ``order_ts`` as ``datetime64[ns]``, ``amount`` as ``float64`` (changed in place, returned)."""
     orders["customer_id"] = orders["customer_id"].astype("str")
     orders["order_ts"] = orders["order_ts"].astype("datetime64[ns]")
     orders["amount"] = orders["amount"].astype("float64")
     for name in ("order_id", "category", "channel"):
         if name in orders:
             orders[name] = orders[name].astype("str")
-    return orders, n_reversed
+    return orders
 
 
 _CREDIT_SQL = """

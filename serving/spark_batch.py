@@ -26,6 +26,7 @@ Rows are not sorted: there is no global order to keep on a cluster.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -34,11 +35,12 @@ import pandas as pd
 from features.common.errors import CutoffError, InputError
 from features.orders import parse_date
 from features.spark import SparkOrderLog, feature_frame, write_spark_parquet
-from features.timecut import after, until
+from features.timecut import after, as_day, until
 from serving.batch import ScoreRun, snapshot_path_for
 from training.contract import SCORE_COLUMNS, SCORE_DTYPES
 from training.model import RFM_RANK_COLUMNS, RFM_SCORE_COLUMNS, rfm_columns, rfm_rank_columns
 from training.tiers import Tiers, tiers_text
+from training.uplift import LAST_CHANNEL
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -173,6 +175,13 @@ def score_on_spark(
     features = with_training_rfm(feature_frame(
         past.drop(*unused), as_of.date(), channel_values=spec.channel_values, category_values=spec.category_values
     ), spec.rfm_reference)
+    if scorer.has_uplift() and getattr(scorer.uplift_, "channel_share_", None) and "channel" in log.orders.columns:
+        # The uplift part's persuaded share depends on each customer's last channel before the
+        # scoring day, as training.uplift.last_channels reads it for the DuckDB path (orders at
+        # the same instant: Spark keeps no row order, so one of them).
+        latest = until(log.orders, as_day(as_of) - dt.timedelta(days=1)).groupBy("customer_id").agg(
+            F.max_by("channel", "order_ts").alias(LAST_CHANNEL))
+        features = features.join(latest, "customer_id", "left")
     out_path = Path(out_path) if "://" not in str(out_path) else out_path
     snapshot_path = snapshot_path_for(Path(out_path)) if isinstance(out_path, Path) else f"{str(out_path).removesuffix('.parquet')}.features.parquet"
     say(f"computing features as of {as_of.date()}")
