@@ -33,6 +33,8 @@ from features.orders import (
     _resolve_columns,
     _Rows,
     _shown,
+    arrow_result,
+    duckdb_connection,
     parse_product_list,
     with_order_dtypes,
 )
@@ -57,17 +59,6 @@ class _Names:
 
     def __init__(self, names):
         self.columns = list(names)
-
-
-def _connect():
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.execute("set enable_progress_bar = false")  # the CLI shows its own status line
-    except duckdb.Error:
-        pass  # a notebook without ipywidgets refuses the setting; the bar is off there anyway
-    return con
 
 
 def load_typed(table, origin: str, column_map: Mapping[str, str], excluded: tuple[str, ...]) -> "EngineOrderLog | None":
@@ -95,7 +86,7 @@ def load_typed(table, origin: str, column_map: Mapping[str, str], excluded: tupl
         raise InputError(f"--exclude-products: {origin} has no 'product_id' column to match "
                          "(map yours with --map product_id=YOUR_COLUMN)")
 
-    con = _connect()
+    con = duckdb_connection()
     tables: dict = {}  # the Arrow tables the engine reads, kept alive while it may
     try:
         backend = ibis.duckdb.from_connection(con)
@@ -160,11 +151,6 @@ def load_typed(table, origin: str, column_map: Mapping[str, str], excluded: tupl
                           cleaning=cleaning, merged=merged, span=span)
 
 
-def _arrow(con, sql: str):
-    result = con.execute(sql).arrow()
-    return result.read_all() if hasattr(result, "read_all") else result  # a reader in newer DuckDB releases
-
-
 def _register(con, tables: dict, name: str, table) -> None:
     if name in tables:
         con.unregister(name)
@@ -196,7 +182,7 @@ def _net_credit_invoices(con, tables: dict, has_product: bool, has_quantity: boo
     product = "product_id" if has_product else "null::varchar as product_id"
     con.execute(f"create temp view lines as select {POSITION} as pos, customer_id, order_id, order_ts, amount, "
                 f"{product} from {LINES}")
-    _register(con, tables, "repurchase_credits", _arrow(con, _CREDIT_SQL))
+    _register(con, tables, "repurchase_credits", arrow_result(con, _CREDIT_SQL))
     con.execute("drop view lines")
     netted = "c.purchase is not null and (c.allocated > 0 or c.credit = 0)"
     row = con.execute(f"""
@@ -212,7 +198,7 @@ def _net_credit_invoices(con, tables: dict, has_product: bool, has_quantity: boo
                              "then c.allocated / c.credit else 1.0 end) else l.quantity end")
     names = [row[0] for row in con.execute(f"describe {LINES}").fetchall()]
     columns = ", ".join(f"{moved[c]} as {c}" if c in moved else f"l.{c}" for c in names)
-    netted_lines = _arrow(con, f"""
+    netted_lines = arrow_result(con, f"""
         select {columns} from {LINES} l left join repurchase_credits c on l.{POSITION} = c.pos
         where c.pos is null or ({netted}) order by l.{POSITION}
     """)
@@ -236,14 +222,14 @@ def _merge(con, backend, tables: dict, has_order_id: bool) -> dict:
             if c in lines.columns]
     n_reversed = 0
     if has_order_id:
-        merged = _arrow(con, backend.compile(rules.merge_lines(lines)))
+        merged = arrow_result(con, backend.compile(rules.merge_lines(lines)))
         refunded = merged.column("refunded")
         n_reversed = pc.sum(pc.and_(refunded, merged.column("purchased"))).as_py() or 0
         orders = merged.select(keep)
-        if n_reversed or pc.any(refunded).as_py():
+        if pc.any(refunded).as_py():
             orders = orders.filter(pc.invert(refunded))
     else:
-        orders = _arrow(con, f"select {', '.join(keep)} from {LINES}")
+        orders = arrow_result(con, f"select {', '.join(keep)} from {LINES}")
     amounts = orders.column("amount")
     positive = amounts.filter(pc.greater(amounts, 0.0)).to_numpy()
     # numpy's median, so that the cap is the one the pandas path computes, to the last bit
@@ -280,10 +266,7 @@ class EngineOrderLog(OrderLog):
         return f"EngineOrderLog(source={self.source!r})"
 
     def _frame(self, sql: str) -> pd.DataFrame:
-        result = self._con.execute(sql).arrow()
-        if hasattr(result, "read_all"):
-            result = result.read_all()
-        return result.to_pandas()
+        return arrow_result(self._con, sql).to_pandas()
 
     @cached_property
     def lines(self) -> pd.DataFrame:  # type: ignore[override]
@@ -291,7 +274,7 @@ class EngineOrderLog(OrderLog):
 
         frame = self._frame(f"select * exclude ({POSITION}) from {LINES} order by {POSITION}")
         frame["order_ts"] = frame["order_ts"].astype("datetime64[ns]")
-        for name in ("customer_id", "order_id", "product_id", "category", "channel"):
+        for name in TEXT_COLUMNS:
             if name in frame:
                 frame[name] = frame[name].astype("str")
         return frame[[c for c in CONTRACT_COLUMNS if c in frame.columns]]

@@ -8,8 +8,7 @@ lines is checked, cleaned and merged where it lies, without a pandas frame:
 * :func:`contract_lines`: the contract columns (ids as trimmed text, missing quantity 1,
   missing category and channel ``"unknown"``, rows without an order id given ids of their
   own) and one boolean column per check of the contract;
-* :func:`check_tallies`: per check, how many rows break it and (where rows have positions)
-  the first of them, in one pass;
+* :func:`check_tallies`: per check, how many rows break it and the first of them, in one pass;
 * :func:`duplicate_positions`: rows equal to an earlier row in every column of the source;
 * :func:`merge_lines`: lines to orders, with the flags the summary counts.
 
@@ -26,7 +25,6 @@ import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
-from features.common.errors import OrderLogError
 from features.orders import EARLIEST_ORDER, LARGEST_VALUE, LATEST_ORDER, NET_ZERO, SYNTHETIC_ORDER_PREFIX
 
 POSITION = "__repurchase_pos"  # 0-based row of the source (a name no export uses)
@@ -135,8 +133,8 @@ def contract_lines(raw: ir.Table, resolved: Mapping[str, str], trimmed: Mapping[
     return raw.select(**columns, **checks)
 
 
-def check_tallies(lines: ir.Table, *, positions: bool = True) -> ir.Table:
-    """One row: ``rows``, ``first_ts`` and ``last_ts``, and per check ``<check>`` (rows breaking it) and, with ``positions``,
+def check_tallies(lines: ir.Table) -> ir.Table:
+    """One row: ``rows``, ``first_ts`` and ``last_ts``, and per check ``<check>`` (rows breaking it) and
     ``<check>_first`` (the first such row); ``negative`` counts lines with a negative amount."""
     values: dict[str, ir.Value] = {
         "rows": lines.count(),
@@ -147,8 +145,7 @@ def check_tallies(lines: ir.Table, *, positions: bool = True) -> ir.Table:
     for check, *_ in CHECKS:
         if check in lines.columns:
             values[check] = lines[check].cast("int64").sum()
-            if positions:
-                values[f"{check}_first"] = lines[POSITION].min(where=lines[check])
+            values[f"{check}_first"] = lines[POSITION].min(where=lines[check])
     return lines.aggregate(**values)
 
 
@@ -213,7 +210,3 @@ def heavy_customer_counts(orders: ir.Table, candidates: ir.Table, day_share: flo
     busy = per.filter(per.days.cast("float64") > day_share * span.cast("float64"))
     return busy.select("customer_id", "n").order_by([ibis.desc("n"), "customer_id"])
 
-
-def require_rows(tallies: Mapping[str, object], origin: str) -> None:
-    if not tallies.get("rows"):
-        raise OrderLogError(f"{origin}: has a header but no rows")

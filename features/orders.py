@@ -1171,23 +1171,33 @@ def _arrow_table(frame: pd.DataFrame, columns) -> "pa.Table":
     return pa.Table.from_pandas(frame[[c for c in columns if c in frame.columns]], preserve_index=False)
 
 
-def _query(sql: str, **tables) -> pd.DataFrame:
-    """Run DuckDB SQL over Arrow tables and return a pandas frame (strings as ``str``)."""
+def duckdb_connection():
+    """A DuckDB connection for the order-log rules: embedded, in memory, without DuckDB's progress bar."""
     import duckdb
 
     con = duckdb.connect()
     try:
-        try:
-            con.execute("set enable_progress_bar = false")  # the CLI shows its own status line
-        except duckdb.Error:
-            pass  # in a notebook DuckDB refuses to touch the setting without ipywidgets; it is off there anyway
+        con.execute("set enable_progress_bar = false")  # the CLI shows its own status line
+    except duckdb.Error:
+        pass  # in a notebook DuckDB refuses to touch the setting without ipywidgets; it is off there anyway
+    return con
+
+
+def arrow_result(con, sql: str) -> "pa.Table":
+    """The result of ``sql`` on ``con`` as one Arrow table."""
+    result = con.execute(sql).arrow()
+    return result.read_all() if hasattr(result, "read_all") else result  # a record batch reader in newer releases
+
+
+def _query(sql: str, **tables) -> pd.DataFrame:
+    """Run DuckDB SQL over Arrow tables and return a pandas frame (strings as ``str``)."""
+    con = duckdb_connection()
+    try:
         for name, table in tables.items():
             con.register(name, table)
-        result = con.execute(sql).arrow()
+        result = arrow_result(con, sql)
     finally:
         con.close()
-    if hasattr(result, "read_all"):  # a record batch reader in newer DuckDB releases
-        result = result.read_all()
     return result.to_pandas()
 
 
