@@ -202,7 +202,7 @@ def uplift_frame(
         past = orders[mine & on_or_before(orders["order_ts"], day).to_numpy()]
         features = build_features(past, day, channel_values=channel_values, category_values=category_values)
         features = with_last_channel(features.astype({"customer_id": "str"}), past, day)
-        parts.append(rows.merge(features.astype({"customer_id": "str"}), on="customer_id", how="inner"))
+        parts.append(rows.merge(features, on="customer_id", how="inner"))
     frame = pd.concat(parts, ignore_index=True)
     frame.attrs["without_history"] = int(len(contacts) - len(frame))
     return frame
@@ -280,19 +280,22 @@ def channel_shares(actions: np.ndarray, channels: np.ndarray, no_order_if_sent: 
     ``calibration`` (``{(action, channel): factor}``, :func:`cell_calibration`) rescales
     each cell's ``1 - mu1``. Returns ``{action: {channel: theta}}``.
     """
+    out: dict[str, dict[str, float]] = {str(action): {} for action in np.unique(actions)}
+    for action, channel, rows in _cells(actions, channels):
+        prior_ratio = 1.0 - action_shares[action]
+        factor = 1.0 if calibration is None else calibration.get((action, channel), 1.0)
+        ratio = (factor * no_order_if_sent[rows].sum() + prior * prior_ratio) / (no_order[rows].sum() + prior)
+        out[action][channel] = float(1.0 - ratio)
+    return out
+
+
+def _cells(actions: np.ndarray, channels: np.ndarray):
+    """Each (action, channel) cell of contacts with a known channel: ``(action, channel, rows)``."""
     known = pd.notna(channels)
     text = channels.astype(str)
-    out: dict[str, dict[str, float]] = {}
     for action in np.unique(actions):
-        prior_ratio = 1.0 - action_shares[str(action)]
-        cells = {}
         for channel in map(str, np.unique(text[known & (actions == action)])):
-            rows = known & (actions == action) & (text == channel)
-            factor = 1.0 if calibration is None else calibration.get((str(action), channel), 1.0)
-            ratio = (factor * no_order_if_sent[rows].sum() + prior * prior_ratio) / (no_order[rows].sum() + prior)
-            cells[channel] = float(1.0 - ratio)
-        out[str(action)] = cells
-    return out
+            yield str(action), channel, known & (actions == action) & (text == channel)
 
 
 def cell_calibration(actions: np.ndarray, channels: np.ndarray, no_order_if_sent: np.ndarray,
@@ -305,15 +308,11 @@ def cell_calibration(actions: np.ndarray, channels: np.ndarray, no_order_if_sent
     contacts of the cell (nine in ten) measure that offset; the held-out ones' ``1 - mu1``
     is rescaled by it. ``no_order_if_sent`` and ``no_order`` are the *treated* contacts' ones.
     """
-    known = pd.notna(channels)
-    text = channels.astype(str)
     out = {}
-    for action in np.unique(actions):
-        for channel in map(str, np.unique(text[known & (actions == action)])):
-            rows = known & (actions == action) & (text == channel)
-            predicted = no_order_if_sent[rows].sum()
-            if predicted > 0:
-                out[(str(action), channel)] = float(no_order[rows].sum() / predicted)
+    for action, channel, rows in _cells(actions, channels):
+        predicted = no_order_if_sent[rows].sum()
+        if predicted > 0:
+            out[(action, channel)] = float(no_order[rows].sum() / predicted)
     return out
 
 
