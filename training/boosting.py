@@ -169,13 +169,17 @@ def fit_calibrated_booster(
     max_rounds: int,
     early_stopping_rounds: int,
     feature_name="auto",
+    calibration_inputs=None,
 ) -> tuple[lgb.Booster, LogisticRegression]:
     """A classifier early-stopped on ``stop`` and Platt-calibrated on ``calibrate`` (each ``(X, y[, init_score])``).
 
     Both models pass disjoint halves of their latest training origin (by a hash of the
     customer or pair): the half that chose the number of rounds does not also set the level.
+    ``calibration_inputs`` turns the raw scores of ``calibrate`` into what the calibrator reads
+    (a matrix with more columns); by default the raw score alone.
     """
     booster = train_booster(params, train, stop, max_rounds=max_rounds, early_stopping_rounds=early_stopping_rounds,
                             feature_name=feature_name)
     X, y, init = (*calibrate, None)[:3]
-    return booster, fit_platt(raw_score(booster, X, init), y)
+    raw = raw_score(booster, X, init)
+    return booster, fit_platt(raw if calibration_inputs is None else calibration_inputs(raw), y)

@@ -114,7 +114,6 @@ from features.timecut import as_day, until
 from training.boosting import (
     Estimator,
     fit_calibrated_booster,
-    fit_platt,
     platt_probability,
     raw_score,
     train_booster,
@@ -752,9 +751,7 @@ class RepurchaseModel(Estimator):
             if self.check_latest_origin and check["model_auc"] is not None and check["model_auc"] <= check["bgnbd_auc"]:
                 # The boosters did not out-rank BG/NBD where they were last tested: BTYD answers instead.
                 self.btyd_only_ = True
-                self.btyd_only_why_ = {"kind": "latest_origin", "origin": str(check["origin"]),
-                                       "customers": int(check["customers"]), "model_auc": float(check["model_auc"]),
-                                       "bgnbd_auc": float(check["bgnbd_auc"])}
+                self.btyd_only_why_ = {"kind": "latest_origin", **check}
                 self.btyd_only_reason_ = btyd_only_reason(self.btyd_only_why_)
                 self.classifier_ = self.calibrator_ = self.orders_model_ = self.revenue_model_ = self.timing_model_ = None
                 self.origin_calibration_ = []
@@ -830,6 +827,12 @@ class RepurchaseModel(Estimator):
         def rows(part: pd.DataFrame, target: str, label: str) -> tuple:
             return part[features].to_numpy(dtype=np.float32), part[label], self._init_score(target, part)
 
+        # Few rows: the trees, learnt on younger origins, rank recency poorly at the cutoff
+        # (days since the last order run past anything they saw), while BG/NBD's start
+        # ignores it when it finds no drop-out yet. The calibrator then weighs log days since the
+        # last order beside the booster's score, on the calibration half that already sets
+        # the level: a log is scale-free, so the weight carries over to a longer history.
+        self.recency_in_calibration_ = bool(self.small_data_recency and len(train) < self.small_data_rows)
         self.classifier_, self.calibrator_ = fit_calibrated_booster(
             self._lgb_params("binary"),
             rows(train, "binary", "label_repurchase"),
@@ -837,16 +840,8 @@ class RepurchaseModel(Estimator):
             rows(calib, "binary", "label_repurchase"),
             max_rounds=self.max_rounds_,
             early_stopping_rounds=self.early_stopping_rounds,
+            calibration_inputs=lambda raw: self._calibration_inputs(raw, calib),
         )
-        self.recency_in_calibration_ = bool(self.small_data_recency and len(train) < self.small_data_rows)
-        if self.recency_in_calibration_:
-            # Few rows: the trees, learnt on younger origins, rank recency poorly at the cutoff
-            # (days since the last order run past anything they saw), while BG/NBD's start
-            # ignores it when it finds no drop-out yet. The calibrator weighs log days since the
-            # last order beside the booster's score, on the calibration half that already sets
-            # the level: a log is scale-free, so the weight carries over to a longer history.
-            X, y, init = rows(calib, "binary", "label_repurchase")
-            self.calibrator_ = fit_platt(self._calibration_inputs(raw_score(self.classifier_, X, init), calib), y)
         self.origin_calibration_ = self._calibration_by_origin(frame, features, last, season)
         held_out = valid[~half]
         X, y, init = rows(held_out, "binary", "label_repurchase")
