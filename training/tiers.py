@@ -111,13 +111,7 @@ def tiers_text(tiers: Tiers) -> str:
 
 def tiers_from_text(text: str, origin: str = "tiers") -> Tiers:
     """Tiers from YAML or JSON text (a tiers file's content, or :func:`tiers_text`); one-line errors."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TiersError(f"{origin}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    if not isinstance(data, dict):
-        raise TiersError(f"{origin}: expected a mapping with 'tiers', got {'nothing' if data is None else type(data).__name__}")
-    return parse_tiers(data, origin)
+    return parse_tiers(yaml_mapping(text, origin, "a mapping with 'tiers'", error=TiersError), origin)
 
 
 def read_yaml_mapping(path: Path | str, what: str) -> dict:
@@ -126,16 +120,23 @@ def read_yaml_mapping(path: Path | str, what: str) -> dict:
     raw = read_small_file(path, what, MAX_CONFIG_BYTES,
                           too_large=f"larger than {MAX_CONFIG_BYTES // 1000} kB; a {what} file is a few lines")
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{origin}: is not UTF-8 text") from None
+    return yaml_mapping(text, origin, f"a mapping at the top of the {what} file")
+
+
+def yaml_mapping(text: str, origin: str, expected: str, error: type[InputError] = InputError) -> dict:
+    """YAML text parsed as a mapping, or ``error`` in one line: ``origin``, where the YAML breaks,
+    or that the top is not the ``expected`` mapping."""
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise InputError(f"{origin}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
+        raise error(f"{origin}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(data, dict):
-        raise InputError(f"{origin}: expected a mapping at the top of the {what} file, got "
-                         f"{'nothing' if data is None else type(data).__name__}")
+        raise error(f"{origin}: expected {expected}, got {'nothing' if data is None else type(data).__name__}")
     return data
 
 
