@@ -391,7 +391,7 @@ def fit_meaning(block: dict, lang: Language | str | None = "en") -> str | None:
 
 def no_backtest_reason(why: dict, lang: Language | str | None = "en") -> str | None:
     """Why there is no backtest (a report's ``backtest_note_why``) in ``lang``; None for a reason without numbers."""
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     if why.get("kind") == "truth_after_last_order":
         return lang.gettext("its {days} days of truth lie after the last order ({last_order})").format(
             days=why["horizon_days"], last_order=why["last_order"])
@@ -406,7 +406,7 @@ def backtest_note(report: dict, lang: Language | str | None = "en") -> str | Non
     backtest.json keeps the English line; its numbers (``backtest_note_why``) let other languages say it.
     """
     note, why = report.get("backtest_note"), report.get("backtest_note_why")
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     reason = no_backtest_reason(why, lang) if why and not lang.is_default else None
     if reason is None:
         return note or None

@@ -275,7 +275,7 @@ def _check_supports_fit(table: RFMTable, title: str) -> None:
 
 def thin_data_reason(why: dict, lang: Language | str | None = "en") -> str:
     """Why a BTYD model cannot be fitted (:class:`BTYDDataError`'s ``why``), in ``lang`` (English by default)."""
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     _ = lang.gettext
     if why["repeat_customers"] == 0:
         return _("all {customers} customers are one-time buyers, so {model} cannot estimate repeat buying or churn: "
@@ -405,7 +405,7 @@ def _runaway(scaled_params: dict, log_param_limit: float = _LOG_PARAM_LIMIT) -> 
 
 def fit_status_meaning(status: str, lang: Language | str | None = "en") -> str:
     """What a ``fit_status_`` means, in a sentence for the report and the CLI, in ``lang`` (English by default)."""
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     _ = lang.gettext
     if status in FIT_STATUS_MEANING:
         return _(FIT_STATUS_MEANING[status])
@@ -429,7 +429,7 @@ FIT_STATUS_LABELS = (NC_("fit_status", "interior"), NC_("fit_status", "boundary:
 
 def fit_status_label(status: str, lang: Language | str | None = "en") -> str:
     """A ``fit_status_`` as a table shows it in ``lang``: the status itself in English."""
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     if lang.is_default:
         return status
     if status.startswith("penalized "):

@@ -197,8 +197,11 @@ class Language:
         return format_date(value, _DATE_FORMATS[self.code], locale=self.locale)
 
 
-def language(lang: str | None = None) -> Language:
-    """The :class:`Language` of ``lang`` (resolved by :func:`resolve_language`, so ``$REPURCHASE_LANG`` is read now)."""
+def language(lang: "Language | str | None" = None) -> Language:
+    """The :class:`Language` of ``lang`` (resolved by :func:`resolve_language`, so ``$REPURCHASE_LANG`` is read now);
+    a :class:`Language` is returned as it is, so functions may take either."""
+    if isinstance(lang, Language):
+        return lang
     return _language(resolve_language(lang))
 
 

@@ -261,7 +261,7 @@ def verdict_summary(block: dict, lang: Language | str | None = "en") -> str:
 
     The JSON keeps the English sentence (``summary``); the CLI and the page say it in the reader's language.
     """
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     _ = lang.gettext
     n_t, n_h = block["treatment"]["customers"], block["holdout"]["customers"]
     mde = block["mde"]

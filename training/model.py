@@ -291,7 +291,7 @@ def earliest_full_cutoff(first_order: dt.date, horizon_days: int) -> dt.date:
 def btyd_only_reason(why: dict, lang: Language | str | None = "en") -> str:
     """Why a model is BTYD-only and what more data would unlock the LightGBM model (``btyd_only_why_``),
     in one line in ``lang`` (English by default: ``btyd_only_reason_``, the line MLflow and backtest.json keep)."""
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     _ = lang.gettext
 
     def day(iso: str) -> str:

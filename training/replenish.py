@@ -116,7 +116,7 @@ class ReplenishmentDataError(InputError):
 
 def replenishment_data_reason(why: dict, lang: Language | str | None = "en") -> str:
     """Why replenishment cannot be learned (:class:`ReplenishmentDataError`'s ``why``) in ``lang``."""
-    lang = lang if isinstance(lang, Language) else language(lang)
+    lang = language(lang)
     _ = lang.gettext
     if why["kind"] == "log_too_young":
         return _("too few (customer, category) pairs to learn replenishment from before {cutoff}: the log starts "
